@@ -1,0 +1,32 @@
+# Every target sets up .venv itself (created, or refreshed when pyproject.toml changes).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO := .demo
+XRAY_SAMPLES ?= ../shared/data/xray
+
+.PHONY: venv test demo clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+venv: $(STAMP)
+
+test: venv
+	$(BIN)/python -m pytest
+
+# Two untrained resnet18 experts explain generated X-rays (and the sample DICOMs when present).
+demo: venv
+	rm -rf $(DEMO)
+	$(BIN)/dualcam synth --out $(DEMO)/images --n 8 --size 256
+	$(BIN)/dualcam expert init --arch resnet18 --class-name COVID-19 --input-size 224 --out $(DEMO)/experts/covid-19
+	$(BIN)/dualcam expert init --arch resnet18 --class-name pneumonia --input-size 224 --out $(DEMO)/experts/pneumonia
+	$(BIN)/dualcam explain --c1 $(DEMO)/experts/covid-19 --c2 $(DEMO)/experts/pneumonia --alpha 5 \
+		--out $(DEMO)/overlays $(DEMO)/images $(wildcard $(XRAY_SAMPLES)/dicom)
+	@echo "demo: the experts are untrained (random weights), so the heatmaps show the path, not the method."
+
+clean:
+	rm -rf $(VENV) $(DEMO) *.egg-info .pytest_cache

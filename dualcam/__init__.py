@@ -1,0 +1,43 @@
+"""dualcam: dual-expert class activation maps and the ADDK kernel, for X-ray classifiers at scale.
+
+The public API is re-exported here. Nothing in this package imports Ray except the Ray layer,
+so ``import dualcam`` and the scorer work where Ray is not installed.
+"""
+
+from dualcam.cam import forward_with_cams, upsample
+from dualcam.experts import (
+    POSITIVE_INDEX,
+    SUPPORTED_ARCHS,
+    CheckpointError,
+    Expert,
+    ExpertMeta,
+    build_expert,
+    load_expert,
+    load_meta,
+    save_expert,
+)
+from dualcam.imaging import MAX_PIXELS, DecodeError, decode_image, preprocess
+from dualcam.kernel import addk
+from dualcam.scoring import DualScorer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MAX_PIXELS",
+    "POSITIVE_INDEX",
+    "SUPPORTED_ARCHS",
+    "CheckpointError",
+    "DecodeError",
+    "DualScorer",
+    "Expert",
+    "ExpertMeta",
+    "addk",
+    "build_expert",
+    "decode_image",
+    "forward_with_cams",
+    "load_expert",
+    "load_meta",
+    "preprocess",
+    "save_expert",
+    "upsample",
+]

@@ -1,0 +1,146 @@
+"""The ``dualcam`` command. Thin: every command calls the library functions users can call too."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from dualcam import storage
+from dualcam.cam import upsample
+from dualcam.experts import SUPPORTED_ARCHS, CheckpointError, ExpertMeta, build_expert, load_meta, save_expert
+from dualcam.imaging import DecodeError, decode_image, is_image_name
+from dualcam.render import overlay
+from dualcam.scoring import DualScorer
+from dualcam.synthetic import write_synthetic_xrays
+
+
+def _inputs(uris: Sequence[str]) -> list[str]:
+    """Files named directly, plus the image files found under named folders or s3:// prefixes."""
+    found = []
+    for uri in uris:
+        listed = storage.list_files(uri)
+        found += listed if listed == [uri] else [u for u in listed if is_image_name(u)]
+    return found
+
+
+def cmd_expert_init(args: argparse.Namespace) -> int:
+    model = build_expert(args.arch, None if args.weights == "none" else args.weights)
+    meta = ExpertMeta(arch=args.arch, class_name=args.class_name, input_size=args.input_size,
+                      color_mode=args.color_mode, recipe={"init_weights": args.weights})
+    meta = save_expert(model, args.out, meta)
+    print(f"wrote expert {meta.class_name!r} ({meta.arch}, {meta.input_size} px, weights {args.weights}) "
+          f"version {meta.version} to {args.out}")
+    return 0
+
+
+def cmd_expert_show(args: argparse.Namespace) -> int:
+    print(json.dumps(load_meta(args.uri).to_dict(), indent=2))
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    failed = 0
+    files = _inputs(args.inputs)
+    for uri in files:
+        try:
+            image = decode_image(storage.read_bytes(uri), uri)
+        except (DecodeError, OSError) as err:
+            failed += 1
+            print(f"error  {err}")
+            continue
+        mode = "RGB" if image.ndim == 3 else "gray"
+        print(f"ok     {uri}  {image.shape[1]}x{image.shape[0]} {mode}  range [{image.min():.3f}, {image.max():.3f}]")
+    print(f"{len(files) - failed} decoded, {failed} failed, of {len(files)} files")
+    return 1 if failed else 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    scorer = DualScorer(args.c1, args.c2, alpha=args.alpha, device=args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = _inputs(args.inputs)
+    c1, c2 = scorer.c1.meta.class_name, scorer.c2.meta.class_name
+    print(f"expert 1: {c1} {scorer.c1.meta.version}; expert 2: {c2} {scorer.c2.meta.version}; "
+          f"alpha {scorer.alpha}; device {scorer.device}")
+    print(f"{'p1':>6} {'p2':>6}  {'peak (x, y)':>12}  file")
+    start, failed = time.perf_counter(), 0
+    for uri in files:
+        try:
+            image = decode_image(storage.read_bytes(uri), uri)
+        except (DecodeError, OSError) as err:
+            failed += 1
+            print(f"{'-':>6} {'-':>6}  {'-':>12}  {err}")
+            continue
+        result = scorer.score(scorer.preprocess(image)[None])
+        heat = upsample(result["heatmap"][0], image.shape[:2])
+        y, x = divmod(int(heat.argmax()), heat.shape[1])
+        name = Path(uri).stem
+        overlay(image, heat).save(out / f"{name}.addk.png")
+        print(f"{result['p1'][0]:6.3f} {result['p2'][0]:6.3f}  {f'({x}, {y})':>12}  {uri}")
+    elapsed = time.perf_counter() - start
+    print(f"{len(files) - failed} explained, {failed} failed, in {elapsed:.1f} s; overlays in {out}/")
+    return 1 if failed and failed == len(files) else 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    paths = write_synthetic_xrays(args.out, args.n, args.size, args.seed)
+    print(f"wrote {len(paths)} synthetic {args.size} px X-rays to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dualcam", description="Dual-expert CAMs and the ADDK kernel for X-ray classifiers.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    expert = sub.add_parser("expert", help="create and inspect expert checkpoints")
+    expert_sub = expert.add_subparsers(dest="expert_command", required=True, metavar="SUBCOMMAND")
+    init = expert_sub.add_parser("init", help="write an untrained or ImageNet-initialized expert checkpoint")
+    init.add_argument("--arch", choices=SUPPORTED_ARCHS, default="resnet152")
+    init.add_argument("--class-name", required=True, help="the expert's positive class, e.g. COVID-19")
+    init.add_argument("--input-size", type=int, default=224, help="square input size in pixels (default 224)")
+    init.add_argument("--color-mode", choices=("L", "RGB"), default="L", help="L: grayscale on 3 channels (default)")
+    init.add_argument("--weights", default="none",
+                      help="none, imagenet (torchvision download) or a path/s3:// URI to a state dict (default none)")
+    init.add_argument("--out", required=True, help="checkpoint directory: a path or s3:// prefix")
+    init.set_defaults(func=cmd_expert_init)
+    show = expert_sub.add_parser("show", help="print a checkpoint's expert.json")
+    show.add_argument("uri", help="checkpoint directory: a path or s3:// prefix")
+    show.set_defaults(func=cmd_expert_show)
+
+    decode = sub.add_parser("decode", help="check that images decode; one line per file")
+    decode.add_argument("inputs", nargs="+", help="files, folders or s3:// prefixes")
+    decode.set_defaults(func=cmd_decode)
+
+    explain = sub.add_parser("explain", help="score a few images with both experts and write ADDK overlays")
+    explain.add_argument("--c1", required=True, help="expert 1 checkpoint (class of interest)")
+    explain.add_argument("--c2", required=True, help="expert 2 checkpoint (the overlapping class)")
+    explain.add_argument("--alpha", type=float, default=5.0, help="ADDK amplification (paper: 5, 15, 50; default 5)")
+    explain.add_argument("--out", default="explain", help="folder for the overlay PNGs (default ./explain)")
+    explain.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    explain.add_argument("inputs", nargs="+", help="files, folders or s3:// prefixes")
+    explain.set_defaults(func=cmd_explain)
+
+    synth = sub.add_parser("synth", help="write synthetic chest-X-ray-like PNGs")
+    synth.add_argument("--out", required=True, help="output folder")
+    synth.add_argument("--n", type=int, default=16, help="number of images (default 16)")
+    synth.add_argument("--size", type=int, default=256, help="side in pixels (default 256)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.set_defaults(func=cmd_synth)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CheckpointError, DecodeError, ValueError, OSError) as err:
+        print(f"dualcam: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

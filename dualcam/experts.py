@@ -1,0 +1,260 @@
+"""Binary experts: a torchvision classifier with a 2-output head, and its checkpoint on disk or S3.
+
+An expert checkpoint is a directory (local path or s3:// prefix) holding
+
+* ``weights.pt``: the state dict, written by ``torch.save`` and read back only with
+  ``torch.load(..., weights_only=True)``, so a checkpoint can never run code;
+* ``expert.json``: everything needed to use the weights without guessing (``ExpertMeta``):
+  architecture, class name, input size, colour mode and channel normalization, plus provenance
+  (created_at, version id, the weights' sha256, metrics, training-data fingerprint, recipe).
+
+``expert.json`` is written last, so a directory without it is a save that did not finish.
+Output index 1 of every expert is the in-class score (``POSITIVE_INDEX``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import io
+import json
+import pickle
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models import DenseNet, ResNet, WeightsEnum, get_model, get_model_weights
+
+from dualcam import storage
+
+SUPPORTED_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densenet121")
+POSITIVE_INDEX = 1
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+META_FILE = "expert.json"
+WEIGHTS_FILE = "weights.pt"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """An expert checkpoint or weights file that cannot be used; names the URI and the cause."""
+
+    def __init__(self, uri: str, reason: str):
+        super().__init__(f"{uri}: {reason}")
+        self.uri, self.reason = uri, reason
+
+
+@dataclass
+class ExpertMeta:
+    """What ``expert.json`` holds. Only arch, class_name and input_size must be given.
+
+    ``color_mode`` "L" turns every image to grayscale and repeats it over the 3 input channels (so
+    an X-ray stored as RGB and as L give the same input); "RGB" keeps colour.
+    """
+
+    arch: str
+    class_name: str
+    input_size: int
+    color_mode: str = "L"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    created_at: str = ""
+    version: str = ""
+    sha256: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    data_fingerprint: str | None = None
+    recipe: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.arch not in SUPPORTED_ARCHS:
+            raise ValueError(f"arch {self.arch!r} is not one of {', '.join(SUPPORTED_ARCHS)}")
+        if not isinstance(self.input_size, int) or self.input_size < 32:
+            raise ValueError(f"input_size must be an integer >= 32 pixels, got {self.input_size!r}")
+        if self.color_mode not in ("L", "RGB"):
+            raise ValueError(f"color_mode must be 'L' or 'RGB', got {self.color_mode!r}")
+        if not self.class_name:
+            raise ValueError("class_name must not be empty")
+        self.mean, self.std = tuple(self.mean), tuple(self.std)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ExpertMeta:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown expert metadata keys: {', '.join(unknown)}")
+        missing = sorted({"arch", "class_name", "input_size"} - set(data))
+        if missing:
+            raise ValueError(f"expert metadata lacks {', '.join(missing)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Expert:
+    """A loaded expert: the model (eval mode), its metadata and where it came from."""
+
+    model: nn.Module
+    meta: ExpertMeta
+    uri: str
+
+
+def imagenet_weights(arch: str) -> WeightsEnum:
+    """torchvision's default ImageNet weights for ``arch`` (what ``weights="imagenet"`` loads)."""
+    _check_arch(arch)
+    return get_model_weights(arch).DEFAULT
+
+
+def build_expert(arch: str, weights: str | None = None) -> nn.Module:
+    """A torchvision ``arch`` whose final layer is replaced by 2 outputs (index 1 = in-class).
+
+    ``weights``: None (random init); ``"imagenet"`` (torchvision's pretrained weights, downloaded
+    into torch's hub cache on first use); or a path or s3:// URI to a state dict for the same
+    arch, either ImageNet's 1000-class one (for clusters without internet) or a 2-output one.
+    """
+    _check_arch(arch)
+    if weights in (None, "none"):
+        return _with_binary_head(get_model(arch, weights=None))
+    if weights == "imagenet":
+        return _with_binary_head(get_model(arch, weights=imagenet_weights(arch)))
+    state = _read_state_dict(weights)
+    head = _head_name(arch)
+    n_out = state[f"{head}.weight"].shape[0] if f"{head}.weight" in state else None
+    model = _skeleton(arch, num_classes=2 if n_out == 2 else 1000)
+    _load_into(model, state, weights, arch)
+    return _with_binary_head(model) if n_out != 2 else model
+
+
+def save_expert(model: nn.Module, uri: str, meta: ExpertMeta | Mapping[str, Any]) -> ExpertMeta:
+    """Write ``model`` as an expert checkpoint at ``uri``; returns the completed metadata.
+
+    created_at, version and sha256 are filled in here; the version id is
+    ``<UTC time>-<first 8 hex of sha256>``, unique per saved content and sortable by time.
+    """
+    meta = meta if isinstance(meta, ExpertMeta) else ExpertMeta.from_dict(meta)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    _check_fits(state, meta.arch, uri)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    digest = hashlib.sha256(data).hexdigest()
+    meta = dataclasses.replace(
+        meta,
+        created_at=now.isoformat(),
+        version=f"{now:%Y%m%dT%H%M%SZ}-{digest[:8]}",
+        sha256=digest,
+    )
+    storage.write_bytes(storage.join(uri, WEIGHTS_FILE), data)
+    storage.write_bytes(storage.join(uri, META_FILE), json.dumps(meta.to_dict(), indent=2).encode())
+    return meta
+
+
+def load_meta(uri: str) -> ExpertMeta:
+    """Read and validate ``expert.json`` alone (cheap: no weights)."""
+    try:
+        raw = storage.read_bytes(storage.join(uri, META_FILE))
+    except FileNotFoundError:
+        raise CheckpointError(uri, f"no {META_FILE}: not an expert checkpoint, or a save that did not finish") from None
+    except OSError as err:
+        raise CheckpointError(uri, f"cannot read {META_FILE}: {err}") from None
+    try:
+        data = json.loads(raw)
+    except ValueError as err:
+        raise CheckpointError(uri, f"{META_FILE} is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(uri, f"{META_FILE} must hold a JSON object")
+    if data.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+        raise CheckpointError(uri, f"written by a newer dualcam (format {data['format_version']}); upgrade dualcam")
+    try:
+        return ExpertMeta.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(uri, f"{META_FILE}: {err}") from None
+
+
+def load_expert(uri: str, device: str | torch.device = "cpu") -> Expert:
+    """Load an expert checkpoint, checking its content hash and architecture; model in eval mode."""
+    meta = load_meta(uri)
+    weights_uri = storage.join(uri, WEIGHTS_FILE)
+    try:
+        data = storage.read_bytes(weights_uri)
+    except FileNotFoundError:
+        raise CheckpointError(uri, f"{WEIGHTS_FILE} is missing") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if meta.sha256 and digest != meta.sha256:
+        raise CheckpointError(
+            uri,
+            f"{WEIGHTS_FILE} is truncated or altered ({len(data)} bytes, sha256 {digest[:12]}..., "
+            f"{META_FILE} says {meta.sha256[:12]}...)",
+        )
+    model = _skeleton(meta.arch)
+    _load_into(model, _parse_state_dict(data, weights_uri), uri, meta.arch)
+    return Expert(model=model.to(device).eval(), meta=meta, uri=uri)
+
+
+def _check_arch(arch: str) -> None:
+    if arch not in SUPPORTED_ARCHS:
+        raise ValueError(f"arch {arch!r} is not one of {', '.join(SUPPORTED_ARCHS)}")
+
+
+def _head_name(arch: str) -> str:
+    return "classifier" if arch.startswith("densenet") else "fc"
+
+
+def _with_binary_head(model: nn.Module) -> nn.Module:
+    if isinstance(model, ResNet):
+        model.fc = nn.Linear(model.fc.in_features, 2)
+    elif isinstance(model, DenseNet):
+        model.classifier = nn.Linear(model.classifier.in_features, 2)
+    return model
+
+
+def _skeleton(arch: str, num_classes: int = 2) -> nn.Module:
+    """The network's structure with no storage allocated; weights are assigned on load (fast)."""
+    with torch.device("meta"):
+        return get_model(arch, weights=None, num_classes=num_classes)
+
+
+def _check_fits(state: Mapping[str, torch.Tensor], arch: str, uri: str) -> None:
+    _load_into(_skeleton(arch), state, uri, arch)
+
+
+def _load_into(model: nn.Module, state: Mapping[str, torch.Tensor], uri: str, arch: str) -> None:
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())
+        raise CheckpointError(uri, f"weights do not fit arch {arch!r}: {detail[:400]}") from None
+
+
+# torchvision's published DenseNet files use old key names ("norm.1"); its loader renames them.
+_OLD_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def _parse_state_dict(data: bytes, uri: str) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = " ".join(str(err).split())[:300]
+        raise CheckpointError(uri, f"holds pickled objects other than tensors; refused by weights_only loading ({reason})") from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(uri, f"not a readable torch weights file ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(uri, "does not hold a state dict (a mapping of names to tensors)")
+    return {_OLD_DENSENET_KEY.sub(r"\1\2", k): v for k, v in state.items()}
+
+
+def _read_state_dict(uri: str) -> dict[str, torch.Tensor]:
+    try:
+        data = storage.read_bytes(uri)
+    except FileNotFoundError:
+        raise CheckpointError(uri, "weights file not found") from None
+    except OSError as err:
+        raise CheckpointError(uri, f"cannot read weights: {err}") from None
+    return _parse_state_dict(data, uri)

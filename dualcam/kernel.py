@@ -1,0 +1,70 @@
+"""ADDK, the Amplified Directed Divergence Kernel (pure torch, no I/O).
+
+    K(x, x') = exp(alpha * (x / max(x) - x' / max(x')))
+
+applied to (CAM1, CAM2): large where expert 1 is relatively more confident than expert 2.
+
+Two guards make the paper's formula total, and both are documented behaviour:
+
+* **The divisor.** Each map is divided by its own peak, taken per map (over the last two dims),
+  never per batch. Where the peak is not clearly positive, that is ``max(x) < PEAK_FLOOR *
+  max|x|`` (maps that are all <= 0, or whose peak is a rounding error next to their troughs), the
+  divisor is floored at ``PEAK_FLOOR * max|x|``. Normalized values then stay within
+  ``[-1 / PEAK_FLOOR, 1]`` and keep their order; an all-zero map normalizes to zeros, so it adds
+  or subtracts nothing. Maps with a clearly positive peak get the paper's formula exactly.
+* **The exponent.** Up to ``EXPONENT_KNEE`` the exponent is used as is. Above it, it saturates
+  smoothly (``knee + span * tanh((z - knee) / span)``) towards ``EXPONENT_KNEE + EXPONENT_SPAN``
+  = 80, so the result stays finite in float32 (exp(80) ~ 5.5e34) for any alpha while the
+  ordering of cells, which peak finding relies on, is kept.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+PEAK_FLOOR = 0.05
+EXPONENT_KNEE = 60.0
+EXPONENT_SPAN = 20.0
+
+ArrayLike = TypeVar("ArrayLike", torch.Tensor, np.ndarray)
+
+
+def normalize_by_peak(maps: torch.Tensor) -> torch.Tensor:
+    """Divide each (h, w) map by its peak, with the floor described in the module docstring."""
+    peak = maps.amax(dim=(-2, -1), keepdim=True)
+    magnitude = maps.abs().amax(dim=(-2, -1), keepdim=True)
+    tiny = torch.finfo(maps.dtype).tiny
+    divisor = torch.maximum(peak, PEAK_FLOOR * magnitude).clamp_min(tiny)
+    return maps / divisor
+
+
+def _saturate(exponent: torch.Tensor) -> torch.Tensor:
+    above = EXPONENT_KNEE + EXPONENT_SPAN * torch.tanh((exponent - EXPONENT_KNEE) / EXPONENT_SPAN)
+    return torch.where(exponent > EXPONENT_KNEE, above, exponent)
+
+
+def addk(x: ArrayLike, x_prime: ArrayLike, alpha: float = 5.0) -> ArrayLike:
+    """ADDK(x, x') for maps of shape (..., h, w); returns the same type, shape and device.
+
+    Computed in float32 (float64 if both inputs are float64), whatever the input precision, so
+    an fp16/bf16 CAM from autocast never overflows. Raises ValueError on shape mismatch, fewer
+    than two dims, negative or non-finite alpha, or non-finite values in either map.
+    """
+    as_numpy = isinstance(x, np.ndarray)
+    a, b = torch.as_tensor(x), torch.as_tensor(x_prime)
+    if a.shape != b.shape:
+        raise ValueError(f"addk: maps must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.dim() < 2:
+        raise ValueError(f"addk: maps need at least two dims (..., h, w), got shape {tuple(a.shape)}")
+    if not (np.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"addk: alpha must be finite and >= 0, got {alpha}")
+    dtype = torch.float64 if a.dtype == b.dtype == torch.float64 else torch.float32
+    a, b = a.to(dtype), b.to(device=a.device, dtype=dtype)
+    for name, m in (("x", a), ("x_prime", b)):
+        if not torch.isfinite(m).all():
+            raise ValueError(f"addk: {name} holds NaN or infinite values")
+    out = torch.exp(_saturate(alpha * (normalize_by_peak(a) - normalize_by_peak(b))))
+    return out.numpy() if as_numpy else out

@@ -1,0 +1,73 @@
+"""Shared fixtures: the sample X-rays from ../shared, and a real S3 endpoint (moto's server on loopback)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def xray_samples() -> Path | None:
+    """The shared chest X-ray folder (see ../shared/data/README.md), or None when absent."""
+    path = Path(os.environ.get("DUALCAM_XRAY_SAMPLES", ROOT.parent / "shared" / "data" / "xray"))
+    return path if (path / "images").is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def xray_dir() -> Path:
+    path = xray_samples()
+    if path is None:
+        pytest.skip("sample X-rays not found: set DUALCAM_XRAY_SAMPLES or lay out ../shared/data/xray")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 server on 127.0.0.1 with the standard AWS variables pointing at it.
+
+    boto3 (and pyarrow, Ray) then reach it through plain s3:// URIs, as they would AWS or MinIO.
+    """
+    from moto.server import ThreadedMotoServer
+
+    from dualcam import storage
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    storage.s3_client.cache_clear()
+    yield env["AWS_ENDPOINT_URL"]
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    storage.s3_client.cache_clear()
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, request) -> str:
+    """A fresh bucket for one test; returns its s3:// URI."""
+    from dualcam import storage
+
+    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50].strip("-")
+    storage.s3_client().create_bucket(Bucket=name)
+    return f"s3://{name}"

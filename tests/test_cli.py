@@ -1,0 +1,87 @@
+"""The installed command, end to end, and the promise that dualcam works without Ray."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dualcam.cli import main
+
+BIN = Path(sys.executable).parent
+
+
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "dualcam"), *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_the_installed_command_runs():
+    result = run("--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage: dualcam" in result.stdout and "explain" in result.stdout
+
+
+@pytest.mark.parametrize("command", [["expert"], ["expert", "init"], ["expert", "show"], ["decode"], ["explain"], ["synth"]])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: dualcam {' '.join(command)}" in capsys.readouterr().out
+
+
+def test_import_and_score_without_ray(tmp_path):
+    code = (
+        "import sys; sys.modules['ray'] = None\n"  # any 'import ray' now fails
+        "import dualcam, torch\n"
+        "from dualcam import DualScorer, build_expert, save_expert\n"
+        f"for n in ('a', 'b'): save_expert(build_expert('resnet18'), r'{tmp_path}/' + n, "
+        "{'arch': 'resnet18', 'class_name': n, 'input_size': 64})\n"
+        f"s = DualScorer(r'{tmp_path}/a', r'{tmp_path}/b', device='cpu')\n"
+        "print(s.score(torch.zeros(1, 3, 64, 64))['heatmap'].shape)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(1, 2, 2)"
+
+
+def test_synth_init_explain_end_to_end(tmp_path, capsys):
+    images, out = tmp_path / "images", tmp_path / "overlays"
+    assert main(["synth", "--out", str(images), "--n", "3", "--size", "96"]) == 0
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (images / "labels.csv").write_text("not an image, not listed\n")
+    for name in ("COVID-19", "pneumonia"):
+        assert main(["expert", "init", "--arch", "resnet18", "--class-name", name, "--input-size", "64",
+                     "--out", str(tmp_path / name)]) == 0
+    capsys.readouterr()
+    code = main(["explain", "--c1", str(tmp_path / "COVID-19"), "--c2", str(tmp_path / "pneumonia"),
+                 "--alpha", "15", "--out", str(out), str(images)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == [f"synthetic-0000{i}.addk.png" for i in range(3)]
+    assert "broken.png: corrupt or truncated PNG" in printed
+    assert "3 explained, 1 failed" in printed and "labels.csv" not in printed
+
+
+def test_decode_reports_each_file_and_fails_on_any_error(tmp_path, capsys):
+    main(["synth", "--out", str(tmp_path), "--n", "2", "--size", "40"])
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    capsys.readouterr()
+    assert main(["decode", str(tmp_path)]) == 1
+    printed = capsys.readouterr().out
+    assert "empty.dcm: empty file (0 bytes)" in printed and "2 decoded, 1 failed, of 3 files" in printed
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    result = run("explain", "--c1", str(tmp_path / "nope"), "--c2", str(tmp_path / "nope"), str(tmp_path))
+    assert result.returncode == 2
+    assert f"dualcam: error: {tmp_path / 'nope'}: no expert.json" in result.stderr
+
+
+def test_expert_show_on_s3(s3_bucket):
+    uri = f"{s3_bucket}/experts/covid"
+    result = run("expert", "init", "--arch", "resnet18", "--class-name", "COVID-19", "--input-size", "64",
+                 "--out", uri, env=dict(os.environ))
+    assert result.returncode == 0, result.stderr
+    shown = run("expert", "show", uri, env=dict(os.environ))
+    assert shown.returncode == 0 and '"class_name": "COVID-19"' in shown.stdout

@@ -1,0 +1,205 @@
+"""Decoding every sample X-ray and DICOM, generated edge cases, and the shared preprocessing."""
+
+import csv
+import io
+import struct
+import zlib
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from PIL import Image
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from conftest import xray_samples
+from dualcam.experts import ExpertMeta
+from dualcam.imaging import MAX_PIXELS, DecodeError, decode_image, is_image_name, preprocess
+
+SAMPLES = xray_samples()
+NO_SAMPLES = pytest.param(None, marks=pytest.mark.skip(reason="sample X-rays not found (../shared/data/xray)"))
+
+
+def sample_rows(csv_name: str) -> list:
+    if SAMPLES is None:
+        return [NO_SAMPLES]
+    with open(SAMPLES / csv_name, newline="") as f:
+        return [pytest.param(row, id=row["file"]) for row in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("row", sample_rows("metadata.csv"))
+def test_every_sample_image_decodes(row):
+    image = decode_image((SAMPLES / "images" / row["file"]).read_bytes(), row["file"])
+    assert image.dtype == np.float32 and np.isfinite(image).all()
+    assert 0.0 <= image.min() and image.max() <= 1.0 and image.max() > image.min()
+    assert image.shape[:2] == (int(row["height"]), int(row["width"]))
+    assert image.ndim == (2 if row["color_mode"] == "L" else 3)
+
+
+@pytest.mark.parametrize("row", sample_rows("dicom/dicom.csv"))
+def test_every_sample_dicom_decodes(row):
+    image = decode_image((SAMPLES / "dicom" / row["file"]).read_bytes(), row["file"])
+    assert image.dtype == np.float32 and np.isfinite(image).all()
+    assert image.shape == (int(row["rows"]), int(row["columns"]))
+    assert image.min() == 0.0 and image.max() == 1.0
+
+
+def test_monochrome1_is_the_inverse_of_its_monochrome2_twin(xray_dir):
+    mono2 = "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
+    a = decode_image((xray_dir / "dicom" / mono2).read_bytes(), mono2)
+    b = decode_image((xray_dir / "dicom" / "Fake_MONOHR1.dcm").read_bytes(), "Fake_MONOHR1.dcm")
+    np.testing.assert_allclose(b, 1.0 - a, atol=1e-6)
+
+
+def test_monochrome1_chest_has_dark_lungs(xray_dir):
+    # Lungs are dark and the mediastinum bright on a correctly displayed chest film.
+    image = decode_image((xray_dir / "dicom" / "CR-MONO1-10-chest.dcm").read_bytes(), "CR-MONO1-10-chest.dcm")
+    h, w = image.shape
+    lungs = np.r_[image[h // 3: 2 * h // 3, w // 5: 2 * w // 5].ravel(), image[h // 3: 2 * h // 3, 3 * w // 5: 4 * w // 5].ravel()]
+    mediastinum = image[h // 3: 2 * h // 3, 9 * w // 20: 11 * w // 20]
+    assert lungs.mean() < mediastinum.mean()
+
+
+def png_bytes(array: np.ndarray, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array, **kwargs).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_16_bit_grayscale_png_keeps_its_depth():
+    ramp = np.linspace(0, 65535, 64 * 32).astype(np.uint16).reshape(64, 32)
+    data = png_bytes(ramp)
+    assert Image.open(io.BytesIO(data)).mode.startswith("I")
+    np.testing.assert_allclose(decode_image(data, "ramp16.png"), ramp / 65535.0, atol=1e-7)
+
+
+def test_rgba_png_drops_alpha():
+    rgba = np.random.default_rng(0).integers(0, 256, (20, 30, 4), dtype=np.uint8)
+    image = decode_image(png_bytes(rgba), "rgba.png")
+    assert image.shape == (20, 30, 3)
+    np.testing.assert_allclose(image, rgba[..., :3] / 255.0, atol=1e-7)
+
+
+def test_palette_png_becomes_rgb_and_one_pixel_image_works():
+    pal = Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).convert("P")
+    buf = io.BytesIO()
+    pal.save(buf, format="PNG")
+    np.testing.assert_allclose(decode_image(buf.getvalue(), "p.png"), np.asarray(pal.convert("RGB")) / 255.0, atol=1e-6)
+    tiny = decode_image(png_bytes(np.array([[128]], np.uint8)), "1x1.png")
+    assert tiny.shape == (1, 1) and tiny[0, 0] == pytest.approx(128 / 255.0)
+
+
+def test_grayscale_jpeg():
+    buf = io.BytesIO()
+    Image.fromarray(np.full((16, 16), 100, np.uint8)).save(buf, format="JPEG", quality=95)
+    image = decode_image(buf.getvalue(), "x.jpg")
+    assert image.shape == (16, 16) and abs(image.mean() - 100 / 255.0) < 0.01
+
+
+def test_truncated_files_are_refused():
+    png = png_bytes(np.random.default_rng(1).integers(0, 256, (64, 64), dtype=np.uint8))
+    with pytest.raises(DecodeError, match=r"^cut.png: corrupt or truncated PNG"):
+        decode_image(png[: len(png) // 2], "cut.png")
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 64), dtype=np.uint8)).save(buf, format="JPEG")
+    with pytest.raises(DecodeError, match=r"^cut.jpg: corrupt or truncated JPEG"):
+        decode_image(buf.getvalue()[:300], "cut.jpg")
+
+
+def test_empty_and_non_image_files_are_refused():
+    with pytest.raises(DecodeError, match=r"^empty.png: empty file \(0 bytes\)"):
+        decode_image(b"", "empty.png")
+    with pytest.raises(DecodeError, match=r"^notes.png: not a PNG, JPEG or DICOM file"):
+        decode_image(b"these are not the pixels you are looking for", "notes.png")
+    with pytest.raises(DecodeError, match=r"^s3://b/README: "):
+        decode_image(b"plain text with no extension" * 10, "s3://b/README")
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    with pytest.raises(DecodeError, match=r"^bomb.png: .*10000000000 pixels.*decompression bomb"):
+        decode_image(png_header_only(100_000, 100_000), "bomb.png")
+    with pytest.raises(DecodeError, match=r"^big.png: header claims 8000 x 7000 pixels, over the limit of 50000000"):
+        decode_image(png_header_only(8000, 7000), "big.png")
+    assert MAX_PIXELS >= 4300 * 4300
+
+
+def dicom_bytes(rows: int, cols: int, pixels: np.ndarray | None, photometric: str = "MONOCHROME2", preamble: bool = True) -> bytes:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.Rows, ds.Columns = "CR", rows, cols
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    if pixels is not None:
+        ds.PixelData = pixels.astype(np.uint16).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=preamble)
+    return buf.getvalue()
+
+
+def test_generated_dicom_with_window_and_rescale():
+    pixels = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) % 4096
+    data = dicom_bytes(64, 64, pixels)
+    image = decode_image(data, "gen.dcm")
+    np.testing.assert_allclose(image, pixels / pixels.max(), atol=1e-6)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.WindowCenter, ds.WindowWidth = 1024, 1024  # keep [512, 1536]: outside saturates
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    windowed = decode_image(buf.getvalue(), "windowed.dcm")
+    assert windowed[pixels < 500].max() == 0.0 and windowed[pixels > 1540].min() == 1.0
+
+
+def test_dicom_without_pixels_or_too_large_is_refused():
+    with pytest.raises(DecodeError, match=r"^nopix.dcm: DICOM file has no pixel data"):
+        decode_image(dicom_bytes(16, 16, None), "nopix.dcm")
+    with pytest.raises(DecodeError, match=r"^huge.dcm: header claims 60000 x 60000 pixels"):
+        decode_image(dicom_bytes(60000, 60000, np.zeros((2, 2))), "huge.dcm")
+
+
+def test_image_names():
+    assert is_image_name("a/b.PNG") and is_image_name("s3://b/x.dcm") and is_image_name("dicom/IM0001")
+    assert not is_image_name("a/metadata.csv") and not is_image_name("a/.hidden")
+
+
+META = ExpertMeta(arch="resnet18", class_name="COVID-19", input_size=64)
+
+
+def test_preprocess_shape_and_normalization():
+    x = preprocess(np.full((300, 200), 0.5, np.float32), META)
+    assert x.shape == (3, 64, 64) and x.dtype == torch.float32
+    expected = [(0.5 - m) / s for m, s in zip(META.mean, META.std)]
+    torch.testing.assert_close(x.mean(dim=(1, 2)), torch.tensor(expected))
+
+
+def test_preprocess_gray_and_gray_stored_as_rgb_agree():
+    gray = np.random.default_rng(3).random((120, 90), dtype=np.float32)
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    torch.testing.assert_close(preprocess(gray, META), preprocess(rgb, META), atol=1e-5, rtol=1e-5)
+
+
+def test_preprocess_rgb_mode_keeps_colour():
+    meta = ExpertMeta(arch="resnet18", class_name="car", input_size=64, color_mode="RGB")
+    image = np.zeros((64, 64, 3), np.float32)
+    image[..., 0] = 1.0
+    x = preprocess(image, meta)
+    assert x[0].mean() > x[1].mean()
+
+
+def test_preprocess_refuses_bad_shapes():
+    with pytest.raises(ValueError, match="expects"):
+        preprocess(np.zeros((4, 4, 4), np.float32), META)

@@ -1,0 +1,155 @@
+"""ADDK pinned to its formula, its direction, its alpha behaviour and every degenerate map."""
+
+import numpy as np
+import pytest
+import torch
+
+from dualcam.kernel import EXPONENT_KNEE, EXPONENT_SPAN, PEAK_FLOOR, addk, normalize_by_peak
+
+
+def paper_addk(x, xp, alpha):
+    """The paper's formula, written out for maps with a positive peak."""
+    return np.exp(alpha * (x / x.max() - xp / xp.max()))
+
+
+def test_matches_hand_computed_values():
+    x = np.array([[1.0, 2.0], [3.0, 4.0]])
+    xp = np.array([[2.0, 0.0], [1.0, 2.0]])
+    # x / 4 = [.25 .5 .75 1], x' / 2 = [1 0 .5 1] -> diff [-.75 .5 .25 0]
+    expected = np.exp(2.0 * np.array([[-0.75, 0.5], [0.25, 0.0]]))
+    np.testing.assert_allclose(addk(x, xp, alpha=2.0), expected, rtol=1e-12)
+
+
+def test_matches_formula_on_random_positive_peak_maps():
+    rng = np.random.default_rng(0)
+    x, xp = rng.normal(size=(2, 3, 7, 7)) + 1.0, rng.normal(size=(2, 3, 7, 7)) + 1.0
+    out = addk(x, xp, alpha=5.0)
+    for i in np.ndindex(2, 3):
+        np.testing.assert_allclose(out[i], paper_addk(x[i], xp[i], 5.0), rtol=1e-10)
+
+
+def test_directed_not_symmetric():
+    x = np.array([[0.0, 1.0], [0.5, 0.2]])
+    xp = np.array([[1.0, 0.0], [0.3, 0.9]])
+    k, k_rev = addk(x, xp), addk(xp, x)
+    assert not np.allclose(k, k_rev)
+    np.testing.assert_allclose(k * k_rev, np.ones_like(k), rtol=1e-12)  # exp(d) * exp(-d)
+    assert k[0, 1] > 1 > k[0, 0]  # high where expert 1 leads, low where expert 2 does
+
+
+def test_identical_maps_give_ones():
+    x = torch.rand(4, 6, 6) + 0.1
+    torch.testing.assert_close(addk(x, x.clone(), alpha=50.0), torch.ones_like(x))
+
+
+def test_max_is_per_map_not_per_batch():
+    rng = np.random.default_rng(1)
+    a, b = rng.random((2, 5, 5)), rng.random((2, 5, 5))
+    a[1] *= 1000.0  # a batch-wide max would flatten map 0
+    batched = addk(a, b, alpha=5.0)
+    for i in range(2):
+        np.testing.assert_allclose(batched[i], addk(a[i], b[i], alpha=5.0), rtol=1e-12)
+
+
+def test_scale_invariant_per_map():
+    x, xp = torch.rand(7, 7) + 0.1, torch.rand(7, 7) + 0.1
+    torch.testing.assert_close(addk(x, xp), addk(37.0 * x, 0.01 * xp))
+
+
+def test_larger_alpha_concentrates_the_map():
+    rng = np.random.default_rng(2)
+    x, xp = rng.random((7, 7)), rng.random((7, 7))
+    shares = []
+    for alpha in (1.0, 5.0, 15.0, 50.0):
+        k = addk(x, xp, alpha=alpha)
+        shares.append(k.max() / k.sum())
+    assert all(later > earlier for earlier, later in zip(shares, shares[1:]))
+    assert shares[-1] > 0.5 > shares[0]
+    # exp is monotonic: the ranking of cells never depends on alpha
+    assert len({int(addk(x, xp, alpha=a).argmax()) for a in (1.0, 5.0, 50.0)}) == 1
+
+
+def test_alpha_zero_is_flat():
+    x, xp = torch.rand(3, 5, 5), torch.rand(3, 5, 5)
+    torch.testing.assert_close(addk(x, xp, alpha=0.0), torch.ones(3, 5, 5))
+
+
+@pytest.mark.parametrize("fill", [0.0, 3.0, -2.0])
+def test_constant_and_zero_maps_are_finite(fill):
+    c = torch.full((2, 4, 4), fill)
+    other = torch.rand(2, 4, 4) + 0.1
+    for out in (addk(c, other), addk(other, c), addk(c, c)):
+        assert torch.isfinite(out).all()
+    torch.testing.assert_close(addk(c, c), torch.ones(2, 4, 4))
+
+
+def test_zero_map_contributes_nothing():
+    other = torch.rand(5, 5) + 0.1
+    zero = torch.zeros(5, 5)
+    # K(x, 0) = exp(alpha * x / max x): CAM1 sharpened alone
+    torch.testing.assert_close(addk(other, zero, alpha=5.0), torch.exp(5.0 * other / other.max()))
+
+
+def test_all_negative_map_keeps_order_and_bounds():
+    neg = -torch.rand(6, 6) - 0.5
+    n = normalize_by_peak(neg)
+    assert (n <= 0).all() and (n >= -1.0 / PEAK_FLOOR - 1e-5).all()
+    # order kept: the least negative cell stays the largest
+    assert int(n.argmax()) == int(neg.argmax())
+    out = addk(torch.rand(6, 6) + 0.1, neg, alpha=100.0)
+    assert torch.isfinite(out).all()
+
+
+def test_tiny_positive_peak_does_not_blow_up():
+    x = -torch.rand(7, 7) - 1.0
+    x[3, 3] = 1e-30  # a peak that is a rounding error next to the troughs
+    n = normalize_by_peak(x)
+    assert n.min() >= -1.0 / PEAK_FLOOR - 1e-5
+
+
+def test_finite_in_float32_up_to_alpha_100_on_extreme_maps():
+    rng = np.random.default_rng(3)
+    x = torch.tensor(rng.normal(size=(8, 7, 7)) * 1e6, dtype=torch.float32)
+    xp = torch.tensor(-rng.normal(size=(8, 7, 7)) * 1e6, dtype=torch.float32)
+    for alpha in (5.0, 50.0, 100.0):
+        out = addk(x, xp, alpha=alpha)
+        assert out.dtype == torch.float32 and torch.isfinite(out).all()
+        assert out.max() <= np.exp(EXPONENT_KNEE + EXPONENT_SPAN) * 1.0001
+
+
+def test_saturation_keeps_order_and_is_exact_below_the_knee():
+    x = torch.linspace(0.1, 1.0, 49).reshape(7, 7)
+    xp = torch.linspace(1.0, -0.5, 49).reshape(7, 7)  # diff spans [-0.9, 1.5] after normalization
+    out = addk(x, xp, alpha=100.0).flatten()
+    assert (out[1:] > out[:-1]).all()  # strictly increasing: saturation never ties two cells
+    exponent = 100.0 * (x / x.max() - xp / xp.max())
+    exact = exponent <= EXPONENT_KNEE
+    torch.testing.assert_close(addk(x, xp, alpha=100.0)[exact], torch.exp(exponent[exact]))
+
+
+def test_types_devices_and_leading_dims():
+    x, xp = np.random.rand(2, 3, 4, 5, 5), np.random.rand(2, 3, 4, 5, 5)
+    out = addk(x, xp)
+    assert isinstance(out, np.ndarray) and out.shape == x.shape
+    t = addk(torch.from_numpy(x).half(), torch.from_numpy(xp).half())
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.shape == x.shape
+    np.testing.assert_allclose(addk(x.astype(np.float32), xp.astype(np.float32)), out, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_input_raises(bad):
+    x = np.ones((4, 4))
+    x[1, 2] = bad
+    with pytest.raises(ValueError, match="x holds NaN or infinite"):
+        addk(x, np.ones((4, 4)))
+    with pytest.raises(ValueError, match="x_prime holds NaN or infinite"):
+        addk(np.ones((4, 4)), x)
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="same shape"):
+        addk(np.ones((4, 4)), np.ones((4, 5)))
+    with pytest.raises(ValueError, match="two dims"):
+        addk(np.ones(4), np.ones(4))
+    with pytest.raises(ValueError, match="alpha"):
+        addk(np.ones((4, 4)), np.ones((4, 4)), alpha=float("nan"))
