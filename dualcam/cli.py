@@ -6,8 +6,10 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from dualcam import storage
 from dualcam.cam import upsample
@@ -25,6 +27,15 @@ def _inputs(uris: Sequence[str]) -> list[str]:
         listed = storage.list_files(uri)
         found += listed if listed == [uri] else [u for u in listed if is_image_name(u)]
     return found
+
+
+def _decoded(files: Sequence[str]) -> Iterator[tuple[str, np.ndarray | None, Exception | None]]:
+    """(uri, image, None) or (uri, None, error) per file: one bad file never stops the others."""
+    for uri in files:
+        try:
+            yield uri, decode_image(storage.read_bytes(uri), uri), None
+        except (DecodeError, OSError) as err:
+            yield uri, None, err
 
 
 def cmd_expert_init(args: argparse.Namespace) -> int:
@@ -45,10 +56,8 @@ def cmd_expert_show(args: argparse.Namespace) -> int:
 def cmd_decode(args: argparse.Namespace) -> int:
     failed = 0
     files = _inputs(args.inputs)
-    for uri in files:
-        try:
-            image = decode_image(storage.read_bytes(uri), uri)
-        except (DecodeError, OSError) as err:
+    for uri, image, err in _decoded(files):
+        if err:
             failed += 1
             print(f"error  {err}")
             continue
@@ -68,10 +77,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
           f"alpha {scorer.alpha}; device {scorer.device}")
     print(f"{'p1':>6} {'p2':>6}  {'peak (x, y)':>12}  file")
     start, failed = time.perf_counter(), 0
-    for uri in files:
-        try:
-            image = decode_image(storage.read_bytes(uri), uri)
-        except (DecodeError, OSError) as err:
+    for uri, image, err in _decoded(files):
+        if err:
             failed += 1
             print(f"{'-':>6} {'-':>6}  {'-':>12}  {err}")
             continue
