@@ -8,7 +8,8 @@ An expert checkpoint is a directory (local path or s3:// prefix) holding
   architecture, class name, input size, colour mode and channel normalization, plus provenance
   (created_at, version id, the weights' sha256, metrics, training-data fingerprint, recipe).
 
-``expert.json`` is written last, so a directory without it is a save that did not finish.
+``expert.json`` is written last, so a directory without it is a save that did not finish, and a
+directory with it is never written again: a version id always names the same weights.
 Output index 1 of every expert is the in-class score (``POSITIVE_INDEX``).
 """
 
@@ -80,6 +81,8 @@ class ExpertMeta:
         if not self.class_name:
             raise ValueError("class_name must not be empty")
         self.mean, self.std = tuple(self.mean), tuple(self.std)
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"mean and std need 3 values each, std > 0; got {self.mean} and {self.std}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ExpertMeta:
@@ -132,12 +135,14 @@ def build_expert(arch: str, weights: str | None = None) -> nn.Module:
 
 
 def save_expert(model: nn.Module, uri: str, meta: ExpertMeta | Mapping[str, Any]) -> ExpertMeta:
-    """Write ``model`` as an expert checkpoint at ``uri``; returns the completed metadata.
+    """Write ``model`` as an expert checkpoint at ``uri``, which must not hold one yet.
 
     created_at, version and sha256 are filled in here; the version id is
     ``<UTC time>-<first 8 hex of sha256>``, unique per saved content and sortable by time.
     """
     meta = meta if isinstance(meta, ExpertMeta) else ExpertMeta.from_dict(meta)
+    if storage.exists(storage.join(uri, META_FILE)):
+        raise CheckpointError(uri, "already holds an expert checkpoint; checkpoints are immutable, save to a new directory")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     _check_fits(state, meta.arch, uri)
     buf = io.BytesIO()
@@ -170,8 +175,11 @@ def load_meta(uri: str) -> ExpertMeta:
         raise CheckpointError(uri, f"{META_FILE} is not valid JSON ({err})") from None
     if not isinstance(data, dict):
         raise CheckpointError(uri, f"{META_FILE} must hold a JSON object")
-    if data.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-        raise CheckpointError(uri, f"written by a newer dualcam (format {data['format_version']}); upgrade dualcam")
+    version = data.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int):
+        raise CheckpointError(uri, f"{META_FILE}: format_version must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(uri, f"written by a newer dualcam (format {version}); upgrade dualcam")
     try:
         return ExpertMeta.from_dict(data)
     except (TypeError, ValueError) as err:
@@ -186,8 +194,12 @@ def load_expert(uri: str, device: str | torch.device = "cpu") -> Expert:
         data = storage.read_bytes(weights_uri)
     except FileNotFoundError:
         raise CheckpointError(uri, f"{WEIGHTS_FILE} is missing") from None
+    except OSError as err:
+        raise CheckpointError(uri, f"cannot read {WEIGHTS_FILE}: {err}") from None
+    if not meta.sha256:
+        raise CheckpointError(uri, f"{META_FILE} has no sha256, so {WEIGHTS_FILE} cannot be verified")
     digest = hashlib.sha256(data).hexdigest()
-    if meta.sha256 and digest != meta.sha256:
+    if digest != meta.sha256:
         raise CheckpointError(
             uri,
             f"{WEIGHTS_FILE} is truncated or altered ({len(data)} bytes, sha256 {digest[:12]}..., "
@@ -238,16 +250,25 @@ _OLD_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12
 
 
 def _parse_state_dict(data: bytes, uri: str) -> dict[str, torch.Tensor]:
+    """A plain float32 state dict with torchvision's key names, from untrusted bytes."""
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         reason = " ".join(str(err).split())[:300]
-        raise CheckpointError(uri, f"holds pickled objects other than tensors; refused by weights_only loading ({reason})") from None
-    except (RuntimeError, EOFError, OSError) as err:
+        if "weights only load failed" in reason.lower():
+            raise CheckpointError(uri, f"holds pickled objects other than tensors; refused by weights_only loading ({reason})") from None
+        raise CheckpointError(uri, f"not a readable torch weights file ({reason})") from None
+    except Exception as err:  # torch.load raises many types on arbitrary bytes
         raise CheckpointError(uri, f"not a readable torch weights file ({type(err).__name__}: {err})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise CheckpointError(uri, "does not hold a state dict (a mapping of names to tensors)")
-    return {_OLD_DENSENET_KEY.sub(r"\1\2", k): v for k, v in state.items()}
+    for wrapper in ("module.", "_orig_mod."):  # DistributedDataParallel, torch.compile
+        if state and all(k.startswith(wrapper) for k in state):
+            state = {k[len(wrapper):]: v for k, v in state.items()}
+    return {
+        _OLD_DENSENET_KEY.sub(r"\1\2", k): v.float() if v.is_floating_point() else v
+        for k, v in state.items()
+    }
 
 
 def _read_state_dict(uri: str) -> dict[str, torch.Tensor]:

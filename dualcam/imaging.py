@@ -30,7 +30,10 @@ MAX_PIXELS = 50_000_000
 """Decompression-bomb guard: images whose header claims more pixels (e.g. 7072 x 7072) are refused
 before any pixel is decoded. Chest X-rays run to about 4300 x 4300 (18.5 MP)."""
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".ima")
+_DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+# A legacy DICOM file (no preamble) starts with its first tag: group 0x0002 or 0x0008, little endian.
+_DICOM_FIRST_GROUPS = (b"\x02\x00", b"\x08\x00")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as Pillow's convert("L")
@@ -48,7 +51,7 @@ def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> np.nda
     """Decode PNG, JPEG or DICOM bytes to float32 in [0, 1], shape (H, W) or (H, W, 3).
 
     ``name`` (a file name or URI) is used for the error message and, for files with no magic
-    number, to decide whether to try DICOM (``.dcm`` or no extension).
+    number, to decide whether to try DICOM (names like ``x.dcm``, ``x.IMA``, ``1.2.840.1``, ``IM0001``).
     """
     if not data:
         raise DecodeError(name, "empty file (0 bytes)")
@@ -56,16 +59,21 @@ def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> np.nda
         return _decode_dicom(data, name, max_pixels)
     if data.startswith(_PNG_MAGIC) or data.startswith(_JPEG_MAGIC):
         return _decode_pil(data, name, max_pixels)
-    suffix = PurePosixPath(name).suffix.lower()
-    if suffix in ("", ".dcm", ".dicom"):
+    if data[:2] in _DICOM_FIRST_GROUPS or _may_be_dicom_name(name):
         return _decode_dicom(data, name, max_pixels)
     raise DecodeError(name, f"not a PNG, JPEG or DICOM file (starts with {data[:8]!r})")
 
 
-def is_image_name(name: str) -> bool:
-    """Whether a listed file is an input: a known image suffix, or no suffix (DICOM often has none)."""
+def _may_be_dicom_name(name: str) -> bool:
+    """DICOM files are often named by UID (1.2.840...), with no suffix, or with .dcm/.dicom/.ima."""
     path = PurePosixPath(name)
-    return path.suffix.lower() in IMAGE_SUFFIXES or (path.suffix == "" and not path.name.startswith("."))
+    suffix = path.suffix.lower()
+    return suffix in _DICOM_SUFFIXES or suffix[1:].isdigit() or (suffix == "" and not path.name.startswith("."))
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a listed file is an input: a PNG/JPEG suffix, or a name a DICOM file may have."""
+    return PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES or _may_be_dicom_name(name)
 
 
 def _check_size(name: str, width: int, height: int, max_pixels: int) -> None:
@@ -107,39 +115,47 @@ def _kind(data: bytes) -> str:
 
 def _decode_dicom(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        has_pixels = "PixelData" in ds
+        width, height = int(ds.get("Columns") or 0), int(ds.get("Rows") or 0)
+        frames = int(ds.get("NumberOfFrames") or 1)
     except Exception as err:  # pydicom raises many types for malformed files
         raise DecodeError(name, f"not a readable DICOM file ({type(err).__name__}: {err})") from None
-    if "PixelData" not in ds:
-        raise DecodeError(name, "DICOM file has no pixel data" if "Rows" in ds else "not a PNG, JPEG or DICOM file")
-    _check_size(name, int(ds.get("Columns", 0)), int(ds.get("Rows", 0)), max_pixels)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if not has_pixels:
+        if data[128:132] == b"DICM" or "Rows" in ds:
+            raise DecodeError(name, "DICOM file has no pixel data (or is truncated before it)")
+        raise DecodeError(name, f"not a PNG, JPEG or DICOM file (starts with {data[:8]!r})")
+    _check_size(name, width, height, max_pixels)
     if frames > 1:
         raise DecodeError(name, f"multi-frame DICOM ({frames} frames); a radiograph has one")
+    try:
+        return _dicom_pixels(ds)
+    except Exception as err:  # pixel handlers raise many types for unsupported or broken data
+        raise DecodeError(name, f"cannot decode DICOM pixel data ({type(err).__name__}: {err})") from None
+
+
+def _dicom_pixels(ds) -> np.ndarray:
+    """Pixel values as displayed, scaled to [0, 1] (see the module docstring)."""
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
     if "TransferSyntaxUID" not in ds.file_meta:  # legacy ACR-NEMA style file: no file meta
         implicit, little = ds.original_encoding
         ds.file_meta.TransferSyntaxUID = (
             ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
         )
-    try:
-        pixels = ds.pixel_array
-        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-        if photometric.startswith("MONOCHROME"):
-            values = apply_voi_lut(apply_modality_lut(pixels, ds), ds).astype(np.float64)
-        else:
-            values = pixels.astype(np.float64)
-    except Exception as err:  # pixel handlers raise many types for unsupported or broken data
-        raise DecodeError(name, f"cannot decode DICOM pixel data ({type(err).__name__}: {err})") from None
-    if not np.isfinite(values).all():
-        raise DecodeError(name, "DICOM pixel data holds non-finite values")
-    if values.ndim == 3 and not photometric.startswith("MONOCHROME"):
-        return (values / float(2 ** int(ds.get("BitsStored", 8)) - 1)).clip(0.0, 1.0).astype(np.float32)
-    if values.ndim != 2:
-        raise DecodeError(name, f"unexpected DICOM pixel array shape {values.shape}")
+    pixels = ds.pixel_array
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if photometric == "PALETTE COLOR":
+        rgb = apply_color_lut(pixels, ds)
+        return (rgb / np.iinfo(rgb.dtype).max).astype(np.float32)
+    if not photometric.startswith("MONOCHROME"):  # RGB; pydicom has already turned YBR into RGB
+        return (pixels / (2.0 ** int(ds.get("BitsStored", 8)) - 1)).clip(0.0, 1.0).astype(np.float32)
+    values = apply_voi_lut(apply_modality_lut(pixels, ds), ds).astype(np.float64)
+    if values.ndim != 2 or not np.isfinite(values).all():
+        raise ValueError(f"unexpected grayscale pixel array (shape {values.shape}, or non-finite values)")
     lo, hi = values.min(), values.max()
     scaled = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
     if photometric == "MONOCHROME1" or str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE":

@@ -67,6 +67,22 @@ def read_bytes(uri: str) -> bytes:
         raise _s3_error(uri, err) from None
 
 
+def exists(uri: str) -> bool:
+    """Whether a file or object exists at ``uri``."""
+    if not is_s3(uri):
+        return Path(uri).exists()
+    bucket, key = split_s3(uri)
+    try:
+        s3_client().head_object(Bucket=bucket, Key=key)
+        return True
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise _s3_error(uri, err) from None
+    except BotoCoreError as err:
+        raise _s3_error(uri, err) from None
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     """Write atomically: a reader sees the old content or the new, never a part.
 

@@ -88,9 +88,22 @@ def test_densenet_legacy_key_names_are_accepted(tmp_path):
                                source.features.denseblock1.denselayer1.norm1.weight)
 
 
-def test_missing_weights_file_is_named(tmp_path):
+def test_missing_or_unreadable_weights_files_are_named(tmp_path):
     with pytest.raises(CheckpointError, match="nothing.pt: weights file not found"):
         build_expert("resnet18", str(tmp_path / "nothing.pt"))
+    (tmp_path / "notes.pt").write_text("these are not weights\n" * 20)
+    with pytest.raises(CheckpointError, match="notes.pt: not a readable torch weights file"):
+        build_expert("resnet18", str(tmp_path / "notes.pt"))
+
+
+def test_wrapper_prefixes_and_half_precision_are_normalized(tmp_path):
+    source = build_expert("resnet18")
+    path = str(tmp_path / "ddp-half.pt")
+    write_state(path, {f"module.{k}": v.half() if v.is_floating_point() else v for k, v in source.state_dict().items()})
+    model = build_expert("resnet18", path)
+    assert model.fc.weight.dtype == torch.float32
+    torch.testing.assert_close(model.conv1.weight, source.conv1.weight.half().float())
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 2)
 
 
 @pytest.fixture
@@ -133,6 +146,20 @@ def test_meta_needs_only_three_fields_and_rejects_unknown_ones():
         ExpertMeta.from_dict(dict(META, colour="L"))
     with pytest.raises(ValueError, match="input_size"):
         ExpertMeta.from_dict(dict(META, input_size=8))
+
+
+def test_meta_validates_normalization():
+    with pytest.raises(ValueError, match="mean and std need 3 values"):
+        ExpertMeta.from_dict(dict(META, mean=[0.5, 0.5]))
+    with pytest.raises(ValueError, match="std > 0"):
+        ExpertMeta.from_dict(dict(META, std=[0.2, 0.0, 0.2]))
+
+
+def test_checkpoints_are_immutable(saved):
+    model, uri, meta = saved
+    with pytest.raises(CheckpointError, match=f"{uri}: already holds an expert checkpoint"):
+        save_expert(model, uri, META)
+    assert load_expert(uri).meta == meta
 
 
 def test_saving_a_model_under_the_wrong_arch_is_refused(tmp_path):
@@ -197,8 +224,18 @@ def test_refuses_weights_of_another_arch(saved):
         load_expert(uri)
 
 
+def test_refuses_unverifiable_weights(saved):
+    _, uri, _ = saved
+    rewrite_meta(uri, sha256="")
+    with pytest.raises(CheckpointError, match="has no sha256"):
+        load_expert(uri)
+
+
 def test_refuses_broken_or_newer_metadata(saved):
     _, uri, _ = saved
+    rewrite_meta(uri, format_version="2")
+    with pytest.raises(CheckpointError, match="format_version must be an integer"):
+        load_expert(uri)
     rewrite_meta(uri, format_version=99)
     with pytest.raises(CheckpointError, match="newer dualcam"):
         load_expert(uri)

@@ -39,10 +39,22 @@ def test_every_sample_image_decodes(row):
 
 @pytest.mark.parametrize("row", sample_rows("dicom/dicom.csv"))
 def test_every_sample_dicom_decodes(row):
-    image = decode_image((SAMPLES / "dicom" / row["file"]).read_bytes(), row["file"])
+    data = (SAMPLES / "dicom" / row["file"]).read_bytes()
+    image = decode_image(data, row["file"])
     assert image.dtype == np.float32 and np.isfinite(image).all()
     assert image.shape == (int(row["rows"]), int(row["columns"]))
-    assert image.min() == 0.0 and image.max() == 1.0
+    # brightness follows the stored values, against them for MONOCHROME1
+    raw = decode_raw_dicom(data).astype(np.float64)
+    correlation = np.corrcoef(raw.ravel()[::7], image.ravel()[::7])[0, 1]
+    assert correlation > 0.9 if row["photometric_interpretation"] == "MONOCHROME2" else correlation < -0.9
+
+
+def decode_raw_dicom(data: bytes) -> np.ndarray:
+    """The stored pixel values, with no display transform, straight from pydicom."""
+    ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    if "TransferSyntaxUID" not in ds.file_meta:
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    return ds.pixel_array
 
 
 def test_monochrome1_is_the_inverse_of_its_monochrome2_twin(xray_dir):
@@ -156,17 +168,65 @@ def test_generated_dicom_with_window_and_rescale():
     image = decode_image(data, "gen.dcm")
     np.testing.assert_allclose(image, pixels / pixels.max(), atol=1e-6)
     ds = pydicom.dcmread(io.BytesIO(data))
-    ds.WindowCenter, ds.WindowWidth = 1024, 1024  # keep [512, 1536]: outside saturates
-    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    # modality values are 2 * stored - 1000; the window [0, 2000] of them is stored [500, 1500]
+    ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 2, -1000, "US"
+    ds.WindowCenter, ds.WindowWidth = 1000, 2000
     buf = io.BytesIO()
     ds.save_as(buf)
     windowed = decode_image(buf.getvalue(), "windowed.dcm")
-    assert windowed[pixels < 500].max() == 0.0 and windowed[pixels > 1540].min() == 1.0
+    assert windowed[pixels < 495].max() == 0.0 and windowed[pixels > 1505].min() == 1.0
+    inside = (pixels > 520) & (pixels < 1480)
+    np.testing.assert_allclose(windowed[inside], (pixels[inside] - 500) / 1000, atol=2e-3)
 
 
-def test_dicom_without_pixels_or_too_large_is_refused():
+def test_legacy_dicom_named_by_uid_decodes():
+    pixels = (np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 3) % 4096
+    data = dicom_bytes(32, 32, pixels, preamble=False)
+    assert data[128:132] != b"DICM"
+    np.testing.assert_allclose(decode_image(data, "s3://pacs/1.2.840.113619.2.55"), pixels / pixels.max(), atol=1e-6)
+    assert is_image_name("s3://pacs/1.2.840.113619.2.55") and is_image_name("scan/IM0001.IMA")
+
+
+def test_colour_dicoms():
+    rgb = np.random.default_rng(4).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(8, 8, np.zeros((8, 8)))))
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = rgb.tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    np.testing.assert_allclose(decode_image(buf.getvalue(), "rgb.dcm"), rgb / 255.0, atol=1e-6)
+
+    index = np.arange(16, dtype=np.uint8).reshape(4, 4) % 4
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(4, 4, np.zeros((4, 4)))))
+    ds.PhotometricInterpretation, ds.BitsAllocated, ds.BitsStored, ds.HighBit = "PALETTE COLOR", 8, 8, 7
+    ds.PixelData = index.tobytes()
+    lut = {"Red": [65535, 0, 0, 65535], "Green": [0, 65535, 0, 65535], "Blue": [0, 0, 65535, 65535]}
+    for colour, entries in lut.items():
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [4, 0, 16])
+        ds[f"{colour}PaletteColorLookupTableDescriptor"].VR = "US"
+        setattr(ds, f"{colour}PaletteColorLookupTableData", np.array(entries, np.uint16).tobytes())
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    image = decode_image(buf.getvalue(), "palette.dcm")
+    expected = np.stack([np.array(lut[c])[index] / 65535.0 for c in ("Red", "Green", "Blue")], axis=-1)
+    np.testing.assert_allclose(image, expected, atol=1e-6)
+
+
+def test_dicom_without_pixels_truncated_or_too_large_is_refused():
     with pytest.raises(DecodeError, match=r"^nopix.dcm: DICOM file has no pixel data"):
         decode_image(dicom_bytes(16, 16, None), "nopix.dcm")
+    whole = dicom_bytes(64, 64, np.ones((64, 64)))
+    with pytest.raises(DecodeError, match=r"^cut.dcm: DICOM file has no pixel data \(or is truncated before it\)"):
+        decode_image(whole[:300], "cut.dcm")
+    with pytest.raises(DecodeError, match=r"^cut-pixels.dcm: cannot decode DICOM pixel data"):
+        decode_image(whole[: len(whole) - 4000], "cut-pixels.dcm")
+    ds = pydicom.dcmread(io.BytesIO(whole))
+    ds.Rows = None
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    with pytest.raises(DecodeError, match=r"^norows.dcm: header claims an empty image"):
+        decode_image(buf.getvalue(), "norows.dcm")
     with pytest.raises(DecodeError, match=r"^huge.dcm: header claims 60000 x 60000 pixels"):
         decode_image(dicom_bytes(60000, 60000, np.zeros((2, 2))), "huge.dcm")
 
