@@ -9,9 +9,13 @@ import numpy as np
 import torch
 
 from dualcam.cam import forward_with_cams
-from dualcam.experts import POSITIVE_INDEX, Expert, load_expert
+from dualcam.experts import POSITIVE_INDEX, Expert, ExpertMeta, load_expert
 from dualcam.imaging import preprocess
 from dualcam.kernel import addk
+
+
+def _input_spec(meta: ExpertMeta) -> tuple:
+    return meta.input_size, meta.color_mode, meta.mean, meta.std
 
 
 class DualScorer:
@@ -25,15 +29,14 @@ class DualScorer:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.c1 = load_expert(c1, self.device) if isinstance(c1, str) else c1
         self.c2 = load_expert(c2, self.device) if isinstance(c2, str) else c2
-        m1, m2 = self.c1.meta, self.c2.meta
-        key = lambda m: (m.input_size, m.color_mode, m.mean, m.std)  # noqa: E731
-        if key(m1) != key(m2):
+        spec1, spec2 = _input_spec(self.c1.meta), _input_spec(self.c2.meta)
+        if spec1 != spec2:
             raise ValueError(
-                f"experts take different inputs: {self.c1.uri} {key(m1)} vs {self.c2.uri} {key(m2)} "
+                f"experts take different inputs: {self.c1.uri} {spec1} vs {self.c2.uri} {spec2} "
                 "(input_size, color_mode, mean, std must match)"
             )
         self.alpha = float(alpha)
-        self.meta = m1
+        self.meta = self.c1.meta
         for expert in (self.c1, self.c2):
             expert.model.to(self.device, memory_format=torch.channels_last).eval()
 
