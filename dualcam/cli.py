@@ -39,7 +39,7 @@ def _decoded(files: Sequence[str]) -> Iterator[tuple[str, np.ndarray | None, Exc
 
 
 def cmd_expert_init(args: argparse.Namespace) -> int:
-    model = build_expert(args.arch, None if args.weights == "none" else args.weights)
+    model = build_expert(args.arch, args.weights)
     meta = ExpertMeta(arch=args.arch, class_name=args.class_name, input_size=args.input_size,
                       color_mode=args.color_mode, recipe={"init_weights": args.weights})
     meta = save_expert(model, args.out, meta)
