@@ -75,12 +75,11 @@ def exists(uri: str) -> bool:
     try:
         s3_client().head_object(Bucket=bucket, Key=key)
         return True
-    except ClientError as err:
-        if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+    except (ClientError, BotoCoreError) as err:
+        error = _s3_error(uri, err)
+        if isinstance(error, FileNotFoundError):
             return False
-        raise _s3_error(uri, err) from None
-    except BotoCoreError as err:
-        raise _s3_error(uri, err) from None
+        raise error from None
 
 
 def write_bytes(uri: str, data: bytes) -> None:
