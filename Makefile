@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO := .demo
 XRAY_SAMPLES ?= ../shared/data/xray
 
-.PHONY: venv test demo clean
+.PHONY: venv test demo bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,16 @@ demo: venv
 	$(BIN)/dualcam expert init --arch resnet18 --class-name pneumonia --input-size 224 --out $(DEMO)/experts/pneumonia
 	$(BIN)/dualcam explain --c1 $(DEMO)/experts/covid-19 --c2 $(DEMO)/experts/pneumonia --alpha 5 \
 		--out $(DEMO)/overlays $(DEMO)/images $(wildcard $(XRAY_SAMPLES)/dicom)
+	$(BIN)/dualcam score --c1 $(DEMO)/experts/covid-19 --c2 $(DEMO)/experts/pneumonia --alpha 5 \
+		--input $(DEMO)/images --output $(DEMO)/results
+	$(BIN)/python -c "import pyarrow.parquet as pq; t = pq.read_table('$(DEMO)/results'); \
+		print(t.select(['uri', 'status', 'p1', 'p2', 'peak_x', 'peak_y', 'heatmap_max']).to_pandas().to_string())"
 	@echo "demo: the experts are untrained (random weights), so the heatmaps show the path, not the method."
+
+# Images/s of the bare forward, the scorer, and the pipeline from local files and from S3 (moto).
+BENCH_ARGS ?=
+bench: venv
+	$(BIN)/python -m dualcam.benchmark $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO) *.egg-info .pytest_cache

@@ -18,6 +18,8 @@ from dualcam.experts import (
 )
 from dualcam.imaging import MAX_PIXELS, DecodeError, decode_image, preprocess
 from dualcam.kernel import addk
+from dualcam.pipeline import ScoreSummary, score_archive
+from dualcam.results import read_results
 from dualcam.scoring import DualScorer
 
 __version__ = "0.1.0"
@@ -31,6 +33,7 @@ __all__ = [
     "DualScorer",
     "Expert",
     "ExpertMeta",
+    "ScoreSummary",
     "addk",
     "build_expert",
     "decode_image",
@@ -38,6 +41,8 @@ __all__ = [
     "load_expert",
     "load_meta",
     "preprocess",
+    "read_results",
     "save_expert",
+    "score_archive",
     "upsample",
 ]

@@ -60,7 +60,7 @@ def upsample(maps: ArrayLike, size: tuple[int, int]) -> ArrayLike:
     strided convolutions do.
     """
     as_numpy = isinstance(maps, np.ndarray)
-    t = torch.as_tensor(maps)
+    t = torch.tensor(maps) if as_numpy else maps  # a copy: numpy views of Arrow data are read-only
     lead, (h, w) = t.shape[:-2], t.shape[-2:]
     flat = t.reshape(-1, 1, h, w)
     if not flat.is_floating_point():

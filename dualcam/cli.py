@@ -10,12 +10,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from dualcam import storage
+from dualcam import regions, storage
 from dualcam.cam import upsample
 from dualcam.experts import SUPPORTED_ARCHS, CheckpointError, ExpertMeta, build_expert, load_meta, save_expert
 from dualcam.imaging import DecodeError, decode_image, is_image_name
 from dualcam.render import overlay
+from dualcam.pipeline import MAX_ERROR_FRACTION, score_archive
 from dualcam.scoring import DualScorer
 from dualcam.synthetic import write_synthetic_xrays
 
@@ -84,13 +86,27 @@ def cmd_explain(args: argparse.Namespace) -> int:
             continue
         result = scorer.score(scorer.preprocess(image)[None])
         heat = upsample(result["heatmap"][0], image.shape[:2])
-        y, x = divmod(int(heat.argmax()), heat.shape[1])
+        x, y = (round(v) for v in regions.peak(torch.from_numpy(heat)[None])[0].tolist())
         name = Path(uri).stem
         overlay(image, heat).save(out / f"{name}.addk.png")
         print(f"{result['p1'][0]:6.3f} {result['p2'][0]:6.3f}  {f'({x}, {y})':>12}  {uri}")
     elapsed = time.perf_counter() - start
     print(f"{len(files) - failed} explained, {failed} failed, in {elapsed:.1f} s; overlays in {out}/")
     return 1 if failed and failed == len(files) else 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    summary = score_archive(
+        args.c1, args.c2, args.input, args.output, alpha=args.alpha, batch_size=args.batch_size,
+        actors=args.actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
+        limit=args.limit, progress=not args.no_progress,
+    )
+    print(summary.line())
+    failure = summary.failure(args.max_error_fraction)
+    if failure:
+        print(f"dualcam: run failed: {failure}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -130,6 +146,32 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     explain.add_argument("inputs", nargs="+", help="files, folders or s3:// prefixes")
     explain.set_defaults(func=cmd_explain)
+
+    score = sub.add_parser(
+        "score", help="score an archive on Ray: CAMs, ADDK heatmaps and scores to Parquet",
+        description="Score every image of an archive with both experts on Ray (the cluster at RAY_ADDRESS, "
+        "else a local one) and write one Parquet row per input. Rerunning the same command resumes. "
+        "Exit status: 0 done; 1 too many inputs failed (--max-error-fraction) or none could be scored; "
+        "2 unusable arguments, experts, input or output.",
+    )
+    score.add_argument("--c1", required=True, help="expert 1 checkpoint (class of interest): path or s3:// URI")
+    score.add_argument("--c2", required=True, help="expert 2 checkpoint (the overlapping class): path or s3:// URI")
+    score.add_argument("--input", required=True,
+                       help="folder, s3:// prefix, or manifest (.csv/.parquet with a uri column; other columns pass through)")
+    score.add_argument("--output", required=True, help="results folder: path or s3:// prefix")
+    score.add_argument("--alpha", type=float, default=5.0, help="ADDK amplification (paper: 5, 15, 50; default 5)")
+    score.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    score.add_argument("--actors", type=int, default=None,
+                       help="scoring actors (default: one per GPU; on CPU clusters, one per 8 CPUs)")
+    score.add_argument("--gpus-per-actor", type=float, default=None,
+                       help="GPUs per actor (default 1 when the cluster has GPUs, else 0)")
+    score.add_argument("--cpus-per-actor", type=float, default=None,
+                       help="CPUs per actor (default 1 with GPUs; else up to 8, the cluster's CPUs on a small one)")
+    score.add_argument("--limit", type=int, default=None, help="score at most N of the inputs not yet scored")
+    score.add_argument("--max-error-fraction", type=float, default=MAX_ERROR_FRACTION,
+                       help=f"exit 1 when a larger share of the inputs failed (default {MAX_ERROR_FRACTION})")
+    score.add_argument("--no-progress", action="store_true", help="no progress bars")
+    score.set_defaults(func=cmd_score)
 
     synth = sub.add_parser("synth", help="write synthetic chest-X-ray-like PNGs")
     synth.add_argument("--out", required=True, help="output folder")

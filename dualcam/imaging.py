@@ -98,7 +98,9 @@ def _decode_pil(data: bytes, name: str, max_pixels: int) -> np.ndarray:
         raise
     except Image.DecompressionBombError as err:  # Pillow's own guard fires first on extreme headers
         raise DecodeError(name, f"{err}; refusing a possible decompression bomb") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except UnidentifiedImageError:  # its message names an in-memory buffer, not the file
+        raise DecodeError(name, f"corrupt or truncated {_kind(data)} (header not recognized)") from None
+    except (OSError, SyntaxError, ValueError) as err:
         raise DecodeError(name, f"corrupt or truncated {_kind(data)} ({err})") from None
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         return (np.asarray(im, dtype=np.float32) / 65535.0).clip(0.0, 1.0)

@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 
 import boto3
+import pyarrow as pa
+import pyarrow.fs as pafs
 from botocore.exceptions import BotoCoreError, ClientError
 
 
@@ -124,3 +126,113 @@ def list_files(uri: str) -> list[str]:
     if not path.is_dir():
         raise FileNotFoundError(f"{uri}: no such file or folder")
     return sorted(str(p) for p in path.rglob("*") if p.is_file())
+
+
+INFLIGHT_SUFFIX = ".inflight"
+
+
+def arrow_filesystem(uri: str) -> pafs.FileSystem | None:
+    """The pyarrow filesystem for writing Parquet under ``uri`` so that files appear whole.
+
+    S3 objects appear only when their upload completes, so S3 needs nothing (None: the default
+    resolution from the URI and the AWS settings). A local file is written under a hidden
+    ``.<name>.inflight`` name and renamed into place when closed: a killed run leaves hidden
+    leftovers, never a truncated file that breaks readers.
+    """
+    return None if is_s3(uri) else pafs.PyFileSystem(_AtomicLocalHandler())
+
+
+def remove_inflight(folder: str) -> int:
+    """Delete the hidden leftovers of killed local writes under ``folder``; returns how many."""
+    if is_s3(folder) or not Path(folder).is_dir():
+        return 0
+    leftovers = [p for p in Path(folder).rglob(f".*{INFLIGHT_SUFFIX}") if p.is_file()]
+    for path in leftovers:
+        path.unlink()
+    return len(leftovers)
+
+
+class _RenameOnClose:
+    """A writable file object that lands at ``path`` only when closed."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.tmp = str(Path(path).with_name(f".{Path(path).name}{INFLIGHT_SUFFIX}"))
+        self.file = open(self.tmp, "wb")  # noqa: SIM115 -- closed (and renamed) by close()
+        self.closed = False
+
+    def write(self, data) -> int:
+        return self.file.write(data)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if not self.closed:
+            self.file.close()
+            os.replace(self.tmp, self.path)
+            self.closed = True
+
+
+class _AtomicLocalHandler(pafs.FileSystemHandler):
+    """The local filesystem, except that output streams are renamed into place on close."""
+
+    def __init__(self):
+        self.fs = pafs.LocalFileSystem()
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _AtomicLocalHandler)
+
+    def __ne__(self, other) -> bool:
+        return not self == other
+
+    def get_type_name(self) -> str:
+        return "dualcam-atomic-local"
+
+    def normalize_path(self, path):
+        return self.fs.normalize_path(path)
+
+    def get_file_info(self, paths):
+        return self.fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector):
+        return self.fs.get_file_info(selector)
+
+    def create_dir(self, path, recursive):
+        self.fs.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path):
+        self.fs.delete_dir(path)
+
+    def delete_dir_contents(self, path, missing_dir_ok=False):
+        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self):
+        raise OSError("refusing to delete the contents of the filesystem root")
+
+    def delete_file(self, path):
+        self.fs.delete_file(path)
+
+    def move(self, src, dest):
+        self.fs.move(src, dest)
+
+    def copy_file(self, src, dest):
+        self.fs.copy_file(src, dest)
+
+    def open_input_stream(self, path):
+        return self.fs.open_input_stream(path)
+
+    def open_input_file(self, path):
+        return self.fs.open_input_file(path)
+
+    def open_output_stream(self, path, metadata=None):
+        return pa.PythonFile(_RenameOnClose(path), mode="w")
+
+    def open_append_stream(self, path, metadata=None):
+        raise OSError(f"{path}: appending is not supported; results are written whole")

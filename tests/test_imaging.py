@@ -2,18 +2,15 @@
 
 import csv
 import io
-import struct
-import zlib
 
 import numpy as np
 import pydicom
 import pytest
 import torch
 from PIL import Image
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from conftest import xray_samples
+from samples import dicom_bytes, png_bytes, png_header_only
 from dualcam.experts import ExpertMeta
 from dualcam.imaging import MAX_PIXELS, DecodeError, decode_image, is_image_name, preprocess
 
@@ -73,12 +70,6 @@ def test_monochrome1_chest_has_dark_lungs(xray_dir):
     assert lungs.mean() < mediastinum.mean()
 
 
-def png_bytes(array: np.ndarray, **kwargs) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array, **kwargs).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def test_16_bit_grayscale_png_keeps_its_depth():
     ramp = np.linspace(0, 65535, 64 * 32).astype(np.uint16).reshape(64, 32)
     data = png_bytes(ramp)
@@ -128,38 +119,12 @@ def test_empty_and_non_image_files_are_refused():
         decode_image(b"plain text with no extension" * 10, "s3://b/README")
 
 
-def png_header_only(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
-
-
 def test_decompression_bomb_is_refused_before_decoding():
     with pytest.raises(DecodeError, match=r"^bomb.png: .*10000000000 pixels.*decompression bomb"):
         decode_image(png_header_only(100_000, 100_000), "bomb.png")
     with pytest.raises(DecodeError, match=r"^big.png: header claims 8000 x 7000 pixels, over the limit of 50000000"):
         decode_image(png_header_only(8000, 7000), "big.png")
     assert MAX_PIXELS >= 4300 * 4300
-
-
-def dicom_bytes(rows: int, cols: int, pixels: np.ndarray | None, photometric: str = "MONOCHROME2", preamble: bool = True) -> bytes:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.Rows, ds.Columns = "CR", rows, cols
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    if pixels is not None:
-        ds.PixelData = pixels.astype(np.uint16).tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=preamble)
-    return buf.getvalue()
 
 
 def test_generated_dicom_with_window_and_rescale():

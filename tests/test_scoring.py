@@ -1,11 +1,17 @@
 """The dual-expert scorer, pinned to a direct computation with forward_with_cams and addk."""
 
+from pathlib import Path
+
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
-from dualcam import DualScorer, addk, build_expert, forward_with_cams, load_expert, save_expert
-from dualcam.synthetic import synthetic_xray
+from dualcam import DualScorer, addk, decode_image, build_expert, forward_with_cams, load_expert, save_expert
+from dualcam.results import OUTPUT_COLUMNS, to_numpy
+from dualcam.scoring import load_images, score_images
+from dualcam.synthetic import synthetic_xray, write_synthetic_xrays
+from samples import bad_inputs
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +33,10 @@ def test_scores_match_a_direct_computation(experts):
     batch = torch.stack([scorer.preprocess(im) for im in images])
     out = scorer.score(batch)
     assert {k: v.shape for k, v in out.items()} == {
-        "p1": (2,), "p2": (2,), "cam1": (2, 2, 2), "cam2": (2, 2, 2), "heatmap": (2, 2, 2)
+        "p1": (2,), "p2": (2,), "cam1": (2, 2, 2), "cam2": (2, 2, 2), "heatmap": (2, 2, 2),
+        "heatmap_max": (2,), "peak": (2, 2), "box": (2, 4),
     }
-    assert all(v.dtype == np.float32 for v in out.values())
+    assert all(out[k].dtype == np.float32 for k in ("p1", "p2", "cam1", "cam2", "heatmap", "heatmap_max"))
     e1, e2 = load_expert(experts[0]), load_expert(experts[1])
     with torch.inference_mode():
         l1, c1 = forward_with_cams(e1.model, batch)
@@ -47,3 +54,39 @@ def test_experts_with_different_inputs_are_refused(experts, tmp_path):
     save_expert(build_expert("resnet18"), other, {"arch": "resnet18", "class_name": "pneumonia", "input_size": 96})
     with pytest.raises(ValueError, match="experts take different inputs"):
         DualScorer(experts[0], other)
+
+
+def test_the_batch_interface_keeps_every_row_and_its_error(experts, tmp_path):
+    scorer = DualScorer(*experts, device="cpu")
+    assert scorer.grid == (2, 2)
+    good = [str(p) for p in write_synthetic_xrays(tmp_path, 3, size=70)]
+    bad = tmp_path / "truncated.png"
+    bad.write_bytes(bad_inputs()["truncated.png"])
+    uris = [good[0], str(bad), good[1], str(tmp_path / "missing.png"), good[2]]
+    table = score_images(scorer, uris, batch_size=2)
+
+    assert table.column_names == list(OUTPUT_COLUMNS)
+    assert table.column("uri").to_pylist() == uris
+    assert table.column("status").to_pylist() == ["ok", "error", "ok", "error", "ok"]
+    assert "truncated.png: corrupt or truncated PNG" in table.column("error")[1].as_py()
+    assert "missing.png" in table.column("error")[3].as_py()
+    heat = to_numpy(table.column("heatmap"))
+    assert np.isnan(heat[[1, 3]]).all() and np.isfinite(heat[[0, 2, 4]]).all()
+    direct = scorer.score(scorer.preprocess(decode_image(Path(good[0]).read_bytes(), good[0]))[None])
+    np.testing.assert_allclose(heat[0], direct["heatmap"][0], rtol=1e-5)
+    assert table.column("width").to_pylist() == [70, None, 70, None, 70]
+
+
+def test_a_batch_that_fails_whole_becomes_error_rows(experts, tmp_path, monkeypatch):
+    scorer = DualScorer(*experts, device="cpu")
+    uris = [str(p) for p in write_synthetic_xrays(tmp_path, 2, size=64)]
+    loaded = load_images(pa.table({"uri": uris}), scorer.meta)
+
+    def out_of_memory(batch):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(scorer, "score", out_of_memory)
+    table = scorer(loaded)
+    assert table.column("status").to_pylist() == ["error", "error"]
+    assert table.column("error").to_pylist() == ["scoring failed: RuntimeError: CUDA out of memory"] * 2
+    assert table.column("width").to_pylist() == [64, 64]

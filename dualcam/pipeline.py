@@ -1,0 +1,199 @@
+"""The Ray layer for scoring archives: Ray Data plumbing around ``dualcam.scoring``.
+
+The only module (with ``training``) that imports Ray, and only inside functions, so that
+``import dualcam`` works where Ray is absent. The pipeline reads top to bottom::
+
+    from_arrow(uris) -> map_batches(load_images)                   read + decode + preprocess, CPU
+                     -> map_batches(DualScorer, ActorPoolStrategy)  both experts, GPU if any
+                     -> write_parquet(output)
+
+On a CPU-only cluster both map steps take the same resources, so Ray fuses them into one actor
+that gets all of its node's CPUs; with GPUs, loading runs in CPU tasks beside the GPU actors.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dualcam import storage
+from dualcam.datasets import read_inputs
+from dualcam.experts import load_meta
+from dualcam.results import (
+    RUN_FILE, ExpertId, RunSpec, check_passthrough, data_files, read_results, read_run_spec,
+)
+from dualcam.scoring import DualScorer, check_same_input, load_images
+
+MAX_ERROR_FRACTION = 0.05
+"""Default for ``max_error_fraction``: a run with more than 5% error rows is reported as failed."""
+ROWS_PER_FILE = 1024
+"""Default rows per Parquet file (the last may hold fewer). A killed run loses at most the files being written."""
+MAX_CPUS_PER_ACTOR = 8
+
+
+@dataclass
+class ScoreSummary:
+    """What a scoring run did. ``total``/``ok``/``errors`` count the whole output folder."""
+
+    output: str
+    inputs: int
+    already_done: int
+    scored_now: int
+    ok: int
+    errors: int
+    seconds: float
+    first_error: str | None = None
+
+    @property
+    def images_per_second(self) -> float:
+        return self.scored_now / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def error_fraction(self) -> float:
+        return self.errors / max(1, self.ok + self.errors)
+
+    def failure(self, max_error_fraction: float = MAX_ERROR_FRACTION) -> str | None:
+        """Why this run counts as failed, or None. Nothing readable at all is always a failure."""
+        if self.errors and not self.ok:
+            return f"none of the {self.errors} inputs could be scored; first error: {self.first_error}"
+        if self.error_fraction > max_error_fraction:
+            return (f"{self.errors} of {self.ok + self.errors} inputs failed ({self.error_fraction:.1%}), "
+                    f"more than the allowed {max_error_fraction:.1%}; first error: {self.first_error}")
+        return None
+
+    def line(self) -> str:
+        return (f"scored {self.scored_now} images in {self.seconds:.1f} s ({self.images_per_second:.2f} images/s); "
+                f"{self.already_done} already done; output holds {self.ok} ok, {self.errors} errors; "
+                f"results in {self.output}")
+
+
+def connect() -> Any:
+    """Ray, initialized: the cluster at RAY_ADDRESS if set, else a new local instance on 127.0.0.1."""
+    # A new local Ray binds to loopback only with this set before ray is imported.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, log_to_driver=False)
+    return ray
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How many scoring actors run, and what each holds."""
+
+    actors: int
+    cpus_per_actor: float
+    gpus_per_actor: float
+
+
+def plan_placement(
+    resources: dict[str, float], actors: int | None = None,
+    gpus_per_actor: float | None = None, cpus_per_actor: float | None = None,
+) -> Placement:
+    """Defaults: one actor per GPU when the cluster has GPUs; else actors of up to 8 CPUs each."""
+    gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 1.0)
+    if gpus_per_actor is None:
+        gpus_per_actor = 1.0 if gpus else 0.0
+    if gpus_per_actor > 0 and gpus < gpus_per_actor:
+        raise ValueError(f"{gpus_per_actor} GPUs per actor requested, but the cluster has {gpus:g} GPUs")
+    if cpus_per_actor is None:
+        cpus_per_actor = 1.0 if gpus_per_actor else float(min(cpus, MAX_CPUS_PER_ACTOR))
+    if actors is None:
+        actors = int(gpus // gpus_per_actor) if gpus_per_actor else int(max(1, cpus // cpus_per_actor))
+    if actors < 1:
+        raise ValueError(f"actors must be at least 1, got {actors}")
+    return Placement(actors, cpus_per_actor, gpus_per_actor)
+
+
+def score_archive(
+    c1: str, c2: str, input: str, output: str, *, alpha: float = 5.0, batch_size: int = 16,
+    actors: int | None = None, gpus_per_actor: float | None = None, cpus_per_actor: float | None = None,
+    limit: int | None = None, rows_per_file: int = ROWS_PER_FILE, progress: bool = True,
+) -> ScoreSummary:
+    """Score every image under ``input`` with experts ``c1`` (class of interest) and ``c2``; write Parquet to ``output``.
+
+    Rerunning into the same ``output`` skips inputs already there, so a killed run resumes
+    where it stopped. The output may only ever hold results of one pair of experts and one alpha.
+    Raises before any work for unusable arguments, experts or inputs; bad images become error rows.
+    """
+    started = time.perf_counter()
+    meta1, meta2 = load_meta(c1), load_meta(c2)
+    check_same_input(meta1, meta2, c1, c2)
+    spec = RunSpec(ExpertId.of(meta1), ExpertId.of(meta2), float(alpha))
+    _claim_output(output, spec)
+    found = read_inputs(input)
+    if found.table.num_rows == 0:
+        raise FileNotFoundError(f"{input}: no image files found" + (
+            f" ({len(found.skipped)} files with other names, e.g. {found.skipped[0]})" if found.skipped else ""))
+    check_passthrough(found.table.column_names)
+    storage.remove_inflight(output)
+    done = read_results(output, ["uri"]).column("uri")
+    pending = found.table.filter(pc.invert(pc.is_in(found.table.column("uri"), value_set=done.combine_chunks())))
+    todo = pending if limit is None else pending.slice(0, limit)
+    if todo.num_rows:
+        ray = connect()
+        placement = plan_placement(ray.cluster_resources(), actors, gpus_per_actor, cpus_per_actor)
+        if progress:
+            print(f"dualcam: scoring {todo.num_rows} of {found.table.num_rows} inputs "
+                  f"({found.table.num_rows - pending.num_rows} already in {output}) with {placement.actors} actor(s) "
+                  f"of {placement.cpus_per_actor:g} CPU, {placement.gpus_per_actor:g} GPU", file=sys.stderr)
+        ray.data.DataContext.get_current().enable_progress_bars = progress
+        scored = _scored(ray, todo, c1, c2, spec.alpha, placement, batch_size)
+        # Writing is I/O; it must not wait for CPUs the scoring actors hold.
+        scored.write_parquet(_writable_path(output), filesystem=storage.arrow_filesystem(output),
+                             min_rows_per_file=rows_per_file, ray_remote_args={"num_cpus": 0})
+    status = read_results(output, ["status", "error"])
+    errors = status.filter(pc.equal(status.column("status"), "error"))
+    return ScoreSummary(
+        output=output, inputs=found.table.num_rows, already_done=found.table.num_rows - pending.num_rows,
+        scored_now=todo.num_rows, ok=status.num_rows - errors.num_rows, errors=errors.num_rows,
+        seconds=time.perf_counter() - started,
+        first_error=errors.column("error")[0].as_py() if errors.num_rows else None,
+    )
+
+
+def _claim_output(output: str, spec: RunSpec) -> None:
+    """Record ``spec`` in a new output folder, or check that an existing one was scored the same way."""
+    existing = read_run_spec(output)
+    if existing is None:
+        if data_files(output):
+            raise ValueError(f"{output} holds Parquet files that dualcam did not write ({RUN_FILE} is missing); "
+                             "choose an empty --output")
+        storage.write_bytes(storage.join(output, RUN_FILE), spec.to_json().encode())
+    elif existing != spec:
+        raise ValueError(
+            f"{output} holds results of other experts or another alpha ({existing.c1.class_name} "
+            f"{existing.c1.version} / {existing.c2.class_name} {existing.c2.version}, alpha {existing.alpha:g}); "
+            "choose another --output")
+
+
+def _scored(ray: Any, todo: pa.Table, c1: str, c2: str, alpha: float, placement: Placement, batch_size: int) -> Any:
+    """The lazy Ray Dataset of result rows for the inputs in ``todo``."""
+    load_resources = (
+        {"num_cpus": 1, "num_gpus": 0} if placement.gpus_per_actor
+        else {"num_cpus": placement.cpus_per_actor, "num_gpus": 0}  # same as the actor's: fused into it
+    )
+    rows_per_block = batch_size * 4
+    ds = ray.data.from_arrow([todo.slice(i, rows_per_block) for i in range(0, todo.num_rows, rows_per_block)])
+    ds = ds.map_batches(
+        load_images, fn_kwargs={"meta": load_meta(c1)}, batch_format="pyarrow", batch_size=batch_size,
+        **load_resources,
+    )
+    return ds.map_batches(
+        DualScorer,
+        fn_constructor_kwargs={"c1": c1, "c2": c2, "alpha": alpha, "threads": max(1, round(placement.cpus_per_actor))},
+        batch_format="pyarrow", batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=placement.actors),
+        num_cpus=placement.cpus_per_actor, num_gpus=placement.gpus_per_actor,
+    )
+
+
+def _writable_path(output: str) -> str:
+    return output if storage.is_s3(output) else os.path.abspath(output)

@@ -1,0 +1,56 @@
+"""Generated image files for tests: valid ones and each kind of bad input a batch job must survive."""
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+
+def png_bytes(array: np.ndarray, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array, **kwargs).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+
+
+def dicom_bytes(rows: int, cols: int, pixels: np.ndarray | None, photometric: str = "MONOCHROME2", preamble: bool = True) -> bytes:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.Rows, ds.Columns = "CR", rows, cols
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    if pixels is not None:
+        ds.PixelData = pixels.astype(np.uint16).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=preamble)
+    return buf.getvalue()
+
+
+def bad_inputs() -> dict[str, bytes]:
+    """One file per way an input can fail, named for it; each must become one error row."""
+    png = png_bytes(np.random.default_rng(1).integers(0, 256, (64, 64), dtype=np.uint8))
+    return {
+        "corrupt.png": png[:40] + bytes(200) + png[240:],
+        "truncated.png": png[: len(png) // 2],
+        "zero-byte.jpg": b"",
+        "not-an-image.jpg": b"these are not the pixels you are looking for",
+        "too-large.png": png_header_only(8000, 7000),
+        "no-pixels.dcm": dicom_bytes(16, 16, None),
+    }

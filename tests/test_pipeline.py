@@ -1,0 +1,241 @@
+"""Scoring archives end to end on the shared local Ray: local folders, S3 (moto), manifests, resume."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from dualcam import (
+    addk, build_expert, decode_image, forward_with_cams, load_expert, preprocess, save_expert, storage, upsample,
+)
+from dualcam.cli import main
+from dualcam.pipeline import plan_placement, score_archive
+from dualcam.results import data_files, read_results, to_numpy
+from dualcam.synthetic import synthetic_xray, write_synthetic_xrays
+from samples import bad_inputs, dicom_bytes
+
+INPUT_SIZE = 128  # a 4 x 4 CAM grid for resnet18
+BAD_REASONS = {
+    "corrupt.png": "corrupt or truncated PNG",
+    "truncated.png": "corrupt or truncated PNG",
+    "zero-byte.jpg": "empty file",
+    "not-an-image.jpg": "not a PNG, JPEG or DICOM file",
+    "too-large.png": "over the limit",
+    "no-pixels.dcm": "no pixel data",
+}
+
+
+@pytest.fixture(scope="module")
+def experts(tmp_path_factory) -> tuple[str, str]:
+    root = tmp_path_factory.mktemp("experts")
+    torch.manual_seed(0)
+    uris = []
+    for name in ("COVID-19", "pneumonia"):
+        uri = str(root / name)
+        save_expert(build_expert("resnet18"), uri, {"arch": "resnet18", "class_name": name, "input_size": INPUT_SIZE})
+        uris.append(uri)
+    return uris[0], uris[1]
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> Path:
+    """Good images of several sizes (one nested, one DICOM without an extension), every bad input, a non-image."""
+    root = tmp_path_factory.mktemp("archive")
+    write_synthetic_xrays(root, 5, size=160)
+    wide = (synthetic_xray(200, np.random.default_rng(7))[:120] * 255).astype(np.uint8)
+    (root / "nested").mkdir()
+    Image.fromarray(wide).save(root / "nested" / "wide.jpg")
+    rows = np.linspace(0, 4000, 96 * 96).reshape(96, 96)
+    (root / "nested" / "IM0001").write_bytes(dicom_bytes(96, 96, rows))
+    for name, data in bad_inputs().items():
+        (root / name).write_bytes(data)
+    (root / "notes.txt").write_text("not an input")
+    return root
+
+
+def by_uri(table: pa.Table) -> dict[str, dict]:
+    rows = table.to_pylist()
+    assert len({r["uri"] for r in rows}) == len(rows), "an input appears more than once"
+    return {r["uri"]: r for r in rows}
+
+
+def test_a_folder_gives_one_row_per_input_equal_to_a_direct_computation(ray_cluster, experts, archive, tmp_path):
+    out = str(tmp_path / "results")
+    summary = score_archive(*experts, str(archive), out, alpha=15.0, batch_size=4, progress=False)
+
+    table = read_results(out)
+    rows = by_uri(table)
+    expected = sorted(str(p) for p in archive.rglob("*") if p.is_file() and p.name != "notes.txt")
+    assert sorted(rows) == expected
+    assert (summary.inputs, summary.scored_now, summary.ok, summary.errors) == (13, 13, 7, 6)
+    assert "none" not in (summary.failure(0.5) or "") and summary.failure(0.5) is None
+    assert "6 of 13 inputs failed" in summary.failure(0.05)
+    for name, reason in BAD_REASONS.items():
+        row = rows[str(archive / name)]
+        assert row["status"] == "error" and row["p1"] is None and row["heatmap"] is None
+        assert row["error"].startswith(str(archive / name)) and reason in row["error"], row["error"]
+
+    e1, e2 = load_expert(experts[0]), load_expert(experts[1])
+    ok = table.filter(pa.compute.equal(table.column("status"), "ok"))
+    cams1, cams2, heats = (to_numpy(ok.column(c)) for c in ("cam1", "cam2", "heatmap"))
+    for i, row in enumerate(ok.to_pylist()):
+        image = decode_image(Path(row["uri"]).read_bytes(), row["uri"])
+        assert (row["width"], row["height"]) == (image.shape[1], image.shape[0])
+        x = preprocess(image, e1.meta)[None]
+        with torch.inference_mode():
+            l1, c1 = forward_with_cams(e1.model, x)
+            l2, c2 = forward_with_cams(e2.model, x)
+        np.testing.assert_allclose(cams1[i], c1[0, 1].numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(cams2[i], c2[0, 1].numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(np.log(heats[i]), np.log(addk(c1[0, 1], c2[0, 1], 15.0).numpy()), atol=1e-3)
+        assert row["p1"] == pytest.approx(l1.softmax(-1)[0, 1].item(), rel=1e-4)
+        assert row["p2"] == pytest.approx(l2.softmax(-1)[0, 1].item(), rel=1e-4)
+        assert row["heatmap_max"] == pytest.approx(heats[i].max(), rel=1e-6)
+        assert (row["alpha"], row["c1_class"], row["c2_version"]) == (15.0, "COVID-19", e2.meta.version)
+        # the peak (centre of the tied maxima: upsampling makes plateaus at the borders), against
+        # the heatmap upsampled to the image itself, within one input pixel
+        full = upsample(heats[i], (row["height"], row["width"]))
+        py, px = np.argwhere(full == full.max()).mean(axis=0)
+        assert abs(row["peak_x"] - px) <= row["width"] / INPUT_SIZE + 1
+        assert abs(row["peak_y"] - py) <= row["height"] / INPUT_SIZE + 1
+        assert row["box_x"] <= row["peak_x"] < row["box_x"] + row["box_w"] <= row["width"]
+        assert row["box_y"] <= row["peak_y"] < row["box_y"] + row["box_h"] <= row["height"]
+
+
+def test_the_sample_xrays_all_score(ray_cluster, experts, xray_dir, tmp_path):
+    summary = score_archive(*experts, str(xray_dir), str(tmp_path / "out"), batch_size=16, progress=False)
+    images = [p for p in xray_dir.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".dcm")]
+    assert (summary.ok, summary.errors) == (len(images), 0)
+    assert sorted(by_uri(read_results(summary.output, ["uri"]))) == sorted(str(p) for p in images)
+
+
+def test_s3_manifest_passes_columns_through_and_reruns_skip(ray_cluster, experts, archive, s3_bucket):
+    for local in experts:
+        for f in Path(local).iterdir():
+            storage.write_bytes(f"{s3_bucket}/experts/{Path(local).name}/{f.name}", f.read_bytes())
+    names = ["synthetic-00000.png", "synthetic-00001.png", "nested/wide.jpg", "truncated.png"]
+    for name in names:
+        storage.write_bytes(f"{s3_bucket}/archive/{name}", (archive / name).read_bytes())
+    manifest = pa.table({
+        "uri": [f"archive/{n}" for n in names] + [f"{s3_bucket}/archive/missing.png"],
+        "patient": ["p1", "p2", "p3", "p4", "p5"],
+        "label": [1, 0, 1, None, 0],
+    })
+    buf = pa.BufferOutputStream()
+    pacsv.write_csv(manifest, buf)
+    storage.write_bytes(f"{s3_bucket}/manifest.csv", buf.getvalue().to_pybytes())
+
+    args = (f"{s3_bucket}/experts/COVID-19", f"{s3_bucket}/experts/pneumonia", f"{s3_bucket}/manifest.csv")
+    out = f"{s3_bucket}/results"
+    first = score_archive(*args, out, batch_size=2, progress=False)
+    again = score_archive(*args, out, batch_size=2, progress=False)
+
+    assert (first.scored_now, first.ok, first.errors) == (5, 3, 2)
+    assert (again.scored_now, again.already_done, again.ok, again.errors) == (0, 5, 3, 2)
+    rows = by_uri(read_results(out))
+    assert sorted(rows) == sorted([f"{s3_bucket}/archive/{n}" for n in names] + [f"{s3_bucket}/archive/missing.png"])
+    for uri, patient, label in zip(manifest["uri"].to_pylist(), manifest["patient"].to_pylist(), manifest["label"].to_pylist()):
+        row = rows[uri if uri.startswith("s3://") else f"{s3_bucket}/{uri}"]
+        assert (row["patient"], row["label"]) == (patient, label)
+    assert "no such object" in rows[f"{s3_bucket}/archive/missing.png"]["error"]
+    assert rows[f"{s3_bucket}/archive/nested/wide.jpg"]["status"] == "ok"
+
+
+def test_a_killed_run_resumes_with_each_input_once(ray_cluster, experts, tmp_path):
+    images, out = tmp_path / "images", tmp_path / "out"
+    write_synthetic_xrays(images, 80, size=96)
+    code = (
+        "from dualcam.pipeline import score_archive\n"
+        f"score_archive({experts[0]!r}, {experts[1]!r}, {str(images)!r}, {str(out)!r}, batch_size=2, "
+        "rows_per_file=2, progress=False)\n"
+    )
+    driver = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "RAY_ADDRESS": ray_cluster},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while len(data_files(str(out))) < 2 and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    assert driver.returncode == -signal.SIGKILL, driver.stderr.read().decode()[-2000:]
+
+    partial = pq.read_table(out)  # a plain reader: finished files only, nothing truncated visible
+    assert 0 < partial.num_rows < 80
+    summary = score_archive(*experts, str(images), str(out), batch_size=4, progress=False)
+    assert summary.already_done == len(set(partial.column("uri").to_pylist()))
+    assert sorted(by_uri(read_results(str(out), ["uri"]))) == sorted(str(p) for p in images.iterdir())
+    assert not list(out.rglob("*.inflight"))
+
+
+def test_results_read_back_without_ray(ray_cluster, experts, archive, tmp_path):
+    out = tmp_path / "out"
+    score_archive(*experts, str(archive), str(out), batch_size=8, progress=False)
+    code = (
+        "import sys; sys.modules['ray'] = None\n"
+        "import pyarrow.parquet as pq, pandas as pd\n"
+        f"t = pq.read_table({str(out)!r}, filters=[('status', '=', 'ok')])\n"
+        "heatmaps = t['heatmap'].combine_chunks().to_numpy_ndarray()\n"
+        f"df = pd.read_parquet({str(out)!r})\n"
+        "print(heatmaps.shape, heatmaps.dtype, len(df), int((df.status == 'error').sum()))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["(7,", "4,", "4)", "float32", "13", "6"]
+
+
+def test_cli_exit_codes(ray_cluster, experts, archive, tmp_path, capsys):
+    c = ["--c1", experts[0], "--c2", experts[1], "--no-progress"]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name, data in list(bad_inputs().items())[:2]:
+        (bad / name).write_bytes(data)
+    assert main(["score", *c, "--input", str(bad), "--output", str(tmp_path / "o1")]) == 1
+    assert "run failed: none of the 2 inputs could be scored" in capsys.readouterr().err
+
+    assert main(["score", *c, "--input", str(tmp_path / "nowhere"), "--output", str(tmp_path / "o2")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+
+    assert main(["score", *c, "--input", str(archive), "--output", str(tmp_path / "o3"), "--limit", "8"]) == 1
+    captured = capsys.readouterr()
+    assert "scored 8 images" in captured.out and "run failed: 3 of 8 inputs failed" in captured.err
+    assert main(["score", *c, "--input", str(archive), "--output", str(tmp_path / "o3"),
+                 "--max-error-fraction", "0.5"]) == 0
+    assert "scored 5 images" in capsys.readouterr().out
+    assert main(["score", *c, "--input", str(archive), "--output", str(tmp_path / "o3"), "--alpha", "50"]) == 2
+    assert "holds results of other experts or another alpha" in capsys.readouterr().err
+
+
+def test_unusable_outputs_and_inputs_are_refused_before_any_work(experts, archive, tmp_path):
+    out = tmp_path / "foreign"
+    out.mkdir()
+    pq.write_table(pa.table({"x": [1]}), out / "data.parquet")
+    with pytest.raises(ValueError, match="holds Parquet files that dualcam did not write"):
+        score_archive(*experts, str(archive), str(out), limit=0)
+    only_text = tmp_path / "text"
+    only_text.mkdir()
+    (only_text / "a.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match=r"no image files found \(1 files with other names"):
+        score_archive(*experts, str(only_text), str(tmp_path / "o"))
+    clash = tmp_path / "clash.csv"
+    clash.write_text(f"uri,status\n{archive / 'synthetic-00000.png'},x\n")
+    with pytest.raises(ValueError, match="manifest columns status clash"):
+        score_archive(*experts, str(clash), str(tmp_path / "o"))
+
+
+def test_placement_defaults():
+    assert plan_placement({"CPU": 2.0}) == plan_placement({"CPU": 2.0}, actors=1, cpus_per_actor=2.0, gpus_per_actor=0)
+    assert plan_placement({"CPU": 64.0}).actors == 8
+    gpu = plan_placement({"CPU": 32.0, "GPU": 4.0})
+    assert (gpu.actors, gpu.cpus_per_actor, gpu.gpus_per_actor) == (4, 1.0, 1.0)
+    assert plan_placement({"CPU": 32.0, "GPU": 4.0}, gpus_per_actor=0.5).actors == 8
+    with pytest.raises(ValueError, match="1 GPUs per actor requested, but the cluster has 0 GPUs"):
+        plan_placement({"CPU": 8.0}, gpus_per_actor=1)
