@@ -20,6 +20,7 @@ from dualcam.render import overlay
 from dualcam.pipeline import MAX_ERROR_FRACTION, score_archive
 from dualcam.scoring import DualScorer
 from dualcam.synthetic import write_synthetic_xrays
+from dualcam.training import AUGMENTATIONS, Recipe, results_table, train_experts
 
 
 def _inputs(uris: Sequence[str]) -> list[str]:
@@ -109,6 +110,27 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    recipe = Recipe(arch=args.arch, weights=args.weights, epochs=args.epochs, lr=args.lr, momentum=args.momentum,
+                    batch_size=args.batch_size, image_size=args.image_size, color_mode=args.color_mode,
+                    augment=args.augment, seed=args.seed)
+    classes = [args.c1] + ([args.c2] if args.c2 else [])
+    experts = train_experts(
+        args.output, classes, data=args.data,
+        negatives=[_labels(args.c1_negatives), _labels(args.c2_negatives)][: len(classes)],
+        per_expert_data=[args.c1_data, args.c2_data][: len(classes)], recipe=recipe, init_from=args.init_from,
+        workers_per_expert=args.workers_per_expert, gpus_per_worker=args.gpus_per_worker,
+        cpus_per_worker=args.cpus_per_worker, max_failures=args.max_failures, views=_labels(args.views),
+        storage_path=args.storage_path,
+    )
+    print(results_table(experts))
+    return 0
+
+
+def _labels(text: str | None) -> list[str] | None:
+    return [part.strip() for part in text.split(",") if part.strip()] if text else None
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     paths = write_synthetic_xrays(args.out, args.n, args.size, args.seed)
     print(f"wrote {len(paths)} synthetic {args.size} px X-rays to {args.out}")
@@ -122,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     expert = sub.add_parser("expert", help="create and inspect expert checkpoints")
     expert_sub = expert.add_subparsers(dest="expert_command", required=True, metavar="SUBCOMMAND")
     init = expert_sub.add_parser("init", help="write an untrained or ImageNet-initialized expert checkpoint")
-    init.add_argument("--arch", choices=SUPPORTED_ARCHS, default="resnet152")
+    init.add_argument("--arch", choices=SUPPORTED_ARCHS, default="resnet152", help="architecture (default resnet152)")
     init.add_argument("--class-name", required=True, help="the expert's positive class, e.g. COVID-19")
     init.add_argument("--input-size", type=int, default=224, help="square input size in pixels (default 224)")
     init.add_argument("--color-mode", choices=("L", "RGB"), default="L", help="L: grayscale on 3 channels (default)")
@@ -172,6 +194,47 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"exit 1 when a larger share of the inputs failed (default {MAX_ERROR_FRACTION})")
     score.add_argument("--no-progress", action="store_true", help="no progress bars")
     score.set_defaults(func=cmd_score)
+
+    train = sub.add_parser(
+        "train", help="fine-tune the binary experts on Ray Train, both at once (the paper's recipe by default)",
+        description="Fine-tune one binary expert per class (C1, and C2 when given) concurrently on Ray (the cluster "
+        "at RAY_ADDRESS, else a local one) and write each as <output>/<class>/<version>/. Defaults are the paper's "
+        "recipe: ImageNet-pretrained ResNet-152, 2 outputs, SGD lr 0.001 momentum 0.9, 30 epochs, the epoch with the "
+        "best validation accuracy kept, 60/20/20 splits. Rerunning the same command resumes an interrupted run.",
+    )
+    train.add_argument("--data", help="labelled images for both experts: a manifest (.csv/.parquet: uri, label, "
+                       "optional patient_id, split), the COVID-19 collection's metadata.csv, Kermany's chest_xray "
+                       "folder, or a root/<label>/... folder; local or s3://")
+    train.add_argument("--c1", required=True, help="class of expert 1, the class of interest (e.g. COVID-19)")
+    train.add_argument("--c2", help="class of expert 2, the overlapping class (e.g. PNEUMONIA); omit to train one expert")
+    train.add_argument("--output", required=True, help="where experts are written: <output>/<class>/<version>/")
+    train.add_argument("--c1-data", help="expert 1's own data (same forms as --data)")
+    train.add_argument("--c2-data", help="expert 2's own data (same forms as --data)")
+    train.add_argument("--c1-negatives", help="comma-separated labels that are expert 1's negatives (default: all others)")
+    train.add_argument("--c2-negatives", help="comma-separated labels that are expert 2's negatives (default: all others)")
+    train.add_argument("--views", default="PA", help="views kept from the COVID-19 collection, comma-separated (default PA)")
+    train.add_argument("--arch", choices=SUPPORTED_ARCHS, default="resnet152", help="default resnet152")
+    train.add_argument("--weights", default="imagenet",
+                       help="starting weights: imagenet (torchvision), none, or a state dict path/s3:// URI (default imagenet)")
+    train.add_argument("--init-from", action="append", default=[], metavar="URI",
+                       help="warm start from an earlier version: an expert checkpoint (for the expert of its class) "
+                       "or an earlier --output (each expert's latest version); repeatable")
+    train.add_argument("--epochs", type=int, default=30, help="default 30")
+    train.add_argument("--lr", type=float, default=0.001, help="SGD learning rate (default 0.001)")
+    train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    train.add_argument("--batch-size", type=int, default=16, help="per worker (default 16)")
+    train.add_argument("--image-size", type=int, default=224, help="square input size (default 224)")
+    train.add_argument("--color-mode", choices=("L", "RGB"), default="L", help="L: grayscale on 3 channels (default)")
+    train.add_argument("--augment", choices=AUGMENTATIONS, default="none",
+                       help="light: small affine and brightness jitter, no flips (default none)")
+    train.add_argument("--seed", type=int, default=0, help="for splits, shuffling and initialization (default 0)")
+    train.add_argument("--workers-per-expert", type=int, default=1, help="Ray Train workers per expert; DDP when > 1")
+    train.add_argument("--gpus-per-worker", type=float, default=None, help="default 1 when the cluster has GPUs, else 0")
+    train.add_argument("--cpus-per-worker", type=float, default=None,
+                       help="default 1 with GPUs, else the cluster's CPUs shared among all workers")
+    train.add_argument("--max-failures", type=int, default=2, help="worker failures retried per expert (default 2)")
+    train.add_argument("--storage-path", help="Ray Train run storage (default <output>/_ray_train); shared storage on clusters")
+    train.set_defaults(func=cmd_train)
 
     synth = sub.add_parser("synth", help="write synthetic chest-X-ray-like PNGs")
     synth.add_argument("--out", required=True, help="output folder")

@@ -140,9 +140,21 @@ def save_expert(model: nn.Module, uri: str, meta: ExpertMeta | Mapping[str, Any]
     created_at, version and sha256 are filled in here; the version id is
     ``<UTC time>-<first 8 hex of sha256>``, unique per saved content and sortable by time.
     """
+    data, meta = _versioned(model, meta, uri)
+    _write_checkpoint(uri, data, meta)
+    return meta
+
+
+def save_expert_version(model: nn.Module, root: str, meta: ExpertMeta | Mapping[str, Any]) -> tuple[str, ExpertMeta]:
+    """Write ``model`` as a new version under ``root``: ``<root>/<version>/``. Returns (uri, meta)."""
+    data, meta = _versioned(model, meta, root)
+    uri = storage.join(root, meta.version)
+    _write_checkpoint(uri, data, meta)
+    return uri, meta
+
+
+def _versioned(model: nn.Module, meta: ExpertMeta | Mapping[str, Any], uri: str) -> tuple[bytes, ExpertMeta]:
     meta = meta if isinstance(meta, ExpertMeta) else ExpertMeta.from_dict(meta)
-    if storage.exists(storage.join(uri, META_FILE)):
-        raise CheckpointError(uri, "already holds an expert checkpoint; checkpoints are immutable, save to a new directory")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     _check_fits(state, meta.arch, uri)
     buf = io.BytesIO()
@@ -150,15 +162,26 @@ def save_expert(model: nn.Module, uri: str, meta: ExpertMeta | Mapping[str, Any]
     data = buf.getvalue()
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     digest = hashlib.sha256(data).hexdigest()
-    meta = dataclasses.replace(
-        meta,
-        created_at=now.isoformat(),
-        version=f"{now:%Y%m%dT%H%M%SZ}-{digest[:8]}",
-        sha256=digest,
-    )
+    meta = dataclasses.replace(meta, created_at=now.isoformat(), version=f"{now:%Y%m%dT%H%M%SZ}-{digest[:8]}", sha256=digest)
+    return data, meta
+
+
+def _write_checkpoint(uri: str, data: bytes, meta: ExpertMeta) -> None:
+    if storage.exists(storage.join(uri, META_FILE)):
+        raise CheckpointError(uri, "already holds an expert checkpoint; checkpoints are immutable, save to a new directory")
     storage.write_bytes(storage.join(uri, WEIGHTS_FILE), data)
     storage.write_bytes(storage.join(uri, META_FILE), json.dumps(meta.to_dict(), indent=2).encode())
-    return meta
+
+
+def latest_version(root: str) -> str | None:
+    """The newest checkpoint directly under ``root`` (versions sort by time), or None."""
+    try:
+        files = storage.list_files(root)
+    except FileNotFoundError:
+        return None
+    prefix = root.rstrip("/") + "/"
+    versions = sorted({f[len(prefix):].split("/")[0] for f in files if f.startswith(prefix) and f.endswith("/" + META_FILE)})
+    return storage.join(root, versions[-1]) if versions else None
 
 
 def load_meta(uri: str) -> ExpertMeta:

@@ -54,3 +54,24 @@ def bad_inputs() -> dict[str, bytes]:
         "too-large.png": png_header_only(8000, 7000),
         "no-pixels.dcm": dicom_bytes(16, 16, None),
     }
+
+
+def write_labelled_folder(root, n_per_label: int, size: int = 64, seed: int = 0) -> None:
+    """root/<label>/*.png for labels A, B and normal, learnable at a glance: A has a bright square
+    top left, B one bottom right, normal neither; all on chest-like backgrounds."""
+    from pathlib import Path
+
+    from dualcam.synthetic import synthetic_xray
+
+    rng = np.random.default_rng(seed)
+    side = size // 4
+    for label in ("A", "B", "normal"):
+        folder = Path(root) / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_label):
+            image = synthetic_xray(size, rng) * 0.6
+            if label == "A":
+                image[side // 2: side // 2 + side, side // 2: side // 2 + side] = 1.0
+            if label == "B":
+                image[-side - side // 2: -side // 2, -side - side // 2: -side // 2] = 1.0
+            Image.fromarray((image * 255).astype(np.uint8)).save(folder / f"{label}-{i:03d}.png")

@@ -1,5 +1,6 @@
 """The installed command, end to end, and the promise that dualcam works without Ray."""
 
+import argparse
 import os
 import subprocess
 import sys
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dualcam.cli import main
+from dualcam.cli import build_parser, main
 
 BIN = Path(sys.executable).parent
 
@@ -22,12 +23,27 @@ def test_the_installed_command_runs():
     assert "usage: dualcam" in result.stdout and "explain" in result.stdout
 
 
-@pytest.mark.parametrize("command", [["expert"], ["expert", "init"], ["expert", "show"], ["decode"], ["explain"], ["synth"]])
+COMMANDS = [["expert"], ["expert", "init"], ["expert", "show"], ["decode"], ["explain"], ["score"], ["train"], ["synth"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
     assert exit_info.value.code == 0
     assert f"usage: dualcam {' '.join(command)}" in capsys.readouterr().out
+
+
+def test_every_flag_is_documented():
+    parser = build_parser()
+    pending = [parser]
+    while pending:
+        current = pending.pop()
+        for action in current._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                pending += action.choices.values()
+            else:
+                assert action.help, f"{current.prog} {'/'.join(action.option_strings) or action.dest} has no help"
 
 
 def test_import_and_score_without_ray(tmp_path):

@@ -1,11 +1,16 @@
 """Inputs of a scoring run: folders, prefixes and manifests."""
 
+from pathlib import Path
+
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from dualcam import storage
-from dualcam.datasets import read_inputs
+from dualcam.datasets import (
+    SPLIT_FRACTIONS, SPLITS, assign_splits, expert_rows, read_inputs, read_labelled, split_counts,
+)
 
 
 def test_a_folder_lists_image_names_recursively_and_reports_the_rest(tmp_path):
@@ -53,3 +58,92 @@ def test_an_s3_prefix_and_a_manifest_on_s3(s3_bucket):
     assert table.column("uri").to_pylist() == [f"{s3_bucket}/y/3.png", f"{s3_bucket}/lists/z.png"]
     with pytest.raises(FileNotFoundError, match="no such bucket"):
         read_inputs("s3://no-such-bucket-here/x")
+
+
+def patients_table(n_patients: int = 120, seed: int = 1) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_patients):
+        label = "COVID-19" if p % 4 == 0 else ("pneumonia" if p % 4 == 1 else "normal")
+        for k in range(int(rng.integers(1, 4))):
+            rows.append({"uri": f"/d/p{p}-{k}.png", "label": label, "patient_id": f"p{p}"})
+    return pa.Table.from_pylist(rows)
+
+
+def test_splits_are_deterministic_stratified_and_grouped_by_patient():
+    table = patients_table()
+    first, again, other = assign_splits(table, seed=0), assign_splits(table, seed=0), assign_splits(table, seed=1)
+    assert first.equals(again) and not first.equals(other)
+    patient_splits = {}
+    for row in first.to_pylist():
+        patient_splits.setdefault(row["patient_id"], set()).add(row["split"])
+    assert all(len(s) == 1 for s in patient_splits.values())
+    for label in ("COVID-19", "pneumonia", "normal"):
+        splits = [r["split"] for r in first.to_pylist() if r["label"] == label]
+        for name, fraction in zip(SPLITS, SPLIT_FRACTIONS):
+            # each split gets its share of the label's images, to within one patient (at most 3 images)
+            assert abs(splits.count(name) - fraction * len(splits)) <= 3, (label, name)
+
+
+def test_given_splits_are_kept_and_unknown_ones_refused():
+    table = pa.table({"uri": ["a", "b", "c"], "label": ["x", "x", "y"], "split": ["test", None, "train"]})
+    out = assign_splits(table)
+    assert out.column("split").to_pylist()[0::2] == ["test", "train"]
+    assert out.column("split")[1].as_py() in SPLITS
+    with pytest.raises(ValueError, match="unknown split values holdout"):
+        assign_splits(table.set_column(2, "split", pa.array(["holdout", None, None])))
+
+
+def test_expert_rows_take_named_negatives_or_all_others():
+    table = pa.table({"uri": list("abcde"), "label": ["C1", "C2", "normal", "C1", "normal"], "split": ["train"] * 5})
+    default = expert_rows(table, "C1")
+    assert default.column("target").to_pylist() == [1, 0, 0, 1, 0]
+    paper = expert_rows(table, "C2", ["normal"])
+    assert paper.column("uri").to_pylist() == ["b", "c", "e"] and paper.column("target").to_pylist() == [1, 0, 0]
+    assert split_counts(paper) == {"train": (1, 2), "val": (0, 0), "test": (0, 0)}
+    with pytest.raises(ValueError, match=r"no images labelled 'COVID'; the labels are: C1 \(2\), C2 \(1\), normal \(2\)"):
+        expert_rows(table, "COVID")
+
+
+def test_covid_collection_reader_on_the_real_metadata(xray_dir):
+    labelled = read_labelled(str(xray_dir / "covid-chestxray-dataset-metadata.csv"))
+    # PA X-rays with a finding: 302 rows of the 751, of which 121 have their image in the sample folder
+    assert labelled.table.num_rows == 121 and len(labelled.missing) == 181
+    assert labelled.excluded == {"view not PA": 353, "not an X-ray": 84, "no finding recorded ('todo')": 12}
+    labels = labelled.table.column("label").to_pylist()
+    assert labels.count("COVID-19") == 60  # 'COVID-19' and 'COVID-19, ARDS'
+    assert all(u.startswith(str(xray_dir / "images")) for u in labelled.table.column("uri").to_pylist())
+    assert all(m.startswith(str(xray_dir / "images") + "/") for m in labelled.missing)
+    both_views = read_labelled(str(xray_dir / "covid-chestxray-dataset-metadata.csv"), views=("PA", "AP"))
+    assert both_views.table.num_rows + len(both_views.missing) > 302
+
+
+def test_kermany_layout_and_label_folders(tmp_path):
+    files = ["train/NORMAL/IM-0115-0001.jpeg", "train/NORMAL/NORMAL2-IM-1427-0001.jpeg",
+             "train/PNEUMONIA/person1_bacteria_1.jpeg", "train/PNEUMONIA/person1_virus_6.jpeg",
+             "val/NORMAL/IM-0001-0001.jpeg", "test/PNEUMONIA/person100_bacteria_475.jpeg"]
+    for f in files:
+        (tmp_path / "chest_xray" / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "chest_xray" / f).write_bytes(b"x")
+    table = read_labelled(str(tmp_path / "chest_xray")).table
+    rows = {Path(r["uri"]).name: (r["label"], r["patient_id"]) for r in table.to_pylist()}
+    assert rows["person1_bacteria_1.jpeg"] == rows["person1_virus_6.jpeg"] == ("PNEUMONIA", "PNEUMONIA/person1")
+    assert rows["NORMAL2-IM-1427-0001.jpeg"] == ("NORMAL", "NORMAL/NORMAL2-IM-1427")
+    assert len(rows) == 6
+    (tmp_path / "plain" / "COVID-19").mkdir(parents=True)
+    (tmp_path / "plain" / "COVID-19" / "a.png").write_bytes(b"x")
+    (tmp_path / "plain" / "normal" / "deep").mkdir(parents=True)
+    (tmp_path / "plain" / "normal" / "deep" / "b.dcm").write_bytes(b"x")
+    plain = read_labelled(str(tmp_path / "plain")).table
+    assert plain.column("label").to_pylist() == ["COVID-19", "normal"]
+
+
+def test_a_training_manifest_reports_missing_images(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"x")
+    (tmp_path / "m.csv").write_text("uri,label,patient_id\na.png,COVID-19,7\ngone.png,normal,8\n")
+    labelled = read_labelled(str(tmp_path / "m.csv"))
+    assert labelled.table.column("uri").to_pylist() == [str(tmp_path / "a.png")]
+    assert labelled.missing == [str(tmp_path / "gone.png")]
+    (tmp_path / "n.csv").write_text("uri\na.png\n")
+    with pytest.raises(ValueError, match="a training manifest needs a 'label' column"):
+        read_labelled(str(tmp_path / "n.csv"))

@@ -1,0 +1,445 @@
+"""Fine-tuning the two binary experts with Ray Train, both at once (the paper's recipe by default).
+
+The driver reads and splits the data, prints each expert's per-split counts, then runs one
+``TorchTrainer`` per expert, each ``fit()`` in its own thread so both train concurrently, each
+with its own ``ScalingConfig`` (DDP inside when it has several workers). Workers stream
+``(uri, target)`` rows from Ray Data shards and read, decode and preprocess each batch themselves
+(one batch ahead, in a thread), so images stream from S3 and no CPU is needed beyond the
+workers'. Every epoch reports train loss and validation and test metrics with a checkpoint;
+Ray keeps the best by validation accuracy (and the latest, for resuming). The test metrics of
+the best epoch are the expert's reported test performance: selection looks at validation only.
+
+Ray is imported inside functions only, as in ``pipeline``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+import torch.nn.functional as F
+
+from dualcam import storage
+from dualcam.datasets import SPLITS, Labelled, assign_splits, expert_rows, read_labelled, split_counts
+from dualcam.experts import (
+    META_FILE, ExpertMeta, build_expert, latest_version, load_expert, load_meta, save_expert_version,
+)
+from dualcam.metrics import binary_metrics
+from dualcam.pipeline import connect
+from dualcam.results import to_numpy
+from dualcam.scoring import load_images
+
+STATE_FILE = "train_state.pt"
+AUGMENTATIONS = ("none", "light")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How an expert is trained: the paper's recipe by default."""
+
+    arch: str = "resnet152"
+    weights: str = "imagenet"
+    epochs: int = 30
+    lr: float = 0.001
+    momentum: float = 0.9
+    batch_size: int = 16
+    image_size: int = 224
+    color_mode: str = "L"
+    augment: str = "none"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+
+
+@dataclass
+class ExpertPlan:
+    """One expert to train: its class, its rows (uri, label, split, target) and where it starts from."""
+
+    label: str
+    rows: pa.Table
+    negatives: list[str] | None
+    data: str
+    init_from: str | None = None
+    counts: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def fingerprint(self, recipe: Recipe) -> str:
+        """Same data, split and recipe, same fingerprint: names the Ray run, so reruns resume it."""
+        digest = hashlib.sha256()
+        for uri, target, split in zip(*(self.rows.column(c).to_pylist() for c in ("uri", "target", "split"))):
+            digest.update(f"{uri}\t{target}\t{split}\n".encode())
+        digest.update(json.dumps([asdict(recipe), self.init_from], sort_keys=True).encode())
+        return digest.hexdigest()
+
+
+@dataclass
+class TrainedExpert:
+    label: str
+    uri: str
+    meta: ExpertMeta
+    best_epoch: int
+    already_trained: bool = False
+
+
+def plan_experts(
+    data: str | None, classes: Sequence[str], negatives: Sequence[Sequence[str] | None],
+    per_expert_data: Sequence[str | None], seed: int, views: Sequence[str] = ("PA",),
+) -> tuple[list[ExpertPlan], dict[str, Labelled]]:
+    """Read every data source once, split the union (so an image shared by both experts lands in
+    the same split for both) and select each expert's rows."""
+    sources = [d or data for d in per_expert_data]
+    if any(s is None for s in sources):
+        raise ValueError("give --data, or --c1-data and --c2-data for every expert")
+    labelled = {s: read_labelled(s, views) for s in dict.fromkeys(sources)}
+    union = pa.concat_tables([_with_optional(lab.table) for lab in labelled.values()], promote_options="permissive")
+    _, first = np.unique(np.array(union.column("uri").to_pylist(), dtype=object), return_index=True)
+    split_of = dict(zip(*(assign_splits(union.take(np.sort(first)), seed).column(c).to_pylist() for c in ("uri", "split"))))
+    plans = []
+    for label, negs, source in zip(classes, negatives, sources):
+        table = labelled[source].table
+        table = _with_optional(table).drop_columns(["split"]).append_column(
+            "split", pa.array([split_of[u] for u in table.column("uri").to_pylist()], pa.string()))
+        rows = expert_rows(table, label, negs)
+        plan = ExpertPlan(label, rows, list(negs) if negs else None, source, counts=split_counts(rows))
+        for split, (pos, neg) in plan.counts.items():
+            if split in ("train", "val") and (pos == 0 or neg == 0):
+                raise ValueError(f"expert {label!r}: the {split} split has {pos} positives and {neg} negatives; "
+                                 "it needs both (more data, or other --negatives)")
+        plans.append(plan)
+    return plans, labelled
+
+
+def _with_optional(table: pa.Table) -> pa.Table:
+    for name in ("patient_id", "split"):
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, pa.string()))
+    return table.select(["uri", "label", "patient_id", "split"])
+
+
+def counts_table(plans: Sequence[ExpertPlan]) -> str:
+    """The paper's Table I: positives / negatives per split, per expert."""
+    lines = [f"{'expert':24s} " + " ".join(f"{s:>15s}" for s in SPLITS), f"{'':24s} " + " ".join(f"{'pos / neg':>15s}" for _ in SPLITS)]
+    for plan in plans:
+        lines.append(f"{plan.label:24s} " + " ".join(f"{f'{p} / {n}':>15s}" for p, n in (plan.counts[s] for s in SPLITS)))
+    return "\n".join(lines)
+
+
+def resolve_init_from(uris: Sequence[str], labels: Sequence[str]) -> dict[str, str]:
+    """Map each expert's class to the checkpoint it warm-starts from.
+
+    Each URI is an expert checkpoint (it applies to the expert of its class) or a training output
+    root (each expert takes its latest version under ``<root>/<class>/``).
+    """
+    chosen: dict[str, str] = {}
+    for uri in uris:
+        if storage.exists(storage.join(uri, META_FILE)):
+            name = load_meta(uri).class_name
+            if name not in labels:
+                raise ValueError(f"--init-from {uri} is an expert for {name!r}, which is not being trained ({', '.join(labels)})")
+            chosen[name] = uri
+            continue
+        found = {label: latest_version(storage.join(uri, label)) for label in labels}
+        if not any(found.values()):
+            raise ValueError(f"--init-from {uri}: neither an expert checkpoint nor a folder with <class>/<version>/ checkpoints")
+        chosen.update({label: v for label, v in found.items() if v})
+    return chosen
+
+
+def train_experts(
+    output: str, classes: Sequence[str], *, data: str | None = None,
+    negatives: Sequence[Sequence[str] | None] | None = None, per_expert_data: Sequence[str | None] | None = None,
+    recipe: Recipe = Recipe(), init_from: Sequence[str] = (), workers_per_expert: int = 1,
+    gpus_per_worker: float | None = None, cpus_per_worker: float | None = None, max_failures: int = 2,
+    views: Sequence[str] = ("PA",), storage_path: str | None = None, log=print,
+) -> list[TrainedExpert]:
+    """Train one binary expert per class in ``classes`` (the paper: C1, C2) concurrently on Ray.
+
+    Each is written with ``save_expert`` to ``<output>/<class>/<version>/`` with its metrics,
+    recipe and data fingerprint. Rerunning after the driver died resumes from the last
+    checkpoint; rerunning after success finds the finished expert and trains nothing.
+    """
+    n = len(classes)
+    negatives = list(negatives or [None] * n)
+    per_expert_data = list(per_expert_data or [None] * n)
+    if not (len(negatives) == len(per_expert_data) == n):
+        raise ValueError("negatives and per_expert_data need one entry per class")
+    if len(set(classes)) != n:
+        raise ValueError(f"the experts' classes must differ, got {', '.join(classes)}")
+    plans, labelled = plan_experts(data, classes, negatives, per_expert_data, recipe.seed, views)
+    for source, lab in labelled.items():
+        _report_source(source, lab, log)
+    for label, uri in resolve_init_from(init_from, list(classes)).items():
+        next(p for p in plans if p.label == label).init_from = uri
+    log("images per split (the paper's Table I):\n" + counts_table(plans))
+
+    todo, finished = [], []
+    for plan in plans:
+        done = _finished_version(output, plan, recipe)
+        if done:
+            log(f"{plan.label}: already trained with this data and recipe: {done.uri}")
+            finished.append(done)
+        else:
+            todo.append(plan)
+    if not todo:
+        return finished
+
+    ray = connect()
+    resources = ray.cluster_resources()
+    gpus = resources.get("GPU", 0.0)
+    gpus_per_worker = (1.0 if gpus else 0.0) if gpus_per_worker is None else gpus_per_worker
+    if cpus_per_worker is None:
+        cpus_per_worker = 1.0 if gpus_per_worker else max(1.0, resources.get("CPU", 1.0) // (len(todo) * workers_per_expert))
+    storage_path = storage_path or _default_storage(output)
+    with ThreadPoolExecutor(len(todo)) as pool:
+        futures = [pool.submit(_fit, ray, plan, recipe, workers_per_expert, gpus_per_worker, cpus_per_worker,
+                               max_failures, storage_path) for plan in todo]
+        results = [f.result() for f in futures]
+    trained = [_publish(output, plan, recipe, result) for plan, result in zip(todo, results)]
+    for expert in trained:
+        log(f"{expert.label}: wrote {expert.uri}")
+    return finished + trained
+
+
+def _report_source(source: str, lab: Labelled, log) -> None:
+    log(f"{source}: {lab.table.num_rows} images")
+    for reason, count in sorted(lab.excluded.items()):
+        log(f"  left out {count}: {reason}")
+    if lab.missing:
+        log(f"  {len(lab.missing)} listed images are missing and left out, e.g. " + ", ".join(lab.missing[:3]))
+
+
+def _default_storage(output: str) -> str:
+    path = storage.join(output, "_ray_train")
+    return path if storage.is_s3(path) else os.path.abspath(path)
+
+
+def _finished_version(output: str, plan: ExpertPlan, recipe: Recipe) -> TrainedExpert | None:
+    latest = latest_version(storage.join(output, plan.label))
+    if latest is None:
+        return None
+    meta = load_meta(latest)
+    if meta.data_fingerprint != plan.fingerprint(recipe):
+        return None
+    return TrainedExpert(plan.label, latest, meta, int(meta.metrics.get("best_epoch", -1)), already_trained=True)
+
+
+def _fit(ray: Any, plan: ExpertPlan, recipe: Recipe, workers: int, gpus_per_worker: float, cpus_per_worker: float,
+         max_failures: int, storage_path: str) -> Any:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    meta = _expert_meta(plan, recipe)
+    datasets = {
+        split: ray.data.from_arrow(plan.rows.filter(pc.equal(plan.rows.column("split"), split)).select(["uri", "target"]))
+        for split in SPLITS
+    }
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={
+            "meta": meta.to_dict(), "recipe": asdict(recipe), "init_from": plan.init_from,
+            "threads": max(1, int(cpus_per_worker)),
+        },
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
+                                     resources_per_worker={"CPU": cpus_per_worker, "GPU": gpus_per_worker}),
+        run_config=RunConfig(
+            name=f"{_slug(plan.label)}-{plan.fingerprint(recipe)[:16]}", storage_path=storage_path,
+            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_accuracy",
+                                               checkpoint_score_order="max"),
+            failure_config=FailureConfig(max_failures=max_failures),
+        ),
+        datasets=datasets,
+    )
+    return trainer.fit()
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
+
+
+def _expert_meta(plan: ExpertPlan, recipe: Recipe) -> ExpertMeta:
+    if plan.init_from:
+        base = load_meta(plan.init_from)
+        return ExpertMeta(arch=base.arch, class_name=plan.label, input_size=base.input_size, color_mode=base.color_mode,
+                          mean=base.mean, std=base.std)
+    return ExpertMeta(arch=recipe.arch, class_name=plan.label, input_size=recipe.image_size, color_mode=recipe.color_mode)
+
+
+def _publish(output: str, plan: ExpertPlan, recipe: Recipe, result: Any) -> TrainedExpert:
+    """Write the best checkpoint (by validation accuracy) as a new expert version."""
+    checkpoint, metrics = max(result.best_checkpoints, key=lambda cm: (cm[1]["val_accuracy"], -cm[1]["epoch"]))
+    meta = _expert_meta(plan, recipe)
+    model = build_expert(meta.arch)
+    with checkpoint.as_directory() as directory:
+        state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    with result.checkpoint.as_directory() as directory:  # the latest: its history covers every epoch
+        history = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)["history"]
+    meta.metrics = {
+        "best_epoch": metrics["epoch"],
+        **{split: {k.split("_", 1)[1]: metrics[k] for k in metrics if k.startswith(f"{split}_")} for split in ("val", "test")},
+        "train_loss": metrics["train_loss"],
+        "counts": {s: {"positives": p, "negatives": n} for s, (p, n) in plan.counts.items()},
+        "history": history,
+    }
+    meta.data_fingerprint = plan.fingerprint(recipe)
+    meta.recipe = {**asdict(recipe), "arch": meta.arch, "image_size": meta.input_size, "data": plan.data,
+                   "negatives": plan.negatives, "init_from": plan.init_from}
+    uri, meta = save_expert_version(model, storage.join(output, plan.label), meta)
+    return TrainedExpert(plan.label, uri, meta, metrics["epoch"])
+
+
+def results_table(experts: Sequence[TrainedExpert]) -> str:
+    """The short table printed at the end: test metrics of each expert's best epoch."""
+    lines = [f"{'expert':20s} {'epoch':>5s} {'val acc':>8s} {'test acc':>8s} {'sens':>6s} {'spec':>6s} {'AUC':>6s}  checkpoint"]
+    for e in experts:
+        val, test = e.meta.metrics.get("val", {}), e.meta.metrics.get("test", {})
+        lines.append(f"{e.label:20s} {e.best_epoch:5d} {val.get('accuracy', float('nan')):8.3f} "
+                     f"{test.get('accuracy', float('nan')):8.3f} {test.get('sensitivity', float('nan')):6.3f} "
+                     f"{test.get('specificity', float('nan')):6.3f} {test.get('auc', float('nan')):6.3f}  {e.uri}")
+    return "\n".join(lines)
+
+
+# --- On each Ray Train worker ------------------------------------------------------------------
+
+def _train_worker(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    torch.set_num_threads(config["threads"])  # Ray's workers default to one thread
+    recipe = Recipe(**config["recipe"])
+    meta = ExpertMeta.from_dict(config["meta"])
+    context = ray.train.get_context()
+    torch.manual_seed(recipe.seed + context.get_world_rank())
+    model = load_expert(config["init_from"]).model if config["init_from"] else build_expert(meta.arch, recipe.weights)
+    start_epoch, optimizer_state, history = 0, None, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as directory:
+            state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        start_epoch, optimizer_state, history = state["epoch"] + 1, state["optimizer"], state["history"]
+    model = ray.train.torch.prepare_model(model)
+    device = ray.train.torch.get_device()
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
+    if optimizer_state:
+        optimizer.load_state_dict(optimizer_state)
+    shards = {split: ray.train.get_dataset_shard(split) for split in SPLITS}
+
+    for epoch in range(start_epoch, recipe.epochs):
+        started = time.perf_counter()
+        model.train()
+        total_loss, seen = 0.0, 0
+        batches = shards["train"].iter_batches(batch_size=recipe.batch_size, batch_format="pyarrow",
+                                               local_shuffle_buffer_size=max(64, 4 * recipe.batch_size),
+                                               local_shuffle_seed=recipe.seed * 1000 + epoch)
+        for x, y in _loaded(batches, meta, device):
+            if recipe.augment == "light":
+                x = _light_augment(x)
+            loss = F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item() * len(y)
+            seen += len(y)
+        train_seconds = time.perf_counter() - started
+        metrics = {"epoch": epoch, "train_loss": _all_mean(total_loss, seen, device),
+                   "train_images_per_second": seen / max(train_seconds, 1e-9), "train_images": seen}
+        for split in ("val", "test"):
+            labels, probs = _predict(model, shards[split], meta, recipe.batch_size, device)
+            metrics.update({f"{split}_{k}": float(v) for k, v in binary_metrics(labels, probs).items()})
+        metrics["epoch_end_time"] = time.time()
+        history.append(metrics)
+        with tempfile.TemporaryDirectory() as directory:
+            saved = None
+            if context.get_world_rank() == 0:
+                print(f"[{meta.class_name}] epoch {epoch + 1}/{recipe.epochs}: train loss {metrics['train_loss']:.4f}, "
+                      f"val accuracy {metrics['val_accuracy']:.3f}, AUC {metrics['val_auc']:.3f}; "
+                      f"{metrics['train_images_per_second']:.1f} images/s per worker", flush=True)
+                bare = model.module if hasattr(model, "module") else model
+                torch.save({"model": bare.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                            "history": history}, Path(directory) / STATE_FILE)
+                saved = ray.train.Checkpoint.from_directory(directory)
+            ray.train.report(metrics, checkpoint=saved)
+
+
+def _loaded(batches: Iterator[pa.Table], meta: ExpertMeta, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(pixels, targets) on ``device`` per batch; loading runs one batch ahead in a thread.
+
+    Rows that fail to load are dropped here (they were listed, existed and are counted in the
+    per-epoch ``train_images``), so one bad file never stops training.
+    """
+    def load(batch: pa.Table) -> tuple[torch.Tensor, torch.Tensor]:
+        loaded = load_images(batch, meta)
+        ok = pc.is_null(loaded.column("error"))
+        x = torch.tensor(to_numpy(loaded.column("pixels").filter(ok)))
+        y = torch.tensor(loaded.column("target").filter(ok).to_numpy(zero_copy_only=False), dtype=torch.long)
+        return x, y
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = None
+        for batch in batches:
+            future = pool.submit(load, batch)
+            if pending is not None:
+                yield _to(pending.result(), device)
+            pending = future
+        if pending is not None:
+            yield _to(pending.result(), device)
+
+
+def _to(xy: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return xy[0].to(device, non_blocking=True), xy[1].to(device, non_blocking=True)
+
+
+def _light_augment(x: torch.Tensor) -> torch.Tensor:
+    """Small per-image affine jitter (+-5 degrees, +-5% shift and scale) and brightness/contrast.
+
+    No flips: a mirrored chest X-ray puts the heart on the wrong side.
+    """
+    from torchvision.transforms.v2 import functional as TF
+
+    out = torch.empty_like(x)
+    for i, image in enumerate(x):
+        g = torch.rand(5).tolist()
+        shift = [int((g[1] - 0.5) * 0.1 * image.shape[-1]), int((g[2] - 0.5) * 0.1 * image.shape[-2])]
+        image = TF.affine(image, angle=(g[0] - 0.5) * 10, translate=shift, scale=0.95 + 0.1 * g[3], shear=[0.0])
+        out[i] = image * (0.9 + 0.2 * g[4])
+    return out
+
+
+@torch.inference_mode()
+def _predict(model: torch.nn.Module, shard: Any, meta: ExpertMeta, batch_size: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, in-class probabilities) of a split, gathered from every worker."""
+    model.eval()
+    labels, probs = [], []
+    for x, y in _loaded(shard.iter_batches(batch_size=batch_size, batch_format="pyarrow"), meta, device):
+        probs.append(model(x.contiguous(memory_format=torch.channels_last)).float().softmax(-1)[:, 1].cpu().numpy())
+        labels.append(y.cpu().numpy())
+    local = (np.concatenate(labels) if labels else np.zeros(0), np.concatenate(probs) if probs else np.zeros(0))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        gathered = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, local)
+        return np.concatenate([g[0] for g in gathered]), np.concatenate([g[1] for g in gathered])
+    return local
+
+
+def _all_mean(total: float, count: int, device: torch.device) -> float:
+    """Mean over every worker's samples."""
+    t = torch.tensor([total, float(count)], dtype=torch.float64, device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t)
+    return float(t[0] / t[1].clamp_min(1))

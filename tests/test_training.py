@@ -1,0 +1,115 @@
+"""Training tiny experts on the shared local Ray: concurrency, checkpoints, warm start, resume."""
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dualcam import DualScorer, load_expert, load_meta
+from dualcam.cli import main
+from dualcam.experts import latest_version
+from dualcam.training import Recipe, train_experts
+from samples import write_labelled_folder
+
+TINY = Recipe(arch="resnet18", weights="none", epochs=2, batch_size=8, image_size=64, lr=0.01, seed=3)
+TINY_ARGS = ["--arch", "resnet18", "--weights", "none", "--epochs", "2", "--batch-size", "8",
+             "--image-size", "64", "--lr", "0.01", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("labelled")
+    write_labelled_folder(root, 24)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(ray_cluster, labelled, tmp_path_factory) -> tuple[Path, str]:
+    """Two experts trained at once through the command: A against everything else, B against normal only."""
+    out = tmp_path_factory.mktemp("trained")
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["train", "--data", str(labelled), "--c1", "A", "--c2", "B", "--c2-negatives", "normal",
+                     "--output", str(out), *TINY_ARGS])
+    assert code == 0
+    return out, printed.getvalue()
+
+
+def test_both_experts_train_concurrently_and_score(trained, labelled):
+    out, printed = trained
+    assert "images per split (the paper's Table I)" in printed
+    assert " 14 / 28 " in printed and " 14 / 14 " in printed  # A: 24 positives, 48 negatives; B: normal only
+    a, b = latest_version(str(out / "A")), latest_version(str(out / "B"))
+    assert a in printed and b in printed
+    meta_a, meta_b = load_meta(a), load_meta(b)
+    assert meta_a.recipe["negatives"] is None and meta_b.recipe["negatives"] == ["normal"]
+    assert meta_a.metrics["counts"]["test"] == {"positives": 5, "negatives": 10}
+    # the two trainers overlapped: each finished its first epoch before the other finished its last
+    ends_a = [h["epoch_end_time"] for h in meta_a.metrics["history"]]
+    ends_b = [h["epoch_end_time"] for h in meta_b.metrics["history"]]
+    assert len(ends_a) == len(ends_b) == 2
+    assert ends_a[0] < ends_b[-1] and ends_b[0] < ends_a[-1]
+    assert all(h["train_images_per_second"] > 0 and h["train_images"] == 42 for h in meta_a.metrics["history"])
+    best = meta_a.metrics["best_epoch"]
+    assert meta_a.metrics["val"]["accuracy"] == max(h["val_accuracy"] for h in meta_a.metrics["history"])
+    assert meta_a.metrics["test"]["auc"] == meta_a.metrics["history"][best]["test_auc"]
+    scorer = DualScorer(a, b, device="cpu")
+    image = torch.zeros(1, 3, 64, 64)
+    assert scorer.score(image)["heatmap"].shape == (1, 2, 2)
+    assert load_expert(a).meta.data_fingerprint == meta_a.data_fingerprint
+
+
+def test_rerunning_a_finished_command_trains_nothing(trained, labelled):
+    out, _ = trained
+    before = sorted(p.name for p in (out / "A").iterdir())
+    logged = []
+    again = train_experts(str(out), ["A", "B"], data=str(labelled), negatives=[None, ["normal"]], recipe=TINY,
+                          log=logged.append)
+    assert all(e.already_trained for e in again)
+    assert sorted(p.name for p in (out / "A").iterdir()) == before
+    assert any("already trained with this data and recipe" in line for line in logged)
+
+
+def test_warm_start_from_an_earlier_version_yields_a_new_version(trained, labelled, tmp_path):
+    out, _ = trained
+    previous = latest_version(str(out / "A"))
+    retrained = train_experts(str(out), ["A"], data=str(labelled), recipe=dataclasses.replace(TINY, epochs=1),
+                              init_from=[str(out)])
+    assert retrained[0].uri != previous and retrained[0].meta.recipe["init_from"] == previous
+    assert latest_version(str(out / "A")) == retrained[0].uri
+    with pytest.raises(ValueError, match="is an expert for 'A', which is not being trained"):
+        train_experts(str(tmp_path), ["B"], data=str(labelled), recipe=TINY, init_from=[previous])
+
+
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(ray_cluster, labelled, tmp_path):
+    out = tmp_path / "out"
+    code = (
+        "from dualcam.training import Recipe, train_experts\n"
+        f"train_experts({str(out)!r}, ['B'], data={str(labelled)!r}, "
+        "recipe=Recipe(arch='resnet18', weights='none', epochs=3, batch_size=8, image_size=64, seed=5))\n"
+    )
+    driver = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "RAY_ADDRESS": ray_cluster},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list(out.glob("_ray_train/*/checkpoint_manager_snapshot.json")) and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    killed_at = time.time()
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    assert driver.returncode == -signal.SIGKILL, driver.stderr.read().decode()[-3000:]
+    assert not (out / "B").exists()
+
+    done = train_experts(str(out), ["B"], data=str(labelled),
+                         recipe=Recipe(arch="resnet18", weights="none", epochs=3, batch_size=8, image_size=64, seed=5))
+    history = done[0].meta.metrics["history"]
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    assert history[0]["epoch_end_time"] < killed_at < history[-1]["epoch_end_time"]  # epoch 0 came from the first run
