@@ -333,7 +333,8 @@ def _train_worker(config: dict) -> None:
             state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         start_epoch, optimizer_state, history = state["epoch"] + 1, state["optimizer"], state["history"]
-    model = ray.train.torch.prepare_model(model)
+    # channels_last before DDP wraps it, so gradient buckets match the parameters' layout
+    model = ray.train.torch.prepare_model(model.to(memory_format=torch.channels_last))
     device = ray.train.torch.get_device()
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
     if optimizer_state:
@@ -357,8 +358,9 @@ def _train_worker(config: dict) -> None:
             total_loss += loss.item() * len(y)
             seen += len(y)
         train_seconds = time.perf_counter() - started
-        metrics = {"epoch": epoch, "train_loss": _all_mean(total_loss, seen, device),
-                   "train_images_per_second": seen / max(train_seconds, 1e-9), "train_images": seen}
+        loss_sum, images = _all_sum([total_loss, seen], device)
+        metrics = {"epoch": epoch, "train_loss": loss_sum / max(images, 1), "train_images": int(images),
+                   "train_images_per_second": seen / max(train_seconds, 1e-9)}
         for split in ("val", "test"):
             labels, probs = _predict(model, shards[split], meta, recipe.batch_size, device)
             metrics.update({f"{split}_{k}": float(v) for k, v in binary_metrics(labels, probs).items()})
@@ -437,9 +439,9 @@ def _predict(model: torch.nn.Module, shard: Any, meta: ExpertMeta, batch_size: i
     return local
 
 
-def _all_mean(total: float, count: int, device: torch.device) -> float:
-    """Mean over every worker's samples."""
-    t = torch.tensor([total, float(count)], dtype=torch.float64, device=device)
+def _all_sum(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sums over every worker."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(t)
-    return float(t[0] / t[1].clamp_min(1))
+    return t.tolist()

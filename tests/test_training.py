@@ -113,3 +113,11 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(ray_cluster, labell
     history = done[0].meta.metrics["history"]
     assert [h["epoch"] for h in history] == [0, 1, 2]
     assert history[0]["epoch_end_time"] < killed_at < history[-1]["epoch_end_time"]  # epoch 0 came from the first run
+
+
+def test_two_workers_train_one_expert_with_ddp(ray_cluster, labelled, tmp_path):
+    done = train_experts(str(tmp_path), ["B"], data=str(labelled), negatives=[["normal"]],
+                         recipe=dataclasses.replace(TINY, epochs=1), workers_per_expert=2, cpus_per_worker=1)
+    epoch = done[0].meta.metrics["history"][0]
+    # every split is counted over both workers' shards: 14 + 14 train, 5 + 5 val and test images
+    assert (epoch["train_images"], epoch["val_n"], epoch["test_n"]) == (28, 10, 10)
