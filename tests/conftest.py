@@ -86,3 +86,25 @@ def ray_cluster(s3_endpoint):
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+
+
+def kill_driver_when(code: str, ray_address: str, ready, timeout: float) -> float:
+    """Run ``code`` as a Ray driver joined to ``ray_address``; SIGKILL it once ``ready()`` holds.
+
+    Returns when it was killed. Fails if the driver ended on its own first (then nothing was tested).
+    """
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    driver = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "RAY_ADDRESS": ray_address},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while not ready() and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    killed_at = time.time()
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    assert driver.returncode == -signal.SIGKILL, driver.stderr.read().decode()[-3000:]
+    return killed_at

@@ -1,10 +1,7 @@
 """Scoring archives end to end on the shared local Ray: local folders, S3 (moto), manifests, resume."""
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +19,7 @@ from dualcam.cli import main
 from dualcam.pipeline import plan_placement, score_archive
 from dualcam.results import data_files, read_results, to_numpy
 from dualcam.synthetic import synthetic_xray, write_synthetic_xrays
+from conftest import kill_driver_when
 from samples import bad_inputs, dicom_bytes
 
 INPUT_SIZE = 128  # a 4 x 4 CAM grid for resnet18
@@ -159,14 +157,7 @@ def test_a_killed_run_resumes_with_each_input_once(ray_cluster, experts, tmp_pat
         f"score_archive({experts[0]!r}, {experts[1]!r}, {str(images)!r}, {str(out)!r}, batch_size=2, "
         "rows_per_file=2, progress=False)\n"
     )
-    driver = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "RAY_ADDRESS": ray_cluster},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while len(data_files(str(out))) < 2 and driver.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
-    assert driver.returncode == -signal.SIGKILL, driver.stderr.read().decode()[-2000:]
+    kill_driver_when(code, ray_cluster, lambda: len(data_files(str(out))) >= 2, timeout=120)
 
     partial = pq.read_table(out)  # a plain reader: finished files only, nothing truncated visible
     assert 0 < partial.num_rows < 80

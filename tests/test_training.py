@@ -1,11 +1,8 @@
 """Training tiny experts on the shared local Ray: concurrency, checkpoints, warm start, resume."""
 
+import contextlib
 import dataclasses
-import os
-import signal
-import subprocess
-import sys
-import time
+import io
 from pathlib import Path
 
 import pytest
@@ -15,6 +12,7 @@ from dualcam import DualScorer, load_expert, load_meta
 from dualcam.cli import main
 from dualcam.experts import latest_version
 from dualcam.training import Recipe, train_experts
+from conftest import kill_driver_when
 from samples import write_labelled_folder
 
 TINY = Recipe(arch="resnet18", weights="none", epochs=2, batch_size=8, image_size=64, lr=0.01, seed=3)
@@ -33,9 +31,6 @@ def labelled(tmp_path_factory) -> Path:
 def trained(ray_cluster, labelled, tmp_path_factory) -> tuple[Path, str]:
     """Two experts trained at once through the command: A against everything else, B against normal only."""
     out = tmp_path_factory.mktemp("trained")
-    import contextlib
-    import io
-
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         code = main(["train", "--data", str(labelled), "--c1", "A", "--c2", "B", "--c2-negatives", "normal",
@@ -97,15 +92,9 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(ray_cluster, labell
         f"train_experts({str(out)!r}, ['B'], data={str(labelled)!r}, "
         "recipe=Recipe(arch='resnet18', weights='none', epochs=3, batch_size=8, image_size=64, seed=5))\n"
     )
-    driver = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "RAY_ADDRESS": ray_cluster},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not list(out.glob("_ray_train/*/checkpoint_manager_snapshot.json")) and driver.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    killed_at = time.time()
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
-    assert driver.returncode == -signal.SIGKILL, driver.stderr.read().decode()[-3000:]
+    # killed once Ray has recorded the first epoch's checkpoint
+    killed_at = kill_driver_when(code, ray_cluster, lambda: any(out.glob("_ray_train/*/checkpoint_manager_snapshot.json")),
+                                 timeout=300)
     assert not (out / "B").exists()
 
     done = train_experts(str(out), ["B"], data=str(labelled),
