@@ -100,7 +100,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     summary = score_archive(
         args.c1, args.c2, args.input, args.output, alpha=args.alpha, batch_size=args.batch_size,
         actors=args.actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
-        limit=args.limit, progress=not args.no_progress,
+        limit=args.limit, retry_errors=args.retry_errors, progress=not args.no_progress,
     )
     print(summary.line())
     failure = summary.failure(args.max_error_fraction)
@@ -120,7 +120,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         negatives=[_labels(args.c1_negatives), _labels(args.c2_negatives)][: len(classes)],
         per_expert_data=[args.c1_data, args.c2_data][: len(classes)], recipe=recipe, init_from=args.init_from,
         workers_per_expert=args.workers_per_expert, gpus_per_worker=args.gpus_per_worker,
-        cpus_per_worker=args.cpus_per_worker, max_failures=args.max_failures, views=_labels(args.views),
+        cpus_per_worker=args.cpus_per_worker, max_failures=args.max_failures, views=_labels(args.views) or ["PA"],
         storage_path=args.storage_path,
     )
     print(results_table(experts))
@@ -192,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--limit", type=int, default=None, help="score at most N of the inputs not yet scored")
     score.add_argument("--max-error-fraction", type=float, default=MAX_ERROR_FRACTION,
                        help=f"exit 1 when a larger share of the inputs failed (default {MAX_ERROR_FRACTION})")
+    score.add_argument("--retry-errors", action="store_true",
+                       help="score again the inputs that failed in earlier runs into this --output (their error rows are replaced)")
     score.add_argument("--no-progress", action="store_true", help="no progress bars")
     score.set_defaults(func=cmd_score)
 

@@ -20,6 +20,8 @@ from dualcam import storage
 from dualcam.imaging import is_image_name
 
 MANIFEST_SUFFIXES = (".csv", ".parquet")
+_TEXT_COLUMNS = ("uri", "patient_id", "patientid", "filename", "folder")
+"""Identifiers read as text from CSV, never guessed: file ``0001`` and patient ``007`` keep their zeros."""
 
 
 @dataclass
@@ -46,7 +48,7 @@ def read_inputs(uri: str) -> Inputs:
     if is_manifest(uri):
         return Inputs(read_manifest(uri))
     # Absolute, so that Ray workers (whose working directory may differ) find local files.
-    files = storage.list_files(uri if storage.is_s3(uri) else str(Path(uri).resolve()))
+    files = storage.list_files(storage.absolute(uri))
     images = [f for f in files if is_image_name(f)]
     return Inputs(pa.table({"uri": pa.array(images, pa.string())}), [f for f in files if not is_image_name(f)])
 
@@ -58,7 +60,8 @@ def read_manifest(uri: str) -> pa.Table:
         if uri.lower().endswith(".parquet"):
             table = pq.read_table(pa.BufferReader(data))
         else:
-            table = pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+            table = pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(
+                strings_can_be_null=True, column_types=dict.fromkeys(_TEXT_COLUMNS, pa.string())))
     except pa.ArrowInvalid as err:
         raise ValueError(f"{uri}: not a readable manifest ({err})") from None
     if "uri" not in table.column_names:
@@ -157,7 +160,8 @@ def _read_covid_collection(uri: str, views: Sequence[str]) -> Labelled:
         elif finding in ("", "todo"):
             excluded["no finding recorded ('todo')"] += 1
         else:
-            label = "COVID-19" if "COVID-19" in [f.strip() for f in finding.split(",")] else finding
+            # 'COVID-19, ARDS' in older releases, 'Pneumonia/Viral/COVID-19' in newer ones
+            label = "COVID-19" if "COVID-19" in [f.strip() for f in re.split(r"[,/]", finding)] else finding
             kept.append({"uri": _resolve(f"{row.get('folder') or 'images'}/{row['filename']}", uri),
                          "label": label, "patient_id": str(row["patientid"])})
     table = pa.Table.from_pylist(kept, schema=pa.schema([("uri", pa.string()), ("label", pa.string()), ("patient_id", pa.string())]))
@@ -171,17 +175,22 @@ def read_manifest_rows(uri: str) -> list[dict]:
         table = pq.read_table(pa.BufferReader(data))
     else:
         table = pacsv.read_csv(io.BytesIO(data), parse_options=pacsv.ParseOptions(newlines_in_values=True),
-                               convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+                               convert_options=pacsv.ConvertOptions(
+                                   strings_can_be_null=True, column_types=dict.fromkeys(_TEXT_COLUMNS, pa.string())))
     return table.cast(pa.schema([(f.name, pa.string()) for f in table.schema])).to_pylist()
 
 
 def _read_label_folders(uri: str) -> Labelled:
-    base = uri.rstrip("/") if storage.is_s3(uri) else str(Path(uri).resolve())
+    base = storage.absolute(uri).rstrip("/")
     files = [f for f in storage.list_files(base) if is_image_name(f)]
     parts = [f[len(base) + 1:].split("/") for f in files]
-    if parts and {p[0] for p in parts if len(p) > 1} >= {"train", "test"} and all(
-            len(p) > 2 and p[1].upper() in KERMANY_LABELS for p in parts if p[0] in SPLITS):
-        return _kermany(files, parts)
+    kermany = [len(p) > 2 and p[0] in SPLITS and p[1].upper() in KERMANY_LABELS for p in parts]
+    if {p[0] for p, k in zip(parts, kermany) if k} >= {"train", "test"}:
+        labelled = _kermany([f for f, k in zip(files, kermany) if k], [p for p, k in zip(parts, kermany) if k])
+        strays = len(files) - sum(kermany)
+        if strays:
+            labelled.excluded["outside {train,val,test}/{NORMAL,PNEUMONIA}/"] = strays
+        return labelled
     if any(len(p) < 2 for p in parts):
         loose = next(f for f, p in zip(files, parts) if len(p) < 2)
         raise ValueError(f"{uri}: expected root/<label>/... folders, but {loose} lies directly under the root")
@@ -217,8 +226,9 @@ def find_missing(uris: Sequence[str]) -> list[str]:
 def assign_splits(table: pa.Table, seed: int = 0, fractions: Sequence[float] = SPLIT_FRACTIONS) -> pa.Table:
     """Give every row a ``split``: deterministic for ``seed``, stratified by label, grouped by patient.
 
-    Rows that already have a split keep it. The others are grouped by ``patient_id`` (each row is
-    its own group without one); each group goes, as a whole, to one split, and within each label
+    Rows that already have a split keep it, and so do the other rows of their patient. The rest
+    are grouped by ``patient_id`` (each row is its own group without one); each group goes, as a
+    whole, to one split, and within each label
     (a group's label is its most common) the groups are shuffled and laid end to end so that
     each split gets its fraction of the images. So no patient is in two splits.
     """
@@ -229,9 +239,14 @@ def assign_splits(table: pa.Table, seed: int = 0, fractions: Sequence[float] = S
         raise ValueError(f"unknown split values {', '.join(bad)}; use {', '.join(SPLITS)}")
     labels, uris = table.column("label").to_pylist(), table.column("uri").to_pylist()
     patients = table.column("patient_id").to_pylist() if "patient_id" in table.column_names else [None] * n
+    splits = list(given)
+    # a patient some of whose images already have a split takes it for the rest as well
+    patient_split = {p: s for p, s in zip(patients, given) if p and s is not None}
     groups: dict[str, list[int]] = {}
     for i in range(n):
-        if given[i] is None:
+        if given[i] is None and patients[i] in patient_split:
+            splits[i] = patient_split[patients[i]]
+        elif given[i] is None:
             groups.setdefault(f"patient:{patients[i]}" if patients[i] else f"uri:{uris[i]}", []).append(i)
     by_label: dict[str, list[str]] = {}
     for key, rows in groups.items():
@@ -239,7 +254,6 @@ def assign_splits(table: pa.Table, seed: int = 0, fractions: Sequence[float] = S
         by_label.setdefault(label, []).append(key)
     rng = np.random.default_rng(seed)
     edges = np.cumsum(fractions) / np.sum(fractions)
-    splits = list(given)
     for label in sorted(by_label):
         keys = sorted(by_label[label])
         keys = [keys[i] for i in rng.permutation(len(keys))]

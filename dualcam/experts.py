@@ -173,15 +173,21 @@ def _write_checkpoint(uri: str, data: bytes, meta: ExpertMeta) -> None:
     storage.write_bytes(storage.join(uri, META_FILE), json.dumps(meta.to_dict(), indent=2).encode())
 
 
-def latest_version(root: str) -> str | None:
-    """The newest checkpoint directly under ``root`` (versions sort by time), or None."""
+def list_versions(root: str) -> list[str]:
+    """The checkpoints directly under ``root``, oldest first (version ids sort by time)."""
     try:
         files = storage.list_files(root)
     except FileNotFoundError:
-        return None
+        return []
     prefix = root.rstrip("/") + "/"
-    versions = sorted({f[len(prefix):].split("/")[0] for f in files if f.startswith(prefix) and f.endswith("/" + META_FILE)})
-    return storage.join(root, versions[-1]) if versions else None
+    names = {f[len(prefix):] for f in files if f.startswith(prefix)}
+    return [storage.join(root, v) for v in sorted({n.split("/")[0] for n in names if n.count("/") == 1 and n.endswith("/" + META_FILE)})]
+
+
+def latest_version(root: str) -> str | None:
+    """The newest checkpoint directly under ``root``, or None."""
+    versions = list_versions(root)
+    return versions[-1] if versions else None
 
 
 def load_meta(uri: str) -> ExpertMeta:

@@ -72,8 +72,14 @@ def _may_be_dicom_name(name: str) -> bool:
 
 
 def is_image_name(name: str) -> bool:
-    """Whether a listed file is an input: a PNG/JPEG suffix, or a name a DICOM file may have."""
-    return PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES or _may_be_dicom_name(name)
+    """Whether a listed file is an input: a PNG/JPEG suffix, or a name a DICOM file may have.
+
+    Hidden files (``.name``, including macOS's ``._name`` AppleDouble companions) never are.
+    """
+    path = PurePosixPath(name)
+    if path.name.startswith("."):
+        return False
+    return path.suffix.lower() in IMAGE_SUFFIXES or _may_be_dicom_name(name)
 
 
 def _check_size(name: str, width: int, height: int, max_pixels: int) -> None:

@@ -26,7 +26,7 @@ from dualcam import storage
 from dualcam.datasets import read_inputs
 from dualcam.experts import load_meta
 from dualcam.results import (
-    RUN_FILE, ExpertId, RunSpec, check_passthrough, data_files, read_results, read_run_spec,
+    RUN_FILE, ExpertId, RunSpec, check_passthrough, data_files, drop_error_rows, read_results, read_run_spec,
 )
 from dualcam.scoring import DualScorer, check_same_input, load_images
 
@@ -93,18 +93,25 @@ class Placement:
     gpus_per_actor: float
 
 
+def largest_node_cpus(ray: Any) -> float:
+    """CPUs of the biggest live node: no single actor or worker can have more."""
+    return max((node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node["Alive"]), default=1.0)
+
+
 def plan_placement(
-    resources: dict[str, float], actors: int | None = None,
+    resources: dict[str, float], node_cpus: float | None = None, actors: int | None = None,
     gpus_per_actor: float | None = None, cpus_per_actor: float | None = None,
 ) -> Placement:
-    """Defaults: one actor per GPU when the cluster has GPUs; else actors of up to 8 CPUs each."""
+    """Defaults: one actor per GPU when the cluster has GPUs; else actors of up to 8 CPUs (and at
+    most one node's CPUs) each."""
     gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 1.0)
+    node_cpus = cpus if node_cpus is None else node_cpus
     if gpus_per_actor is None:
         gpus_per_actor = 1.0 if gpus else 0.0
     if gpus_per_actor > 0 and gpus < gpus_per_actor:
         raise ValueError(f"{gpus_per_actor} GPUs per actor requested, but the cluster has {gpus:g} GPUs")
     if cpus_per_actor is None:
-        cpus_per_actor = 1.0 if gpus_per_actor else float(min(cpus, MAX_CPUS_PER_ACTOR))
+        cpus_per_actor = 1.0 if gpus_per_actor else float(max(1.0, min(node_cpus, MAX_CPUS_PER_ACTOR)))
     if actors is None:
         actors = int(gpus // gpus_per_actor) if gpus_per_actor else int(max(1, cpus // cpus_per_actor))
     if actors < 1:
@@ -115,31 +122,35 @@ def plan_placement(
 def score_archive(
     c1: str, c2: str, input: str, output: str, *, alpha: float = 5.0, batch_size: int = 16,
     actors: int | None = None, gpus_per_actor: float | None = None, cpus_per_actor: float | None = None,
-    limit: int | None = None, rows_per_file: int = ROWS_PER_FILE, progress: bool = True,
+    limit: int | None = None, retry_errors: bool = False, rows_per_file: int = ROWS_PER_FILE, progress: bool = True,
 ) -> ScoreSummary:
     """Score every image under ``input`` with experts ``c1`` (class of interest) and ``c2``; write Parquet to ``output``.
 
     Rerunning into the same ``output`` skips inputs already there, so a killed run resumes
-    where it stopped. The output may only ever hold results of one pair of experts and one alpha.
-    Raises before any work for unusable arguments, experts or inputs; bad images become error rows.
+    where it stopped; ``retry_errors`` first takes the error rows out, so those inputs are tried
+    again. The output may only ever hold results of one pair of experts and one alpha. Raises
+    before any work for unusable arguments, experts or inputs; bad images become error rows.
     """
     started = time.perf_counter()
+    c1, c2 = storage.absolute(c1), storage.absolute(c2)
     meta1, meta2 = load_meta(c1), load_meta(c2)
     check_same_input(meta1, meta2, c1, c2)
     spec = RunSpec(ExpertId.of(meta1), ExpertId.of(meta2), float(alpha))
-    _claim_output(output, spec)
     found = read_inputs(input)
     if found.table.num_rows == 0:
         raise FileNotFoundError(f"{input}: no image files found" + (
             f" ({len(found.skipped)} files with other names, e.g. {found.skipped[0]})" if found.skipped else ""))
     check_passthrough(found.table.column_names)
+    _claim_output(output, spec)
     storage.remove_inflight(output)
+    if retry_errors:
+        drop_error_rows(output)
     done = read_results(output, ["uri"]).column("uri")
     pending = found.table.filter(pc.invert(pc.is_in(found.table.column("uri"), value_set=done.combine_chunks())))
     todo = pending if limit is None else pending.slice(0, limit)
     if todo.num_rows:
         ray = connect()
-        placement = plan_placement(ray.cluster_resources(), actors, gpus_per_actor, cpus_per_actor)
+        placement = plan_placement(ray.cluster_resources(), largest_node_cpus(ray), actors, gpus_per_actor, cpus_per_actor)
         if progress:
             print(f"dualcam: scoring {todo.num_rows} of {found.table.num_rows} inputs "
                   f"({found.table.num_rows - pending.num_rows} already in {output}) with {placement.actors} actor(s) "
@@ -147,7 +158,7 @@ def score_archive(
         ray.data.DataContext.get_current().enable_progress_bars = progress
         scored = _scored(ray, todo, c1, c2, spec.alpha, placement, batch_size)
         # Writing is I/O; it must not wait for CPUs the scoring actors hold.
-        scored.write_parquet(_writable_path(output), filesystem=storage.arrow_filesystem(output),
+        scored.write_parquet(_writable_path(output), filesystem=storage.parquet_filesystem(output),
                              min_rows_per_file=rows_per_file, ray_remote_args={"num_cpus": 0})
     status = read_results(output, ["status", "error"])
     errors = status.filter(pc.equal(status.column("status"), "error"))
@@ -169,9 +180,9 @@ def _claim_output(output: str, spec: RunSpec) -> None:
         storage.write_bytes(storage.join(output, RUN_FILE), spec.to_json().encode())
     elif existing != spec:
         raise ValueError(
-            f"{output} holds results of other experts or another alpha ({existing.c1.class_name} "
-            f"{existing.c1.version} / {existing.c2.class_name} {existing.c2.version}, alpha {existing.alpha:g}); "
-            "choose another --output")
+            f"{output} holds results of other experts, another alpha or another schema ({existing.c1.class_name} "
+            f"{existing.c1.version} / {existing.c2.class_name} {existing.c2.version}, alpha {existing.alpha:g}, "
+            f"schema {existing.schema_version}); choose another --output")
 
 
 def _scored(ray: Any, todo: pa.Table, c1: str, c2: str, alpha: float, placement: Placement, batch_size: int) -> Any:

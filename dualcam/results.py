@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dualcam import storage
@@ -196,16 +197,40 @@ def _hidden(uri: str, root: str) -> bool:
 
 
 def read_results(output: str, columns: Sequence[str] | None = None) -> pa.Table:
-    """Every row of an output folder as one Arrow table; unreadable (partial) files are skipped with a warning."""
+    """Every row of an output folder as one Arrow table.
+
+    A file that is not valid Parquet (only a foreign or damaged one: dualcam's writes appear
+    whole) is skipped with a warning; a file that cannot be read (S3 throttling, say) raises, so
+    a resumed run never mistakes unread rows for missing ones.
+    """
     tables = []
     for uri in data_files(output):
         try:
             tables.append(pq.read_table(_source(uri), columns=list(columns) if columns else None))
-        except (pa.ArrowInvalid, OSError) as err:
+        except pa.ArrowInvalid as err:
             warnings.warn(f"{uri}: skipped, not a readable Parquet file ({err})", stacklevel=2)
     if not tables:
         return pa.table({name: pa.array([], pa.string()) for name in (columns or ["uri", "status"])})
     return pa.concat_tables(tables, promote_options="permissive")
+
+
+def drop_error_rows(output: str) -> int:
+    """Rewrite each file of ``output`` that holds error rows without them; returns how many went.
+
+    Each file is replaced whole (atomically), so at every moment each input is in the output
+    once or not at all: a run that then stops leaves the dropped inputs to the next run.
+    """
+    dropped = 0
+    for uri in data_files(output):
+        status = pq.read_table(_source(uri), columns=["status"]).column("status")
+        errors = pc.sum(pc.equal(status, "error")).as_py() or 0
+        if errors:
+            table = pq.read_table(_source(uri))
+            buf = pa.BufferOutputStream()
+            pq.write_table(table.filter(pc.equal(table.column("status"), "ok")), buf)
+            storage.write_bytes(uri, buf.getvalue().to_pybytes())
+            dropped += errors
+    return dropped
 
 
 def _source(uri: str):

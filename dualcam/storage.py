@@ -129,15 +129,21 @@ def list_files(uri: str) -> list[str]:
 
 
 INFLIGHT_SUFFIX = ".inflight"
+_PARQUET_MAGIC = b"PAR1"  # a Parquet file ends with its footer and these four bytes
 
 
-def arrow_filesystem(uri: str) -> pafs.FileSystem | None:
+def absolute(uri: str) -> str:
+    """An s3:// URI as it is; a local path made absolute (Ray workers may run in another directory)."""
+    return uri if is_s3(uri) else str(Path(uri).resolve())
+
+
+def parquet_filesystem(uri: str) -> pafs.FileSystem | None:
     """The pyarrow filesystem for writing Parquet under ``uri`` so that files appear whole.
 
     S3 objects appear only when their upload completes, so S3 needs nothing (None: the default
     resolution from the URI and the AWS settings). A local file is written under a hidden
-    ``.<name>.inflight`` name and renamed into place when closed: a killed run leaves hidden
-    leftovers, never a truncated file that breaks readers.
+    ``.<name>.inflight`` name and renamed into place when closed with a complete Parquet footer:
+    a killed or failed write leaves hidden leftovers, never a truncated file that breaks readers.
     """
     return None if is_s3(uri) else pafs.PyFileSystem(_AtomicLocalHandler())
 
@@ -153,7 +159,7 @@ def remove_inflight(folder: str) -> int:
 
 
 class _RenameOnClose:
-    """A writable file object that lands at ``path`` only when closed."""
+    """A writable file object that lands at ``path`` when closed whole (ending in Parquet's magic)."""
 
     def __init__(self, path: str):
         self.path = path
@@ -174,10 +180,17 @@ class _RenameOnClose:
         return True
 
     def close(self) -> None:
-        if not self.closed:
-            self.file.close()
+        if self.closed:
+            return
+        self.file.close()
+        self.closed = True
+        with open(self.tmp, "rb") as f:
+            f.seek(max(0, os.path.getsize(self.tmp) - len(_PARQUET_MAGIC)))
+            whole = f.read() == _PARQUET_MAGIC
+        if whole:
             os.replace(self.tmp, self.path)
-            self.closed = True
+        else:  # a write that failed part way: never let readers see it
+            os.unlink(self.tmp)
 
 
 class _AtomicLocalHandler(pafs.FileSystemHandler):

@@ -20,7 +20,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,10 @@ import torch.nn.functional as F
 from dualcam import storage
 from dualcam.datasets import SPLITS, Labelled, assign_splits, expert_rows, read_labelled, split_counts
 from dualcam.experts import (
-    META_FILE, ExpertMeta, build_expert, latest_version, load_expert, load_meta, save_expert_version,
+    META_FILE, ExpertMeta, build_expert, latest_version, list_versions, load_expert, load_meta, save_expert_version,
 )
 from dualcam.metrics import binary_metrics
-from dualcam.pipeline import connect
+from dualcam.pipeline import connect, largest_node_cpus
 from dualcam.results import to_numpy
 from dualcam.scoring import load_images
 
@@ -78,13 +78,21 @@ class ExpertPlan:
     init_from: str | None = None
     counts: dict[str, tuple[int, int]] = field(default_factory=dict)
 
-    def fingerprint(self, recipe: Recipe) -> str:
-        """Same data, split and recipe, same fingerprint: names the Ray run, so reruns resume it."""
+    def data_fingerprint(self) -> str:
+        """A hash of the images, their targets and splits."""
         digest = hashlib.sha256()
         for uri, target, split in zip(*(self.rows.column(c).to_pylist() for c in ("uri", "target", "split"))):
             digest.update(f"{uri}\t{target}\t{split}\n".encode())
-        digest.update(json.dumps([asdict(recipe), self.init_from], sort_keys=True).encode())
         return digest.hexdigest()
+
+    def training_key(self, recipe: Recipe) -> str:
+        """Same data and recipe, same key: an expert with this key needs no training again."""
+        return hashlib.sha256(json.dumps([self.data_fingerprint(), asdict(recipe)], sort_keys=True).encode()).hexdigest()
+
+    def run_name(self, recipe: Recipe) -> str:
+        """Names the Ray Train run, so that rerunning the same command resumes it."""
+        key = hashlib.sha256(f"{self.training_key(recipe)}\t{self.init_from}".encode()).hexdigest()
+        return f"{''.join(c if c.isalnum() or c in '-_' else '_' for c in self.label)}-{key[:16]}"
 
 
 @dataclass
@@ -146,7 +154,7 @@ def resolve_init_from(uris: Sequence[str], labels: Sequence[str]) -> dict[str, s
     root (each expert takes its latest version under ``<root>/<class>/``).
     """
     chosen: dict[str, str] = {}
-    for uri in uris:
+    for uri in map(storage.absolute, uris):
         if storage.exists(storage.join(uri, META_FILE)):
             name = load_meta(uri).class_name
             if name not in labels:
@@ -169,8 +177,8 @@ def train_experts(
 ) -> list[TrainedExpert]:
     """Train one binary expert per class in ``classes`` (the paper: C1, C2) concurrently on Ray.
 
-    Each is written with ``save_expert`` to ``<output>/<class>/<version>/`` with its metrics,
-    recipe and data fingerprint. Rerunning after the driver died resumes from the last
+    Each is written as a new version, ``<output>/<class>/<version>/`` (``save_expert_version``),
+    with its metrics, recipe and data fingerprint. Rerunning after the driver died resumes from the last
     checkpoint; rerunning after success finds the finished expert and trains nothing.
     """
     n = len(classes)
@@ -203,16 +211,23 @@ def train_experts(
     gpus = resources.get("GPU", 0.0)
     gpus_per_worker = (1.0 if gpus else 0.0) if gpus_per_worker is None else gpus_per_worker
     if cpus_per_worker is None:
-        cpus_per_worker = 1.0 if gpus_per_worker else max(1.0, resources.get("CPU", 1.0) // (len(todo) * workers_per_expert))
+        shared = resources.get("CPU", 1.0) // (len(todo) * workers_per_expert)
+        cpus_per_worker = 1.0 if gpus_per_worker else max(1.0, min(shared, largest_node_cpus(ray)))
     storage_path = storage_path or _default_storage(output)
+    trained, failed = [], []
     with ThreadPoolExecutor(len(todo)) as pool:
-        futures = [pool.submit(_fit, ray, plan, recipe, workers_per_expert, gpus_per_worker, cpus_per_worker,
-                               max_failures, storage_path) for plan in todo]
-        results = [f.result() for f in futures]
-    trained = [_publish(output, plan, recipe, result) for plan, result in zip(todo, results)]
-    for expert in trained:
-        log(f"{expert.label}: wrote {expert.uri}")
-    return finished + trained
+        futures = {pool.submit(_fit, ray, plan, recipe, workers_per_expert, gpus_per_worker, cpus_per_worker,
+                               max_failures, storage_path): plan for plan in todo}
+        for future in as_completed(futures):  # one expert's failure never costs the other its result
+            plan = futures[future]
+            try:
+                trained.append(_publish(output, plan, recipe, future.result()))
+                log(f"{plan.label}: wrote {trained[-1].uri}")
+            except Exception as err:  # noqa: BLE001 -- reported below, after the others are published
+                failed.append((plan.label, err))
+    if failed:
+        raise RuntimeError("training failed for " + "; ".join(f"{label}: {err}" for label, err in failed)) from failed[0][1]
+    return finished + sorted(trained, key=lambda e: list(classes).index(e.label))
 
 
 def _report_source(source: str, lab: Labelled, log) -> None:
@@ -229,18 +244,22 @@ def _default_storage(output: str) -> str:
 
 
 def _finished_version(output: str, plan: ExpertPlan, recipe: Recipe) -> TrainedExpert | None:
-    latest = latest_version(storage.join(output, plan.label))
-    if latest is None:
-        return None
-    meta = load_meta(latest)
-    if meta.data_fingerprint != plan.fingerprint(recipe):
-        return None
-    return TrainedExpert(plan.label, latest, meta, int(meta.metrics.get("best_epoch", -1)), already_trained=True)
+    """A version under ``<output>/<class>/`` trained on the same data with the same recipe, if any.
+
+    Every version counts, so a warm-started retraining (which starts from an earlier version)
+    is found on a rerun too, instead of starting again from the version it produced.
+    """
+    key = plan.training_key(recipe)
+    for uri in reversed(list_versions(storage.join(output, plan.label))):
+        meta = load_meta(uri)
+        if meta.recipe.get("training_key") == key:
+            return TrainedExpert(plan.label, uri, meta, int(meta.metrics.get("best_epoch", -1)), already_trained=True)
+    return None
 
 
 def _fit(ray: Any, plan: ExpertPlan, recipe: Recipe, workers: int, gpus_per_worker: float, cpus_per_worker: float,
          max_failures: int, storage_path: str) -> Any:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     meta = _expert_meta(plan, recipe)
@@ -257,18 +276,17 @@ def _fit(ray: Any, plan: ExpertPlan, recipe: Recipe, workers: int, gpus_per_work
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
                                      resources_per_worker={"CPU": cpus_per_worker, "GPU": gpus_per_worker}),
         run_config=RunConfig(
-            name=f"{_slug(plan.label)}-{plan.fingerprint(recipe)[:16]}", storage_path=storage_path,
+            name=plan.run_name(recipe), storage_path=storage_path,
             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_accuracy",
                                                checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=max_failures),
         ),
         datasets=datasets,
+        # train is sharded among the workers; val and test are read whole by rank 0, which evaluates
+        # (an equal split would drop up to workers - 1 images from the metrics)
+        dataset_config=DataConfig(datasets_to_split=["train"]),
     )
     return trainer.fit()
-
-
-def _slug(label: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
 
 
 def _expert_meta(plan: ExpertPlan, recipe: Recipe) -> ExpertMeta:
@@ -296,9 +314,9 @@ def _publish(output: str, plan: ExpertPlan, recipe: Recipe, result: Any) -> Trai
         "counts": {s: {"positives": p, "negatives": n} for s, (p, n) in plan.counts.items()},
         "history": history,
     }
-    meta.data_fingerprint = plan.fingerprint(recipe)
+    meta.data_fingerprint = plan.data_fingerprint()
     meta.recipe = {**asdict(recipe), "arch": meta.arch, "image_size": meta.input_size, "data": plan.data,
-                   "negatives": plan.negatives, "init_from": plan.init_from}
+                   "negatives": plan.negatives, "init_from": plan.init_from, "training_key": plan.training_key(recipe)}
     uri, meta = save_expert_version(model, storage.join(output, plan.label), meta)
     return TrainedExpert(plan.label, uri, meta, metrics["epoch"])
 
@@ -339,7 +357,7 @@ def _train_worker(config: dict) -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
     if optimizer_state:
         optimizer.load_state_dict(optimizer_state)
-    shards = {split: ray.train.get_dataset_shard(split) for split in SPLITS}
+    shards = {split: ray.train.get_dataset_shard(split) for split in SPLITS}  # val, test: whole
 
     for epoch in range(start_epoch, recipe.epochs):
         started = time.perf_counter()
@@ -349,8 +367,9 @@ def _train_worker(config: dict) -> None:
                                                local_shuffle_buffer_size=max(64, 4 * recipe.batch_size),
                                                local_shuffle_seed=recipe.seed * 1000 + epoch)
         for x, y in _loaded(batches, meta, device):
-            if recipe.augment == "light":
-                x = _light_augment(x)
+            if _all_sum([float(len(y) == 0)], device)[0]:
+                continue  # a worker's images all failed to load: every worker skips the step, so DDP stays in step
+            x = _light_augment(x) if recipe.augment == "light" else x
             loss = F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -361,9 +380,11 @@ def _train_worker(config: dict) -> None:
         loss_sum, images = _all_sum([total_loss, seen], device)
         metrics = {"epoch": epoch, "train_loss": loss_sum / max(images, 1), "train_images": int(images),
                    "train_images_per_second": seen / max(train_seconds, 1e-9)}
-        for split in ("val", "test"):
-            labels, probs = _predict(model, shards[split], meta, recipe.batch_size, device)
-            metrics.update({f"{split}_{k}": float(v) for k, v in binary_metrics(labels, probs).items()})
+        bare = model.module if hasattr(model, "module") else model
+        if context.get_world_rank() == 0:
+            for split in ("val", "test"):
+                labels, probs = _predict(bare, shards[split], meta, recipe.batch_size, device)
+                metrics.update({f"{split}_{k}": float(v) for k, v in binary_metrics(labels, probs).items()})
         metrics["epoch_end_time"] = time.time()
         history.append(metrics)
         with tempfile.TemporaryDirectory() as directory:
@@ -372,7 +393,6 @@ def _train_worker(config: dict) -> None:
                 print(f"[{meta.class_name}] epoch {epoch + 1}/{recipe.epochs}: train loss {metrics['train_loss']:.4f}, "
                       f"val accuracy {metrics['val_accuracy']:.3f}, AUC {metrics['val_auc']:.3f}; "
                       f"{metrics['train_images_per_second']:.1f} images/s per worker", flush=True)
-                bare = model.module if hasattr(model, "module") else model
                 torch.save({"model": bare.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                             "history": history}, Path(directory) / STATE_FILE)
                 saved = ray.train.Checkpoint.from_directory(directory)
@@ -424,19 +444,15 @@ def _light_augment(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def _predict(model: torch.nn.Module, shard: Any, meta: ExpertMeta, batch_size: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, in-class probabilities) of a split, gathered from every worker."""
+def _predict(model: torch.nn.Module, dataset: Any, meta: ExpertMeta, batch_size: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, in-class probabilities) of a whole split; ``model`` unwrapped, so no collectives."""
     model.eval()
-    labels, probs = [], []
-    for x, y in _loaded(shard.iter_batches(batch_size=batch_size, batch_format="pyarrow"), meta, device):
-        probs.append(model(x.contiguous(memory_format=torch.channels_last)).float().softmax(-1)[:, 1].cpu().numpy())
-        labels.append(y.cpu().numpy())
-    local = (np.concatenate(labels) if labels else np.zeros(0), np.concatenate(probs) if probs else np.zeros(0))
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        gathered = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(gathered, local)
-        return np.concatenate([g[0] for g in gathered]), np.concatenate([g[1] for g in gathered])
-    return local
+    labels, probs = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
+    for x, y in _loaded(dataset.iter_batches(batch_size=batch_size, batch_format="pyarrow"), meta, device):
+        if len(y):
+            probs.append(model(x.contiguous(memory_format=torch.channels_last)).float().softmax(-1)[:, 1].cpu().numpy())
+            labels.append(y.cpu().numpy())
+    return np.concatenate(labels), np.concatenate(probs)
 
 
 def _all_sum(values: list[float], device: torch.device) -> list[float]:

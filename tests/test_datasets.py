@@ -121,11 +121,14 @@ def test_covid_collection_reader_on_the_real_metadata(xray_dir):
 def test_kermany_layout_and_label_folders(tmp_path):
     files = ["train/NORMAL/IM-0115-0001.jpeg", "train/NORMAL/NORMAL2-IM-1427-0001.jpeg",
              "train/PNEUMONIA/person1_bacteria_1.jpeg", "train/PNEUMONIA/person1_virus_6.jpeg",
-             "val/NORMAL/IM-0001-0001.jpeg", "test/PNEUMONIA/person100_bacteria_475.jpeg"]
+             "val/NORMAL/IM-0001-0001.jpeg", "test/PNEUMONIA/person100_bacteria_475.jpeg",
+             "__MACOSX/train/NORMAL/IM-0115-0001.jpeg", "train/NORMAL/._IM-0115-0001.jpeg"]
     for f in files:
         (tmp_path / "chest_xray" / f).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "chest_xray" / f).write_bytes(b"x")
-    table = read_labelled(str(tmp_path / "chest_xray")).table
+    kermany = read_labelled(str(tmp_path / "chest_xray"))
+    assert kermany.excluded == {"outside {train,val,test}/{NORMAL,PNEUMONIA}/": 1}  # the hidden ._ file is no image
+    table = kermany.table
     rows = {Path(r["uri"]).name: (r["label"], r["patient_id"]) for r in table.to_pylist()}
     assert rows["person1_bacteria_1.jpeg"] == rows["person1_virus_6.jpeg"] == ("PNEUMONIA", "PNEUMONIA/person1")
     assert rows["NORMAL2-IM-1427-0001.jpeg"] == ("NORMAL", "NORMAL/NORMAL2-IM-1427")
@@ -147,3 +150,34 @@ def test_a_training_manifest_reports_missing_images(tmp_path):
     (tmp_path / "n.csv").write_text("uri\na.png\n")
     with pytest.raises(ValueError, match="a training manifest needs a 'label' column"):
         read_labelled(str(tmp_path / "n.csv"))
+
+
+def test_a_patient_with_a_given_split_keeps_all_its_images_there():
+    table = pa.table({
+        "uri": [f"u{i}" for i in range(40)], "label": ["x", "y"] * 20,
+        "patient_id": [f"p{i // 2}" for i in range(40)],
+        "split": ["test" if i % 2 == 0 else None for i in range(40)],
+    })
+    splits = assign_splits(table).column("split").to_pylist()
+    assert splits == ["test"] * 40
+
+
+def test_csv_identifiers_keep_their_leading_zeros(tmp_path):
+    (tmp_path / "m.csv").write_text("uri,label,patient_id\n0001,normal,007\n0002,normal,7\n")
+    for name in ("0001", "0002"):
+        (tmp_path / name).write_bytes(b"x")
+    table = read_labelled(str(tmp_path / "m.csv")).table
+    assert table.column("uri").to_pylist() == [str(tmp_path / "0001"), str(tmp_path / "0002")]
+    assert table.column("patient_id").to_pylist() == ["007", "7"]
+
+
+def test_newer_covid_collection_findings_are_recognized(tmp_path):
+    (tmp_path / "images").mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / "images" / name).write_bytes(b"x")
+    (tmp_path / "metadata.csv").write_text(
+        "patientid,finding,view,modality,folder,filename\n"
+        '1,Pneumonia/Viral/COVID-19,PA,X-ray,images,a.jpg\n'
+        '2,Pneumonia/Bacterial/Streptococcus,PA,X-ray,images,b.jpg\n')
+    table = read_labelled(str(tmp_path / "metadata.csv")).table
+    assert table.column("label").to_pylist() == ["COVID-19", "Pneumonia/Bacterial/Streptococcus"]

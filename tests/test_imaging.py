@@ -199,6 +199,7 @@ def test_dicom_without_pixels_truncated_or_too_large_is_refused():
 def test_image_names():
     assert is_image_name("a/b.PNG") and is_image_name("s3://b/x.dcm") and is_image_name("dicom/IM0001")
     assert not is_image_name("a/metadata.csv") and not is_image_name("a/.hidden")
+    assert not is_image_name("a/._x.png") and not is_image_name("s3://b/.cache/.x.dcm")
 
 
 META = ExpertMeta(arch="resnet18", class_name="COVID-19", input_size=64)

@@ -148,6 +148,13 @@ def test_s3_manifest_passes_columns_through_and_reruns_skip(ray_cluster, experts
     assert "no such object" in rows[f"{s3_bucket}/archive/missing.png"]["error"]
     assert rows[f"{s3_bucket}/archive/nested/wide.jpg"]["status"] == "ok"
 
+    # the missing image arrives; --retry-errors scores it, and the other error stays an error, once
+    storage.write_bytes(f"{s3_bucket}/archive/missing.png", (archive / "synthetic-00002.png").read_bytes())
+    retried = score_archive(*args, out, batch_size=2, retry_errors=True, progress=False)
+    assert (retried.scored_now, retried.ok, retried.errors) == (2, 4, 1)
+    rows = by_uri(read_results(out))
+    assert rows[f"{s3_bucket}/archive/missing.png"]["status"] == "ok" and len(rows) == 5
+
 
 def test_a_killed_run_resumes_with_each_input_once(ray_cluster, experts, tmp_path):
     images, out = tmp_path / "images", tmp_path / "out"
@@ -202,7 +209,7 @@ def test_cli_exit_codes(ray_cluster, experts, archive, tmp_path, capsys):
                  "--max-error-fraction", "0.5"]) == 0
     assert "scored 5 images" in capsys.readouterr().out
     assert main(["score", *c, "--input", str(archive), "--output", str(tmp_path / "o3"), "--alpha", "50"]) == 2
-    assert "holds results of other experts or another alpha" in capsys.readouterr().err
+    assert "holds results of other experts, another alpha or another schema" in capsys.readouterr().err
 
 
 def test_unusable_outputs_and_inputs_are_refused_before_any_work(experts, archive, tmp_path):
@@ -225,6 +232,8 @@ def test_unusable_outputs_and_inputs_are_refused_before_any_work(experts, archiv
 def test_placement_defaults():
     assert plan_placement({"CPU": 2.0}) == plan_placement({"CPU": 2.0}, actors=1, cpus_per_actor=2.0, gpus_per_actor=0)
     assert plan_placement({"CPU": 64.0}).actors == 8
+    small_nodes = plan_placement({"CPU": 16.0}, node_cpus=4.0)  # four 4-CPU nodes: an 8-CPU actor fits nowhere
+    assert (small_nodes.actors, small_nodes.cpus_per_actor) == (4, 4.0)
     gpu = plan_placement({"CPU": 32.0, "GPU": 4.0})
     assert (gpu.actors, gpu.cpus_per_actor, gpu.gpus_per_actor) == (4, 1.0, 1.0)
     assert plan_placement({"CPU": 32.0, "GPU": 4.0}, gpus_per_actor=0.5).actors == 8

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dualcam import DualScorer, load_expert, load_meta
+from dualcam import DualScorer, load_expert, load_meta, storage
 from dualcam.cli import main
 from dualcam.experts import latest_version
 from dualcam.training import Recipe, train_experts
@@ -81,6 +81,9 @@ def test_warm_start_from_an_earlier_version_yields_a_new_version(trained, labell
                               init_from=[str(out)])
     assert retrained[0].uri != previous and retrained[0].meta.recipe["init_from"] == previous
     assert latest_version(str(out / "A")) == retrained[0].uri
+    again = train_experts(str(out), ["A"], data=str(labelled), recipe=dataclasses.replace(TINY, epochs=1),
+                          init_from=[str(out)])  # the same retraining command, rerun: nothing new
+    assert again[0].already_trained and again[0].uri == retrained[0].uri
     with pytest.raises(ValueError, match="is an expert for 'A', which is not being trained"):
         train_experts(str(tmp_path), ["B"], data=str(labelled), recipe=TINY, init_from=[previous])
 
@@ -110,3 +113,20 @@ def test_two_workers_train_one_expert_with_ddp(ray_cluster, labelled, tmp_path):
     epoch = done[0].meta.metrics["history"][0]
     # every split is counted over both workers' shards: 14 + 14 train, 5 + 5 val and test images
     assert (epoch["train_images"], epoch["val_n"], epoch["test_n"]) == (28, 10, 10)
+
+
+def test_training_data_and_output_on_s3(ray_cluster, labelled, s3_bucket):
+    lines = ["uri,label"]
+    for path in sorted(labelled.rglob("*.png")):
+        if path.parent.name in ("B", "normal"):
+            key = f"images/{path.parent.name}/{path.name}"
+            storage.write_bytes(f"{s3_bucket}/{key}", path.read_bytes())
+            lines.append(f"{key},{path.parent.name}")
+    lines.append("images/B/gone.png,B")
+    storage.write_bytes(f"{s3_bucket}/labels.csv", ("\n".join(lines) + "\n").encode())
+    logged = []
+    done = train_experts(f"{s3_bucket}/models", ["B"], data=f"{s3_bucket}/labels.csv",
+                         recipe=dataclasses.replace(TINY, epochs=1), log=logged.append)
+    assert done[0].uri.startswith(f"{s3_bucket}/models/B/")
+    assert load_expert(done[0].uri).meta.metrics["history"][0]["train_images"] == 28
+    assert any(f"1 listed images are missing and left out, e.g. {s3_bucket}/images/B/gone.png" in line for line in logged)
