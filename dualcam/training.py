@@ -360,7 +360,7 @@ def _train_worker(config: dict) -> None:
     shards = {split: ray.train.get_dataset_shard(split) for split in SPLITS}  # val, test: whole
 
     for epoch in range(start_epoch, recipe.epochs):
-        started = time.perf_counter()
+        started, epoch_start_time = time.perf_counter(), time.time()
         model.train()
         total_loss, seen = 0.0, 0
         batches = shards["train"].iter_batches(batch_size=recipe.batch_size, batch_format="pyarrow",
@@ -385,7 +385,7 @@ def _train_worker(config: dict) -> None:
             for split in ("val", "test"):
                 labels, probs = _predict(bare, shards[split], meta, recipe.batch_size, device)
                 metrics.update({f"{split}_{k}": float(v) for k, v in binary_metrics(labels, probs).items()})
-        metrics["epoch_end_time"] = time.time()
+        metrics["epoch_start_time"], metrics["epoch_end_time"] = epoch_start_time, time.time()
         history.append(metrics)
         with tempfile.TemporaryDirectory() as directory:
             saved = None
