@@ -127,8 +127,8 @@ def run(args: argparse.Namespace) -> dict:
     for _ in range(args.repeat):  # alternated, best of each: this machine's noise is a few percent
         runs["a"].append(timed(lambda: bare_forward(scorer, batches), args.n))
         runs["b"].append(timed(lambda: [scorer(b) for b in loaded], args.n))
-    report["a_bare_forward"], report["a_peak_bytes"] = max(runs["a"])
-    report["b_scorer"], report["b_peak_bytes"] = max(runs["b"])
+    report["a_bare_forward"], report["a_bare_forward_peak_bytes"] = max(runs["a"])
+    report["b_scorer"], report["b_scorer_peak_bytes"] = max(runs["b"])
     report["b_over_a"] = report["b_scorer"] / report["a_bare_forward"]
     if args.no_ray:
         return report
@@ -178,17 +178,13 @@ def print_report(report: dict) -> None:
     for key, label in stages:
         if key not in report:
             continue
-        line = f"  {label:40s} {report[key]:7.2f} images/s   peak {report[_peak_key(key)] / 2**30:5.2f} GiB"
+        line = f"  {label:40s} {report[key]:7.2f} images/s   peak {report[f'{key}_peak_bytes'] / 2**30:5.2f} GiB"
         if f"{key}_wall" in report:
             line += f"   (wall incl. start-up: {report[f'{key}_wall']:.2f} images/s)"
         print(line)
     for key, label in (("b_over_a", "b/a"), ("c_local_over_a", "c/a"), ("d_s3_over_a", "d/a")):
         if key in report:
             print(f"  {label} = {report[key]:.3f}")
-
-
-def _peak_key(key: str) -> str:
-    return {"a_bare_forward": "a_peak_bytes", "b_scorer": "b_peak_bytes"}.get(key, f"{key}_peak_bytes")
 
 
 def main(argv: list[str] | None = None) -> int:

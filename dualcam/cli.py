@@ -137,6 +137,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_expert_pair(parser: argparse.ArgumentParser) -> None:
+    """--c1, --c2 and --alpha: what every command that scores with both experts takes."""
+    parser.add_argument("--c1", required=True, help="expert 1 checkpoint (class of interest): path or s3:// URI")
+    parser.add_argument("--c2", required=True, help="expert 2 checkpoint (the overlapping class): path or s3:// URI")
+    parser.add_argument("--alpha", type=float, default=5.0, help="ADDK amplification (paper: 5, 15, 50; default 5)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dualcam", description="Dual-expert CAMs and the ADDK kernel for X-ray classifiers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -161,9 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     decode.set_defaults(func=cmd_decode)
 
     explain = sub.add_parser("explain", help="score a few images with both experts and write ADDK overlays")
-    explain.add_argument("--c1", required=True, help="expert 1 checkpoint (class of interest)")
-    explain.add_argument("--c2", required=True, help="expert 2 checkpoint (the overlapping class)")
-    explain.add_argument("--alpha", type=float, default=5.0, help="ADDK amplification (paper: 5, 15, 50; default 5)")
+    _add_expert_pair(explain)
     explain.add_argument("--out", default="explain", help="folder for the overlay PNGs (default ./explain)")
     explain.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     explain.add_argument("inputs", nargs="+", help="files, folders or s3:// prefixes")
@@ -176,12 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit status: 0 done; 1 too many inputs failed (--max-error-fraction) or none could be scored; "
         "2 unusable arguments, experts, input or output.",
     )
-    score.add_argument("--c1", required=True, help="expert 1 checkpoint (class of interest): path or s3:// URI")
-    score.add_argument("--c2", required=True, help="expert 2 checkpoint (the overlapping class): path or s3:// URI")
+    _add_expert_pair(score)
     score.add_argument("--input", required=True,
                        help="folder, s3:// prefix, or manifest (.csv/.parquet with a uri column; other columns pass through)")
     score.add_argument("--output", required=True, help="results folder: path or s3:// prefix")
-    score.add_argument("--alpha", type=float, default=5.0, help="ADDK amplification (paper: 5, 15, 50; default 5)")
     score.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     score.add_argument("--actors", type=int, default=None,
                        help="scoring actors (default: one per GPU; on CPU clusters, one per 8 CPUs)")

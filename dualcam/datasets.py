@@ -55,15 +55,24 @@ def read_inputs(uri: str) -> Inputs:
 
 def read_manifest(uri: str) -> pa.Table:
     """The manifest's rows, ``uri`` made absolute; every other column passes through unchanged."""
+    return _with_absolute_uris(_read_table(uri), uri)
+
+
+def _read_table(uri: str) -> pa.Table:
+    """A CSV or Parquet file as one Arrow table, read once; identifier columns stay text."""
     data = storage.read_bytes(uri)
     try:
         if uri.lower().endswith(".parquet"):
-            table = pq.read_table(pa.BufferReader(data))
-        else:
-            table = pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(
-                strings_can_be_null=True, column_types=dict.fromkeys(_TEXT_COLUMNS, pa.string())))
+            return pq.read_table(pa.BufferReader(data))
+        return pacsv.read_csv(io.BytesIO(data), parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                              convert_options=pacsv.ConvertOptions(
+                                  strings_can_be_null=True, column_types=dict.fromkeys(_TEXT_COLUMNS, pa.string())))
     except pa.ArrowInvalid as err:
         raise ValueError(f"{uri}: not a readable manifest ({err})") from None
+
+
+def _with_absolute_uris(table: pa.Table, uri: str) -> pa.Table:
+    """Check the ``uri`` column of the manifest at ``uri`` and make its entries absolute."""
     if "uri" not in table.column_names:
         raise ValueError(f"{uri}: a manifest needs a 'uri' column; it has {', '.join(table.column_names)}")
     column = table.column("uri").cast(pa.string())
@@ -115,8 +124,9 @@ def read_labelled(uri: str, views: Sequence[str] = ("PA",)) -> Labelled:
     * any other folder or prefix laid out as ``root/<label>/...``.
     """
     if is_manifest(uri):
-        header = read_manifest_columns(uri)
-        labelled = _read_covid_collection(uri, views) if COVID_COLLECTION_COLUMNS <= set(header) else _read_label_manifest(uri)
+        table = _read_table(uri)
+        covid = COVID_COLLECTION_COLUMNS <= set(table.column_names)
+        labelled = _read_covid_collection(table, uri, views) if covid else _read_label_manifest(table, uri)
     else:
         labelled = _read_label_folders(uri)
     missing = set(find_missing(labelled.table.column("uri").to_pylist()))
@@ -127,15 +137,8 @@ def read_labelled(uri: str, views: Sequence[str] = ("PA",)) -> Labelled:
     return labelled
 
 
-def read_manifest_columns(uri: str) -> list[str]:
-    data = storage.read_bytes(uri)
-    if uri.lower().endswith(".parquet"):
-        return pq.read_schema(pa.BufferReader(data)).names
-    return pacsv.read_csv(io.BytesIO(data.split(b"\n", 1)[0] + b"\n")).column_names
-
-
-def _read_label_manifest(uri: str) -> Labelled:
-    table = read_manifest(uri)
+def _read_label_manifest(table: pa.Table, uri: str) -> Labelled:
+    table = _with_absolute_uris(table, uri)
     if "label" not in table.column_names:
         raise ValueError(f"{uri}: a training manifest needs a 'label' column; it has {', '.join(table.column_names)}")
     columns = {"uri": table.column("uri"), "label": table.column("label").cast(pa.string())}
@@ -148,8 +151,8 @@ def _read_label_manifest(uri: str) -> Labelled:
     return Labelled(out)
 
 
-def _read_covid_collection(uri: str, views: Sequence[str]) -> Labelled:
-    rows = read_manifest_rows(uri)
+def _read_covid_collection(table: pa.Table, uri: str, views: Sequence[str]) -> Labelled:
+    rows = table.cast(pa.schema([(f.name, pa.string()) for f in table.schema])).to_pylist()
     kept, excluded = [], Counter()
     for row in rows:
         finding = (row.get("finding") or "").strip()
@@ -166,18 +169,6 @@ def _read_covid_collection(uri: str, views: Sequence[str]) -> Labelled:
                          "label": label, "patient_id": str(row["patientid"])})
     table = pa.Table.from_pylist(kept, schema=pa.schema([("uri", pa.string()), ("label", pa.string()), ("patient_id", pa.string())]))
     return Labelled(table, dict(excluded))
-
-
-def read_manifest_rows(uri: str) -> list[dict]:
-    """A CSV/Parquet file's rows as dicts, every value a string (or None)."""
-    data = storage.read_bytes(uri)
-    if uri.lower().endswith(".parquet"):
-        table = pq.read_table(pa.BufferReader(data))
-    else:
-        table = pacsv.read_csv(io.BytesIO(data), parse_options=pacsv.ParseOptions(newlines_in_values=True),
-                               convert_options=pacsv.ConvertOptions(
-                                   strings_can_be_null=True, column_types=dict.fromkeys(_TEXT_COLUMNS, pa.string())))
-    return table.cast(pa.schema([(f.name, pa.string()) for f in table.schema])).to_pylist()
 
 
 def _read_label_folders(uri: str) -> Labelled:

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from dualcam import storage
 from dualcam.datasets import read_inputs
-from dualcam.experts import load_meta
+from dualcam.experts import ExpertMeta, load_meta
 from dualcam.results import (
     RUN_FILE, ExpertId, RunSpec, check_passthrough, data_files, drop_error_rows, read_results, read_run_spec,
 )
@@ -156,9 +156,9 @@ def score_archive(
                   f"({found.table.num_rows - pending.num_rows} already in {output}) with {placement.actors} actor(s) "
                   f"of {placement.cpus_per_actor:g} CPU, {placement.gpus_per_actor:g} GPU", file=sys.stderr)
         ray.data.DataContext.get_current().enable_progress_bars = progress
-        scored = _scored(ray, todo, c1, c2, spec.alpha, placement, batch_size)
+        scored = _scored(ray, todo, c1, c2, meta1, spec.alpha, placement, batch_size)
         # Writing is I/O; it must not wait for CPUs the scoring actors hold.
-        scored.write_parquet(_writable_path(output), filesystem=storage.parquet_filesystem(output),
+        scored.write_parquet(storage.absolute(output), filesystem=storage.parquet_filesystem(output),
                              min_rows_per_file=rows_per_file, ray_remote_args={"num_cpus": 0})
     status = read_results(output, ["status", "error"])
     errors = status.filter(pc.equal(status.column("status"), "error"))
@@ -185,7 +185,9 @@ def _claim_output(output: str, spec: RunSpec) -> None:
             f"schema {existing.schema_version}); choose another --output")
 
 
-def _scored(ray: Any, todo: pa.Table, c1: str, c2: str, alpha: float, placement: Placement, batch_size: int) -> Any:
+def _scored(
+    ray: Any, todo: pa.Table, c1: str, c2: str, meta: ExpertMeta, alpha: float, placement: Placement, batch_size: int,
+) -> Any:
     """The lazy Ray Dataset of result rows for the inputs in ``todo``."""
     load_resources = (
         {"num_cpus": 1, "num_gpus": 0} if placement.gpus_per_actor
@@ -194,7 +196,7 @@ def _scored(ray: Any, todo: pa.Table, c1: str, c2: str, alpha: float, placement:
     rows_per_block = batch_size * 4
     ds = ray.data.from_arrow([todo.slice(i, rows_per_block) for i in range(0, todo.num_rows, rows_per_block)])
     ds = ds.map_batches(
-        load_images, fn_kwargs={"meta": load_meta(c1)}, batch_format="pyarrow", batch_size=batch_size,
+        load_images, fn_kwargs={"meta": meta}, batch_format="pyarrow", batch_size=batch_size,
         **load_resources,
     )
     return ds.map_batches(
@@ -206,7 +208,3 @@ def _scored(ray: Any, todo: pa.Table, c1: str, c2: str, alpha: float, placement:
         compute=ray.data.ActorPoolStrategy(size=placement.actors, max_concurrent_calls_per_actor=2),
         num_cpus=placement.cpus_per_actor, num_gpus=placement.gpus_per_actor,
     )
-
-
-def _writable_path(output: str) -> str:
-    return output if storage.is_s3(output) else os.path.abspath(output)

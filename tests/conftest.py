@@ -88,6 +88,17 @@ def ray_cluster(s3_endpoint):
     ray.shutdown()
 
 
+def run_without_ray(code: str, timeout: float = 300) -> str:
+    """Run Python ``code`` in a fresh interpreter where any ``import ray`` fails; its stdout."""
+    import subprocess
+    import sys
+
+    blocker = "import sys; sys.modules['ray'] = None\n"
+    result = subprocess.run([sys.executable, "-c", blocker + code], capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def kill_driver_when(code: str, ray_address: str, ready, timeout: float) -> float:
     """Run ``code`` as a Ray driver joined to ``ray_address``; SIGKILL it once ``ready()`` holds.
 

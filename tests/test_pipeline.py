@@ -1,7 +1,5 @@
 """Scoring archives end to end on the shared local Ray: local folders, S3 (moto), manifests, resume."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,7 @@ from dualcam.cli import main
 from dualcam.pipeline import plan_placement, score_archive
 from dualcam.results import data_files, read_results, to_numpy
 from dualcam.synthetic import synthetic_xray, write_synthetic_xrays
-from conftest import kill_driver_when
+from conftest import kill_driver_when, run_without_ray
 from samples import bad_inputs, dicom_bytes
 
 INPUT_SIZE = 128  # a 4 x 4 CAM grid for resnet18
@@ -178,16 +176,13 @@ def test_results_read_back_without_ray(ray_cluster, experts, archive, tmp_path):
     out = tmp_path / "out"
     score_archive(*experts, str(archive), str(out), batch_size=8, progress=False)
     code = (
-        "import sys; sys.modules['ray'] = None\n"
         "import pyarrow.parquet as pq, pandas as pd\n"
         f"t = pq.read_table({str(out)!r}, filters=[('status', '=', 'ok')])\n"
         "heatmaps = t['heatmap'].combine_chunks().to_numpy_ndarray()\n"
         f"df = pd.read_parquet({str(out)!r})\n"
         "print(heatmaps.shape, heatmaps.dtype, len(df), int((df.status == 'error').sum()))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["(7,", "4,", "4)", "float32", "13", "6"]
+    assert run_without_ray(code).split() == ["(7,", "4,", "4)", "float32", "13", "6"]
 
 
 def test_cli_exit_codes(ray_cluster, experts, archive, tmp_path, capsys):
