@@ -20,6 +20,7 @@ Two guards make the paper's formula total, and both are documented behaviour:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeVar
 
 import numpy as np
@@ -68,3 +69,44 @@ def addk(x: ArrayLike, x_prime: ArrayLike, alpha: float = 5.0) -> ArrayLike:
             raise ValueError(f"addk: {name} holds NaN or infinite values")
     out = torch.exp(_saturate(alpha * (normalize_by_peak(a) - normalize_by_peak(b))))
     return out.numpy() if as_numpy else out
+
+
+def sharpen(x: ArrayLike, alpha: float = 5.0) -> ArrayLike:
+    """exp(alpha * x / max(x)): CAM1 sharpened alone, ADDK with an all-zero second map.
+
+    A reference, not a kernel: what a kernel gains over it is what the second expert adds.
+    """
+    zeros = np.zeros_like(x) if isinstance(x, np.ndarray) else torch.zeros_like(x)
+    return addk(x, zeros, alpha)
+
+
+def gated(x: ArrayLike, x_prime: ArrayLike, alpha: float = 5.0) -> ArrayLike:
+    """dualcam's own variant: ReLU(x) / max(ReLU(x)) * ADDK(x, x').
+
+    Keeps CAM1's shape (zero wherever expert 1 has no positive evidence) and only re-weights it by
+    the directed divergence, so it can never invent a region CAM1 does not hold. A map with no
+    positive value gates to all zeros.
+    """
+    as_numpy = isinstance(x, np.ndarray)
+    kernel = torch.as_tensor(addk(x, x_prime, alpha))
+    positive = torch.as_tensor(x).to(kernel.dtype).clamp_min(0)
+    peak = positive.amax(dim=(-2, -1), keepdim=True)
+    gate = torch.where(peak > 0, positive / peak.clamp_min(torch.finfo(kernel.dtype).tiny), torch.zeros_like(positive))
+    out = gate * kernel
+    return out.numpy() if as_numpy else out
+
+
+Kernel = Callable[[ArrayLike, ArrayLike, float], ArrayLike]
+
+KERNELS: dict[str, Kernel] = {"addk": addk, "gated": gated}
+"""Kernels by name, for ``--kernel``: ``addk`` is the paper's; ``gated`` is dualcam's own."""
+
+KERNEL_ORIGIN = {"addk": "paper (ADDK)", "gated": "dualcam: ReLU(CAM1)/max * ADDK"}
+
+
+def get_kernel(name: str) -> Kernel:
+    """The kernel called ``name``; ValueError naming the known ones otherwise."""
+    try:
+        return KERNELS[name]
+    except KeyError:
+        raise ValueError(f"unknown kernel {name!r}; known: {', '.join(KERNELS)}") from None

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dualcam.kernel import EXPONENT_KNEE, EXPONENT_SPAN, PEAK_FLOOR, addk, normalize_by_peak
+from dualcam.kernel import EXPONENT_KNEE, EXPONENT_SPAN, PEAK_FLOOR, addk, gated, get_kernel, normalize_by_peak, sharpen
 
 
 def paper_addk(x, xp, alpha):
@@ -153,3 +153,28 @@ def test_bad_arguments_raise():
         addk(np.ones(4), np.ones(4))
     with pytest.raises(ValueError, match="alpha"):
         addk(np.ones((4, 4)), np.ones((4, 4)), alpha=float("nan"))
+
+
+def test_sharpen_is_exp_of_peak_normalized_map():
+    x = np.array([[1.0, 2.0], [-1.0, 4.0]])
+    np.testing.assert_allclose(sharpen(x, 3.0), np.exp(3.0 * x / 4.0), rtol=1e-12)
+
+
+def test_gated_keeps_cam1_support_and_reweights_by_addk():
+    x = np.array([[0.0, 2.0], [-1.0, 4.0]])
+    xp = np.array([[1.0, 1.0], [0.5, 0.2]])
+    expected = np.clip(x, 0, None) / 4.0 * paper_addk(x, xp, 2.0)
+    np.testing.assert_allclose(gated(x, xp, 2.0), expected, rtol=1e-12)
+    assert gated(x, xp, 2.0)[1, 0] == 0  # no positive evidence in CAM1, nothing kept
+
+
+def test_gated_of_a_map_without_positive_values_is_zero():
+    x = -np.ones((3, 3))
+    assert not gated(x, np.ones((3, 3)), 5.0).any()
+    assert torch.equal(gated(torch.tensor(x), torch.ones(3, 3, dtype=torch.float64), 5.0), torch.zeros(3, 3, dtype=torch.float64))
+
+
+def test_kernels_by_name():
+    assert get_kernel("addk") is addk and get_kernel("gated") is gated
+    with pytest.raises(ValueError, match="unknown kernel 'nope'.*addk, gated"):
+        get_kernel("nope")
