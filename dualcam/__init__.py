@@ -18,9 +18,9 @@ from dualcam.experts import (
 )
 from dualcam.imaging import MAX_PIXELS, DecodeError, decode_image, preprocess
 from dualcam.kernel import addk
-from dualcam.pipeline import ScoreSummary, score_archive
+from dualcam.pipeline import DriftSummary, ScoreSummary, drift_archive, score_archive
 from dualcam.results import read_results
-from dualcam.scoring import DualScorer
+from dualcam.scoring import DriftScorer, DualScorer
 
 __version__ = "0.1.0"
 
@@ -30,6 +30,8 @@ __all__ = [
     "SUPPORTED_ARCHS",
     "CheckpointError",
     "DecodeError",
+    "DriftScorer",
+    "DriftSummary",
     "DualScorer",
     "Expert",
     "ExpertMeta",
@@ -37,6 +39,7 @@ __all__ = [
     "addk",
     "build_expert",
     "decode_image",
+    "drift_archive",
     "forward_with_cams",
     "load_expert",
     "load_meta",

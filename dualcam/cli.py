@@ -12,15 +12,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dualcam import regions, storage
+from dualcam import drift, regions, storage
 from dualcam.cam import upsample
 from dualcam.experts import SUPPORTED_ARCHS, CheckpointError, ExpertMeta, build_expert, load_meta, save_expert
 from dualcam.imaging import DecodeError, decode_image, is_image_name
 from dualcam.render import overlay
-from dualcam.pipeline import MAX_ERROR_FRACTION, score_archive
+from dualcam.pipeline import MAX_ERROR_FRACTION, ScoreSummary, drift_archive, score_archive
 from dualcam.scoring import DualScorer
 from dualcam.synthetic import write_synthetic_xrays
 from dualcam.training import AUGMENTATIONS, Recipe, results_table, train_experts
+
+
+DRIFT_EXIT = 3
+"""Exit status of ``dualcam drift`` when more than --max-drift-share of the images drifted (0, 1 and 2 as for score)."""
 
 
 def _inputs(uris: Sequence[str]) -> list[str]:
@@ -97,16 +101,34 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    summary = score_archive(
-        args.c1, args.c2, args.input, args.output, alpha=args.alpha, batch_size=args.batch_size,
-        actors=args.actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
-        limit=args.limit, retry_errors=args.retry_errors, progress=not args.no_progress,
-    )
+    summary = score_archive(args.c1, args.c2, args.input, args.output, alpha=args.alpha, **_run_options(args))
     print(summary.line())
-    failure = summary.failure(args.max_error_fraction)
+    return _run_failed(summary, args.max_error_fraction)
+
+
+def _run_failed(summary: ScoreSummary, max_error_fraction: float) -> int:
+    """1 (with the reason on stderr) when too many inputs failed, else 0."""
+    failure = summary.failure(max_error_fraction)
     if failure:
         print(f"dualcam: run failed: {failure}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    summary = drift_archive(
+        args.old, args.new, args.input, args.output, alpha=args.alpha, threshold=args.threshold,
+        max_drift_share=args.max_drift_share, top_k=args.top_k, **_run_options(args),
+    )
+    print(summary.run.line())
+    print(summary.line())
+    failed = _run_failed(summary.run, args.max_error_fraction)
+    if failed:
+        return failed
+    if summary.alert:
+        print(f"dualcam: drift: {summary.drifted_share:.1%} of the images drifted, more than the allowed "
+              f"{args.max_drift_share:.1%}", file=sys.stderr)
+        return DRIFT_EXIT
     return 0
 
 
@@ -121,7 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         per_expert_data=[args.c1_data, args.c2_data][: len(classes)], recipe=recipe, init_from=args.init_from,
         workers_per_expert=args.workers_per_expert, gpus_per_worker=args.gpus_per_worker,
         cpus_per_worker=args.cpus_per_worker, max_failures=args.max_failures, views=_labels(args.views) or ["PA"],
-        storage_path=args.storage_path,
+        storage_path=args.storage_path, export_epochs=args.export_epochs,
     )
     print(results_table(experts))
     return 0
@@ -142,6 +164,33 @@ def _add_expert_pair(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--c1", required=True, help="expert 1 checkpoint (class of interest): path or s3:// URI")
     parser.add_argument("--c2", required=True, help="expert 2 checkpoint (the overlapping class): path or s3:// URI")
     parser.add_argument("--alpha", type=float, default=5.0, help="ADDK amplification (paper: 5, 15, 50; default 5)")
+
+
+def _add_archive_run(parser: argparse.ArgumentParser) -> None:
+    """What every command that runs over an archive on Ray takes: input, output, placement, resume."""
+    parser.add_argument("--input", required=True,
+                        help="folder, s3:// prefix, or manifest (.csv/.parquet with a uri column; other columns pass through)")
+    parser.add_argument("--output", required=True, help="results folder: path or s3:// prefix")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    parser.add_argument("--actors", type=int, default=None,
+                        help="scoring actors (default: one per GPU; on CPU clusters, one per 8 CPUs)")
+    parser.add_argument("--gpus-per-actor", type=float, default=None,
+                        help="GPUs per actor (default 1 when the cluster has GPUs, else 0)")
+    parser.add_argument("--cpus-per-actor", type=float, default=None,
+                        help="CPUs per actor (default 1 with GPUs; else up to 8, the cluster's CPUs on a small one)")
+    parser.add_argument("--limit", type=int, default=None, help="score at most N of the inputs not yet scored")
+    parser.add_argument("--max-error-fraction", type=float, default=MAX_ERROR_FRACTION,
+                        help=f"exit 1 when a larger share of the inputs failed (default {MAX_ERROR_FRACTION})")
+    parser.add_argument("--retry-errors", action="store_true",
+                        help="score again the inputs that failed in earlier runs into this --output (their error rows are replaced)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _run_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of ``score_archive`` and ``drift_archive`` that ``_add_archive_run`` defines."""
+    return dict(batch_size=args.batch_size, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
+                cpus_per_actor=args.cpus_per_actor, limit=args.limit, retry_errors=args.retry_errors,
+                progress=not args.no_progress)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,23 +231,32 @@ def build_parser() -> argparse.ArgumentParser:
         "2 unusable arguments, experts, input or output.",
     )
     _add_expert_pair(score)
-    score.add_argument("--input", required=True,
-                       help="folder, s3:// prefix, or manifest (.csv/.parquet with a uri column; other columns pass through)")
-    score.add_argument("--output", required=True, help="results folder: path or s3:// prefix")
-    score.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
-    score.add_argument("--actors", type=int, default=None,
-                       help="scoring actors (default: one per GPU; on CPU clusters, one per 8 CPUs)")
-    score.add_argument("--gpus-per-actor", type=float, default=None,
-                       help="GPUs per actor (default 1 when the cluster has GPUs, else 0)")
-    score.add_argument("--cpus-per-actor", type=float, default=None,
-                       help="CPUs per actor (default 1 with GPUs; else up to 8, the cluster's CPUs on a small one)")
-    score.add_argument("--limit", type=int, default=None, help="score at most N of the inputs not yet scored")
-    score.add_argument("--max-error-fraction", type=float, default=MAX_ERROR_FRACTION,
-                       help=f"exit 1 when a larger share of the inputs failed (default {MAX_ERROR_FRACTION})")
-    score.add_argument("--retry-errors", action="store_true",
-                       help="score again the inputs that failed in earlier runs into this --output (their error rows are replaced)")
-    score.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_archive_run(score)
     score.set_defaults(func=cmd_score)
+
+    drift_cmd = sub.add_parser(
+        "drift", help="compare two versions of one expert on an archive: where did the new one start looking?",
+        description="Score every image of an archive with an old and a new version of one expert (or two epochs "
+        "of one training run) on Ray, in one pass, and write one Parquet row per input: both CAMs, ADDK(new, old) "
+        "(where attention was gained) and ADDK(old, new) (where it was lost), and the drift measures "
+        "cam_correlation, peak_shift_px, extra_mass_outside_old_top and delta_p (see the README). An image has "
+        f"drifted when {drift.PRIMARY_MEASURE} < --threshold. The summary goes to <output>/_drift.json. Rerunning "
+        "the same command resumes. Exit status: 0 done, drift within --max-drift-share; 1 too many inputs failed "
+        "(--max-error-fraction) or none could be scored; 2 unusable arguments, experts (not the same arch, class "
+        f"and input size), input or output; {DRIFT_EXIT} more than --max-drift-share of the images drifted.",
+    )
+    drift_cmd.add_argument("--old", required=True, help="the old version's checkpoint: path or s3:// URI")
+    drift_cmd.add_argument("--new", required=True, help="the new version's checkpoint: path or s3:// URI")
+    drift_cmd.add_argument("--alpha", type=float, default=5.0, help="ADDK amplification (default 5)")
+    drift_cmd.add_argument("--threshold", type=float, default=drift.DRIFT_THRESHOLD,
+                           help=f"an image has drifted when {drift.PRIMARY_MEASURE} is below this "
+                           f"(default {drift.DRIFT_THRESHOLD})")
+    drift_cmd.add_argument("--max-drift-share", type=float, default=drift.MAX_DRIFT_SHARE,
+                           help=f"exit {DRIFT_EXIT} when a larger share of the images drifted (default {drift.MAX_DRIFT_SHARE})")
+    drift_cmd.add_argument("--top-k", type=int, default=drift.TOP_K,
+                           help=f"most drifted images listed in the summary (default {drift.TOP_K})")
+    _add_archive_run(drift_cmd)
+    drift_cmd.set_defaults(func=cmd_drift)
 
     train = sub.add_parser(
         "train", help="fine-tune the binary experts on Ray Train, both at once (the paper's recipe by default)",
@@ -239,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="default 1 with GPUs, else the cluster's CPUs shared among all workers")
     train.add_argument("--max-failures", type=int, default=2, help="worker failures retried per expert (default 2)")
     train.add_argument("--storage-path", help="Ray Train run storage (default <output>/_ray_train); shared storage on clusters")
+    train.add_argument("--export-epochs", action="store_true",
+                       help="also write every epoch's weights as an expert checkpoint, <output>/<class>/_epochs/<run>/"
+                       "epoch-NNN/ (from 000), to compare epochs of one run with dualcam drift")
     train.set_defaults(func=cmd_train)
 
     synth = sub.add_parser("synth", help="write synthetic chest-X-ray-like PNGs")

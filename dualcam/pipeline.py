@@ -22,13 +22,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dualcam import storage
+from dualcam import drift, drift_report, storage
 from dualcam.datasets import read_inputs
 from dualcam.experts import ExpertMeta, load_meta
-from dualcam.results import (
-    RUN_FILE, ExpertId, RunSpec, check_passthrough, data_files, drop_error_rows, read_results, read_run_spec,
-)
-from dualcam.scoring import DualScorer, check_same_input, load_images
+from dualcam.results import RUN_FILE, RunSpec, check_passthrough, data_files, drop_error_rows, read_results, read_run_spec
+from dualcam.scoring import DriftScorer, DualScorer, PairScorer, load_images
 
 MAX_ERROR_FRACTION = 0.05
 """Default for ``max_error_fraction``: a run with more than 5% error rows is reported as failed."""
@@ -71,6 +69,33 @@ class ScoreSummary:
         return (f"scored {self.scored_now} images in {self.seconds:.1f} s ({self.images_per_second:.2f} images/s); "
                 f"{self.already_done} already done; output holds {self.ok} ok, {self.errors} errors; "
                 f"results in {self.output}")
+
+
+@dataclass
+class DriftSummary:
+    """What a drift run did: the pass itself (``run``) and the summary of its whole output folder
+    (``report``, the content of ``_drift.json``)."""
+
+    run: ScoreSummary
+    report: dict[str, Any]
+
+    @property
+    def drifted_share(self) -> float:
+        return self.report["drifted_share"]
+
+    @property
+    def alert(self) -> bool:
+        """True when more than ``max_drift_share`` of the images drifted."""
+        return self.report["alert"]
+
+    def line(self) -> str:
+        r = self.report
+        medians = ", ".join(f"{name} {r['measures'][name]['median']:.3g}" for name in drift.MEASURES
+                            if r["measures"][name]["median"] is not None)
+        return (f"drift: {r['drifted']} of {r['images']} images drifted ({self.drifted_share:.1%}; "
+                f"{r['drifted_when']}), {'more' if self.alert else 'not more'} than the allowed "
+                f"{r['max_drift_share']:.1%}; medians: {medians or 'none'}; "
+                f"summary in {storage.join(self.run.output, drift_report.SUMMARY_FILE)}")
 
 
 def connect() -> Any:
@@ -131,16 +156,56 @@ def score_archive(
     again. The output may only ever hold results of one pair of experts and one alpha. Raises
     before any work for unusable arguments, experts or inputs; bad images become error rows.
     """
+    return run_archive(
+        DualScorer, c1, c2, input, output, alpha=alpha, batch_size=batch_size, actors=actors,
+        gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor, limit=limit, retry_errors=retry_errors,
+        rows_per_file=rows_per_file, progress=progress,
+    )
+
+
+def drift_archive(
+    old: str, new: str, input: str, output: str, *, alpha: float = 5.0, threshold: float = drift.DRIFT_THRESHOLD,
+    max_drift_share: float = drift.MAX_DRIFT_SHARE, top_k: int = drift.TOP_K, batch_size: int = 16,
+    actors: int | None = None, gpus_per_actor: float | None = None, cpus_per_actor: float | None = None,
+    limit: int | None = None, retry_errors: bool = False, rows_per_file: int = ROWS_PER_FILE, progress: bool = True,
+) -> DriftSummary:
+    """Compare two versions of one expert on every image under ``input``: drift rows to ``output``.
+
+    The same pass as ``score_archive`` (resume, error rows, placement, one ``_run.json`` per
+    output) with ``DriftScorer`` in place of ``DualScorer``. Then summarizes the whole output
+    folder (``drift_report.summarize``: ``_drift.json``, and a page when rendering is available)
+    with ``threshold`` on ``drift.PRIMARY_MEASURE``. Raises before any work when ``old`` and ``new``
+    are not the same kind of expert (arch, class, input size, normalization).
+    """
+    run = run_archive(
+        DriftScorer, old, new, input, output, alpha=alpha, batch_size=batch_size, actors=actors,
+        gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor, limit=limit, retry_errors=retry_errors,
+        rows_per_file=rows_per_file, progress=progress,
+    )
+    return DriftSummary(run, drift_report.summarize(output, threshold, max_drift_share, top_k))
+
+
+def run_archive(
+    scorer: type[PairScorer], first: str, second: str, input: str, output: str, *, alpha: float = 5.0,
+    batch_size: int = 16, actors: int | None = None, gpus_per_actor: float | None = None,
+    cpus_per_actor: float | None = None, limit: int | None = None, retry_errors: bool = False,
+    rows_per_file: int = ROWS_PER_FILE, progress: bool = True,
+) -> ScoreSummary:
+    """One Ray Data pass of ``scorer`` (holding experts ``first`` and ``second``) over ``input`` into ``output``.
+
+    What ``score_archive`` and ``drift_archive`` share: checks before any work, ``_run.json``,
+    resume, placement, Parquet writing and the summary of the whole output folder.
+    """
     started = time.perf_counter()
-    c1, c2 = storage.absolute(c1), storage.absolute(c2)
-    meta1, meta2 = load_meta(c1), load_meta(c2)
-    check_same_input(meta1, meta2, c1, c2)
-    spec = RunSpec(ExpertId.of(meta1), ExpertId.of(meta2), float(alpha))
+    first, second = storage.absolute(first), storage.absolute(second)
+    meta1, meta2 = load_meta(first), load_meta(second)
+    scorer.check_experts(meta1, meta2, first, second)
+    spec = RunSpec.of(scorer.layout, meta1, meta2, alpha)
     found = read_inputs(input)
     if found.table.num_rows == 0:
         raise FileNotFoundError(f"{input}: no image files found" + (
             f" ({len(found.skipped)} files with other names, e.g. {found.skipped[0]})" if found.skipped else ""))
-    check_passthrough(found.table.column_names)
+    check_passthrough(found.table.column_names, scorer.layout)
     _claim_output(output, spec)
     storage.remove_inflight(output)
     if retry_errors:
@@ -156,7 +221,7 @@ def score_archive(
                   f"({found.table.num_rows - pending.num_rows} already in {output}) with {placement.actors} actor(s) "
                   f"of {placement.cpus_per_actor:g} CPU, {placement.gpus_per_actor:g} GPU", file=sys.stderr)
         ray.data.DataContext.get_current().enable_progress_bars = progress
-        scored = _scored(ray, todo, c1, c2, meta1, spec.alpha, placement, batch_size)
+        scored = _scored(ray, todo, scorer, (first, second), meta1, spec.alpha, placement, batch_size)
         # Writing is I/O; it must not wait for CPUs the scoring actors hold.
         scored.write_parquet(storage.absolute(output), filesystem=storage.parquet_filesystem(output),
                              min_rows_per_file=rows_per_file, ray_remote_args={"num_cpus": 0})
@@ -179,14 +244,13 @@ def _claim_output(output: str, spec: RunSpec) -> None:
                              "choose an empty --output")
         storage.write_bytes(storage.join(output, RUN_FILE), spec.to_json().encode())
     elif existing != spec:
-        raise ValueError(
-            f"{output} holds results of other experts, another alpha or another schema ({existing.c1.class_name} "
-            f"{existing.c1.version} / {existing.c2.class_name} {existing.c2.version}, alpha {existing.alpha:g}, "
-            f"schema {existing.schema_version}); choose another --output")
+        raise ValueError(f"{output} holds results of other experts, another alpha or another schema "
+                         f"({existing.describe()}); choose another --output")
 
 
 def _scored(
-    ray: Any, todo: pa.Table, c1: str, c2: str, meta: ExpertMeta, alpha: float, placement: Placement, batch_size: int,
+    ray: Any, todo: pa.Table, scorer: type[PairScorer], experts: tuple[str, str], meta: ExpertMeta, alpha: float,
+    placement: Placement, batch_size: int,
 ) -> Any:
     """The lazy Ray Dataset of result rows for the inputs in ``todo``."""
     load_resources = (
@@ -200,8 +264,8 @@ def _scored(
         **load_resources,
     )
     return ds.map_batches(
-        DualScorer,
-        fn_constructor_kwargs={"c1": c1, "c2": c2, "alpha": alpha, "threads": max(1, round(placement.cpus_per_actor))},
+        scorer, fn_constructor_args=experts,
+        fn_constructor_kwargs={"alpha": alpha, "threads": max(1, round(placement.cpus_per_actor))},
         batch_format="pyarrow", batch_size=batch_size,
         # two calls in flight per actor: Ray batches the next input and the last output while the
         # UDF runs (the UDF itself still runs one batch at a time); measured c/a 0.84 -> 1.0 by make bench

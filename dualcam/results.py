@@ -1,11 +1,16 @@
-"""The scoring results: their Parquet schema (versioned), building result tables, reading them back.
+"""Run results: their Parquet schemas (versioned), building result tables, reading them back.
 
 An output folder (local or s3://) holds Parquet files, one row per input, plus ``_run.json``, which
-records the experts, alpha and schema version that every row was scored with (a rerun with other
-experts or another alpha into the same folder is refused). Files whose names start with ``_`` or
-``.`` are not data; pyarrow, pandas and DuckDB skip them by default.
+records the kind of run (``score`` or ``drift``), its two experts, alpha and schema version that
+every row was computed with (a rerun of another kind, with other experts or another alpha into
+the same folder is refused). Files whose names start with ``_`` or ``.`` are not data; pyarrow,
+pandas and DuckDB skip them by default.
 
-Schema version 1, in column order:
+Both kinds share one frame: ``uri, status, error, width, height`` first; then the kind's own
+columns (``Layout.computed``); then ``alpha``, ``<role>_class, <role>_version, <role>_sha256``
+for each of the two experts, ``scored_at`` and ``schema_version``; then the manifest's columns.
+
+**Score** (``dualcam score``; experts ``c1``, ``c2``), schema version 1, in column order:
 
 ==================  ==============================  ================================================
 column              type                            meaning
@@ -29,9 +34,34 @@ schema_version      int16                           1
 ...                                                 manifest columns, passed through unchanged
 ==================  ==============================  ================================================
 
-Score and array columns are null in error rows. Peak and box are computed on the heatmap
-upsampled (bilinear) to the model's input size and mapped to image pixels, so they are exact to
-within one input pixel (image side / input size image pixels).
+**Drift** (``dualcam drift``; experts ``old``, ``new``: two versions of one expert), schema
+version 1; the measures are defined, with their ranges, in ``dualcam.drift``:
+
+==========================  ==========================  ========================================
+column                      type                        meaning
+==========================  ==========================  ========================================
+uri, status, error,         as above
+width, height
+p_old, p_new                float32                     in-class probability of each version
+cam_old, cam_new            fixed_shape_tensor float32  raw in-class CAMs (h, w)
+gained                      fixed_shape_tensor float32  ADDK(cam_new, cam_old): where the new
+                                                        version gained attention
+lost                        fixed_shape_tensor float32  ADDK(cam_old, cam_new): where it lost it
+                                                        (1 / gained, but for the saturation
+                                                        beyond exp(60) described in ``kernel``)
+cam_correlation             float32                     Pearson correlation of the two CAMs
+peak_shift_px               float32                     distance between their peaks, image pixels
+extra_mass_outside_old_top  float32                     attention moved out of the old top region
+delta_p                     float32                     p_new - p_old
+gained_peak_x,              int32                       the peak of the upsampled ``gained``,
+gained_peak_y                                           image pixels
+alpha, old_class, old_version, old_sha256, new_class, new_version, new_sha256, scored_at,
+schema_version, manifest columns: as above
+==========================  ==========================  ========================================
+
+Score and array columns are null in error rows. Peaks and boxes are computed on maps upsampled
+(bilinear) to the model's input size and mapped to image pixels, so they are exact to within one
+input pixel (image side / input size image pixels).
 """
 
 from __future__ import annotations
@@ -50,16 +80,47 @@ import pyarrow.parquet as pq
 from dualcam import storage
 from dualcam.experts import ExpertMeta
 
-SCHEMA_VERSION = 1
 RUN_FILE = "_run.json"
-TENSOR_COLUMNS = ("cam1", "cam2", "heatmap")
-OUTPUT_COLUMNS = (
-    "uri", "status", "error", "width", "height", "p1", "p2", *TENSOR_COLUMNS, "heatmap_max",
-    "peak_x", "peak_y", "box_x", "box_y", "box_w", "box_h", "alpha",
-    "c1_class", "c1_version", "c1_sha256", "c2_class", "c2_version", "c2_sha256",
-    "scored_at", "schema_version",
-)
-_INT_COLUMNS = ("width", "height", "peak_x", "peak_y", "box_x", "box_y", "box_w", "box_h")
+FLOAT, INT, TENSOR = "float32", "int32", "tensor"
+"""Types of computed columns: a float32 or int32 per row, or an (h, w) float32 map per row."""
+_FRAME_HEAD = ("uri", "status", "error", "width", "height")
+_ID_FIELDS = ("class", "version", "sha256")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What one kind of run writes: the roles of its two experts and its own columns, in order."""
+
+    kind: str
+    roles: tuple[str, str]
+    computed: tuple[tuple[str, str], ...]
+    """(name, FLOAT | INT | TENSOR) of each column the scorer computes."""
+    schema_version: int = 1
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Every column a result row has before the manifest's, in order."""
+        ids = tuple(f"{role}_{field}" for role in self.roles for field in _ID_FIELDS)
+        return (*_FRAME_HEAD, *(name for name, _ in self.computed), "alpha", *ids, "scored_at", "schema_version")
+
+    def empty(self, grid: tuple[int, int]) -> dict[str, np.ndarray]:
+        """Zero rows of every computed column: what a batch with no readable image scores."""
+        shapes = {FLOAT: ((0,), np.float32), INT: ((0,), np.int32), TENSOR: ((0, *grid), np.float32)}
+        return {name: np.zeros(*shapes[kind]) for name, kind in self.computed}
+
+
+SCORE = Layout("score", ("c1", "c2"), (
+    ("p1", FLOAT), ("p2", FLOAT), ("cam1", TENSOR), ("cam2", TENSOR), ("heatmap", TENSOR), ("heatmap_max", FLOAT),
+    *((name, INT) for name in ("peak_x", "peak_y", "box_x", "box_y", "box_w", "box_h")),
+))
+DRIFT = Layout("drift", ("old", "new"), (
+    ("p_old", FLOAT), ("p_new", FLOAT), ("cam_old", TENSOR), ("cam_new", TENSOR), ("gained", TENSOR), ("lost", TENSOR),
+    ("cam_correlation", FLOAT), ("peak_shift_px", FLOAT), ("extra_mass_outside_old_top", FLOAT), ("delta_p", FLOAT),
+    ("gained_peak_x", INT), ("gained_peak_y", INT),
+))
+LAYOUTS = {layout.kind: layout for layout in (SCORE, DRIFT)}
+OUTPUT_COLUMNS = SCORE.columns
+"""The columns of ``dualcam score`` results."""
 
 
 @dataclass(frozen=True)
@@ -77,28 +138,43 @@ class ExpertId:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What every row in one output folder was scored with (``_run.json``)."""
+    """What every row in one output folder was computed with (``_run.json``)."""
 
-    c1: ExpertId
-    c2: ExpertId
+    kind: str
+    experts: tuple[ExpertId, ExpertId]
     alpha: float
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int
+
+    @classmethod
+    def of(cls, layout: Layout, meta1: ExpertMeta, meta2: ExpertMeta, alpha: float) -> RunSpec:
+        return cls(layout.kind, (ExpertId.of(meta1), ExpertId.of(meta2)), float(alpha), layout.schema_version)
+
+    @property
+    def layout(self) -> Layout:
+        return LAYOUTS[self.kind]
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        roles = dict(zip(self.layout.roles, map(asdict, self.experts)))
+        return json.dumps({"kind": self.kind, **roles, "alpha": self.alpha, "schema_version": self.schema_version}, indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> RunSpec:
         data = json.loads(text)
-        return cls(ExpertId(**data["c1"]), ExpertId(**data["c2"]), float(data["alpha"]), int(data["schema_version"]))
+        kind = data.get("kind", "score")  # folders scored before drift runs existed
+        if kind not in LAYOUTS:
+            raise ValueError(f"{RUN_FILE} names an unknown kind of run {kind!r}; upgrade dualcam")
+        experts = tuple(ExpertId(**data[role]) for role in LAYOUTS[kind].roles)
+        return cls(kind, experts, float(data["alpha"]), int(data["schema_version"]))
+
+    def describe(self) -> str:
+        """One line for messages: the kind, both experts, alpha and schema."""
+        pair = " / ".join(f"{role} {e.class_name} {e.version}" for role, e in zip(self.layout.roles, self.experts))
+        return f"{self.kind}: {pair}, alpha {self.alpha:g}, schema {self.schema_version}"
 
     def constant_columns(self) -> dict[str, Any]:
-        return {
-            "alpha": self.alpha,
-            "c1_class": self.c1.class_name, "c1_version": self.c1.version, "c1_sha256": self.c1.sha256,
-            "c2_class": self.c2.class_name, "c2_version": self.c2.version, "c2_sha256": self.c2.sha256,
-            "schema_version": self.schema_version,
-        }
+        ids = {f"{role}_{field}": getattr(e, "class_name" if field == "class" else field)
+               for role, e in zip(self.layout.roles, self.experts) for field in _ID_FIELDS}
+        return {"alpha": self.alpha, **ids, "schema_version": self.schema_version}
 
 
 def tensor_array(arrays: np.ndarray, valid: np.ndarray | None = None) -> pa.ExtensionArray:
@@ -129,7 +205,7 @@ def result_table(
     inputs: pa.Table, ok: np.ndarray, errors: Sequence[str | None], scores: dict[str, np.ndarray],
     spec: RunSpec, scored_at: np.datetime64, grid: tuple[int, int],
 ) -> pa.Table:
-    """One result row per input row, in OUTPUT_COLUMNS order, then the input's other columns.
+    """One result row per input row, in the columns of ``spec``'s layout, then the input's other columns.
 
     ``inputs`` has ``uri``, ``width``, ``height`` and pass-through columns; ``ok`` (N,) says which
     rows ``scores`` covers (its arrays hold only those rows, in order); ``errors`` holds the
@@ -143,29 +219,24 @@ def result_table(
     }
     for name in ("width", "height"):
         columns[name] = inputs.column(name).cast(pa.int32())
-    for name in ("p1", "p2", "heatmap_max"):
-        columns[name] = _scatter(scores[name], ok, pa.float32())
-    for name in TENSOR_COLUMNS:
-        full = np.zeros((n, *grid), np.float32)
-        full[ok] = scores[name]
-        columns[name] = tensor_array(full, ok)
-    for name in ("peak_x", "peak_y", "box_x", "box_y", "box_w", "box_h"):
-        columns[name] = _scatter(scores[name], ok, pa.int32())
-    constants = spec.constant_columns()
-    for name, value in constants.items():
-        columns[name] = pa.array([value] * n, _CONSTANT_TYPES[name])
+    for name, kind in spec.layout.computed:
+        if kind == TENSOR:
+            full = np.zeros((n, *grid), np.float32)
+            full[ok] = scores[name]
+            columns[name] = tensor_array(full, ok)
+        else:
+            columns[name] = _scatter(scores[name], ok, pa.float32() if kind == FLOAT else pa.int32())
+    for name, value in spec.constant_columns().items():
+        columns[name] = pa.array([value] * n, _CONSTANT_TYPES.get(name, pa.string()))
     columns["scored_at"] = pa.array(np.full(n, scored_at, "datetime64[us]"), pa.timestamp("us", tz="UTC"))
-    ordered = {name: columns[name] for name in OUTPUT_COLUMNS}
+    ordered = {name: columns[name] for name in spec.layout.columns}
     for name in inputs.column_names:
         if name not in ordered and name not in _LOADER_COLUMNS:
             ordered[name] = inputs.column(name)
     return pa.table(ordered)
 
 
-_CONSTANT_TYPES = {
-    "alpha": pa.float32(), "schema_version": pa.int16(),
-    **{f"c{i}_{k}": pa.string() for i in (1, 2) for k in ("class", "version", "sha256")},
-}
+_CONSTANT_TYPES = {"alpha": pa.float32(), "schema_version": pa.int16()}  # expert ids: strings
 _LOADER_COLUMNS = ("pixels", "width", "height", "error")
 
 
@@ -175,9 +246,9 @@ def _scatter(values: np.ndarray, ok: np.ndarray, dtype: pa.DataType) -> pa.Array
     return pa.array(full, dtype, mask=~ok)
 
 
-def check_passthrough(column_names: Sequence[str]) -> None:
+def check_passthrough(column_names: Sequence[str], layout: Layout = SCORE) -> None:
     """Refuse manifest columns that would clash with result columns (a clear error before any work)."""
-    clashes = sorted(set(column_names) & (set(OUTPUT_COLUMNS) | set(_LOADER_COLUMNS)) - {"uri"})
+    clashes = sorted(set(column_names) & (set(layout.columns) | set(_LOADER_COLUMNS)) - {"uri"})
     if clashes:
         raise ValueError(f"manifest columns {', '.join(clashes)} clash with dualcam's result columns; rename them")
 

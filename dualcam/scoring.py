@@ -1,12 +1,15 @@
-"""The dual-expert scorer: both experts, one forward each, CAMs, the ADDK heatmap and its summary.
+"""The scorers: two experts, one forward each, their CAMs, and what a run computes from them.
 
 No Ray here. The pipeline's two per-batch steps are plain Python on Arrow tables, so tests,
 benchmarks and ``dualcam explain`` run them directly and the Ray layer only wires them up:
 
 * ``load_images``: read each row's ``uri``, decode and preprocess it (CPU; one bad file becomes
   an error on its row, never an exception);
-* ``DualScorer``: a callable class that scores the loaded rows and returns result rows
-  (``dualcam.results`` has the schema).
+* a ``PairScorer``: a callable class that scores the loaded rows and returns result rows
+  (``dualcam.results`` has the schemas). ``DualScorer`` holds experts 1 and 2 and computes the
+  ADDK heatmap (``dualcam score``); ``DriftScorer`` holds an old and a new version of one expert
+  and computes the drift measures (``dualcam drift``). They differ only in ``score`` and
+  ``columns``; loading, batching and per-row errors are shared.
 """
 
 from __future__ import annotations
@@ -14,18 +17,18 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
 import torch
-import torch.nn.functional as F
 
-from dualcam import regions, storage
-from dualcam.cam import forward_with_cams
+from dualcam import drift, regions, storage
+from dualcam.cam import forward_with_cams, upsample
 from dualcam.experts import POSITIVE_INDEX, Expert, ExpertMeta, load_expert
 from dualcam.imaging import MAX_PIXELS, decode_image, preprocess
 from dualcam.kernel import addk
-from dualcam.results import ExpertId, RunSpec, result_table, tensor_array, to_numpy
+from dualcam.results import DRIFT, SCORE, Layout, RunSpec, result_table, tensor_array, to_numpy
 
 IO_THREADS = 8
 """Files fetched at once per loading task: reads from object storage wait on the network, not the CPU."""
@@ -75,37 +78,112 @@ def _load_one(uri: str, meta: ExpertMeta, max_pixels: int) -> tuple[np.ndarray |
         return None, None, message if uri in message else f"{uri}: {message}"
 
 
-class DualScorer:
-    """Holds expert 1 (class of interest) and expert 2 (the overlapping class) on one device.
+def check_same_expert(old: ExpertMeta, new: ExpertMeta, old_uri: str, new_uri: str) -> None:
+    """Refuse two checkpoints that are not versions of one expert: drift compares like with like."""
+    fields = ("arch", "class_name", "input_size", "color_mode", "mean", "std")
+    differ = [f"{f} {getattr(old, f)!r} vs {getattr(new, f)!r}" for f in fields if getattr(old, f) != getattr(new, f)]
+    if differ:
+        raise ValueError(f"{old_uri} and {new_uri} are not two versions of the same expert: " + "; ".join(differ))
 
-    Both experts must take the same input (size, colour mode, normalization), so one
-    preprocessed batch feeds both and their CAMs share a grid. Called on a batch from
-    ``load_images``, it returns that batch's result rows: this is the Ray pipeline's actor.
+
+class PairScorer:
+    """Two experts on one device, one forward pass each per batch, and result rows: the Ray pipeline's actor.
+
+    The shared path of ``dualcam score`` and ``dualcam drift``. Both experts must take the same
+    input (size, colour mode, normalization), so one preprocessed batch feeds both and their CAMs
+    share a grid. A subclass says what its run is: ``layout`` (the columns it writes),
+    ``check_experts`` (which pairs it accepts), ``score`` (what it computes per batch) and
+    ``columns`` (those results as the layout's columns, in image pixels).
     """
 
+    layout: ClassVar[Layout]
+
     def __init__(
-        self, c1: Expert | str, c2: Expert | str, alpha: float = 5.0,
+        self, first: Expert | str, second: Expert | str, alpha: float = 5.0,
         device: str | None = None, threads: int | None = None,
     ):
         if threads:
             # Ray sets OMP_NUM_THREADS=1 in its workers; give torch the CPUs this actor was given.
             torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.c1 = load_expert(c1, self.device) if isinstance(c1, str) else c1
-        self.c2 = load_expert(c2, self.device) if isinstance(c2, str) else c2
-        check_same_input(self.c1.meta, self.c2.meta, self.c1.uri, self.c2.uri)
+        self.experts = tuple(load_expert(e, self.device) if isinstance(e, str) else e for e in (first, second))
+        self.check_experts(self.experts[0].meta, self.experts[1].meta, self.experts[0].uri, self.experts[1].uri)
         self.alpha = float(alpha)
-        self.meta = self.c1.meta
-        self.spec = RunSpec(ExpertId.of(self.c1.meta), ExpertId.of(self.c2.meta), self.alpha)
-        for expert in (self.c1, self.c2):
+        self.meta = self.experts[0].meta
+        self.spec = RunSpec.of(self.layout, self.experts[0].meta, self.experts[1].meta, self.alpha)
+        for expert in self.experts:
             expert.model.to(self.device, memory_format=torch.channels_last).eval()
         size = self.meta.input_size
         # (h, w) of the CAMs, from the network itself (the stride arithmetic differs by arch).
-        self.grid: tuple[int, int] = tuple(self.score(torch.zeros(1, 3, size, size))["cam1"].shape[1:])
+        self.grid: tuple[int, int] = tuple(self.forward(torch.zeros(1, 3, size, size))[1].shape[-2:])
+
+    @staticmethod
+    def check_experts(meta1: ExpertMeta, meta2: ExpertMeta, uri1: str, uri2: str) -> None:
+        """Raise ValueError for a pair this kind of run cannot use; called before any work."""
+        check_same_input(meta1, meta2, uri1, uri2)
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         """(3, S, S) model input for one decoded image."""
         return preprocess(image, self.meta)
+
+    @torch.inference_mode()
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both experts on a (B, 3, S, S) batch: in-class probabilities (2, B) and raw in-class CAMs
+        (2, B, h, w), float32, left on the device."""
+        x = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        with autocast:
+            outputs = [forward_with_cams(expert.model, x) for expert in self.experts]
+        probs = torch.stack([logits.float().softmax(-1)[:, POSITIVE_INDEX] for logits, _ in outputs])
+        cams = torch.stack([cams[:, POSITIVE_INDEX].float() for _, cams in outputs])
+        return probs, cams
+
+    def score(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
+        """What this run computes for a (B, 3, S, S) batch; numpy, first axis B, positions in input pixels."""
+        raise NotImplementedError
+
+    def columns(self, scores: dict[str, np.ndarray], sizes: np.ndarray) -> dict[str, np.ndarray]:
+        """``score``'s output as the layout's computed columns, given (B, 2) image (width, height)."""
+        raise NotImplementedError
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """Result rows (``dualcam.results``, this scorer's layout) for a batch from ``load_images``.
+
+        A batch that fails as a whole (e.g. out of device memory) becomes error rows naming the
+        cause; the run goes on.
+        """
+        errors: list[str | None] = batch.column("error").to_pylist()
+        ok = np.array([e is None for e in errors], dtype=bool)
+        scores = self.layout.empty(self.grid)
+        if ok.any():
+            pixels = torch.tensor(to_numpy(batch.column("pixels").filter(pa.array(ok))))  # own copy: Arrow's is read-only
+            try:
+                sizes = np.stack([batch.column(c).to_numpy(zero_copy_only=False)[ok] for c in ("width", "height")], 1)
+                scores = self.columns(self.score(pixels), sizes)
+            except Exception as err:  # noqa: BLE001 -- the batch's rows carry the error instead
+                errors = [e if e is not None else f"scoring failed: {type(err).__name__}: {err}" for e in errors]
+                ok[:] = False
+        return result_table(batch, ok, errors, scores, self.spec, np.datetime64(time.time_ns() // 1000, "us"), self.grid)
+
+
+class DualScorer(PairScorer):
+    """Expert 1 (class of interest) and expert 2 (the overlapping class): CAMs and the ADDK heatmap."""
+
+    layout = SCORE
+
+    def __init__(
+        self, c1: Expert | str, c2: Expert | str, alpha: float = 5.0,
+        device: str | None = None, threads: int | None = None,
+    ):
+        super().__init__(c1, c2, alpha, device, threads)
+
+    @property
+    def c1(self) -> Expert:
+        return self.experts[0]
+
+    @property
+    def c2(self) -> Expert:
+        return self.experts[1]
 
     @torch.inference_mode()
     def score(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
@@ -117,67 +195,85 @@ class DualScorer:
         top-region box of the heatmap upsampled to S x S, in input pixels. Everything stays on
         the device until the single copy back at the end.
         """
-        x = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-        with autocast:
-            logits1, cams1 = forward_with_cams(self.c1.model, x)
-            logits2, cams2 = forward_with_cams(self.c2.model, x)
-        cam1, cam2 = cams1[:, POSITIVE_INDEX].float(), cams2[:, POSITIVE_INDEX].float()
+        (p1, p2), (cam1, cam2) = self.forward(batch)
         heatmap = addk(cam1, cam2, self.alpha)
-        fine = F.interpolate(heatmap[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        size = self.meta.input_size
+        fine = upsample(heatmap, (size, size))
         out = {
-            "p1": logits1.float().softmax(-1)[:, POSITIVE_INDEX],
-            "p2": logits2.float().softmax(-1)[:, POSITIVE_INDEX],
-            "cam1": cam1, "cam2": cam2, "heatmap": heatmap,
+            "p1": p1, "p2": p2, "cam1": cam1, "cam2": cam2, "heatmap": heatmap,
             "heatmap_max": heatmap.flatten(1).max(dim=1).values,
             "peak": regions.peak(fine),
             "box": regions.bounding_box(regions.top_region(fine)),
         }
         return {k: v.cpu().numpy() for k, v in out.items()}
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        """Result rows (``dualcam.results`` schema) for a batch from ``load_images``.
-
-        A batch that fails as a whole (e.g. out of device memory) becomes error rows naming the
-        cause; the run goes on.
-        """
-        errors: list[str | None] = batch.column("error").to_pylist()
-        ok = np.array([e is None for e in errors], dtype=bool)
-        scores = self._empty_scores()
-        if ok.any():
-            pixels = torch.tensor(to_numpy(batch.column("pixels").filter(pa.array(ok))))  # own copy: Arrow's is read-only
-            try:
-                sizes = np.stack([batch.column(c).to_numpy(zero_copy_only=False)[ok] for c in ("width", "height")], 1)
-                scores = _to_image_pixels(self.score(pixels), sizes, self.meta.input_size)
-            except Exception as err:  # noqa: BLE001 -- the batch's rows carry the error instead
-                errors = [e if e is not None else f"scoring failed: {type(err).__name__}: {err}" for e in errors]
-                ok[:] = False
-        return result_table(batch, ok, errors, scores, self.spec, np.datetime64(time.time_ns() // 1000, "us"), self.grid)
-
-    def _empty_scores(self) -> dict[str, np.ndarray]:
-        grid = np.zeros((0, *self.grid), np.float32)
-        empty = np.zeros(0, np.float32)
-        ints = np.zeros(0, np.int32)
-        return {
-            "p1": empty, "p2": empty, "heatmap_max": empty, "cam1": grid, "cam2": grid, "heatmap": grid,
-            **{k: ints for k in ("peak_x", "peak_y", "box_x", "box_y", "box_w", "box_h")},
-        }
+    def columns(self, scores: dict[str, np.ndarray], sizes: np.ndarray) -> dict[str, np.ndarray]:
+        """Peak and box mapped from the S x S input grid to each image's own (width, height) pixels."""
+        scale = _scale(sizes, self.meta.input_size)
+        x0y0, x1y1 = np.split(scores.pop("box").astype(np.float64), 2, axis=1)
+        lo = np.floor(x0y0 * scale)
+        hi = np.minimum(np.ceil((x1y1 + 1) * scale), sizes)
+        scores["peak_x"], scores["peak_y"] = _image_point(scores.pop("peak"), scale, sizes)
+        scores["box_x"], scores["box_y"] = lo.astype(np.int32).T
+        scores["box_w"], scores["box_h"] = (hi - lo).astype(np.int32).T
+        return scores
 
 
-def _to_image_pixels(scores: dict[str, np.ndarray], sizes: np.ndarray, input_size: int) -> dict[str, np.ndarray]:
-    """Map peak and box from the S x S input grid to each image's own (width, height) pixels."""
-    scale = sizes.astype(np.float64) / input_size  # (B, 2): image pixels per input pixel, x and y
-    peak = (scores.pop("peak") + 0.5) * scale - 0.5
-    x0y0, x1y1 = np.split(scores.pop("box").astype(np.float64), 2, axis=1)
-    lo = np.floor(x0y0 * scale)
-    hi = np.minimum(np.ceil((x1y1 + 1) * scale), sizes)
-    scores["peak_x"], scores["peak_y"] = np.clip(np.rint(peak), 0, sizes - 1).astype(np.int32).T
-    scores["box_x"], scores["box_y"] = lo.astype(np.int32).T
-    scores["box_w"], scores["box_h"] = (hi - lo).astype(np.int32).T
-    return scores
+class DriftScorer(PairScorer):
+    """An old and a new version of one expert: their CAMs, ADDK both ways and the drift measures.
+
+    The pair must be the same kind of expert (arch, class, input size and normalization); see
+    ``dualcam.drift`` for what each measure means.
+    """
+
+    layout = DRIFT
+
+    def __init__(
+        self, old: Expert | str, new: Expert | str, alpha: float = 5.0,
+        device: str | None = None, threads: int | None = None,
+    ):
+        super().__init__(old, new, alpha, device, threads)
+
+    @property
+    def old(self) -> Expert:
+        return self.experts[0]
+
+    @property
+    def new(self) -> Expert:
+        return self.experts[1]
+
+    @staticmethod
+    def check_experts(meta1: ExpertMeta, meta2: ExpertMeta, uri1: str, uri2: str) -> None:
+        check_same_expert(meta1, meta2, uri1, uri2)
+
+    @torch.inference_mode()
+    def score(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
+        """``p_old``, ``p_new``, ``cam_old``, ``cam_new`` and ``drift.measures`` of a (B, 3, S, S) batch, as numpy."""
+        (p_old, p_new), (cam_old, cam_new) = self.forward(batch)
+        out = {"p_old": p_old, "p_new": p_new, "cam_old": cam_old, "cam_new": cam_new,
+               **drift.measures(p_old, p_new, cam_old, cam_new, self.meta.input_size, self.alpha)}
+        return {k: v.cpu().numpy() for k, v in out.items()}
+
+    def columns(self, scores: dict[str, np.ndarray], sizes: np.ndarray) -> dict[str, np.ndarray]:
+        """Peaks mapped to image pixels: their distance is ``peak_shift_px``; the gained map's peak is kept."""
+        scale = _scale(sizes, self.meta.input_size)
+        scores["peak_shift_px"] = drift.peak_shift_px(scores.pop("old_peak"), scores.pop("new_peak"), scale)
+        scores["gained_peak_x"], scores["gained_peak_y"] = _image_point(scores.pop("gained_peak"), scale, sizes)
+        return scores
 
 
-def score_images(scorer: DualScorer, uris: Sequence[str], batch_size: int = 16) -> pa.Table:
+def _scale(sizes: np.ndarray, input_size: int) -> np.ndarray:
+    """(B, 2) image pixels per input pixel, x and y."""
+    return sizes.astype(np.float64) / input_size
+
+
+def _image_point(point: np.ndarray, scale: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(B, 2) (x, y) in input pixels -> x, y in image pixels (int32, inside the image)."""
+    image = (point + 0.5) * scale - 0.5
+    return tuple(np.clip(np.rint(image), 0, sizes - 1).astype(np.int32).T)
+
+
+def score_images(scorer: PairScorer, uris: Sequence[str], batch_size: int = 16) -> pa.Table:
     """Load and score files without Ray, in batches: the same rows the pipeline writes."""
     tables = []
     for start in range(0, len(uris), batch_size):

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from dualcam import storage
 from dualcam.datasets import SPLITS, Labelled, assign_splits, expert_rows, read_labelled, split_counts
 from dualcam.experts import (
-    META_FILE, ExpertMeta, build_expert, latest_version, list_versions, load_expert, load_meta, save_expert_version,
+    META_FILE, ExpertMeta, build_expert, latest_version, list_versions, load_expert, load_meta, save_expert,
+    save_expert_version,
 )
 from dualcam.metrics import binary_metrics
 from dualcam.pipeline import connect, largest_node_cpus
@@ -173,13 +174,18 @@ def train_experts(
     negatives: Sequence[Sequence[str] | None] | None = None, per_expert_data: Sequence[str | None] | None = None,
     recipe: Recipe = Recipe(), init_from: Sequence[str] = (), workers_per_expert: int = 1,
     gpus_per_worker: float | None = None, cpus_per_worker: float | None = None, max_failures: int = 2,
-    views: Sequence[str] = ("PA",), storage_path: str | None = None, log=print,
+    views: Sequence[str] = ("PA",), storage_path: str | None = None, export_epochs: bool = False, log=print,
 ) -> list[TrainedExpert]:
     """Train one binary expert per class in ``classes`` (the paper: C1, C2) concurrently on Ray.
 
     Each is written as a new version, ``<output>/<class>/<version>/`` (``save_expert_version``),
     with its metrics, recipe and data fingerprint. Rerunning after the driver died resumes from the last
     checkpoint; rerunning after success finds the finished expert and trains nothing.
+
+    ``export_epochs`` also writes every epoch's weights as an expert checkpoint,
+    ``<output>/<class>/_epochs/<run>/epoch-<NNN>/`` (NNN from 000, as ``epoch`` in the history), so
+    that two epochs of one run can be compared (``dualcam drift``). Ray Train's own checkpoints
+    keep only the best and the latest epoch.
     """
     n = len(classes)
     negatives = list(negatives or [None] * n)
@@ -214,14 +220,18 @@ def train_experts(
         shared = resources.get("CPU", 1.0) // (len(todo) * workers_per_expert)
         cpus_per_worker = 1.0 if gpus_per_worker else max(1.0, min(shared, largest_node_cpus(ray)))
     storage_path = storage_path or _default_storage(output)
+    exports = {plan.label: _epochs_root(output, plan, recipe) if export_epochs else None for plan in todo}
+    for label, root in exports.items():
+        if root:
+            log(f"{label}: every epoch's weights go to {root}/epoch-NNN")
     trained, failed = [], []
     with ThreadPoolExecutor(len(todo)) as pool:
         futures = {pool.submit(_fit, ray, plan, recipe, workers_per_expert, gpus_per_worker, cpus_per_worker,
-                               max_failures, storage_path): plan for plan in todo}
+                               max_failures, storage_path, exports[plan.label]): plan for plan in todo}
         for future in as_completed(futures):  # one expert's failure never costs the other its result
             plan = futures[future]
             try:
-                trained.append(_publish(output, plan, recipe, future.result()))
+                trained.append(_publish(output, plan, recipe, future.result(), exports[plan.label]))
                 log(f"{plan.label}: wrote {trained[-1].uri}")
             except Exception as err:  # noqa: BLE001 -- reported below, after the others are published
                 failed.append((plan.label, err))
@@ -243,6 +253,11 @@ def _default_storage(output: str) -> str:
     return path if storage.is_s3(path) else os.path.abspath(path)
 
 
+def _epochs_root(output: str, plan: ExpertPlan, recipe: Recipe) -> str:
+    """Where ``export_epochs`` writes one run's epochs: beside the versions, never listed as one."""
+    return storage.join(output, plan.label, "_epochs", plan.run_name(recipe))
+
+
 def _finished_version(output: str, plan: ExpertPlan, recipe: Recipe) -> TrainedExpert | None:
     """A version under ``<output>/<class>/`` trained on the same data with the same recipe, if any.
 
@@ -258,7 +273,7 @@ def _finished_version(output: str, plan: ExpertPlan, recipe: Recipe) -> TrainedE
 
 
 def _fit(ray: Any, plan: ExpertPlan, recipe: Recipe, workers: int, gpus_per_worker: float, cpus_per_worker: float,
-         max_failures: int, storage_path: str) -> Any:
+         max_failures: int, storage_path: str, export_root: str | None) -> Any:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -272,6 +287,7 @@ def _fit(ray: Any, plan: ExpertPlan, recipe: Recipe, workers: int, gpus_per_work
         train_loop_config={
             "meta": meta.to_dict(), "recipe": asdict(recipe), "init_from": plan.init_from,
             "threads": max(1, int(cpus_per_worker)),
+            "export": export_root and {"root": export_root, "meta": _described(plan, recipe).to_dict()},
         },
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0,
                                      resources_per_worker={"CPU": cpus_per_worker, "GPU": gpus_per_worker}),
@@ -297,10 +313,20 @@ def _expert_meta(plan: ExpertPlan, recipe: Recipe) -> ExpertMeta:
     return ExpertMeta(arch=recipe.arch, class_name=plan.label, input_size=recipe.image_size, color_mode=recipe.color_mode)
 
 
-def _publish(output: str, plan: ExpertPlan, recipe: Recipe, result: Any) -> TrainedExpert:
+def _described(plan: ExpertPlan, recipe: Recipe) -> ExpertMeta:
+    """The expert's metadata with its provenance (recipe, data, fingerprint); metrics still empty."""
+    meta = _expert_meta(plan, recipe)
+    meta.data_fingerprint = plan.data_fingerprint()
+    meta.recipe = {**asdict(recipe), "arch": meta.arch, "image_size": meta.input_size, "data": plan.data,
+                   "negatives": plan.negatives, "init_from": plan.init_from, "training_key": plan.training_key(recipe)}
+    return meta
+
+
+def _publish(output: str, plan: ExpertPlan, recipe: Recipe, result: Any, export_root: str | None) -> TrainedExpert:
     """Write the best checkpoint (by validation accuracy) as a new expert version."""
     checkpoint, metrics = max(result.best_checkpoints, key=lambda cm: (cm[1]["val_accuracy"], -cm[1]["epoch"]))
-    meta = _expert_meta(plan, recipe)
+    meta = _described(plan, recipe)
+    meta.recipe["exported_epochs"] = export_root
     model = build_expert(meta.arch)
     with checkpoint.as_directory() as directory:
         state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
@@ -314,9 +340,6 @@ def _publish(output: str, plan: ExpertPlan, recipe: Recipe, result: Any) -> Trai
         "counts": {s: {"positives": p, "negatives": n} for s, (p, n) in plan.counts.items()},
         "history": history,
     }
-    meta.data_fingerprint = plan.data_fingerprint()
-    meta.recipe = {**asdict(recipe), "arch": meta.arch, "image_size": meta.input_size, "data": plan.data,
-                   "negatives": plan.negatives, "init_from": plan.init_from, "training_key": plan.training_key(recipe)}
     uri, meta = save_expert_version(model, storage.join(output, plan.label), meta)
     return TrainedExpert(plan.label, uri, meta, metrics["epoch"])
 
@@ -351,6 +374,9 @@ def _train_worker(config: dict) -> None:
             state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         start_epoch, optimizer_state, history = state["epoch"] + 1, state["optimizer"], state["history"]
+        if config["export"] and context.get_world_rank() == 0:
+            # the epoch training goes on from: exported already, unless the last run stopped in between
+            _export_epoch(model, config["export"], history[-1])
     # channels_last before DDP wraps it, so gradient buckets match the parameters' layout
     model = ray.train.torch.prepare_model(model.to(memory_format=torch.channels_last))
     device = ray.train.torch.get_device()
@@ -397,6 +423,15 @@ def _train_worker(config: dict) -> None:
                             "history": history}, Path(directory) / STATE_FILE)
                 saved = ray.train.Checkpoint.from_directory(directory)
             ray.train.report(metrics, checkpoint=saved)
+        if config["export"] and context.get_world_rank() == 0:
+            _export_epoch(bare, config["export"], metrics)
+
+
+def _export_epoch(model: torch.nn.Module, export: dict, metrics: dict) -> None:
+    """Write one epoch's weights as the expert checkpoint ``<root>/epoch-<NNN>/``, unless it is there."""
+    uri = storage.join(export["root"], f"epoch-{metrics['epoch']:03d}")
+    if not storage.exists(storage.join(uri, META_FILE)):
+        save_expert(model, uri, ExpertMeta.from_dict({**export["meta"], "metrics": metrics}))
 
 
 def _loaded(batches: Iterator[pa.Table], meta: ExpertMeta, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

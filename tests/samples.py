@@ -75,3 +75,24 @@ def write_labelled_folder(root, n_per_label: int, size: int = 64, seed: int = 0)
             if label == "B":
                 image[-side - side // 2: -side // 2, -side - side // 2: -side // 2] = 1.0
             Image.fromarray((image * 255).astype(np.uint8)).save(folder / f"{label}-{i:03d}.png")
+
+
+MARKER = (slice(8, 24), slice(8, 24))
+"""Where ``planted_xray`` puts its marker at 128 px: a 16 x 16 square in the top left corner."""
+
+
+def planted_xray(rng: np.random.Generator, positive: bool, marker: bool, size: int = 128) -> np.ndarray:
+    """(size, size) float32 in [0, 1] for the planted-marker drift test: positives carry a bright
+    lesion low in one lung; ``marker`` adds a saturated square near the top left corner, the kind of
+    mark a collection process leaves."""
+    from dualcam.synthetic import synthetic_xray
+
+    image = synthetic_xray(size, rng) * 0.7
+    if positive:
+        yy, xx = np.mgrid[0:size, 0:size] / size
+        cx, cy = rng.choice([0.3, 0.7]) + rng.uniform(-0.05, 0.05), rng.uniform(0.6, 0.75)
+        image = image + 0.5 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 0.1**2))
+    if marker:
+        rows, cols = (slice(s.start * size // 128, s.stop * size // 128) for s in MARKER)
+        image[rows, cols] = 1.0
+    return np.clip(image, 0.0, 1.0).astype(np.float32)

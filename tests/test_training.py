@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dualcam import DualScorer, load_expert, load_meta, storage
+from dualcam import DriftScorer, DualScorer, load_expert, load_meta, storage
 from dualcam.cli import main
-from dualcam.experts import latest_version
+from dualcam.experts import latest_version, list_versions
 from dualcam.training import Recipe, train_experts
 from conftest import kill_driver_when
 from samples import write_labelled_folder
@@ -34,7 +34,7 @@ def trained(ray_cluster, labelled, tmp_path_factory) -> tuple[Path, str]:
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         code = main(["train", "--data", str(labelled), "--c1", "A", "--c2", "B", "--c2-negatives", "normal",
-                     "--output", str(out), *TINY_ARGS])
+                     "--output", str(out), "--export-epochs", *TINY_ARGS])
     assert code == 0
     return out, printed.getvalue()
 
@@ -61,6 +61,25 @@ def test_both_experts_train_concurrently_and_score(trained, labelled):
     image = torch.zeros(1, 3, 64, 64)
     assert scorer.score(image)["heatmap"].shape == (1, 2, 2)
     assert load_expert(a).meta.data_fingerprint == meta_a.data_fingerprint
+
+
+def test_every_epoch_is_exported_as_an_expert_for_drift(trained):
+    out, printed = trained
+    published = load_expert(latest_version(str(out / "A")))
+    root = Path(published.meta.recipe["exported_epochs"])
+    assert f"A: every epoch's weights go to {root}/epoch-NNN" in printed
+    assert sorted(p.name for p in root.iterdir()) == ["epoch-000", "epoch-001", "epoch-002"]
+    assert list_versions(str(out / "A")) == [published.uri]  # exported epochs are not versions
+    best_epoch = published.meta.metrics["best_epoch"]
+    best = load_expert(str(root / f"epoch-{best_epoch:03d}"))
+    weights = best.model.state_dict()
+    assert all(torch.equal(v, weights[k]) for k, v in published.model.state_dict().items())
+    assert best.meta.metrics["epoch"] == best_epoch
+    assert best.meta.metrics["val_accuracy"] == published.meta.metrics["val"]["accuracy"]
+    assert best.meta.data_fingerprint == published.meta.data_fingerprint
+    # two epochs of one run are two versions of one expert: drift compares them
+    scorer = DriftScorer(str(root / "epoch-000"), str(root / "epoch-002"), device="cpu")
+    assert scorer.score(torch.zeros(1, 3, 64, 64))["gained"].shape == (1, 2, 2)
 
 
 def test_rerunning_a_finished_command_trains_nothing(trained, labelled):
