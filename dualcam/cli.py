@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,15 @@ import torch
 
 from dualcam import regions, storage
 from dualcam.cam import upsample
-from dualcam.experts import SUPPORTED_ARCHS, CheckpointError, ExpertMeta, build_expert, load_meta, save_expert
+from dualcam.experts import OUTPUT_STRIDES, SUPPORTED_ARCHS, CheckpointError, ExpertMeta, build_expert, load_meta, save_expert
 from dualcam.imaging import DecodeError, decode_image, is_image_name
 from dualcam.render import overlay
-from dualcam.pipeline import MAX_ERROR_FRACTION, score_archive
+from dualcam.pipeline import MAX_ERROR_FRACTION, connect, score_archive
+from dualcam.scenario import DEMO_RECIPE, REGIMES, experiment
 from dualcam.scoring import DualScorer
-from dualcam.synthetic import write_synthetic_xrays
+from dualcam.synthetic import OVERLAP_CLASSES, write_overlap_dataset
+from dualcam.evaluation import DEFAULT_ALPHAS, DEFAULT_KERNELS, EVALUATION_FILE, evaluate, format_table, write_json
+from dualcam.kernel import KERNELS
 from dualcam.training import AUGMENTATIONS, Recipe, results_table, train_experts
 
 
@@ -42,9 +46,9 @@ def _decoded(files: Sequence[str]) -> Iterator[tuple[str, np.ndarray | None, Exc
 
 
 def cmd_expert_init(args: argparse.Namespace) -> int:
-    model = build_expert(args.arch, args.weights)
+    model = build_expert(args.arch, args.weights, args.output_stride)
     meta = ExpertMeta(arch=args.arch, class_name=args.class_name, input_size=args.input_size,
-                      color_mode=args.color_mode, recipe={"init_weights": args.weights})
+                      color_mode=args.color_mode, output_stride=args.output_stride, recipe={"init_weights": args.weights})
     meta = save_expert(model, args.out, meta)
     print(f"wrote expert {meta.class_name!r} ({meta.arch}, {meta.input_size} px, weights {args.weights}) "
           f"version {meta.version} to {args.out}")
@@ -112,7 +116,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     recipe = Recipe(arch=args.arch, weights=args.weights, epochs=args.epochs, lr=args.lr, momentum=args.momentum,
-                    batch_size=args.batch_size, image_size=args.image_size, color_mode=args.color_mode,
+                    batch_size=args.batch_size, image_size=args.image_size, output_stride=args.output_stride,
+                    color_mode=args.color_mode,
                     augment=args.augment, seed=args.seed)
     classes = [args.c1] + ([args.c2] if args.c2 else [])
     experts = train_experts(
@@ -132,9 +137,34 @@ def _labels(text: str | None) -> list[str] | None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    paths = write_synthetic_xrays(args.out, args.n, args.size, args.seed)
-    print(f"wrote {len(paths)} synthetic {args.size} px X-rays to {args.out}")
+    data = write_overlap_dataset(args.out, args.n, args.size, args.seed)
+    print(f"wrote {data.images} synthetic {args.size} px images ({args.n} each of {', '.join(OVERLAP_CLASSES)}) "
+          f"under {args.out}; manifest {data.manifest}, boxes {data.boxes}")
     return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    evaluation = evaluate(args.results, args.boxes, alphas=_floats(args.alphas), kernels=_labels(args.kernel) or [],
+                          split=args.split or None)
+    out = args.json or storage.join(args.results, EVALUATION_FILE)
+    write_json(evaluation, out)
+    print(format_table(evaluation))
+    print(f"evaluation written to {out}")
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    connect(quiet=True)
+    recipe = replace(DEMO_RECIPE, epochs=args.epochs)
+    print(experiment(args.out, args.n, args.size, args.seed, recipe, _labels(args.regimes) or []))
+    return 0
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(part) for part in _labels(text) or []]
+    except ValueError:
+        raise ValueError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def _add_expert_pair(parser: argparse.ArgumentParser) -> None:
@@ -142,6 +172,11 @@ def _add_expert_pair(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--c1", required=True, help="expert 1 checkpoint (class of interest): path or s3:// URI")
     parser.add_argument("--c2", required=True, help="expert 2 checkpoint (the overlapping class): path or s3:// URI")
     parser.add_argument("--alpha", type=float, default=5.0, help="ADDK amplification (paper: 5, 15, 50; default 5)")
+
+
+def _add_output_stride(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output-stride", type=int, choices=OUTPUT_STRIDES, default=32,
+                        help="16 doubles the CAM grid (ResNets: last stage kept at stride 16; default 32)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--class-name", required=True, help="the expert's positive class, e.g. COVID-19")
     init.add_argument("--input-size", type=int, default=224, help="square input size in pixels (default 224)")
     init.add_argument("--color-mode", choices=("L", "RGB"), default="L", help="L: grayscale on 3 channels (default)")
+    _add_output_stride(init)
     init.add_argument("--weights", default="none",
                       help="none, imagenet (torchvision download) or a path/s3:// URI to a state dict (default none)")
     init.add_argument("--out", required=True, help="checkpoint directory: a path or s3:// prefix")
@@ -230,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=16, help="per worker (default 16)")
     train.add_argument("--image-size", type=int, default=224, help="square input size (default 224)")
     train.add_argument("--color-mode", choices=("L", "RGB"), default="L", help="L: grayscale on 3 channels (default)")
+    _add_output_stride(train)
     train.add_argument("--augment", choices=AUGMENTATIONS, default="none",
                        help="light: small affine and brightness jitter, no flips (default none)")
     train.add_argument("--seed", type=int, default=0, help="for splits, shuffling and initialization (default 0)")
@@ -241,12 +278,50 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--storage-path", help="Ray Train run storage (default <output>/_ray_train); shared storage on clusters")
     train.set_defaults(func=cmd_train)
 
-    synth = sub.add_parser("synth", help="write synthetic chest-X-ray-like PNGs")
-    synth.add_argument("--out", required=True, help="output folder")
-    synth.add_argument("--n", type=int, default=16, help="number of images (default 16)")
-    synth.add_argument("--size", type=int, default=256, help="side in pixels (default 256)")
+    synth = sub.add_parser(
+        "synth", help="write the class-overlap scenario: images, manifest and feature boxes",
+        description="Write chest-X-ray-like images of three classes with known answers: C1 holds a shared feature "
+        "S (a blurred disc) and its own F1 (a ring), C2 holds S and its own F2 (a cross), normal holds neither; "
+        "distractors in every class. Writes images/<label>/, manifest.csv (uri, label, split 60/20/20) and "
+        "boxes.csv (uri, x, y, w, h, kind).",
+    )
+    synth.add_argument("--out", required=True, help="output folder or s3:// prefix")
+    synth.add_argument("--n", type=int, default=100, help="images per class (default 100)")
+    synth.add_argument("--size", type=int, default=96, help="side in pixels (default 96)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.set_defaults(func=cmd_synth)
+
+    evaluation = sub.add_parser(
+        "evaluate", help="localization of CAM1, CAM2 and the kernels against known boxes, from stored results",
+        description="Measure, on expert 1's class in the test split, how well CAM1, CAM2 and each kernel at each "
+        "alpha point at the F1 box and at the shared S box (pointing game, energy in box, IoU of the top region), "
+        "next to references (uniform map, the true box pooled to the CAM grid, CAM1 sharpened alone), plus the "
+        "CAM1-CAM2 correlation and each expert's accuracy. Maps are recomputed from the stored raw CAMs.",
+    )
+    evaluation.add_argument("--results", required=True, help="a dualcam score output (of a manifest with uri, label, split)")
+    evaluation.add_argument("--boxes", required=True, help="boxes file: CSV/Parquet with uri, x, y, w, h, kind (F1, S)")
+    evaluation.add_argument("--alphas", default=",".join(f"{a:g}" for a in DEFAULT_ALPHAS),
+                            help="comma-separated alphas (default 1,5,15,50)")
+    evaluation.add_argument("--kernel", default=",".join(DEFAULT_KERNELS),
+                            help=f"comma-separated kernels of {', '.join(KERNELS)} (default: all): addk is the paper's, "
+                            "gated is dualcam's own, ReLU(CAM1)/max * ADDK")
+    evaluation.add_argument("--split", default="test", help="the split measured when results have a split column (default test; '' for all)")
+    evaluation.add_argument("--json", help=f"where the JSON goes (default <results>/{EVALUATION_FILE})")
+    evaluation.set_defaults(func=cmd_evaluate)
+
+    exp = sub.add_parser(
+        "experiment", help="compare training regimes on the class-overlap scenario (make experiment)",
+        description="Generate the class-overlap scenario, then for each regime train both experts, score the test "
+        "split and evaluate; print tables comparing CAM1, CAM2, the kernels and the references across regimes. "
+        "Experts are reused across regimes when their data and recipe match.",
+    )
+    exp.add_argument("--out", required=True, help="folder or s3:// prefix for data, experts, results and tables")
+    exp.add_argument("--n", type=int, default=200, help="images per class (default 200)")
+    exp.add_argument("--size", type=int, default=96, help="image side in pixels (default 96)")
+    exp.add_argument("--seed", type=int, default=0, help="data, splits and training seed (default 0)")
+    exp.add_argument("--epochs", type=int, default=DEMO_RECIPE.epochs, help=f"default {DEMO_RECIPE.epochs}")
+    exp.add_argument("--regimes", default=",".join(r.name for r in REGIMES), help="comma-separated (default: all)")
+    exp.set_defaults(func=cmd_experiment)
     return parser
 
 

@@ -53,9 +53,12 @@ def read_inputs(uri: str) -> Inputs:
     return Inputs(pa.table({"uri": pa.array(images, pa.string())}), [f for f in files if not is_image_name(f)])
 
 
-def read_manifest(uri: str) -> pa.Table:
-    """The manifest's rows, ``uri`` made absolute; every other column passes through unchanged."""
-    return _with_absolute_uris(_read_table(uri), uri)
+def read_manifest(uri: str, unique: bool = True) -> pa.Table:
+    """The manifest's rows, ``uri`` made absolute; every other column passes through unchanged.
+
+    ``unique=False`` allows a URI on several rows (a boxes file: one row per box).
+    """
+    return _with_absolute_uris(_read_table(uri), uri, unique)
 
 
 def _read_table(uri: str) -> pa.Table:
@@ -71,7 +74,7 @@ def _read_table(uri: str) -> pa.Table:
         raise ValueError(f"{uri}: not a readable manifest ({err})") from None
 
 
-def _with_absolute_uris(table: pa.Table, uri: str) -> pa.Table:
+def _with_absolute_uris(table: pa.Table, uri: str, unique: bool = True) -> pa.Table:
     """Check the ``uri`` column of the manifest at ``uri`` and make its entries absolute."""
     if "uri" not in table.column_names:
         raise ValueError(f"{uri}: a manifest needs a 'uri' column; it has {', '.join(table.column_names)}")
@@ -79,7 +82,7 @@ def _with_absolute_uris(table: pa.Table, uri: str) -> pa.Table:
     if column.null_count or pc.any(pc.equal(column, "")).as_py():
         raise ValueError(f"{uri}: the 'uri' column has empty values")
     uris = [_resolve(u, uri) for u in column.to_pylist()]
-    duplicates = sorted(u for u, n in Counter(uris).items() if n > 1)
+    duplicates = sorted(u for u, n in Counter(uris).items() if n > 1) if unique else []
     if duplicates:
         raise ValueError(f"{uri}: {len(duplicates)} URIs are listed more than once, e.g. {duplicates[0]}")
     return table.set_column(table.column_names.index("uri"), "uri", pa.array(uris, pa.string()))
