@@ -19,7 +19,7 @@ from dualcam.experts import OUTPUT_STRIDES, SUPPORTED_ARCHS, CheckpointError, Ex
 from dualcam.imaging import DecodeError, decode_image, is_image_name
 from dualcam.render import overlay
 from dualcam.pipeline import MAX_ERROR_FRACTION, connect, score_archive
-from dualcam.scenario import DEMO_RECIPE, REGIMES, experiment
+from dualcam.scenario import DEMO_RECIPE, REGIMES, demo, experiment
 from dualcam.scoring import DualScorer
 from dualcam.synthetic import OVERLAP_CLASSES, write_overlap_dataset
 from dualcam.evaluation import DEFAULT_ALPHAS, DEFAULT_KERNELS, EVALUATION_FILE, evaluate, format_table, write_json
@@ -150,6 +150,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     write_json(evaluation, out)
     print(format_table(evaluation))
     print(f"evaluation written to {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    connect(quiet=True)
+    demo(args.out, args.n, args.size, args.seed, replace(DEMO_RECIPE, epochs=args.epochs))
     return 0
 
 
@@ -308,6 +314,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--split", default="test", help="the split measured when results have a split column (default test; '' for all)")
     evaluation.add_argument("--json", help=f"where the JSON goes (default <results>/{EVALUATION_FILE})")
     evaluation.set_defaults(func=cmd_evaluate)
+
+    demo_cmd = sub.add_parser(
+        "demo", help="the class-overlap scenario end to end in the paper's regime (make demo)",
+        description="Generate the class-overlap scenario, train both experts in the paper's regime on Ray Train, "
+        "score the test split on Ray Data, evaluate localization and render the figures and an HTML report.",
+    )
+    demo_cmd.add_argument("--out", required=True, help="folder for data, experts, results and the report")
+    demo_cmd.add_argument("--n", type=int, default=100, help="images per class (default 100)")
+    demo_cmd.add_argument("--size", type=int, default=96, help="image side in pixels (default 96)")
+    demo_cmd.add_argument("--seed", type=int, default=0, help="data, splits and training seed (default 0)")
+    demo_cmd.add_argument("--epochs", type=int, default=DEMO_RECIPE.epochs, help=f"default {DEMO_RECIPE.epochs}")
+    demo_cmd.set_defaults(func=cmd_demo)
 
     exp = sub.add_parser(
         "experiment", help="compare training regimes on the class-overlap scenario (make experiment)",

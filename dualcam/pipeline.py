@@ -88,7 +88,9 @@ def connect(quiet: bool = False) -> Any:
         ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
                  **({"log_to_driver": False, "logging_level": logging.WARNING} if quiet else {}))
         if quiet:
-            logging.getLogger("ray.data").setLevel(logging.WARNING)
+            import ray.data  # configures its own loggers on import: quiet them after that
+
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
     return ray
 
 
