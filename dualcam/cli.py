@@ -17,6 +17,8 @@ from dualcam import regions, storage
 from dualcam.cam import upsample
 from dualcam.experts import OUTPUT_STRIDES, SUPPORTED_ARCHS, CheckpointError, ExpertMeta, build_expert, load_meta, save_expert
 from dualcam.imaging import DecodeError, decode_image, is_image_name
+from dualcam.figures import DEFAULT_ALPHAS, DEFAULT_N, render_results
+from dualcam.kernel import KERNELS
 from dualcam.render import overlay
 from dualcam.pipeline import MAX_ERROR_FRACTION, connect, score_archive
 from dualcam.scenario import DEMO_RECIPE, REGIMES, demo, experiment
@@ -112,6 +114,23 @@ def cmd_score(args: argparse.Namespace) -> int:
         print(f"dualcam: run failed: {failure}", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    rendered = render_results(args.results, args.out, n=args.n, alphas=_alphas(args.alphas), kernel=args.kernel,
+                              boxes=args.boxes, evaluation=args.evaluation)
+    for line in rendered.skipped:
+        print(f"skipped  {line}")
+    print(f"{rendered.images} images drawn ({rendered.figures} figures, {len(rendered.skipped)} skipped); "
+          f"report: {rendered.report}")
+    return 0
+
+
+def _alphas(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--alphas: {text!r} is not a comma-separated list of numbers") from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -241,6 +260,25 @@ def build_parser() -> argparse.ArgumentParser:
                        help="score again the inputs that failed in earlier runs into this --output (their error rows are replaced)")
     score.add_argument("--no-progress", action="store_true", help="no progress bars")
     score.set_defaults(func=cmd_score)
+
+    render = sub.add_parser(
+        "render", help="the paper's figures for a few scored rows, and a static HTML report of a results folder",
+        description="Draw, for up to N scored rows, the figure triple (CAM1, CAM2 and the kernel over the image) and "
+        "an alpha strip, recomputing the kernel from the stored CAMs, and write them with the run's spec, histograms "
+        "of p1 and p2 per label and an evaluation's tables to DIR/index.html (opens from disk). Rows: the test split "
+        "when there is one; those labelled as expert 1's class, first by uri, when there is a label column, else the "
+        "highest p1. Exit status: 0 done; 2 unusable arguments, results, boxes or evaluation.",
+    )
+    render.add_argument("--results", required=True, metavar="URI", help="results folder of dualcam score: path or s3:// prefix")
+    render.add_argument("--out", required=True, metavar="DIR", help="local folder for index.html and images/")
+    render.add_argument("--n", type=int, default=DEFAULT_N, help=f"rows to draw (default {DEFAULT_N})")
+    render.add_argument("--alphas", default=",".join(f"{a:g}" for a in DEFAULT_ALPHAS),
+                        help="comma-separated alphas of the alpha strip (default %(default)s)")
+    render.add_argument("--kernel", default="addk",
+                        help=f"kernel recomputed from the CAMs: {', '.join(KERNELS)} (default addk, the paper's)")
+    render.add_argument("--boxes", metavar="URI", help="CSV/Parquet of boxes to outline: uri, x, y, w, h (image pixels), kind")
+    render.add_argument("--evaluation", metavar="JSON", help="JSON of dualcam evaluate: its lists of rows and scalars become tables")
+    render.set_defaults(func=cmd_render)
 
     train = sub.add_parser(
         "train", help="fine-tune the binary experts on Ray Train, both at once (the paper's recipe by default)",

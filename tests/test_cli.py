@@ -24,7 +24,7 @@ def test_the_installed_command_runs():
     assert "usage: dualcam" in result.stdout and "explain" in result.stdout
 
 
-COMMANDS = [["expert"], ["expert", "init"], ["expert", "show"], ["decode"], ["explain"], ["score"], ["train"], ["synth"]]
+COMMANDS = [["expert"], ["expert", "init"], ["expert", "show"], ["decode"], ["explain"], ["score"], ["render"], ["train"], ["synth"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
