@@ -68,6 +68,8 @@ def render_results(
     anything is drawn; an image that cannot be decoded is skipped and named in ``skipped``.
     """
     get_kernel(kernel)  # an unknown name fails before any reading
+    if storage.is_s3(str(out)):
+        raise ValueError(f"render: the report is written to a local folder, not {out}")
     if n < 1:
         raise ValueError(f"render: n must be at least 1, got {n}")
     if not alphas or not all(np.isfinite(a) and a >= 0 for a in alphas):
@@ -80,7 +82,7 @@ def render_results(
         raise ValueError(f"{results}: none of its {table.num_rows} rows was scored (status ok)")
     spec = read_run_spec(results) or _spec_of(ok)
     boxes_by_uri = read_boxes(boxes) if boxes else {}
-    tables = _evaluation(evaluation) if evaluation else None
+    evaluated = _read_evaluation(evaluation) if evaluation else None
 
     report = Report(out, f"dualcam report: {results}")
     report.heading("Run")
@@ -92,14 +94,12 @@ def render_results(
     if skipped:
         report.paragraph("Skipped: " + "; ".join(skipped))
     report.heading("Scores")
+    per_label = ", per label" if "label" in ok.column_names else ""
     for score in ("p1", "p2"):
-        report.histogram(_by_label(ok, score), score, f"{score} of the {ok.num_rows} scored rows",
+        report.histogram(_by_label(ok, score), score, f"{score} of the {ok.num_rows} scored rows{per_label}",
                          value_range=(0.0, 1.0))
-    if tables is not None:
-        report.heading("Evaluation")
-        report.paragraph(f"From {evaluation}.")
-        for caption, rows in tables:
-            report.table(rows, caption)
+    if evaluated is not None:
+        _add_evaluation(report, evaluation, evaluated)
     return Rendered(report.write(), drawn, 2 * drawn + 2, skipped)
 
 
@@ -135,6 +135,8 @@ def read_boxes(uri: str) -> dict[str, list[tuple[str, Box]]]:
     missing = [c for c in BOX_COLUMNS if c not in table.column_names]
     if missing:
         raise ValueError(f"{uri}: a boxes file needs columns {', '.join(BOX_COLUMNS)}; missing {', '.join(missing)}")
+    if any(table.column(c).null_count for c in BOX_COLUMNS):
+        raise ValueError(f"{uri}: a boxes file needs a value in every column of every row")
     found: dict[str, list[tuple[str, Box]]] = {}
     for row in table.select(list(BOX_COLUMNS)).to_pylist():
         box = tuple(round(float(row[c])) for c in ("x", "y", "w", "h"))
@@ -163,7 +165,7 @@ def _draw(
         triple = [
             (f"CAM1 {spec.c1.class_name} p1={row['p1']:.3f}", cam1[i]),
             (f"CAM2 {spec.c2.class_name} p2={row['p2']:.3f}", cam2[i]),
-            (f"{kernel} alpha={spec.alpha:g}", heat[i]),
+            (f"{kernel}(CAM1, CAM2) alpha={spec.alpha:g}", heat[i]),
         ]
         strip = [(f"{kernel} alpha={a:g}", kernel_fn(cam1[i], cam2[i], a)) for a in alphas]
         name = f"{drawn + 1:02d}-{uri.rstrip('/').rsplit('/', 1)[-1]}"
@@ -213,22 +215,36 @@ def _by_label(ok: pa.Table, score: str) -> dict[str, np.ndarray]:
     return {label: values[labels == label] for label in sorted(set(labels))}
 
 
-def _evaluation(uri: str) -> list[tuple[str, list[dict[str, Any]]]]:
-    """(caption, rows) of the tables an evaluation JSON holds: its scalars first, then each list of flat objects."""
+def _read_evaluation(uri: str) -> dict[str, Any]:
     try:
         data = json.loads(storage.read_bytes(uri))
     except json.JSONDecodeError as err:
         raise ValueError(f"{uri}: not JSON ({err})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{uri}: an evaluation must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+def _add_evaluation(report: Report, uri: str, data: Mapping[str, Any]) -> None:
+    """Scalars as one key/value table, then a table per list of flat objects; other keys named, not shown."""
+    report.heading("Evaluation")
+    report.paragraph(f"From {uri}.")
     scalars = [{"": key, "value": value} for key, value in data.items() if _is_scalar(value)]
-    tables = [("summary", scalars)] if scalars else []
+    if scalars:
+        report.table(scalars, "summary")
     for key, value in data.items():
-        if isinstance(value, list) and value and all(
-            isinstance(row, dict) and all(_is_scalar(v) for v in row.values()) for row in value
-        ):
-            tables.append((key, value))
-    return tables
+        if _is_table(value):
+            report.table(value, key)
+    left_out = [key for key, value in data.items() if not (_is_scalar(value) or _is_table(value))]
+    if left_out:
+        report.paragraph(f"Not shown (neither a number or text nor a list of flat objects): {', '.join(left_out)}.")
+
+
+def _is_table(value: Any) -> bool:
+    """A non-empty list of flat objects (whose values are all scalars)."""
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(row, dict) and all(_is_scalar(v) for v in row.values()) for row in value
+    )
 
 
 def _is_scalar(value: Any) -> bool:

@@ -78,7 +78,7 @@ class Report:
     def figure(self, image: Image.Image, name: str, caption: str) -> Path:
         """Write ``image`` as ``images/<name>.png`` and show it; returns the PNG's path."""
         path = self._image_path(name)
-        image.save(path, format="PNG")
+        image.save(path, format="PNG", compress_level=3)  # 5x faster than the default 6, ~10% larger
         self._embed(path, caption)
         return path
 

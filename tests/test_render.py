@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dualcam import DualScorer, build_expert, save_expert
+from dualcam import DualScorer, build_expert, save_expert, storage
 from dualcam.cli import main
 from dualcam.figures import render_results
 from dualcam.kernel import get_kernel
@@ -192,7 +192,7 @@ def test_render_results_writes_the_report_with_figures_of_the_documented_size(sc
     page = rendered.report.read_text(encoding="utf-8")
     for text in ("paper (ADDK)", "localization", "0.4123", "cam_correlation", "boxes: F1, S"):
         assert text in page, text
-    assert "nested" not in page
+    assert "<caption>nested" not in page and "Not shown (neither a number or text nor a list of flat objects): nested." in page
 
     # the kernel drawn is addk recomputed from the stored CAMs at the run's alpha: the stored heatmap
     table = read_results(str(root / "results"))
@@ -240,3 +240,22 @@ def test_render_command(scored, tmp_path, capsys):
     ]:
         assert main(["render", "--out", str(tmp_path / "bad"), *args]) == 2, args
         assert message in capsys.readouterr().err, args
+
+
+def test_render_reads_results_and_images_from_s3(scored, s3_bucket, tmp_path):
+    root, uris = scored
+    table = pq.read_table(root / "results" / "part-0.parquet")
+    s3_uris = [f"{s3_bucket}/images/{Path(u).name}" for u in uris]
+    for local, remote in zip(uris, s3_uris):
+        storage.write_bytes(remote, Path(local).read_bytes())
+    buf = pa.BufferOutputStream()
+    pq.write_table(table.set_column(0, "uri", pa.array(s3_uris)), buf)
+    storage.write_bytes(f"{s3_bucket}/results/part-0.parquet", buf.getvalue().to_pybytes())
+    storage.write_bytes(f"{s3_bucket}/results/{RUN_FILE}", (root / "results" / RUN_FILE).read_bytes())
+    storage.write_bytes(f"{s3_bucket}/boxes.csv", b"uri,x,y,w,h,kind\nimages/x0.png,1,2,30,40,F1\n")
+
+    rendered = render_results(f"{s3_bucket}/results", tmp_path / "report", n=1, alphas=(5,),
+                              boxes=f"{s3_bucket}/boxes.csv", side=64)
+    assert rendered.images == 1 and rendered.skipped == []
+    triple = next(p for p in referenced_files(rendered.report) if p.name.endswith("-triple.png"))
+    assert Image.open(triple).size == (3 * 64 + 2 * GAP, TITLE_HEIGHT + 64 + LEGEND_HEIGHT)
