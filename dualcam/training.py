@@ -228,7 +228,7 @@ def train_experts(
                 failed.append((plan.label, err))
     if failed:
         raise RuntimeError("training failed for " + "; ".join(f"{label}: {err}" for label, err in failed)) from failed[0][1]
-    return finished + sorted(trained, key=lambda e: list(classes).index(e.label))
+    return sorted(finished + trained, key=lambda e: list(classes).index(e.label))
 
 
 def _report_source(source: str, lab: Labelled, log) -> None:

@@ -32,7 +32,7 @@ def test_starved_manifest_keeps_only_the_first_c1_training_images(tmp_path):
     data = write_overlap_dataset(str(tmp_path), 10, 48)
     rows = pacsv.read_csv(_starved(data, 2)).to_pylist()
     c1_train = [r["uri"] for r in rows if r["label"] == "C1" and r["split"] == "train"]
-    assert c1_train == ["images/C1/C1-00000.png", "images/C1/C1-00001.png"]
+    assert c1_train == [str(tmp_path / "images/C1/C1-00000.png"), str(tmp_path / "images/C1/C1-00001.png")]
     assert len(rows) == 30 - 4  # 6 C1 training images, 2 kept
 
 
