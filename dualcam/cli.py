@@ -15,17 +15,16 @@ import torch
 
 from dualcam import regions, storage
 from dualcam.cam import upsample
+from dualcam.evaluation import DEFAULT_KERNELS, EVALUATION_FILE, evaluate, format_table, write_json
 from dualcam.experts import OUTPUT_STRIDES, SUPPORTED_ARCHS, CheckpointError, ExpertMeta, build_expert, load_meta, save_expert
+from dualcam.figures import DEFAULT_N, render_results
 from dualcam.imaging import DecodeError, decode_image, is_image_name
-from dualcam.figures import DEFAULT_ALPHAS, DEFAULT_N, render_results
-from dualcam.kernel import KERNELS
-from dualcam.render import overlay
+from dualcam.kernel import ALPHAS, KERNELS
 from dualcam.pipeline import MAX_ERROR_FRACTION, connect, score_archive
+from dualcam.render import overlay
 from dualcam.scenario import DEMO_RECIPE, REGIMES, demo, experiment
 from dualcam.scoring import DualScorer
 from dualcam.synthetic import OVERLAP_CLASSES, write_overlap_dataset
-from dualcam.evaluation import DEFAULT_ALPHAS, DEFAULT_KERNELS, EVALUATION_FILE, evaluate, format_table, write_json
-from dualcam.kernel import KERNELS
 from dualcam.training import AUGMENTATIONS, Recipe, results_table, train_experts
 
 
@@ -272,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--results", required=True, metavar="URI", help="results folder of dualcam score: path or s3:// prefix")
     render.add_argument("--out", required=True, metavar="DIR", help="local folder for index.html and images/")
     render.add_argument("--n", type=int, default=DEFAULT_N, help=f"rows to draw (default {DEFAULT_N})")
-    render.add_argument("--alphas", default=",".join(f"{a:g}" for a in DEFAULT_ALPHAS),
+    render.add_argument("--alphas", default=",".join(f"{a:g}" for a in ALPHAS),
                         help="comma-separated alphas of the alpha strip (default %(default)s)")
     render.add_argument("--kernel", default="addk",
                         help=f"kernel recomputed from the CAMs: {', '.join(KERNELS)} (default addk, the paper's)")
@@ -344,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluation.add_argument("--results", required=True, help="a dualcam score output (of a manifest with uri, label, split)")
     evaluation.add_argument("--boxes", required=True, help="boxes file: CSV/Parquet with uri, x, y, w, h, kind (F1, S)")
-    evaluation.add_argument("--alphas", default=",".join(f"{a:g}" for a in DEFAULT_ALPHAS),
+    evaluation.add_argument("--alphas", default=",".join(f"{a:g}" for a in ALPHAS),
                             help="comma-separated alphas (default 1,5,15,50)")
     evaluation.add_argument("--kernel", default=",".join(DEFAULT_KERNELS),
                             help=f"comma-separated kernels of {', '.join(KERNELS)} (default: all): addk is the paper's, "

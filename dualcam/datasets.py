@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from dualcam import storage
 from dualcam.imaging import is_image_name
+from dualcam.regions import Box
 
 MANIFEST_SUFFIXES = (".csv", ".parquet")
 _TEXT_COLUMNS = ("uri", "patient_id", "patientid", "filename", "folder")
@@ -95,6 +96,27 @@ def _resolve(entry: str, manifest: str) -> str:
         bucket, key = storage.split_s3(manifest)
         return f"s3://{bucket}/" + posixpath.normpath(posixpath.join(posixpath.dirname(key), entry)).lstrip("/")
     return str(Path(manifest).resolve().parent / entry)
+
+
+BOX_COLUMNS = ("uri", "x", "y", "w", "h", "kind")
+
+
+def read_boxes(uri: str) -> dict[str, list[tuple[str, Box]]]:
+    """A boxes file (CSV/Parquet: uri, x, y, w, h, kind; image pixels) as {uri: [(kind, box)]}.
+
+    Relative URIs are relative to the file, as in manifests; an image may have several boxes.
+    """
+    table = read_manifest(uri, unique=False)
+    missing = [c for c in BOX_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{uri}: a boxes file needs columns {', '.join(BOX_COLUMNS)}; missing {', '.join(missing)}")
+    if any(table.column(c).null_count for c in BOX_COLUMNS):
+        raise ValueError(f"{uri}: a boxes file needs a value in every column of every row")
+    found: dict[str, list[tuple[str, Box]]] = {}
+    for row in table.select(list(BOX_COLUMNS)).to_pylist():
+        box = tuple(round(float(row[c])) for c in ("x", "y", "w", "h"))
+        found.setdefault(row["uri"], []).append((str(row["kind"]), box))
+    return found
 
 
 # --- Labelled data for training -------------------------------------------------------------

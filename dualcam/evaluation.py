@@ -21,12 +21,11 @@ import pyarrow.compute as pc
 import torch
 
 from dualcam import localization, storage
-from dualcam.datasets import read_manifest
-from dualcam.kernel import KERNEL_ORIGIN, get_kernel, sharpen
+from dualcam.datasets import read_boxes
+from dualcam.kernel import ALPHAS, KERNEL_ORIGIN, get_kernel, sharpen
 from dualcam.metrics import binary_metrics
 from dualcam.results import read_results, read_run_spec, to_numpy
 
-DEFAULT_ALPHAS = (1.0, 5.0, 15.0, 50.0)
 DEFAULT_KERNELS = ("addk", "gated")
 TARGETS = ("F1", "S")
 MEASURES = ("pointing", "energy", "iou")
@@ -59,20 +58,7 @@ def map_kinds(alphas: Sequence[float], kernels: Sequence[str]) -> list[MapKind]:
     return kinds
 
 
-def read_boxes(uri: str) -> dict[tuple[str, str], tuple[int, int, int, int]]:
-    """(image uri, kind) -> (x, y, w, h) from a boxes file (uri, x, y, w, h, kind; CSV or Parquet).
-
-    Relative URIs are taken relative to the file's folder, as in manifests.
-    """
-    table = read_manifest(uri, unique=False)
-    missing = sorted({"x", "y", "w", "h", "kind"} - set(table.column_names))
-    if missing:
-        raise ValueError(f"{uri}: a boxes file needs columns uri, x, y, w, h, kind; missing {', '.join(missing)}")
-    rows = zip(*(table.column(c).to_pylist() for c in ("uri", "kind", "x", "y", "w", "h")))
-    return {(u, k): (int(x), int(y), int(w), int(h)) for u, k, x, y, w, h in rows}
-
-
-def evaluate(results: str, boxes: str, *, alphas: Sequence[float] = DEFAULT_ALPHAS,
+def evaluate(results: str, boxes: str, *, alphas: Sequence[float] = ALPHAS,
              kernels: Sequence[str] = DEFAULT_KERNELS, split: str | None = "test") -> dict[str, Any]:
     """The evaluation as a JSON-ready dict: localization rows, CAM1-CAM2 correlation, experts.
 
@@ -91,7 +77,7 @@ def evaluate(results: str, boxes: str, *, alphas: Sequence[float] = DEFAULT_ALPH
     c1 = ok.filter(pc.equal(ok.column("label"), spec.c1.class_name))
     if c1.num_rows == 0:
         raise ValueError(f"{results}: no {spec.c1.class_name!r} images scored ok{f' in split {split!r}' if split else ''}")
-    known = read_boxes(boxes)
+    known = {(uri, kind): box for uri, found in read_boxes(boxes).items() for kind, box in found}
     kinds = map_kinds(alphas, kernels)
     per_image = _localize(c1, known, kinds, boxes)
     cam1, cam2, stored = (_maps(c1, name) for name in ("cam1", "cam2", "heatmap"))

@@ -20,17 +20,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dualcam import storage
-from dualcam.datasets import _read_table, _resolve
+from dualcam.datasets import read_boxes
+from dualcam.regions import Box
 from dualcam.imaging import DecodeError, decode_image
-from dualcam.kernel import KERNEL_ORIGIN, get_kernel
-from dualcam.render import DEFAULT_SIDE, Box, panel_row
+from dualcam.kernel import ALPHAS, KERNEL_ORIGIN, get_kernel
+from dualcam.render import DEFAULT_SIDE, panel_row
 from dualcam.report import Report
 from dualcam.results import ExpertId, RunSpec, read_results, read_run_spec, to_numpy
 
 DEFAULT_N = 8
-DEFAULT_ALPHAS = (1.0, 5.0, 15.0, 50.0)
-"""The alpha strip: 1, and the paper's 5, 15 and 50."""
-BOX_COLUMNS = ("uri", "x", "y", "w", "h", "kind")
 
 
 @dataclass
@@ -52,7 +50,7 @@ def render_results(
     out: str | Path,
     *,
     n: int = DEFAULT_N,
-    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    alphas: Sequence[float] = ALPHAS,
     kernel: str = "addk",
     boxes: str | None = None,
     evaluation: str | None = None,
@@ -124,24 +122,6 @@ def choose_rows(ok: pa.Table, n: int) -> tuple[pa.Table, str]:
         scope += f" (none labelled {c1})"
     chosen = rows.sort_by([("p1", "descending"), ("uri", "ascending")]).slice(0, n).sort_by("uri")
     return chosen, f"The {chosen.num_rows} of the {rows.num_rows} {scope} with the highest p1, in uri order."
-
-
-def read_boxes(uri: str) -> dict[str, list[tuple[str, Box]]]:
-    """A CSV/Parquet of boxes (uri, x, y, w, h, kind; image pixels) as {uri: [(kind, (x, y, w, h))]}.
-
-    Relative URIs are relative to the file, as in manifests.
-    """
-    table = _read_table(uri)
-    missing = [c for c in BOX_COLUMNS if c not in table.column_names]
-    if missing:
-        raise ValueError(f"{uri}: a boxes file needs columns {', '.join(BOX_COLUMNS)}; missing {', '.join(missing)}")
-    if any(table.column(c).null_count for c in BOX_COLUMNS):
-        raise ValueError(f"{uri}: a boxes file needs a value in every column of every row")
-    found: dict[str, list[tuple[str, Box]]] = {}
-    for row in table.select(list(BOX_COLUMNS)).to_pylist():
-        box = tuple(round(float(row[c])) for c in ("x", "y", "w", "h"))
-        found.setdefault(_resolve(str(row["uri"]), uri), []).append((str(row["kind"]), box))
-    return found
 
 
 def _draw(

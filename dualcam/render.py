@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from dualcam.cam import upsample
+from dualcam.regions import Box
 
 DEFAULT_SIDE = 320
 """Longer side of each panel in pixels: 50 triples render in seconds, whatever the X-rays' size."""
@@ -34,7 +35,6 @@ BOX_COLORS = ((0, 255, 255), (0, 255, 0), (255, 0, 255), (255, 255, 255), (0, 12
 """One per box label, in order of first appearance: bright hues that inferno (black to yellow) lacks."""
 _FONT_SIZE = 12
 
-Box = tuple[int, int, int, int]
 """(x, y, w, h) in image pixels."""
 
 

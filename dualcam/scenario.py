@@ -20,7 +20,8 @@ import pyarrow.csv as pacsv
 
 from dualcam import storage
 from dualcam.datasets import read_manifest
-from dualcam.evaluation import DEFAULT_ALPHAS, DEFAULT_KERNELS, evaluate, write_json
+from dualcam.evaluation import DEFAULT_KERNELS, evaluate, write_json
+from dualcam.kernel import ALPHAS
 from dualcam.synthetic import OverlapDataset
 from dualcam.training import Recipe
 
@@ -60,7 +61,7 @@ def regime(name: str) -> Regime:
 
 
 def run_regime(data: OverlapDataset, chosen: Regime, out: str, recipe: Recipe = DEMO_RECIPE, *,
-               alphas: Sequence[float] = DEFAULT_ALPHAS, kernels: Sequence[str] = DEFAULT_KERNELS,
+               alphas: Sequence[float] = ALPHAS, kernels: Sequence[str] = DEFAULT_KERNELS,
                log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train both experts under ``chosen`` into ``out/experts``, score the test split into
     ``out/<regime>/results`` and evaluate it; returns the evaluation (also written as JSON there).

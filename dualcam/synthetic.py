@@ -27,13 +27,12 @@ import pyarrow.csv as pacsv
 from PIL import Image
 
 from dualcam import storage
-from dualcam.datasets import SPLIT_FRACTIONS, SPLITS
+from dualcam.datasets import BOX_COLUMNS, SPLIT_FRACTIONS, SPLITS
 
 OVERLAP_CLASSES = ("C1", "C2", "normal")
 CLASS_FEATURES = {"C1": ("S", "F1"), "C2": ("S", "F2"), "normal": ()}
 MANIFEST_FILE = "manifest.csv"
 BOXES_FILE = "boxes.csv"
-BOX_COLUMNS = ("uri", "x", "y", "w", "h", "kind")
 
 # Feature geometry as fractions of the image side; intensities add to a background in [0, 1].
 _S_RADIUS, _S_GAIN = (0.085, 0.11), 0.30
@@ -81,7 +80,7 @@ def write_synthetic_xrays(out_dir: str | Path, n: int, size: int = 256, seed: in
 # --- The class-overlap scenario ----------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Box:
+class Feature:
     """Where one feature was drawn, in image pixels: columns x..x+w-1, rows y..y+h-1."""
 
     kind: str
@@ -100,7 +99,7 @@ class OverlapDataset:
     images: int
 
 
-def overlap_image(label: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, list[Box]]:
+def overlap_image(label: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, list[Feature]]:
     """One (size, size) float32 image in [0, 1] of class ``label`` and the boxes of its features.
 
     Features sit inside the lung fields and never overlap each other; distractors (small blobs,
@@ -112,7 +111,7 @@ def overlap_image(label: str, size: int, rng: np.random.Generator) -> tuple[np.n
         raise ValueError(f"size must be at least 48 pixels for the features to be drawn, got {size}")
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     image = _chest(xx / size, yy / size, rng) + _texture(size, rng)
-    boxes: list[Box] = []
+    boxes: list[Feature] = []
     for kind in CLASS_FEATURES[label]:
         cx, cy, radius = _place(kind, size, boxes, rng)
         distance = np.hypot(xx - cx, yy - cy)
@@ -146,7 +145,7 @@ def _smoothstep(outer: float, inner: float, d: np.ndarray) -> np.ndarray:
     return t * t * (3 - 2 * t)
 
 
-def _place(kind: str, size: int, taken: list[Box], rng: np.random.Generator) -> tuple[float, float, float]:
+def _place(kind: str, size: int, taken: list[Feature], rng: np.random.Generator) -> tuple[float, float, float]:
     """A centre inside a lung field and a radius, clear of the boxes already taken."""
     low, high = _S_RADIUS if kind == "S" else _MARK_RADIUS
     for _ in range(200):
@@ -159,17 +158,17 @@ def _place(kind: str, size: int, taken: list[Box], rng: np.random.Generator) -> 
     raise RuntimeError(f"could not place {kind} clear of {len(taken)} other features at {size} px")
 
 
-def _box(kind: str, cx: float, cy: float, half: float, size: int) -> Box:
+def _box(kind: str, cx: float, cy: float, half: float, size: int) -> Feature:
     x0, y0 = max(int(np.floor(cx - half)), 0), max(int(np.floor(cy - half)), 0)
     x1, y1 = min(int(np.ceil(cx + half)), size), min(int(np.ceil(cy + half)), size)
-    return Box(kind, x0, y0, x1 - x0, y1 - y0)
+    return Feature(kind, x0, y0, x1 - x0, y1 - y0)
 
 
-def _overlap(a: Box, b: Box) -> bool:
+def _overlap(a: Feature, b: Feature) -> bool:
     return a.x < b.x + b.w and b.x < a.x + a.w and a.y < b.y + b.h and b.y < a.y + a.h
 
 
-def _distractors(image: np.ndarray, xx: np.ndarray, yy: np.ndarray, boxes: list[Box],
+def _distractors(image: np.ndarray, xx: np.ndarray, yy: np.ndarray, boxes: list[Feature],
                  rng: np.random.Generator) -> np.ndarray:
     """Small bright blobs, squares and bars, clear of the features and of each other, in every
     class alike."""
