@@ -29,6 +29,7 @@ from dualcam.results import read_results, read_run_spec, to_numpy
 DEFAULT_KERNELS = ("addk", "gated")
 TARGETS = ("F1", "S")
 MEASURES = ("pointing", "energy", "iou")
+_SHORT = {"pointing": "PG", "energy": "E", "iou": "IoU"}
 EVALUATION_FILE = "_evaluation.json"
 _CHUNK = 64
 
@@ -157,10 +158,10 @@ def _experts(table: pa.Table, spec: Any) -> list[dict[str, Any]]:
 
 def format_table(evaluation: dict[str, Any]) -> str:
     """The localization rows as a fixed-width table for people."""
-    header = f"{'map':16s} {'alpha':>5s} | " + " ".join(f"{m[:6] + ' ' + t:>9s}" for t in TARGETS for m in MEASURES)
+    header = f"{'map':16s} {'alpha':>5s} | " + " ".join(f"{_SHORT[m] + ' ' + t:>9s}" for t in TARGETS for m in MEASURES)
     lines = [f"localization of {evaluation['class_of_interest']} on {evaluation['images']} images "
-             f"(CAM grid {'x'.join(map(str, evaluation['cam_grid']))}); F1 = its own feature, S = the shared one",
-             header, "-" * len(header)]
+             f"(CAM grid {'x'.join(map(str, evaluation['cam_grid']))}); F1 = its own feature, S = the shared one; "
+             "PG = pointing game, E = energy in box, IoU = of the top region", header, "-" * len(header)]
     for row in evaluation["localization"]:
         alpha = "" if row["alpha"] is None else f"{row['alpha']:g}"
         cells = " ".join(_cell(row[f"{m}_{t}"]) for t in TARGETS for m in MEASURES)
