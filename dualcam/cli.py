@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,16 @@ import torch
 
 from dualcam import drift, regions, storage
 from dualcam.cam import upsample
-from dualcam.experts import SUPPORTED_ARCHS, CheckpointError, ExpertMeta, build_expert, load_meta, save_expert
+from dualcam.evaluation import DEFAULT_KERNELS, EVALUATION_FILE, evaluate, format_table, write_json
+from dualcam.experts import OUTPUT_STRIDES, SUPPORTED_ARCHS, CheckpointError, ExpertMeta, build_expert, load_meta, save_expert
+from dualcam.figures import DEFAULT_N, render_results
 from dualcam.imaging import DecodeError, decode_image, is_image_name
+from dualcam.kernel import ALPHAS, KERNELS
+from dualcam.pipeline import MAX_ERROR_FRACTION, ScoreSummary, connect, drift_archive, score_archive
 from dualcam.render import overlay
-from dualcam.pipeline import MAX_ERROR_FRACTION, ScoreSummary, drift_archive, score_archive
+from dualcam.scenario import DEMO_RECIPE, REGIMES, demo, experiment
 from dualcam.scoring import DualScorer
-from dualcam.synthetic import write_synthetic_xrays
+from dualcam.synthetic import OVERLAP_CLASSES, write_overlap_dataset
 from dualcam.training import AUGMENTATIONS, Recipe, results_table, train_experts
 
 
@@ -46,9 +51,9 @@ def _decoded(files: Sequence[str]) -> Iterator[tuple[str, np.ndarray | None, Exc
 
 
 def cmd_expert_init(args: argparse.Namespace) -> int:
-    model = build_expert(args.arch, args.weights)
+    model = build_expert(args.arch, args.weights, args.output_stride)
     meta = ExpertMeta(arch=args.arch, class_name=args.class_name, input_size=args.input_size,
-                      color_mode=args.color_mode, recipe={"init_weights": args.weights})
+                      color_mode=args.color_mode, output_stride=args.output_stride, recipe={"init_weights": args.weights})
     meta = save_expert(model, args.out, meta)
     print(f"wrote expert {meta.class_name!r} ({meta.arch}, {meta.input_size} px, weights {args.weights}) "
           f"version {meta.version} to {args.out}")
@@ -132,9 +137,27 @@ def cmd_drift(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    rendered = render_results(args.results, args.out, n=args.n, alphas=_alphas(args.alphas), kernel=args.kernel,
+                              boxes=args.boxes, evaluation=args.evaluation)
+    for line in rendered.skipped:
+        print(f"skipped  {line}")
+    print(f"{rendered.images} images drawn ({rendered.figures} figures, {len(rendered.skipped)} skipped); "
+          f"report: {rendered.report}")
+    return 0
+
+
+def _alphas(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--alphas: {text!r} is not a comma-separated list of numbers") from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     recipe = Recipe(arch=args.arch, weights=args.weights, epochs=args.epochs, lr=args.lr, momentum=args.momentum,
-                    batch_size=args.batch_size, image_size=args.image_size, color_mode=args.color_mode,
+                    batch_size=args.batch_size, image_size=args.image_size, output_stride=args.output_stride,
+                    color_mode=args.color_mode,
                     augment=args.augment, seed=args.seed)
     classes = [args.c1] + ([args.c2] if args.c2 else [])
     experts = train_experts(
@@ -154,9 +177,40 @@ def _labels(text: str | None) -> list[str] | None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    paths = write_synthetic_xrays(args.out, args.n, args.size, args.seed)
-    print(f"wrote {len(paths)} synthetic {args.size} px X-rays to {args.out}")
+    data = write_overlap_dataset(args.out, args.n, args.size, args.seed)
+    print(f"wrote {data.images} synthetic {args.size} px images ({args.n} each of {', '.join(OVERLAP_CLASSES)}) "
+          f"under {args.out}; manifest {data.manifest}, boxes {data.boxes}")
     return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    evaluation = evaluate(args.results, args.boxes, alphas=_floats(args.alphas), kernels=_labels(args.kernel) or [],
+                          split=args.split or None)
+    out = args.json or storage.join(args.results, EVALUATION_FILE)
+    write_json(evaluation, out)
+    print(format_table(evaluation))
+    print(f"evaluation written to {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    connect(quiet=True)
+    demo(args.out, args.n, args.size, args.seed, replace(DEMO_RECIPE, epochs=args.epochs))
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    connect(quiet=True)
+    recipe = replace(DEMO_RECIPE, epochs=args.epochs)
+    print(experiment(args.out, args.n, args.size, args.seed, recipe, _labels(args.regimes) or []))
+    return 0
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(part) for part in _labels(text) or []]
+    except ValueError:
+        raise ValueError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def _add_expert_pair(parser: argparse.ArgumentParser) -> None:
@@ -193,6 +247,11 @@ def _run_options(args: argparse.Namespace) -> dict:
                 progress=not args.no_progress)
 
 
+def _add_output_stride(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output-stride", type=int, choices=OUTPUT_STRIDES, default=32,
+                        help="16 doubles the CAM grid (ResNets: last stage kept at stride 16; default 32)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dualcam", description="Dual-expert CAMs and the ADDK kernel for X-ray classifiers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -204,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--class-name", required=True, help="the expert's positive class, e.g. COVID-19")
     init.add_argument("--input-size", type=int, default=224, help="square input size in pixels (default 224)")
     init.add_argument("--color-mode", choices=("L", "RGB"), default="L", help="L: grayscale on 3 channels (default)")
+    _add_output_stride(init)
     init.add_argument("--weights", default="none",
                       help="none, imagenet (torchvision download) or a path/s3:// URI to a state dict (default none)")
     init.add_argument("--out", required=True, help="checkpoint directory: a path or s3:// prefix")
@@ -258,6 +318,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_archive_run(drift_cmd)
     drift_cmd.set_defaults(func=cmd_drift)
 
+    render = sub.add_parser(
+        "render", help="the paper's figures for a few scored rows, and a static HTML report of a results folder",
+        description="Draw, for up to N scored rows, the figure triple (CAM1, CAM2 and the kernel over the image) and "
+        "an alpha strip, recomputing the kernel from the stored CAMs, and write them with the run's spec, histograms "
+        "of p1 and p2 per label and an evaluation's tables to DIR/index.html (opens from disk). Rows: the test split "
+        "when there is one; those labelled as expert 1's class, first by uri, when there is a label column, else the "
+        "highest p1. Exit status: 0 done; 2 unusable arguments, results, boxes or evaluation.",
+    )
+    render.add_argument("--results", required=True, metavar="URI", help="results folder of dualcam score: path or s3:// prefix")
+    render.add_argument("--out", required=True, metavar="DIR", help="local folder for index.html and images/")
+    render.add_argument("--n", type=int, default=DEFAULT_N, help=f"rows to draw (default {DEFAULT_N})")
+    render.add_argument("--alphas", default=",".join(f"{a:g}" for a in ALPHAS),
+                        help="comma-separated alphas of the alpha strip (default %(default)s)")
+    render.add_argument("--kernel", default="addk",
+                        help=f"kernel recomputed from the CAMs: {', '.join(KERNELS)} (default addk, the paper's)")
+    render.add_argument("--boxes", metavar="URI", help="CSV/Parquet of boxes to outline: uri, x, y, w, h (image pixels), kind")
+    render.add_argument("--evaluation", metavar="JSON", help="JSON of dualcam evaluate: its lists of rows and scalars become tables")
+    render.set_defaults(func=cmd_render)
+
     train = sub.add_parser(
         "train", help="fine-tune the binary experts on Ray Train, both at once (the paper's recipe by default)",
         description="Fine-tune one binary expert per class (C1, and C2 when given) concurrently on Ray (the cluster "
@@ -288,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=16, help="per worker (default 16)")
     train.add_argument("--image-size", type=int, default=224, help="square input size (default 224)")
     train.add_argument("--color-mode", choices=("L", "RGB"), default="L", help="L: grayscale on 3 channels (default)")
+    _add_output_stride(train)
     train.add_argument("--augment", choices=AUGMENTATIONS, default="none",
                        help="light: small affine and brightness jitter, no flips (default none)")
     train.add_argument("--seed", type=int, default=0, help="for splits, shuffling and initialization (default 0)")
@@ -302,12 +382,62 @@ def build_parser() -> argparse.ArgumentParser:
                        "epoch-NNN/ (from 000), to compare epochs of one run with dualcam drift")
     train.set_defaults(func=cmd_train)
 
-    synth = sub.add_parser("synth", help="write synthetic chest-X-ray-like PNGs")
-    synth.add_argument("--out", required=True, help="output folder")
-    synth.add_argument("--n", type=int, default=16, help="number of images (default 16)")
-    synth.add_argument("--size", type=int, default=256, help="side in pixels (default 256)")
+    synth = sub.add_parser(
+        "synth", help="write the class-overlap scenario: images, manifest and feature boxes",
+        description="Write chest-X-ray-like images of three classes with known answers: C1 holds a shared feature "
+        "S (a blurred disc) and its own F1 (a ring), C2 holds S and its own F2 (a cross), normal holds neither; "
+        "distractors in every class. Writes images/<label>/, manifest.csv (uri, label, split 60/20/20) and "
+        "boxes.csv (uri, x, y, w, h, kind).",
+    )
+    synth.add_argument("--out", required=True, help="output folder or s3:// prefix")
+    synth.add_argument("--n", type=int, default=100, help="images per class (default 100)")
+    synth.add_argument("--size", type=int, default=96, help="side in pixels (default 96)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.set_defaults(func=cmd_synth)
+
+    evaluation = sub.add_parser(
+        "evaluate", help="localization of CAM1, CAM2 and the kernels against known boxes, from stored results",
+        description="Measure, on expert 1's class in the test split, how well CAM1, CAM2 and each kernel at each "
+        "alpha point at the F1 box and at the shared S box (pointing game, energy in box, IoU of the top region), "
+        "next to references (uniform map, the true box pooled to the CAM grid, CAM1 sharpened alone), plus the "
+        "CAM1-CAM2 correlation and each expert's accuracy. Maps are recomputed from the stored raw CAMs.",
+    )
+    evaluation.add_argument("--results", required=True, help="a dualcam score output (of a manifest with uri, label, split)")
+    evaluation.add_argument("--boxes", required=True, help="boxes file: CSV/Parquet with uri, x, y, w, h, kind (F1, S)")
+    evaluation.add_argument("--alphas", default=",".join(f"{a:g}" for a in ALPHAS),
+                            help="comma-separated alphas (default 1,5,15,50)")
+    evaluation.add_argument("--kernel", default=",".join(DEFAULT_KERNELS),
+                            help=f"comma-separated kernels of {', '.join(KERNELS)} (default: all): addk is the paper's, "
+                            "gated is dualcam's own, ReLU(CAM1)/max * ADDK")
+    evaluation.add_argument("--split", default="test", help="the split measured when results have a split column (default test; '' for all)")
+    evaluation.add_argument("--json", help=f"where the JSON goes (default <results>/{EVALUATION_FILE})")
+    evaluation.set_defaults(func=cmd_evaluate)
+
+    demo_cmd = sub.add_parser(
+        "demo", help="the class-overlap scenario end to end in the paper's regime (make demo)",
+        description="Generate the class-overlap scenario, train both experts in the paper's regime on Ray Train, "
+        "score the test split on Ray Data, evaluate localization and render the figures and an HTML report.",
+    )
+    demo_cmd.add_argument("--out", required=True, help="folder for data, experts, results and the report")
+    demo_cmd.add_argument("--n", type=int, default=100, help="images per class (default 100)")
+    demo_cmd.add_argument("--size", type=int, default=96, help="image side in pixels (default 96)")
+    demo_cmd.add_argument("--seed", type=int, default=0, help="data, splits and training seed (default 0)")
+    demo_cmd.add_argument("--epochs", type=int, default=DEMO_RECIPE.epochs, help=f"default {DEMO_RECIPE.epochs}")
+    demo_cmd.set_defaults(func=cmd_demo)
+
+    exp = sub.add_parser(
+        "experiment", help="compare training regimes on the class-overlap scenario (make experiment)",
+        description="Generate the class-overlap scenario, then for each regime train both experts, score the test "
+        "split and evaluate; print tables comparing CAM1, CAM2, the kernels and the references across regimes. "
+        "Experts are reused across regimes when their data and recipe match.",
+    )
+    exp.add_argument("--out", required=True, help="folder or s3:// prefix for data, experts, results and tables")
+    exp.add_argument("--n", type=int, default=200, help="images per class (default 200)")
+    exp.add_argument("--size", type=int, default=96, help="image side in pixels (default 96)")
+    exp.add_argument("--seed", type=int, default=0, help="data, splits and training seed (default 0)")
+    exp.add_argument("--epochs", type=int, default=DEMO_RECIPE.epochs, help=f"default {DEMO_RECIPE.epochs}")
+    exp.add_argument("--regimes", default=",".join(r.name for r in REGIMES), help="comma-separated (default: all)")
+    exp.set_defaults(func=cmd_experiment)
     return parser
 
 

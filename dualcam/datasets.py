@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from dualcam import storage
 from dualcam.imaging import is_image_name
+from dualcam.regions import Box
 
 MANIFEST_SUFFIXES = (".csv", ".parquet")
 _TEXT_COLUMNS = ("uri", "patient_id", "patientid", "filename", "folder")
@@ -53,9 +54,12 @@ def read_inputs(uri: str) -> Inputs:
     return Inputs(pa.table({"uri": pa.array(images, pa.string())}), [f for f in files if not is_image_name(f)])
 
 
-def read_manifest(uri: str) -> pa.Table:
-    """The manifest's rows, ``uri`` made absolute; every other column passes through unchanged."""
-    return _with_absolute_uris(_read_table(uri), uri)
+def read_manifest(uri: str, unique: bool = True) -> pa.Table:
+    """The manifest's rows, ``uri`` made absolute; every other column passes through unchanged.
+
+    ``unique=False`` allows a URI on several rows (a boxes file: one row per box).
+    """
+    return _with_absolute_uris(_read_table(uri), uri, unique)
 
 
 def _read_table(uri: str) -> pa.Table:
@@ -71,7 +75,7 @@ def _read_table(uri: str) -> pa.Table:
         raise ValueError(f"{uri}: not a readable manifest ({err})") from None
 
 
-def _with_absolute_uris(table: pa.Table, uri: str) -> pa.Table:
+def _with_absolute_uris(table: pa.Table, uri: str, unique: bool = True) -> pa.Table:
     """Check the ``uri`` column of the manifest at ``uri`` and make its entries absolute."""
     if "uri" not in table.column_names:
         raise ValueError(f"{uri}: a manifest needs a 'uri' column; it has {', '.join(table.column_names)}")
@@ -79,7 +83,7 @@ def _with_absolute_uris(table: pa.Table, uri: str) -> pa.Table:
     if column.null_count or pc.any(pc.equal(column, "")).as_py():
         raise ValueError(f"{uri}: the 'uri' column has empty values")
     uris = [_resolve(u, uri) for u in column.to_pylist()]
-    duplicates = sorted(u for u, n in Counter(uris).items() if n > 1)
+    duplicates = sorted(u for u, n in Counter(uris).items() if n > 1) if unique else []
     if duplicates:
         raise ValueError(f"{uri}: {len(duplicates)} URIs are listed more than once, e.g. {duplicates[0]}")
     return table.set_column(table.column_names.index("uri"), "uri", pa.array(uris, pa.string()))
@@ -92,6 +96,27 @@ def _resolve(entry: str, manifest: str) -> str:
         bucket, key = storage.split_s3(manifest)
         return f"s3://{bucket}/" + posixpath.normpath(posixpath.join(posixpath.dirname(key), entry)).lstrip("/")
     return str(Path(manifest).resolve().parent / entry)
+
+
+BOX_COLUMNS = ("uri", "x", "y", "w", "h", "kind")
+
+
+def read_boxes(uri: str) -> dict[str, list[tuple[str, Box]]]:
+    """A boxes file (CSV/Parquet: uri, x, y, w, h, kind; image pixels) as {uri: [(kind, box)]}.
+
+    Relative URIs are relative to the file, as in manifests; an image may have several boxes.
+    """
+    table = read_manifest(uri, unique=False)
+    missing = [c for c in BOX_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{uri}: a boxes file needs columns {', '.join(BOX_COLUMNS)}; missing {', '.join(missing)}")
+    if any(table.column(c).null_count for c in BOX_COLUMNS):
+        raise ValueError(f"{uri}: a boxes file needs a value in every column of every row")
+    found: dict[str, list[tuple[str, Box]]] = {}
+    for row in table.select(list(BOX_COLUMNS)).to_pylist():
+        box = tuple(round(float(row[c])) for c in ("x", "y", "w", "h"))
+        found.setdefault(row["uri"], []).append((str(row["kind"]), box))
+    return found
 
 
 # --- Labelled data for training -------------------------------------------------------------

@@ -39,6 +39,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 META_FILE = "expert.json"
 WEIGHTS_FILE = "weights.pt"
 FORMAT_VERSION = 1
+OUTPUT_STRIDES = (32, 16)
 
 
 class CheckpointError(ValueError):
@@ -55,12 +56,15 @@ class ExpertMeta:
 
     ``color_mode`` "L" turns every image to grayscale and repeats it over the 3 input channels (so
     an X-ray stored as RGB and as L give the same input); "RGB" keeps colour.
+    ``output_stride`` 16 keeps a ResNet's last stage at the previous stage's resolution, doubling
+    the CAM grid on each side (224 px: 14x14 instead of 7x7); see ``build_expert``.
     """
 
     arch: str
     class_name: str
     input_size: int
     color_mode: str = "L"
+    output_stride: int = 32
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     created_at: str = ""
@@ -80,6 +84,7 @@ class ExpertMeta:
             raise ValueError(f"color_mode must be 'L' or 'RGB', got {self.color_mode!r}")
         if not self.class_name:
             raise ValueError("class_name must not be empty")
+        _check_output_stride(self.arch, self.output_stride)
         self.mean, self.std = tuple(self.mean), tuple(self.std)
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError(f"mean and std need 3 values each, std > 0; got {self.mean} and {self.std}")
@@ -114,22 +119,28 @@ def imagenet_weights(arch: str) -> WeightsEnum:
     return get_model_weights(arch).DEFAULT
 
 
-def build_expert(arch: str, weights: str | None = None) -> nn.Module:
+def build_expert(arch: str, weights: str | None = None, output_stride: int = 32) -> nn.Module:
     """A torchvision ``arch`` whose final layer is replaced by 2 outputs (index 1 = in-class).
 
     ``weights``: None (random init); ``"imagenet"`` (torchvision's pretrained weights, downloaded
     into torch's hub cache on first use); or a path or s3:// URI to a state dict for the same
     arch, either ImageNet's 1000-class one (for clusters without internet) or a 2-output one.
+
+    ``output_stride`` 16 (ResNets only) gives a finer CAM grid with the same parameters, so any
+    ResNet weights still load: bottleneck ResNets (50/101/152) use torchvision's
+    ``replace_stride_with_dilation`` on the last stage; resnet18/34, whose BasicBlock has no
+    dilation in torchvision, run their last stage at stride 1 without dilation.
     """
     _check_arch(arch)
+    _check_output_stride(arch, output_stride)
     if weights in (None, "none"):
-        return _with_binary_head(get_model(arch, weights=None))
+        return _with_binary_head(_model(arch, output_stride, weights=None))
     if weights == "imagenet":
-        return _with_binary_head(get_model(arch, weights=imagenet_weights(arch)))
+        return _with_binary_head(_model(arch, output_stride, weights=imagenet_weights(arch)))
     state = _read_state_dict(weights)
     head = _head_name(arch)
     n_out = state[f"{head}.weight"].shape[0] if f"{head}.weight" in state else None
-    model = _skeleton(arch, num_classes=2 if n_out == 2 else 1000)
+    model = _skeleton(arch, num_classes=2 if n_out == 2 else 1000, output_stride=output_stride)
     _load_into(model, state, weights, arch)
     return _with_binary_head(model) if n_out != 2 else model
 
@@ -234,7 +245,7 @@ def load_expert(uri: str, device: str | torch.device = "cpu") -> Expert:
             f"{WEIGHTS_FILE} is truncated or altered ({len(data)} bytes, sha256 {digest[:12]}..., "
             f"{META_FILE} says {meta.sha256[:12]}...)",
         )
-    model = _skeleton(meta.arch)
+    model = _skeleton(meta.arch, output_stride=meta.output_stride)
     _load_into(model, _parse_state_dict(data, weights_uri), uri, meta.arch)
     return Expert(model=model.to(device).eval(), meta=meta, uri=uri)
 
@@ -242,6 +253,25 @@ def load_expert(uri: str, device: str | torch.device = "cpu") -> Expert:
 def _check_arch(arch: str) -> None:
     if arch not in SUPPORTED_ARCHS:
         raise ValueError(f"arch {arch!r} is not one of {', '.join(SUPPORTED_ARCHS)}")
+
+
+def _check_output_stride(arch: str, output_stride: int) -> None:
+    if output_stride not in OUTPUT_STRIDES:
+        raise ValueError(f"output_stride must be one of {', '.join(map(str, OUTPUT_STRIDES))}, got {output_stride!r}")
+    if output_stride != 32 and not arch.startswith("resnet"):
+        raise ValueError(f"output_stride {output_stride} is supported for ResNets only, not {arch!r}")
+
+
+def _model(arch: str, output_stride: int, **kwargs: Any) -> nn.Module:
+    """torchvision's ``arch`` with its last stage at ``output_stride`` (see ``build_expert``)."""
+    if output_stride == 32:
+        return get_model(arch, **kwargs)
+    if arch in ("resnet18", "resnet34"):
+        model = get_model(arch, **kwargs)
+        block = model.layer4[0]
+        block.conv1.stride = block.downsample[0].stride = (1, 1)
+        return model
+    return get_model(arch, replace_stride_with_dilation=[False, False, True], **kwargs)
 
 
 def _head_name(arch: str) -> str:
@@ -256,10 +286,10 @@ def _with_binary_head(model: nn.Module) -> nn.Module:
     return model
 
 
-def _skeleton(arch: str, num_classes: int = 2) -> nn.Module:
+def _skeleton(arch: str, num_classes: int = 2, output_stride: int = 32) -> nn.Module:
     """The network's structure with no storage allocated; weights are assigned on load (fast)."""
     with torch.device("meta"):
-        return get_model(arch, weights=None, num_classes=num_classes)
+        return _model(arch, output_stride, weights=None, num_classes=num_classes)
 
 
 def _check_fits(state: Mapping[str, torch.Tensor], arch: str, uri: str) -> None:

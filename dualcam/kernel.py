@@ -26,6 +26,8 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+ALPHAS = (1.0, 5.0, 15.0, 50.0)
+"""The alphas shown side by side: 1, and the paper's 5, 15 and 50."""
 PEAK_FLOOR = 0.05
 EXPONENT_KNEE = 60.0
 EXPONENT_SPAN = 20.0

@@ -13,6 +13,7 @@ that gets all of its node's CPUs; with GPUs, loading runs in CPU tasks beside th
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -98,14 +99,23 @@ class DriftSummary:
                 f"summary in {storage.join(self.run.output, drift_report.SUMMARY_FILE)}")
 
 
-def connect() -> Any:
-    """Ray, initialized: the cluster at RAY_ADDRESS if set, else a new local instance on 127.0.0.1."""
+def connect(quiet: bool = False) -> Any:
+    """Ray, initialized: the cluster at RAY_ADDRESS if set, else a new local instance on 127.0.0.1.
+
+    ``quiet`` keeps the workers' output and Ray's info lines off the console (they stay in Ray's
+    session logs); it only applies when this call is the one that initializes Ray.
+    """
     # A new local Ray binds to loopback only with this set before ray is imported.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False)
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
+                 **({"log_to_driver": False, "logging_level": logging.WARNING} if quiet else {}))
+        if quiet:
+            import ray.data  # configures its own loggers on import: quiet them after that
+
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
     return ray
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import torch
 
+Box = tuple[int, int, int, int]
+"""(x, y, w, h) in image pixels: columns x..x+w-1, rows y..y+h-1."""
+
 TOP_REGION = 0.5
 """The top region of a map is where it reaches at least halfway from its minimum to its maximum,
 ``(m - min) / (max - min) >= 0.5``. Scale-free, so raw CAMs and kernel values are treated alike;

@@ -119,6 +119,7 @@ DRIFT = Layout("drift", ("old", "new"), (
     ("gained_peak_x", INT), ("gained_peak_y", INT),
 ))
 LAYOUTS = {layout.kind: layout for layout in (SCORE, DRIFT)}
+SCHEMA_VERSION = SCORE.schema_version
 OUTPUT_COLUMNS = SCORE.columns
 """The columns of ``dualcam score`` results."""
 
@@ -138,20 +139,29 @@ class ExpertId:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What every row in one output folder was computed with (``_run.json``)."""
+    """What every row in one output folder was computed with (``_run.json``).
 
-    kind: str
-    experts: tuple[ExpertId, ExpertId]
+    ``c1`` and ``c2`` are the run's two experts in its layout's role order: experts 1 and 2 of a
+    score run, the old and the new version of a drift run.
+    """
+
+    c1: ExpertId
+    c2: ExpertId
     alpha: float
-    schema_version: int
+    schema_version: int = SCHEMA_VERSION
+    kind: str = SCORE.kind
 
     @classmethod
     def of(cls, layout: Layout, meta1: ExpertMeta, meta2: ExpertMeta, alpha: float) -> RunSpec:
-        return cls(layout.kind, (ExpertId.of(meta1), ExpertId.of(meta2)), float(alpha), layout.schema_version)
+        return cls(ExpertId.of(meta1), ExpertId.of(meta2), float(alpha), layout.schema_version, layout.kind)
 
     @property
     def layout(self) -> Layout:
         return LAYOUTS[self.kind]
+
+    @property
+    def experts(self) -> tuple[ExpertId, ExpertId]:
+        return self.c1, self.c2
 
     def to_json(self) -> str:
         roles = dict(zip(self.layout.roles, map(asdict, self.experts)))
@@ -160,11 +170,11 @@ class RunSpec:
     @classmethod
     def from_json(cls, text: str) -> RunSpec:
         data = json.loads(text)
-        kind = data.get("kind", "score")  # folders scored before drift runs existed
+        kind = data.get("kind", SCORE.kind)  # folders scored before drift runs existed
         if kind not in LAYOUTS:
             raise ValueError(f"{RUN_FILE} names an unknown kind of run {kind!r}; upgrade dualcam")
-        experts = tuple(ExpertId(**data[role]) for role in LAYOUTS[kind].roles)
-        return cls(kind, experts, float(data["alpha"]), int(data["schema_version"]))
+        first, second = (ExpertId(**data[role]) for role in LAYOUTS[kind].roles)
+        return cls(first, second, float(data["alpha"]), int(data["schema_version"]), kind)
 
     def describe(self) -> str:
         """One line for messages: the kind, both experts, alpha and schema."""

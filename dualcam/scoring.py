@@ -80,7 +80,7 @@ def _load_one(uri: str, meta: ExpertMeta, max_pixels: int) -> tuple[np.ndarray |
 
 def check_same_expert(old: ExpertMeta, new: ExpertMeta, old_uri: str, new_uri: str) -> None:
     """Refuse two checkpoints that are not versions of one expert: drift compares like with like."""
-    fields = ("arch", "class_name", "input_size", "color_mode", "mean", "std")
+    fields = ("arch", "class_name", "input_size", "output_stride", "color_mode", "mean", "std")
     differ = [f"{f} {getattr(old, f)!r} vs {getattr(new, f)!r}" for f in fields if getattr(old, f) != getattr(new, f)]
     if differ:
         raise ValueError(f"{old_uri} and {new_uri} are not two versions of the same expert: " + "; ".join(differ))

@@ -57,6 +57,7 @@ class Recipe:
     momentum: float = 0.9
     batch_size: int = 16
     image_size: int = 224
+    output_stride: int = 32
     color_mode: str = "L"
     augment: str = "none"
     seed: int = 0
@@ -237,7 +238,7 @@ def train_experts(
                 failed.append((plan.label, err))
     if failed:
         raise RuntimeError("training failed for " + "; ".join(f"{label}: {err}" for label, err in failed)) from failed[0][1]
-    return finished + sorted(trained, key=lambda e: list(classes).index(e.label))
+    return sorted(finished + trained, key=lambda e: list(classes).index(e.label))
 
 
 def _report_source(source: str, lab: Labelled, log) -> None:
@@ -309,8 +310,9 @@ def _expert_meta(plan: ExpertPlan, recipe: Recipe) -> ExpertMeta:
     if plan.init_from:
         base = load_meta(plan.init_from)
         return ExpertMeta(arch=base.arch, class_name=plan.label, input_size=base.input_size, color_mode=base.color_mode,
-                          mean=base.mean, std=base.std)
-    return ExpertMeta(arch=recipe.arch, class_name=plan.label, input_size=recipe.image_size, color_mode=recipe.color_mode)
+                          output_stride=base.output_stride, mean=base.mean, std=base.std)
+    return ExpertMeta(arch=recipe.arch, class_name=plan.label, input_size=recipe.image_size, color_mode=recipe.color_mode,
+                      output_stride=recipe.output_stride)
 
 
 def _described(plan: ExpertPlan, recipe: Recipe) -> ExpertMeta:
@@ -327,7 +329,7 @@ def _publish(output: str, plan: ExpertPlan, recipe: Recipe, result: Any, export_
     checkpoint, metrics = max(result.best_checkpoints, key=lambda cm: (cm[1]["val_accuracy"], -cm[1]["epoch"]))
     meta = _described(plan, recipe)
     meta.recipe["exported_epochs"] = export_root
-    model = build_expert(meta.arch)
+    model = build_expert(meta.arch, output_stride=meta.output_stride)
     with checkpoint.as_directory() as directory:
         state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
@@ -366,7 +368,7 @@ def _train_worker(config: dict) -> None:
     meta = ExpertMeta.from_dict(config["meta"])
     context = ray.train.get_context()
     torch.manual_seed(recipe.seed + context.get_world_rank())
-    model = load_expert(config["init_from"]).model if config["init_from"] else build_expert(meta.arch, recipe.weights)
+    model = load_expert(config["init_from"]).model if config["init_from"] else build_expert(meta.arch, recipe.weights, meta.output_stride)
     start_epoch, optimizer_state, history = 0, None, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:

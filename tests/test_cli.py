@@ -10,6 +10,7 @@ import pytest
 
 from conftest import run_without_ray
 from dualcam.cli import build_parser, main
+from dualcam.synthetic import write_synthetic_xrays
 
 BIN = Path(sys.executable).parent
 
@@ -24,7 +25,8 @@ def test_the_installed_command_runs():
     assert "usage: dualcam" in result.stdout and "explain" in result.stdout
 
 
-COMMANDS = [["expert"], ["expert", "init"], ["expert", "show"], ["decode"], ["explain"], ["score"], ["drift"], ["train"], ["synth"]]
+COMMANDS = [["expert"], ["expert", "init"], ["expert", "show"], ["decode"], ["explain"], ["score"], ["drift"], ["render"],
+            ["train"], ["synth"], ["evaluate"], ["demo"], ["experiment"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -59,9 +61,16 @@ def test_import_and_score_without_ray(tmp_path):
     assert run_without_ray(code).strip() == "(1, 2, 2)"
 
 
-def test_synth_init_explain_end_to_end(tmp_path, capsys):
+def test_synth_writes_the_overlap_scenario(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path), "--n", "5", "--size", "48", "--seed", "2"]) == 0
+    assert "wrote 15 synthetic 48 px images (5 each of C1, C2, normal)" in capsys.readouterr().out
+    assert (tmp_path / "manifest.csv").is_file() and (tmp_path / "boxes.csv").is_file()
+    assert len(list(tmp_path.glob("images/*/*.png"))) == 15
+
+
+def test_init_explain_end_to_end(tmp_path, capsys):
     images, out = tmp_path / "images", tmp_path / "overlays"
-    assert main(["synth", "--out", str(images), "--n", "3", "--size", "96"]) == 0
+    write_synthetic_xrays(images, 3, size=96)
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     (images / "labels.csv").write_text("not an image, not listed\n")
     for name in ("COVID-19", "pneumonia"):
@@ -78,7 +87,7 @@ def test_synth_init_explain_end_to_end(tmp_path, capsys):
 
 
 def test_decode_reports_each_file_and_fails_on_any_error(tmp_path, capsys):
-    main(["synth", "--out", str(tmp_path), "--n", "2", "--size", "40"])
+    write_synthetic_xrays(tmp_path, 2, size=40)
     (tmp_path / "empty.dcm").write_bytes(b"")
     capsys.readouterr()
     assert main(["decode", str(tmp_path)]) == 1

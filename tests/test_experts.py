@@ -247,3 +247,32 @@ def test_refuses_broken_or_newer_metadata(saved):
 def test_refuses_a_missing_s3_checkpoint(s3_bucket):
     with pytest.raises(CheckpointError, match=f"{s3_bucket}/absent: no expert.json"):
         load_expert(f"{s3_bucket}/absent")
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_output_stride_16_doubles_the_cam_grid_with_the_same_weights(arch, tmp_path):
+    from dualcam.cam import forward_with_cams
+
+    torch.manual_seed(0)
+    coarse = build_expert(arch).eval()
+    fine = build_expert(arch, output_stride=16).eval()
+    fine.load_state_dict(coarse.state_dict())  # same parameters, only the stride differs
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        assert forward_with_cams(coarse, x)[1].shape[-2:] == (3, 3)
+        logits, cams = forward_with_cams(fine, x)
+    assert cams.shape[-2:] == (6, 6)
+    torch.testing.assert_close(cams.mean((-2, -1)) + fine.fc.bias, logits, rtol=1e-4, atol=1e-4)
+    meta = ExpertMeta(arch=arch, class_name="C1", input_size=96, output_stride=16)
+    save_expert(fine, str(tmp_path / "e"), meta)
+    loaded = load_expert(str(tmp_path / "e"))
+    assert loaded.meta.output_stride == 16
+    with torch.no_grad():
+        torch.testing.assert_close(forward_with_cams(loaded.model, x)[1], cams)
+
+
+def test_output_stride_is_checked():
+    with pytest.raises(ValueError, match="ResNets only"):
+        ExpertMeta(arch="densenet121", class_name="C1", input_size=96, output_stride=16)
+    with pytest.raises(ValueError, match="one of 32, 16"):
+        build_expert("resnet18", output_stride=8)

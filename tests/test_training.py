@@ -91,6 +91,9 @@ def test_rerunning_a_finished_command_trains_nothing(trained, labelled):
     assert all(e.already_trained for e in again)
     assert sorted(p.name for p in (out / "A").iterdir()) == before
     assert any("already trained with this data and recipe" in line for line in logged)
+    # only A's data changes: B is found finished, A trained anew; still returned in class order
+    mixed = train_experts(str(out), ["A", "B"], data=str(labelled), negatives=[["normal"], ["normal"]], recipe=TINY)
+    assert [(e.label, e.already_trained) for e in mixed] == [("A", False), ("B", True)]
 
 
 def test_warm_start_from_an_earlier_version_yields_a_new_version(trained, labelled, tmp_path):

@@ -1,0 +1,194 @@
+"""``dualcam evaluate``: localization of CAM1, CAM2 and the kernels against known boxes, and the
+experts' accuracy, from stored results (no rescoring).
+
+Every map is recomputed from the raw ``cam1`` and ``cam2`` columns, so one scoring run answers for
+any kernel and alpha. Reference rows frame the figures: a uniform map (knows nothing), the true F1
+box pooled to the CAM grid (the best any map can do at that resolution), and CAM1 sharpened alone
+at each alpha (what a kernel gains over it is what the second expert contributes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from dualcam import localization, storage
+from dualcam.datasets import read_boxes
+from dualcam.kernel import ALPHAS, KERNEL_ORIGIN, get_kernel, sharpen
+from dualcam.metrics import binary_metrics
+from dualcam.results import read_results, read_run_spec, to_numpy
+
+DEFAULT_KERNELS = ("addk", "gated")
+TARGETS = ("F1", "S")
+MEASURES = ("pointing", "energy", "iou")
+_SHORT = {"pointing": "PG", "energy": "E", "iou": "IoU"}
+EVALUATION_FILE = "_evaluation.json"
+_CHUNK = 64
+
+
+@dataclass(frozen=True)
+class MapKind:
+    """One row of the localization table: how to make its map from (cam1, cam2, F1 boxes)."""
+
+    name: str
+    origin: str
+    alpha: float | None
+    make: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int]], torch.Tensor]
+
+
+def map_kinds(alphas: Sequence[float], kernels: Sequence[str]) -> list[MapKind]:
+    """The rows, in table order: the two CAMs, each kernel at each alpha, then the references."""
+    kinds = [MapKind("CAM1", "expert 1", None, lambda c1, c2, b, s: c1),
+             MapKind("CAM2", "expert 2", None, lambda c1, c2, b, s: c2)]
+    for name in kernels:
+        kernel = get_kernel(name)
+        kinds += [MapKind(name, KERNEL_ORIGIN[name], a, lambda c1, c2, b, s, k=kernel, a=a: k(c1, c2, a)) for a in alphas]
+    kinds += [MapKind("CAM1 sharpened", "reference: exp(alpha*CAM1/max)", a, lambda c1, c2, b, s, a=a: sharpen(c1, a))
+              for a in alphas]
+    kinds += [MapKind("uniform", "reference: knows nothing", None, lambda c1, c2, b, s: torch.ones_like(c1)),
+              MapKind("F1 box pooled", "reference: best at this grid", None,
+                      lambda c1, c2, b, s: localization.pooled_box(b, s, tuple(c1.shape[-2:])))]
+    return kinds
+
+
+def evaluate(results: str, boxes: str, *, alphas: Sequence[float] = ALPHAS,
+             kernels: Sequence[str] = DEFAULT_KERNELS, split: str | None = "test") -> dict[str, Any]:
+    """The evaluation as a JSON-ready dict: localization rows, CAM1-CAM2 correlation, experts.
+
+    Localization is measured on expert 1's class (the ``label`` column equal to the run's C1
+    class) in ``split`` (when the results have a ``split`` column), on the rows scored ok.
+    """
+    spec = read_run_spec(results)
+    if spec is None:
+        raise ValueError(f"{results}: no {results.rstrip('/')}/_run.json; is this a dualcam score output?")
+    table = read_results(results)
+    if "label" not in table.column_names:
+        raise ValueError(f"{results}: the results have no 'label' column; score a manifest with uri and label columns")
+    if split and "split" in table.column_names:
+        table = table.filter(pc.equal(table.column("split"), split))
+    ok = table.filter(pc.equal(table.column("status"), "ok"))
+    c1 = ok.filter(pc.equal(ok.column("label"), spec.c1.class_name))
+    if c1.num_rows == 0:
+        raise ValueError(f"{results}: no {spec.c1.class_name!r} images scored ok{f' in split {split!r}' if split else ''}")
+    known = {(uri, kind): box for uri, found in read_boxes(boxes).items() for kind, box in found}
+    kinds = map_kinds(alphas, kernels)
+    per_image = _localize(c1, known, kinds, boxes)
+    cam1, cam2, stored = (_maps(c1, name) for name in ("cam1", "cam2", "heatmap"))
+    recomputed = get_kernel("addk")(cam1, cam2, spec.alpha)
+    correlation = localization.cam_correlation(cam1, cam2).numpy()
+    return {
+        "results": results,
+        "boxes": boxes,
+        "class_of_interest": spec.c1.class_name,
+        "overlapping_class": spec.c2.class_name,
+        "split": split if split and "split" in table.column_names else None,
+        "images": c1.num_rows,
+        "cam_grid": list(cam1.shape[-2:]),
+        "scored_alpha": spec.alpha,
+        "stored_heatmap_max_rel_error": float(((recomputed - stored).abs() / stored.abs().clamp_min(1e-30)).max()),
+        "cam_correlation": {"mean": _nan_stat(np.nanmean, correlation), "median": _nan_stat(np.nanmedian, correlation)},
+        "localization": [_row(kind, per_image[i]) for i, kind in enumerate(kinds)],
+        "experts": _experts(table, spec),
+    }
+
+
+def _localize(c1: pa.Table, known: dict, kinds: list[MapKind], boxes_uri: str) -> list[dict[str, np.ndarray]]:
+    """Per kind, per target and measure: one value per image (NaN where the target has no box)."""
+    uris = c1.column("uri").to_pylist()
+    missing = [u for u in uris if (u, "F1") not in known]
+    if missing:
+        raise ValueError(f"{boxes_uri}: no F1 box for {len(missing)} of the {len(uris)} images, e.g. {missing[0]}")
+    out = [{f"{m}_{t}": np.full(len(uris), np.nan) for t in TARGETS for m in MEASURES} for _ in kinds]
+    sizes = list(zip(c1.column("height").to_pylist(), c1.column("width").to_pylist()))
+    for size in sorted(set(sizes)):
+        index = np.flatnonzero([s == size for s in sizes])
+        for chunk in np.array_split(index, max(1, math.ceil(len(index) / _CHUNK))):
+            rows = c1.take(pa.array(chunk))
+            cam1, cam2 = _maps(rows, "cam1"), _maps(rows, "cam2")
+            boxes = {t: [known.get((uris[i], t)) for i in chunk] for t in TARGETS}
+            f1 = torch.tensor(boxes["F1"])
+            for k, kind in enumerate(kinds):
+                maps = kind.make(cam1, cam2, f1, size)
+                for target in TARGETS:
+                    have = [j for j, b in enumerate(boxes[target]) if b is not None]
+                    if not have:
+                        continue
+                    values = localization.measure(maps[have], torch.tensor([boxes[target][j] for j in have]), size)
+                    for measure, v in values.items():
+                        out[k][f"{measure}_{target}"][chunk[have]] = v.numpy()
+    return out
+
+
+def _maps(table: pa.Table, column: str) -> torch.Tensor:
+    return torch.tensor(to_numpy(table.column(column)))  # a copy: Arrow's buffers are read-only
+
+
+def _row(kind: MapKind, values: dict[str, np.ndarray]) -> dict[str, Any]:
+    row: dict[str, Any] = {"map": kind.name, "alpha": kind.alpha, "origin": kind.origin}
+    return row | {name: _nan_stat(np.nanmean, v) for name, v in values.items()}
+
+
+def _nan_stat(stat: Callable, values: np.ndarray) -> float | None:
+    """A statistic over the finite values; None (JSON null) when there are none."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(stat(values)) if np.isfinite(values).any() else None
+
+
+def _experts(table: pa.Table, spec: Any) -> list[dict[str, Any]]:
+    """Each expert on the split: its class against all other labels, and its positive rate per label."""
+    ok = table.filter(pc.equal(table.column("status"), "ok"))
+    labels = np.array(ok.column("label").to_pylist(), dtype=object)
+    rows = []
+    for name, expert in (("p1", spec.c1), ("p2", spec.c2)):
+        probs = ok.column(name).to_numpy()
+        row: dict[str, Any] = {"expert": expert.class_name, "version": expert.version}
+        row |= binary_metrics(labels == expert.class_name, probs)
+        row |= {f"positive_rate_{label}": float(np.mean(probs[labels == label] >= 0.5)) for label in sorted(set(labels))}
+        rows.append(row)
+    return rows
+
+
+def format_table(evaluation: dict[str, Any]) -> str:
+    """The localization rows as a fixed-width table for people."""
+    header = f"{'map':16s} {'alpha':>5s} | " + " ".join(f"{_SHORT[m] + ' ' + t:>9s}" for t in TARGETS for m in MEASURES)
+    lines = [f"localization of {evaluation['class_of_interest']} on {evaluation['images']} images "
+             f"(CAM grid {'x'.join(map(str, evaluation['cam_grid']))}); F1 = its own feature, S = the shared one; "
+             "PG = pointing game, E = energy in box, IoU = of the top region", header, "-" * len(header)]
+    for row in evaluation["localization"]:
+        alpha = "" if row["alpha"] is None else f"{row['alpha']:g}"
+        cells = " ".join(_cell(row[f"{m}_{t}"]) for t in TARGETS for m in MEASURES)
+        lines.append(f"{row['map']:16s} {alpha:>5s} | {cells}")
+    corr = evaluation["cam_correlation"]
+    lines.append(f"CAM1-CAM2 correlation: mean {_cell(corr['mean']).strip()}, median {_cell(corr['median']).strip()}")
+    for e in evaluation["experts"]:
+        rates = ", ".join(f"{k.removeprefix('positive_rate_')} {v:.2f}" for k, v in e.items() if k.startswith("positive_rate_"))
+        lines.append(f"expert {e['expert']}: accuracy {_cell(e['accuracy']).strip()}, sensitivity "
+                     f"{_cell(e['sensitivity']).strip()}, specificity {_cell(e['specificity']).strip()}, AUC "
+                     f"{_cell(e['auc']).strip()} (n {e['n']}); positive rate by label: {rates}")
+    return "\n".join(lines)
+
+
+def _cell(value: float | None) -> str:
+    return f"{'-':>9s}" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:9.3f}"
+
+
+def write_json(value: Any, uri: str) -> None:
+    """``value`` as JSON at ``uri``, NaN and infinities written as null so any JSON reader takes it."""
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    storage.write_bytes(uri, json.dumps(clean(value), indent=2, default=str).encode())

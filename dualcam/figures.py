@@ -1,0 +1,231 @@
+"""Figures and a static HTML report from scoring results (``dualcam render``).
+
+For a few scored rows it draws the paper's figure triple (CAM1, CAM2 and the kernel over the
+image; Figs. 4-5) and the alpha strip (the kernel at several alphas; Fig. 6), recomputing the
+kernel from the stored raw CAMs, so any kernel and alpha can be shown without scoring again. The
+report adds the run's spec, histograms of p1 and p2 per label, and an evaluation's tables.
+Reads results, boxes and images from local paths or s3://; writes a local folder. No Ray.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dualcam import storage
+from dualcam.datasets import read_boxes
+from dualcam.regions import Box
+from dualcam.imaging import DecodeError, decode_image
+from dualcam.kernel import ALPHAS, KERNEL_ORIGIN, get_kernel
+from dualcam.render import DEFAULT_SIDE, panel_row
+from dualcam.report import Report
+from dualcam.results import ExpertId, RunSpec, read_results, read_run_spec, to_numpy
+
+DEFAULT_N = 8
+
+
+@dataclass
+class Rendered:
+    """What ``render_results`` wrote."""
+
+    report: Path
+    """The report's ``index.html``."""
+    images: int
+    """Rows drawn, each as a triple and an alpha strip."""
+    figures: int
+    """PNGs written: triples, strips and histograms."""
+    skipped: list[str] = field(default_factory=list)
+    """``uri: reason`` for each chosen row whose image could not be read or decoded."""
+
+
+def render_results(
+    results: str,
+    out: str | Path,
+    *,
+    n: int = DEFAULT_N,
+    alphas: Sequence[float] = ALPHAS,
+    kernel: str = "addk",
+    boxes: str | None = None,
+    evaluation: str | None = None,
+    side: int | None = DEFAULT_SIDE,
+) -> Rendered:
+    """Write ``out/index.html`` and its images for the results folder ``results``.
+
+    Chooses up to ``n`` ok rows (``choose_rows``). Each figure is a ``render.panel_row`` with
+    panels of longer side ``side``. ``boxes`` is a CSV/Parquet of (uri, x, y, w, h, kind) in image
+    pixels, outlined on that image's panels; ``evaluation`` a JSON object whose lists of flat
+    objects become tables and whose scalars a key/value table. ValueError/OSError for missing
+    results, an unknown kernel, bad ``n`` or ``alphas``, unreadable boxes or evaluation, all before
+    anything is drawn; an image that cannot be decoded is skipped and named in ``skipped``.
+    """
+    get_kernel(kernel)  # an unknown name fails before any reading
+    if storage.is_s3(str(out)):
+        raise ValueError(f"render: the report is written to a local folder, not {out}")
+    if n < 1:
+        raise ValueError(f"render: n must be at least 1, got {n}")
+    if not alphas or not all(np.isfinite(a) and a >= 0 for a in alphas):
+        raise ValueError(f"render: alphas must be finite numbers >= 0, got {list(alphas)}")
+    table = read_results(results)
+    if table.num_rows == 0:
+        raise ValueError(f"{results}: no results (no Parquet files there)")
+    ok = table.filter(pc.equal(table.column("status"), "ok"))
+    if ok.num_rows == 0:
+        raise ValueError(f"{results}: none of its {table.num_rows} rows was scored (status ok)")
+    spec = read_run_spec(results) or _spec_of(ok)
+    boxes_by_uri = read_boxes(boxes) if boxes else {}
+    evaluated = _read_evaluation(evaluation) if evaluation else None
+
+    report = Report(out, f"dualcam report: {results}")
+    report.heading("Run")
+    report.table(_run_rows(results, table, ok, spec, kernel, alphas))
+    chosen, how = choose_rows(ok, n)
+    report.heading("Figures")
+    report.paragraph(how)
+    drawn, skipped = _draw(report, chosen, spec, kernel, alphas, boxes_by_uri, side)
+    if skipped:
+        report.paragraph("Skipped: " + "; ".join(skipped))
+    report.heading("Scores")
+    per_label = ", per label" if "label" in ok.column_names else ""
+    for score in ("p1", "p2"):
+        report.histogram(_by_label(ok, score), score, f"{score} of the {ok.num_rows} scored rows{per_label}",
+                         value_range=(0.0, 1.0))
+    if evaluated is not None:
+        _add_evaluation(report, evaluation, evaluated)
+    return Rendered(report.write(), drawn, 2 * drawn + 2, skipped)
+
+
+def choose_rows(ok: pa.Table, n: int) -> tuple[pa.Table, str]:
+    """Up to ``n`` of the ok rows, in uri order, and a sentence saying how they were chosen.
+
+    Rows of the ``test`` split when a ``split`` column has any; of those, the first ``n`` by uri
+    whose ``label`` is expert 1's class when a ``label`` column has any, else the ``n`` with the
+    highest p1.
+    """
+    rows, scope = ok, "scored rows"
+    if "split" in ok.column_names:
+        test = ok.filter(pc.equal(ok.column("split").cast(pa.string()), "test"))
+        if test.num_rows:
+            rows, scope = test, "scored rows of the test split"
+    c1 = rows.column("c1_class")[0].as_py()
+    if "label" in rows.column_names:
+        labelled = rows.filter(pc.equal(rows.column("label").cast(pa.string()), rows.column("c1_class")))
+        if labelled.num_rows:
+            chosen = labelled.sort_by("uri").slice(0, n)
+            return chosen, f"{chosen.num_rows} of the {labelled.num_rows} {scope} labelled {c1}: the first by uri."
+        scope += f" (none labelled {c1})"
+    chosen = rows.sort_by([("p1", "descending"), ("uri", "ascending")]).slice(0, n).sort_by("uri")
+    return chosen, f"The {chosen.num_rows} of the {rows.num_rows} {scope} with the highest p1, in uri order."
+
+
+def _draw(
+    report: Report, chosen: pa.Table, spec: RunSpec, kernel: str, alphas: Sequence[float],
+    boxes: Mapping[str, list[tuple[str, Box]]], side: int | None,
+) -> tuple[int, list[str]]:
+    """A triple and an alpha strip per chosen row; (rows drawn, ``uri: reason`` of rows skipped)."""
+    kernel_fn = get_kernel(kernel)
+    # own copies: Arrow's buffers are read-only, which torch warns about
+    cam1, cam2 = (np.array(to_numpy(chosen.column(c))) for c in ("cam1", "cam2"))
+    heat = kernel_fn(cam1, cam2, spec.alpha)
+    drawn, skipped = 0, []
+    for i, row in enumerate(chosen.select(["uri", "p1", "p2", *_optional(chosen, "label")]).to_pylist()):
+        uri = row["uri"]
+        try:
+            image = decode_image(storage.read_bytes(uri), uri)
+        except (DecodeError, OSError) as err:
+            skipped.append(str(err) if uri in str(err) else f"{uri}: {err}")
+            continue
+        own = boxes.get(uri, [])
+        triple = [
+            (f"CAM1 {spec.c1.class_name} p1={row['p1']:.3f}", cam1[i]),
+            (f"CAM2 {spec.c2.class_name} p2={row['p2']:.3f}", cam2[i]),
+            (f"{kernel}(CAM1, CAM2) alpha={spec.alpha:g}", heat[i]),
+        ]
+        strip = [(f"{kernel} alpha={a:g}", kernel_fn(cam1[i], cam2[i], a)) for a in alphas]
+        name = f"{drawn + 1:02d}-{uri.rstrip('/').rsplit('/', 1)[-1]}"
+        about = uri + (f" (label {row['label']})" if "label" in row else "")
+        about += f"; boxes: {', '.join(kind for kind, _ in own)}" if own else ""
+        report.figure(panel_row(image, triple, boxes=own, side=side), f"{name}-triple",
+                      f"{about}: CAM1, CAM2 and {kernel}(CAM1, CAM2) at the run's alpha {spec.alpha:g}")
+        report.figure(panel_row(image, strip, boxes=own, side=side), f"{name}-alphas",
+                      f"{about}: {kernel} at alpha {', '.join(f'{a:g}' for a in alphas)}")
+        drawn += 1
+    return drawn, skipped
+
+
+def _optional(table: pa.Table, *names: str) -> list[str]:
+    return [name for name in names if name in table.column_names]
+
+
+def _spec_of(ok: pa.Table) -> RunSpec:
+    """The run spec from the rows themselves, for results copied without ``_run.json``."""
+    row = ok.slice(0, 1).to_pylist()[0]
+    experts = [ExpertId(row[f"c{i}_class"], row[f"c{i}_version"], row[f"c{i}_sha256"]) for i in (1, 2)]
+    return RunSpec(*experts, float(row["alpha"]), int(row["schema_version"]))
+
+
+def _run_rows(
+    results: str, table: pa.Table, ok: pa.Table, spec: RunSpec, kernel: str, alphas: Sequence[float],
+) -> list[dict[str, Any]]:
+    pairs = {
+        "results": results,
+        "rows": f"{table.num_rows} ({ok.num_rows} ok, {table.num_rows - ok.num_rows} errors)",
+        "expert 1 (class of interest)": f"{spec.c1.class_name} {spec.c1.version} sha256 {spec.c1.sha256[:12]}",
+        "expert 2 (overlapping class)": f"{spec.c2.class_name} {spec.c2.version} sha256 {spec.c2.sha256[:12]}",
+        "alpha of the run": spec.alpha,
+        "kernel": f"{kernel}: {KERNEL_ORIGIN[kernel]}",
+        "alphas of the strips": ", ".join(f"{a:g}" for a in alphas),
+        "schema version": spec.schema_version,
+    }
+    return [{"": key, "value": value} for key, value in pairs.items()]
+
+
+def _by_label(ok: pa.Table, score: str) -> dict[str, np.ndarray]:
+    """``score`` of every ok row, grouped by label (one group, "all", without a label column)."""
+    values = ok.column(score).to_numpy(zero_copy_only=False)
+    if "label" not in ok.column_names:
+        return {"all": values}
+    labels = np.array([str(v) for v in ok.column("label").to_pylist()])
+    return {label: values[labels == label] for label in sorted(set(labels))}
+
+
+def _read_evaluation(uri: str) -> dict[str, Any]:
+    try:
+        data = json.loads(storage.read_bytes(uri))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{uri}: not JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{uri}: an evaluation must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+def _add_evaluation(report: Report, uri: str, data: Mapping[str, Any]) -> None:
+    """Scalars as one key/value table, then a table per list of flat objects; other keys named, not shown."""
+    report.heading("Evaluation")
+    report.paragraph(f"From {uri}.")
+    scalars = [{"": key, "value": value} for key, value in data.items() if _is_scalar(value)]
+    if scalars:
+        report.table(scalars, "summary")
+    for key, value in data.items():
+        if _is_table(value):
+            report.table(value, key)
+    left_out = [key for key, value in data.items() if not (_is_scalar(value) or _is_table(value))]
+    if left_out:
+        report.paragraph(f"Not shown (neither a number or text nor a list of flat objects): {', '.join(left_out)}.")
+
+
+def _is_table(value: Any) -> bool:
+    """A non-empty list of flat objects (whose values are all scalars)."""
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(row, dict) and all(_is_scalar(v) for v in row.values()) for row in value
+    )
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
