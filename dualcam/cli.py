@@ -300,12 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
         "of one training run) on Ray, in one pass, and write one Parquet row per input: both CAMs, ADDK(new, old) "
         "(where attention was gained) and ADDK(old, new) (where it was lost), and the drift measures "
         "cam_correlation, peak_shift_px, extra_mass_outside_old_top and delta_p (see the README). An image has "
-        f"drifted when {drift.PRIMARY_MEASURE} < --threshold. The summary goes to <output>/_drift.json. Rerunning "
+        f"drifted when {drift.PRIMARY_MEASURE} < --threshold. Summaries: <output>/_drift.json and a page, "
+        "<output>/_report/index.html, with the figure triples of the most drifted images. Rerunning "
         "the same command resumes. Exit status: 0 done, drift within --max-drift-share; 1 too many inputs failed "
         "(--max-error-fraction) or none could be scored; 2 unusable arguments, experts (not the same arch, class "
         f"and input size), input or output; {DRIFT_EXIT} more than --max-drift-share of the images drifted.",
     )
-    drift_cmd.add_argument("--old", required=True, help="the old version's checkpoint: path or s3:// URI")
+    drift_cmd.add_argument("--old", required=True, help="the old version's checkpoint: path or s3:// URI (an exported "
+                           "epoch, <output>/<class>/_epochs/<run>/epoch-NNN, is one too)")
     drift_cmd.add_argument("--new", required=True, help="the new version's checkpoint: path or s3:// URI")
     drift_cmd.add_argument("--alpha", type=float, default=5.0, help="ADDK amplification (default 5)")
     drift_cmd.add_argument("--threshold", type=float, default=drift.DRIFT_THRESHOLD,

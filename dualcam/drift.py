@@ -34,8 +34,14 @@ nothing else changes, and the top-region share ignores where inside or outside t
 attention went. The others say *how* an image drifted (how far, how much attention left, whether
 the verdict changed).
 
-Beside the measures, ADDK gives the pictures: ``gained`` = ADDK(cam_new, cam_old), large where
-the new version gained attention, and ``lost`` = ADDK(cam_old, cam_new), where it lost it.
+Beside the measures, ADDK gives the pictures: ``gained`` = ADDK(ReLU(cam_new), ReLU(cam_old)),
+large where the new version gained attention, and ``lost`` = ADDK(ReLU(cam_old), ReLU(cam_new)),
+where it lost it. Attention is the positive part of a CAM, the evidence for the class. On the raw
+maps, an old CAM with no positive cell (an image the old version sees nothing in, most images of
+an archive) would be divided by ADDK's floored peak, and its evidence *against* the class, down to
+-20 after normalization, would decide where the new version "gained": the planted-marker test saw
+exactly that on every negative image. A map with no positive part normalizes to zeros, so an image
+where neither version sees anything gains nothing (``gained`` is 1 everywhere).
 """
 
 from __future__ import annotations
@@ -103,13 +109,14 @@ def measures(
 ) -> dict[str, torch.Tensor]:
     """Everything a drift row holds, from (B,) probabilities and (B, h, w) raw CAMs, on their device.
 
-    ``gained``, ``lost``: (B, h, w) ADDK maps. ``cam_correlation``, ``extra_mass_outside_old_top``,
+    ``gained``, ``lost``: (B, h, w) ADDK maps of the CAMs' positive parts. ``cam_correlation``, ``extra_mass_outside_old_top``,
     ``delta_p``: (B,). ``old_peak``, ``new_peak``, ``gained_peak``: (B, 2) float (x, y) of the
     maps upsampled to ``size`` x ``size``, in input pixels (``peak_shift_px`` turns the first two
     into the image-pixel measure once image sizes are known).
     """
     old_fine, new_fine = upsample(cam_old, (size, size)), upsample(cam_new, (size, size))
-    gained, lost = addk(cam_new, cam_old, alpha), addk(cam_old, cam_new, alpha)
+    attention_old, attention_new = cam_old.clamp_min(0), cam_new.clamp_min(0)
+    gained, lost = addk(attention_new, attention_old, alpha), addk(attention_old, attention_new, alpha)
     return {
         "gained": gained, "lost": lost,
         "cam_correlation": cam_correlation(cam_old, cam_new),

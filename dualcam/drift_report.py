@@ -1,31 +1,42 @@
-"""The summary of a drift output folder: ``_drift.json`` for machines.
+"""The summaries of a drift output folder: ``_drift.json`` for machines, ``_report/index.html`` for people.
 
 Reads the rows of every run into the folder (no Ray), so a resumed run or another threshold
-summarizes the whole folder, and rewrites the summary beside the rows.
+summarizes the whole folder, and writes both summaries beside the rows (local or s3://). The page
+shows the run, each measure's distribution and, for the most drifted images, the figure triple:
+old CAM, new CAM and ADDK(new, old), each over the image (``render.panel_row``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import asdict
+import shutil
+import tempfile
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from dualcam import drift, storage
-from dualcam.results import DRIFT, read_results, read_run_spec
+from dualcam.imaging import DecodeError, decode_image
+from dualcam.render import panel_row
+from dualcam.report import Report
+from dualcam.results import DRIFT, RunSpec, read_results, read_run_spec, to_numpy
 
 SUMMARY_FILE = "_drift.json"
+PAGE_DIR = "_report"
 LISTED = ("p_old", "p_new", "gained_peak_x", "gained_peak_y")
 """Per-image values listed with the measures for each of the most drifted images."""
+_RANGES = {"cam_correlation": (-1.0, 1.0), "extra_mass_outside_old_top": (-1.0, 1.0), "delta_p": (-1.0, 1.0)}
 
 
 def summarize(
     output: str, threshold: float = drift.DRIFT_THRESHOLD, max_drift_share: float = drift.MAX_DRIFT_SHARE,
     top_k: int = drift.TOP_K,
 ) -> dict[str, Any]:
-    """Summarize the drift rows in ``output`` and write them to ``<output>/_drift.json``; returns that content.
+    """Summarize the drift rows in ``output``: write the page, then ``_drift.json``; returns the JSON's content.
 
     ``alert`` is true when the share of drifted images (``drift.PRIMARY_MEASURE`` below
     ``threshold``) exceeds ``max_drift_share``.
@@ -37,14 +48,88 @@ def summarize(
     ok = table.filter(pc.equal(table.column("status"), "ok"))
     rows = {name: ok.column(name).to_numpy(zero_copy_only=False) for name in ("uri", *drift.MEASURES, *LISTED)}
     stats = drift.summarize(rows, threshold, top_k)
-    old, new = (asdict(e) for e in spec.experts)
+    old, new = ({"class_name": e.class_name, "version": e.version, "sha256": e.sha256} for e in spec.experts)
     summary = {
         "kind": DRIFT.kind, "output": output, "old": old, "new": new, "alpha": spec.alpha,
         "primary_measure": drift.PRIMARY_MEASURE, "threshold": threshold,
         "drifted_when": f"{drift.PRIMARY_MEASURE} < {threshold:g}",
         "max_drift_share": max_drift_share, "alert": stats["drifted_share"] > max_drift_share,
         "errors": table.num_rows - ok.num_rows, **stats,
+        "page": storage.join(output, PAGE_DIR, "index.html"),
         "created_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
     }
+    _write_page(output, summary, spec, rows)
     storage.write_bytes(storage.join(output, SUMMARY_FILE), json.dumps(summary, indent=2).encode())
     return summary
+
+
+def _write_page(output: str, summary: dict[str, Any], spec: RunSpec, rows: dict[str, np.ndarray]) -> None:
+    """``<output>/_report/``, built in place, or in a temporary folder and uploaded for s3://."""
+    if not storage.is_s3(output):
+        shutil.rmtree(Path(output) / PAGE_DIR, ignore_errors=True)  # no figures of an earlier summary
+        _page(output, summary, spec, rows, Path(output) / PAGE_DIR)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        _page(output, summary, spec, rows, Path(tmp))
+        for path in sorted(Path(tmp).rglob("*")):
+            if path.is_file():
+                storage.write_bytes(storage.join(output, PAGE_DIR, path.relative_to(tmp).as_posix()), path.read_bytes())
+
+
+def _page(output: str, summary: dict[str, Any], spec: RunSpec, rows: dict[str, np.ndarray], out: Path) -> None:
+    old, new = summary["old"], summary["new"]
+    report = Report(out, f"dualcam drift: {old['class_name']} {old['version']} to {new['version']}")
+    report.heading("Run")
+    report.table([{"": key, "value": value} for key, value in {
+        "results": output,
+        "old version": f"{old['class_name']} {old['version']} sha256 {old['sha256'][:12]}",
+        "new version": f"{new['class_name']} {new['version']} sha256 {new['sha256'][:12]}",
+        "alpha": summary["alpha"],
+        "images": f"{summary['images']} scored, {summary['errors']} errors",
+        "drifted": f"{summary['drifted']} ({summary['drifted_share']:.1%}), {summary['drifted_when']}",
+        "alert": f"{summary['alert']} (more than {summary['max_drift_share']:.1%} drifted)",
+    }.items()])
+    report.heading("Measures")
+    report.paragraph("cam_correlation: Pearson correlation of the two CAMs, [-1, 1], 1 when unchanged. "
+                     "peak_shift_px: distance between their peaks in image pixels, 0 when unchanged. "
+                     "extra_mass_outside_old_top: share of the new CAM's positive mass outside the old CAM's top "
+                     "region minus the old CAM's own, [-1, 1], 0 when unchanged. delta_p: p_new - p_old, [-1, 1].")
+    report.table([{"measure": name, **summary["measures"][name]} for name in drift.MEASURES])
+    for name in drift.MEASURES:
+        report.histogram({"images": rows[name]}, name, f"{name} of the {summary['images']} scored images",
+                         value_range=_RANGES.get(name))
+    report.heading(f"The {len(summary['top'])} most drifted images")
+    report.paragraph(f"Lowest {drift.PRIMARY_MEASURE} first. Each figure: the old version's CAM, the new "
+                     f"version's CAM and ADDK(new, old) at alpha {summary['alpha']:g} (where the new version "
+                     "gained attention), over the image; maps min-max scaled per panel for display only.")
+    report.table(summary["top"])
+    skipped = _figures(report, output, summary, spec)
+    if skipped:
+        report.paragraph("Skipped: " + "; ".join(skipped))
+    report.write()
+
+
+def _figures(report: Report, output: str, summary: dict[str, Any], spec: RunSpec) -> list[str]:
+    """The figure triple of each top image, in rank order; ``uri: reason`` of images that could not be read."""
+    top = [row["uri"] for row in summary["top"]]
+    maps = read_results(output, ["uri", "cam_old", "cam_new", "gained"])
+    maps = maps.filter(pc.is_in(maps.column("uri"), value_set=pa.array(top, pa.string())))
+    index = {uri: i for i, uri in enumerate(maps.column("uri").to_pylist())}
+    cam_old, cam_new, gained = (to_numpy(maps.column(c)) for c in ("cam_old", "cam_new", "gained"))
+    skipped = []
+    for rank, row in enumerate(summary["top"], 1):
+        uri, i = row["uri"], index[row["uri"]]
+        try:
+            image = decode_image(storage.read_bytes(uri), uri)
+        except (DecodeError, OSError) as err:
+            skipped.append(str(err) if uri in str(err) else f"{uri}: {err}")
+            continue
+        panels = [(f"old {spec.c1.version} p={row['p_old']:.3f}", cam_old[i]),
+                  (f"new {spec.c2.version} p={row['p_new']:.3f}", cam_new[i]),
+                  (f"ADDK(new, old) alpha={summary['alpha']:g}", gained[i])]
+        caption = (f"{rank}. {uri}: cam_correlation {row['cam_correlation']:.3f}, peak shift "
+                   f"{row['peak_shift_px']:.1f} px, extra mass outside the old top region "
+                   f"{row['extra_mass_outside_old_top']:.3f}, delta_p {row['delta_p']:+.3f}"
+                   + ("; drifted" if row["drifted"] else ""))
+        report.figure(panel_row(image, panels), f"{rank:02d}-{PurePosixPath(uri).stem}", caption)
+    return skipped

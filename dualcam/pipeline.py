@@ -96,7 +96,7 @@ class DriftSummary:
         return (f"drift: {r['drifted']} of {r['images']} images drifted ({self.drifted_share:.1%}; "
                 f"{r['drifted_when']}), {'more' if self.alert else 'not more'} than the allowed "
                 f"{r['max_drift_share']:.1%}; medians: {medians or 'none'}; "
-                f"summary in {storage.join(self.run.output, drift_report.SUMMARY_FILE)}")
+                f"summary in {storage.join(self.run.output, drift_report.SUMMARY_FILE)}, page {r['page']}")
 
 
 def connect(quiet: bool = False) -> Any:
@@ -183,8 +183,8 @@ def drift_archive(
 
     The same pass as ``score_archive`` (resume, error rows, placement, one ``_run.json`` per
     output) with ``DriftScorer`` in place of ``DualScorer``. Then summarizes the whole output
-    folder (``drift_report.summarize``: ``_drift.json``, and a page when rendering is available)
-    with ``threshold`` on ``drift.PRIMARY_MEASURE``. Raises before any work when ``old`` and ``new``
+    folder (``drift_report.summarize``: ``_drift.json`` and the page ``_report/index.html``) with
+    ``threshold`` on ``drift.PRIMARY_MEASURE``. Raises before any work when ``old`` and ``new``
     are not the same kind of expert (arch, class, input size, normalization).
     """
     run = run_archive(

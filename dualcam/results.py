@@ -44,11 +44,11 @@ uri, status, error,         as above
 width, height
 p_old, p_new                float32                     in-class probability of each version
 cam_old, cam_new            fixed_shape_tensor float32  raw in-class CAMs (h, w)
-gained                      fixed_shape_tensor float32  ADDK(cam_new, cam_old): where the new
-                                                        version gained attention
-lost                        fixed_shape_tensor float32  ADDK(cam_old, cam_new): where it lost it
-                                                        (1 / gained, but for the saturation
-                                                        beyond exp(60) described in ``kernel``)
+gained                      fixed_shape_tensor float32  ADDK(ReLU(cam_new), ReLU(cam_old)): where
+                                                        the new version gained attention
+lost                        fixed_shape_tensor float32  ADDK(ReLU(cam_old), ReLU(cam_new)): where
+                                                        it lost it (1 / gained, but for the
+                                                        saturation beyond exp(60) in ``kernel``)
 cam_correlation             float32                     Pearson correlation of the two CAMs
 peak_shift_px               float32                     distance between their peaks, image pixels
 extra_mass_outside_old_top  float32                     attention moved out of the old top region

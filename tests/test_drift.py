@@ -75,6 +75,15 @@ def test_measures_of_a_moved_peak_and_of_no_change():
     assert out["extra_mass_outside_old_top"].item() == pytest.approx(up[up >= 0.5].sum() / up.sum(), rel=1e-5)
     torch.testing.assert_close(out["gained"], addk(new, old, 5.0))
     torch.testing.assert_close(out["lost"], 1 / out["gained"])
+    # attention is a CAM's positive part: an old map with no positive cell adds no gain of its own
+    # (on the raw maps its evidence against the class would decide where the new version "gained")
+    against = -hot((3, 3), (1, 1), values=(2.0, 1.0)) - 0.1
+    seen = drift.measures(p_old, p_new, against, hot((0, 0)), size=128, alpha=5.0)
+    torch.testing.assert_close(seen["gained"], addk(hot((0, 0)), torch.zeros(1, 4, 4), 5.0))
+    assert seen["gained_peak"].tolist() == [[7.5, 7.5]]
+    assert addk(hot((0, 0)), against, 5.0).flatten().argmax().item() == 15  # the raw kernel: old's trough
+    nothing = drift.measures(p_old, p_old, against, against - 1, size=128, alpha=5.0)
+    assert nothing["gained"].unique().tolist() == [1.0]
 
     same = drift.measures(p_old, p_old, old, old, size=128, alpha=5.0)
     assert same["cam_correlation"].item() == pytest.approx(1.0)
