@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO := .demo
 XRAY_SAMPLES ?= ../shared/data/xray
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test demo bench submit clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,17 @@ demo: venv
 BENCH_ARGS ?=
 bench: venv
 	$(BIN)/python -m dualcam.benchmark $(BENCH_ARGS)
+
+# A job spec to a Ray cluster: make submit JOB=jobs/examples/score.yaml RAY_ADDRESS=http://HEAD:8265
+# The spec's `job:` key picks the entrypoint, jobs/<job>.py; the spec is checked here before upload.
+# SUBMIT_ARGS=--no-wait returns once the job is submitted instead of following its log to the end.
+RUNTIME_ENV ?= cluster/runtime_env.yaml
+SUBMIT_ARGS ?=
+submit: venv
+	@test -n "$(JOB)" -a -n "$(RAY_ADDRESS)" || { echo "usage: make submit JOB=spec.yaml RAY_ADDRESS=http://HEAD:8265"; exit 2; }
+	entrypoint=$$($(BIN)/python -c "import sys; from dualcam.jobspec import load_spec; print(load_spec(sys.argv[1]).entrypoint)" '$(JOB)') && \
+	$(BIN)/ray job submit --address '$(RAY_ADDRESS)' --working-dir . --runtime-env '$(RUNTIME_ENV)' $(SUBMIT_ARGS) \
+		-- python $$entrypoint '$(JOB)'
 
 clean:
 	rm -rf $(VENV) $(DEMO) *.egg-info .pytest_cache

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +14,14 @@ import torch
 
 from dualcam import regions, storage
 from dualcam.cam import upsample
-from dualcam.experts import SUPPORTED_ARCHS, CheckpointError, ExpertMeta, build_expert, load_meta, save_expert
+from dualcam.experts import SUPPORTED_ARCHS, ExpertMeta, build_expert, load_meta, save_expert
 from dualcam.imaging import DecodeError, decode_image, is_image_name
+from dualcam.jobspec import exit_status, run_score, run_train
 from dualcam.render import overlay
-from dualcam.pipeline import MAX_ERROR_FRACTION, score_archive
+from dualcam.pipeline import MAX_ERROR_FRACTION
 from dualcam.scoring import DualScorer
 from dualcam.synthetic import write_synthetic_xrays
-from dualcam.training import AUGMENTATIONS, Recipe, results_table, train_experts
+from dualcam.training import AUGMENTATIONS
 
 
 def _inputs(uris: Sequence[str]) -> list[str]:
@@ -96,39 +97,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 1 if failed and failed == len(files) else 0
 
 
-def cmd_score(args: argparse.Namespace) -> int:
-    summary = score_archive(
-        args.c1, args.c2, args.input, args.output, alpha=args.alpha, batch_size=args.batch_size,
-        actors=args.actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
-        limit=args.limit, retry_errors=args.retry_errors, progress=not args.no_progress,
-    )
-    print(summary.line())
-    failure = summary.failure(args.max_error_fraction)
-    if failure:
-        print(f"dualcam: run failed: {failure}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    recipe = Recipe(arch=args.arch, weights=args.weights, epochs=args.epochs, lr=args.lr, momentum=args.momentum,
-                    batch_size=args.batch_size, image_size=args.image_size, color_mode=args.color_mode,
-                    augment=args.augment, seed=args.seed)
-    classes = [args.c1] + ([args.c2] if args.c2 else [])
-    experts = train_experts(
-        args.output, classes, data=args.data,
-        negatives=[_labels(args.c1_negatives), _labels(args.c2_negatives)][: len(classes)],
-        per_expert_data=[args.c1_data, args.c2_data][: len(classes)], recipe=recipe, init_from=args.init_from,
-        workers_per_expert=args.workers_per_expert, gpus_per_worker=args.gpus_per_worker,
-        cpus_per_worker=args.cpus_per_worker, max_failures=args.max_failures, views=_labels(args.views) or ["PA"],
-        storage_path=args.storage_path,
-    )
-    print(results_table(experts))
-    return 0
-
-
-def _labels(text: str | None) -> list[str] | None:
-    return [part.strip() for part in text.split(",") if part.strip()] if text else None
+def _command(run: Callable[..., int]) -> Callable[[argparse.Namespace], int]:
+    """A command that passes its options to ``run`` as keywords, as a job spec does (``dualcam.jobspec``)."""
+    return lambda args: run(**{k: v for k, v in vars(args).items() if k not in ("command", "func")})
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -198,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--retry-errors", action="store_true",
                        help="score again the inputs that failed in earlier runs into this --output (their error rows are replaced)")
     score.add_argument("--no-progress", action="store_true", help="no progress bars")
-    score.set_defaults(func=cmd_score)
+    score.set_defaults(func=_command(run_score))
 
     train = sub.add_parser(
         "train", help="fine-tune the binary experts on Ray Train, both at once (the paper's recipe by default)",
@@ -239,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="default 1 with GPUs, else the cluster's CPUs shared among all workers")
     train.add_argument("--max-failures", type=int, default=2, help="worker failures retried per expert (default 2)")
     train.add_argument("--storage-path", help="Ray Train run storage (default <output>/_ray_train); shared storage on clusters")
-    train.set_defaults(func=cmd_train)
+    train.set_defaults(func=_command(run_train))
 
     synth = sub.add_parser("synth", help="write synthetic chest-X-ray-like PNGs")
     synth.add_argument("--out", required=True, help="output folder")
@@ -252,11 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (CheckpointError, DecodeError, ValueError, OSError) as err:
-        print(f"dualcam: error: {err}", file=sys.stderr)
-        return 2
+    return exit_status(lambda: args.func(args))
 
 
 if __name__ == "__main__":
