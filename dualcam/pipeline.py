@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from dualcam import storage
 from dualcam.datasets import read_inputs
-from dualcam.experts import ExpertMeta, load_meta
+from dualcam.experts import ExpertMeta, load_meta, resolve_expert
 from dualcam.results import (
     RUN_FILE, ExpertId, RunSpec, check_passthrough, data_files, drop_error_rows, read_results, read_run_spec,
 )
@@ -136,13 +136,15 @@ def score_archive(
 ) -> ScoreSummary:
     """Score every image under ``input`` with experts ``c1`` (class of interest) and ``c2``; write Parquet to ``output``.
 
+    An expert may be a checkpoint or a folder of versions (``train``'s ``<output>/<class>/``),
+    whose latest version is used; the results record which.
     Rerunning into the same ``output`` skips inputs already there, so a killed run resumes
     where it stopped; ``retry_errors`` first takes the error rows out, so those inputs are tried
     again. The output may only ever hold results of one pair of experts and one alpha. Raises
     before any work for unusable arguments, experts or inputs; bad images become error rows.
     """
     started = time.perf_counter()
-    c1, c2 = storage.absolute(c1), storage.absolute(c2)
+    c1, c2 = (resolve_expert(storage.absolute(c)) for c in (c1, c2))
     meta1, meta2 = load_meta(c1), load_meta(c2)
     check_same_input(meta1, meta2, c1, c2)
     spec = RunSpec(ExpertId.of(meta1), ExpertId.of(meta2), float(alpha))

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from dualcam import regions, storage
 from dualcam.cam import forward_with_cams
-from dualcam.experts import POSITIVE_INDEX, Expert, ExpertMeta, load_expert
+from dualcam.experts import Expert, ExpertMeta, POSITIVE_INDEX, load_expert, resolve_expert
 from dualcam.imaging import MAX_PIXELS, decode_image, preprocess
 from dualcam.kernel import addk
 from dualcam.results import ExpertId, RunSpec, result_table, tensor_array, to_numpy
@@ -91,8 +91,8 @@ class DualScorer:
             # Ray sets OMP_NUM_THREADS=1 in its workers; give torch the CPUs this actor was given.
             torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.c1 = load_expert(c1, self.device) if isinstance(c1, str) else c1
-        self.c2 = load_expert(c2, self.device) if isinstance(c2, str) else c2
+        self.c1 = load_expert(resolve_expert(c1), self.device) if isinstance(c1, str) else c1
+        self.c2 = load_expert(resolve_expert(c2), self.device) if isinstance(c2, str) else c2
         check_same_input(self.c1.meta, self.c2.meta, self.c1.uri, self.c2.uri)
         self.alpha = float(alpha)
         self.meta = self.c1.meta
