@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := .demo
 
-.PHONY: venv test demo experiment bench clean
+.PHONY: venv test demo experiment bench submit clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,17 @@ experiment: venv
 BENCH_ARGS ?=
 bench: venv
 	$(BIN)/python -m dualcam.benchmark $(BENCH_ARGS)
+
+# A job spec to a Ray cluster: make submit JOB=jobs/examples/score.yaml RAY_ADDRESS=http://HEAD:8265
+# The spec's `job:` key picks the entrypoint, jobs/<job>.py; the spec is checked here before upload.
+# SUBMIT_ARGS=--no-wait returns once the job is submitted instead of following its log to the end.
+RUNTIME_ENV ?= cluster/runtime_env.yaml
+SUBMIT_ARGS ?=
+submit: venv
+	@test -n "$(JOB)" -a -n "$(RAY_ADDRESS)" || { echo "usage: make submit JOB=spec.yaml RAY_ADDRESS=http://HEAD:8265"; exit 2; }
+	entrypoint=$$($(BIN)/python -c "import sys; from dualcam.jobspec import load_spec; print(load_spec(sys.argv[1]).entrypoint)" '$(JOB)') && \
+	$(BIN)/ray job submit --address '$(RAY_ADDRESS)' --working-dir . --runtime-env '$(RUNTIME_ENV)' $(SUBMIT_ARGS) \
+		-- python $$entrypoint '$(JOB)'
 
 clean:
 	rm -rf $(VENV) $(DEMO) $(EXPERIMENT) *.egg-info .pytest_cache

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,20 +16,17 @@ import torch
 from dualcam import drift, regions, storage
 from dualcam.cam import upsample
 from dualcam.evaluation import DEFAULT_KERNELS, EVALUATION_FILE, evaluate, format_table, write_json
-from dualcam.experts import OUTPUT_STRIDES, SUPPORTED_ARCHS, CheckpointError, ExpertMeta, build_expert, load_meta, save_expert
+from dualcam.experts import OUTPUT_STRIDES, SUPPORTED_ARCHS, ExpertMeta, build_expert, load_meta, save_expert
 from dualcam.figures import DEFAULT_N, render_results
 from dualcam.imaging import DecodeError, decode_image, is_image_name
+from dualcam.jobspec import DRIFT_EXIT, exit_status, labels, run_drift, run_score, run_train
 from dualcam.kernel import ALPHAS, KERNELS
-from dualcam.pipeline import MAX_ERROR_FRACTION, ScoreSummary, connect, drift_archive, score_archive
+from dualcam.pipeline import MAX_ERROR_FRACTION, connect
 from dualcam.render import overlay
 from dualcam.scenario import DEMO_RECIPE, REGIMES, demo, experiment
 from dualcam.scoring import DualScorer
 from dualcam.synthetic import OVERLAP_CLASSES, write_overlap_dataset
-from dualcam.training import AUGMENTATIONS, Recipe, results_table, train_experts
-
-
-DRIFT_EXIT = 3
-"""Exit status of ``dualcam drift`` when more than --max-drift-share of the images drifted (0, 1 and 2 as for score)."""
+from dualcam.training import AUGMENTATIONS
 
 
 def _inputs(uris: Sequence[str]) -> list[str]:
@@ -105,75 +102,19 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 1 if failed and failed == len(files) else 0
 
 
-def cmd_score(args: argparse.Namespace) -> int:
-    summary = score_archive(args.c1, args.c2, args.input, args.output, alpha=args.alpha, **_run_options(args))
-    print(summary.line())
-    return _run_failed(summary, args.max_error_fraction)
-
-
-def _run_failed(summary: ScoreSummary, max_error_fraction: float) -> int:
-    """1 (with the reason on stderr) when too many inputs failed, else 0."""
-    failure = summary.failure(max_error_fraction)
-    if failure:
-        print(f"dualcam: run failed: {failure}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def cmd_drift(args: argparse.Namespace) -> int:
-    summary = drift_archive(
-        args.old, args.new, args.input, args.output, alpha=args.alpha, threshold=args.threshold,
-        max_drift_share=args.max_drift_share, top_k=args.top_k, **_run_options(args),
-    )
-    print(summary.run.line())
-    print(summary.line())
-    failed = _run_failed(summary.run, args.max_error_fraction)
-    if failed:
-        return failed
-    if summary.alert:
-        print(f"dualcam: drift: {summary.drifted_share:.1%} of the images drifted, more than the allowed "
-              f"{args.max_drift_share:.1%}", file=sys.stderr)
-        return DRIFT_EXIT
-    return 0
+def _command(run: Callable[..., int]) -> Callable[[argparse.Namespace], int]:
+    """A command that passes its options to ``run`` as keywords, as a job spec does (``dualcam.jobspec``)."""
+    return lambda args: run(**{k: v for k, v in vars(args).items() if k not in ("command", "func")})
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    rendered = render_results(args.results, args.out, n=args.n, alphas=_alphas(args.alphas), kernel=args.kernel,
+    rendered = render_results(args.results, args.out, n=args.n, alphas=_floats(args.alphas), kernel=args.kernel,
                               boxes=args.boxes, evaluation=args.evaluation)
     for line in rendered.skipped:
         print(f"skipped  {line}")
     print(f"{rendered.images} images drawn ({rendered.figures} figures, {len(rendered.skipped)} skipped); "
           f"report: {rendered.report}")
     return 0
-
-
-def _alphas(text: str) -> list[float]:
-    try:
-        return [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ValueError(f"--alphas: {text!r} is not a comma-separated list of numbers") from None
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    recipe = Recipe(arch=args.arch, weights=args.weights, epochs=args.epochs, lr=args.lr, momentum=args.momentum,
-                    batch_size=args.batch_size, image_size=args.image_size, output_stride=args.output_stride,
-                    color_mode=args.color_mode,
-                    augment=args.augment, seed=args.seed)
-    classes = [args.c1] + ([args.c2] if args.c2 else [])
-    experts = train_experts(
-        args.output, classes, data=args.data,
-        negatives=[_labels(args.c1_negatives), _labels(args.c2_negatives)][: len(classes)],
-        per_expert_data=[args.c1_data, args.c2_data][: len(classes)], recipe=recipe, init_from=args.init_from,
-        workers_per_expert=args.workers_per_expert, gpus_per_worker=args.gpus_per_worker,
-        cpus_per_worker=args.cpus_per_worker, max_failures=args.max_failures, views=_labels(args.views) or ["PA"],
-        storage_path=args.storage_path, export_epochs=args.export_epochs,
-    )
-    print(results_table(experts))
-    return 0
-
-
-def _labels(text: str | None) -> list[str] | None:
-    return [part.strip() for part in text.split(",") if part.strip()] if text else None
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -184,7 +125,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    evaluation = evaluate(args.results, args.boxes, alphas=_floats(args.alphas), kernels=_labels(args.kernel) or [],
+    evaluation = evaluate(args.results, args.boxes, alphas=_floats(args.alphas), kernels=labels(args.kernel) or [],
                           split=args.split or None)
     out = args.json or storage.join(args.results, EVALUATION_FILE)
     write_json(evaluation, out)
@@ -202,21 +143,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_experiment(args: argparse.Namespace) -> int:
     connect(quiet=True)
     recipe = replace(DEMO_RECIPE, epochs=args.epochs)
-    print(experiment(args.out, args.n, args.size, args.seed, recipe, _labels(args.regimes) or []))
+    print(experiment(args.out, args.n, args.size, args.seed, recipe, labels(args.regimes) or []))
     return 0
 
 
 def _floats(text: str) -> list[float]:
     try:
-        return [float(part) for part in _labels(text) or []]
+        return [float(part) for part in labels(text) or []]
     except ValueError:
         raise ValueError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def _add_expert_pair(parser: argparse.ArgumentParser) -> None:
     """--c1, --c2 and --alpha: what every command that scores with both experts takes."""
-    parser.add_argument("--c1", required=True, help="expert 1 checkpoint (class of interest): path or s3:// URI")
-    parser.add_argument("--c2", required=True, help="expert 2 checkpoint (the overlapping class): path or s3:// URI")
+    parser.add_argument("--c1", required=True, help="expert 1 (class of interest): a checkpoint, or a folder of its versions (latest used); path or s3://")
+    parser.add_argument("--c2", required=True, help="expert 2 (the overlapping class): a checkpoint, or a folder of its versions (latest used); path or s3://")
     parser.add_argument("--alpha", type=float, default=5.0, help="ADDK amplification (paper: 5, 15, 50; default 5)")
 
 
@@ -238,13 +179,6 @@ def _add_archive_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retry-errors", action="store_true",
                         help="score again the inputs that failed in earlier runs into this --output (their error rows are replaced)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _run_options(args: argparse.Namespace) -> dict:
-    """The keyword arguments of ``score_archive`` and ``drift_archive`` that ``_add_archive_run`` defines."""
-    return dict(batch_size=args.batch_size, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
-                cpus_per_actor=args.cpus_per_actor, limit=args.limit, retry_errors=args.retry_errors,
-                progress=not args.no_progress)
 
 
 def _add_output_stride(parser: argparse.ArgumentParser) -> None:
@@ -292,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_expert_pair(score)
     _add_archive_run(score)
-    score.set_defaults(func=cmd_score)
+    score.set_defaults(func=_command(run_score))
 
     drift_cmd = sub.add_parser(
         "drift", help="compare two versions of one expert on an archive: where did the new one start looking?",
@@ -318,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     drift_cmd.add_argument("--top-k", type=int, default=drift.TOP_K,
                            help=f"most drifted images listed in the summary (default {drift.TOP_K})")
     _add_archive_run(drift_cmd)
-    drift_cmd.set_defaults(func=cmd_drift)
+    drift_cmd.set_defaults(func=_command(run_drift))
 
     render = sub.add_parser(
         "render", help="the paper's figures for a few scored rows, and a static HTML report of a results folder",
@@ -382,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--export-epochs", action="store_true",
                        help="also write every epoch's weights as an expert checkpoint, <output>/<class>/_epochs/<run>/"
                        "epoch-NNN/ (from 000), to compare epochs of one run with dualcam drift")
-    train.set_defaults(func=cmd_train)
+    train.set_defaults(func=_command(run_train))
 
     synth = sub.add_parser(
         "synth", help="write the class-overlap scenario: images, manifest and feature boxes",
@@ -445,11 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (CheckpointError, DecodeError, ValueError, OSError) as err:
-        print(f"dualcam: error: {err}", file=sys.stderr)
-        return 2
+    return exit_status(lambda: args.func(args))
 
 
 if __name__ == "__main__":

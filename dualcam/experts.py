@@ -201,6 +201,15 @@ def latest_version(root: str) -> str | None:
     return versions[-1] if versions else None
 
 
+def resolve_expert(uri: str) -> str:
+    """``uri`` if it is a checkpoint; if it is a folder of versions (``<output>/<class>/`` as
+    ``train`` writes them), its latest version. Anything else is returned as is, so loading it
+    fails with the usual clear error."""
+    if storage.exists(storage.join(uri, META_FILE)):
+        return uri
+    return latest_version(uri) or uri
+
+
 def load_meta(uri: str) -> ExpertMeta:
     """Read and validate ``expert.json`` alone (cheap: no weights)."""
     try:

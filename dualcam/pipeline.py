@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from dualcam import drift, drift_report, storage
 from dualcam.datasets import read_inputs
-from dualcam.experts import ExpertMeta, load_meta
+from dualcam.experts import ExpertMeta, load_meta, resolve_expert
 from dualcam.results import RUN_FILE, RunSpec, check_passthrough, data_files, drop_error_rows, read_results, read_run_spec
 from dualcam.scoring import DriftScorer, DualScorer, PairScorer, load_images
 
@@ -161,6 +161,8 @@ def score_archive(
 ) -> ScoreSummary:
     """Score every image under ``input`` with experts ``c1`` (class of interest) and ``c2``; write Parquet to ``output``.
 
+    An expert may be a checkpoint or a folder of versions (``train``'s ``<output>/<class>/``),
+    whose latest version is used; the results record which.
     Rerunning into the same ``output`` skips inputs already there, so a killed run resumes
     where it stopped; ``retry_errors`` first takes the error rows out, so those inputs are tried
     again. The output may only ever hold results of one pair of experts and one alpha. Raises
@@ -207,7 +209,7 @@ def run_archive(
     resume, placement, Parquet writing and the summary of the whole output folder.
     """
     started = time.perf_counter()
-    first, second = storage.absolute(first), storage.absolute(second)
+    first, second = (resolve_expert(storage.absolute(e)) for e in (first, second))
     meta1, meta2 = load_meta(first), load_meta(second)
     scorer.check_experts(meta1, meta2, first, second)
     spec = RunSpec.of(scorer.layout, meta1, meta2, alpha)

@@ -25,7 +25,7 @@ import torch
 
 from dualcam import drift, regions, storage
 from dualcam.cam import forward_with_cams, upsample
-from dualcam.experts import POSITIVE_INDEX, Expert, ExpertMeta, load_expert
+from dualcam.experts import POSITIVE_INDEX, Expert, ExpertMeta, load_expert, resolve_expert
 from dualcam.imaging import MAX_PIXELS, decode_image, preprocess
 from dualcam.kernel import addk
 from dualcam.results import DRIFT, SCORE, Layout, RunSpec, result_table, tensor_array, to_numpy
@@ -106,7 +106,8 @@ class PairScorer:
             # Ray sets OMP_NUM_THREADS=1 in its workers; give torch the CPUs this actor was given.
             torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.experts = tuple(load_expert(e, self.device) if isinstance(e, str) else e for e in (first, second))
+        self.experts = tuple(load_expert(resolve_expert(e), self.device) if isinstance(e, str) else e
+                             for e in (first, second))
         self.check_experts(self.experts[0].meta, self.experts[1].meta, self.experts[0].uri, self.experts[1].uri)
         self.alpha = float(alpha)
         self.meta = self.experts[0].meta

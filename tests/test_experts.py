@@ -3,6 +3,7 @@
 import hashlib
 import io
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -276,3 +277,15 @@ def test_output_stride_is_checked():
         ExpertMeta(arch="densenet121", class_name="C1", input_size=96, output_stride=16)
     with pytest.raises(ValueError, match="one of 32, 16"):
         build_expert("resnet18", output_stride=8)
+
+
+def test_resolve_expert_takes_a_folder_of_versions_to_its_latest(tmp_path):
+    from dualcam.experts import resolve_expert, save_expert_version
+
+    meta = ExpertMeta(arch="resnet18", class_name="C1", input_size=64)
+    first, _ = save_expert_version(build_expert("resnet18"), str(tmp_path / "C1"), meta)
+    time.sleep(1.1)  # version ids start with the time to the second
+    second, _ = save_expert_version(build_expert("resnet18"), str(tmp_path / "C1"), meta)
+    assert resolve_expert(str(tmp_path / "C1")) == second
+    assert resolve_expert(first) == first
+    assert resolve_expert(str(tmp_path / "none")) == str(tmp_path / "none")

@@ -1,0 +1,211 @@
+"""Ray jobs: specs checked before any work, and the score and train jobs submitted to a real Ray head
+(`ray start --head` on 127.0.0.1, its job server, `ray job submit --working-dir`) against moto's S3."""
+
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from dualcam import build_expert, save_expert, storage
+from dualcam.cli import build_parser
+from dualcam.experts import latest_version, load_meta
+from dualcam.jobspec import JOBS, load_spec, run_job
+from dualcam.results import read_results
+from dualcam.synthetic import write_synthetic_xrays
+from conftest import ROOT, _free_port
+from samples import write_labelled_folder
+
+BIN = Path(sys.executable).parent
+HEAD_PORTS = ("--port", "--dashboard-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+              "--runtime-env-agent-port", "--metrics-export-port", "--node-manager-port", "--object-manager-port",
+              "--ray-client-server-port")
+
+
+def write_spec(path: Path, spec: dict) -> str:
+    path.write_text(json.dumps(spec))  # JSON is YAML
+    return str(path)
+
+
+# --- Specs, no Ray ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("job", "command"), [("score_archive", "score"), ("train_experts", "train")])
+def test_spec_keys_are_the_commands_long_options_with_the_same_defaults(job, command):
+    import inspect
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
+    options = {a.dest: a for a in sub._actions if a.dest != "help"}
+    params = inspect.signature(JOBS[job]).parameters
+    assert set(options) == set(params)
+    for name, action in options.items():
+        expected = params[name].default
+        if expected is inspect.Parameter.empty:
+            assert action.required, name
+        else:  # a repeatable option's default is [] on the command line, () in Python
+            assert action.default == (list(expected) if isinstance(expected, tuple) else expected), name
+
+
+def test_unusable_specs_exit_2_naming_the_file_and_the_key(tmp_path, capsys):
+    base = {"job": "score_archive", "c1": "a", "c2": "b", "input": "in", "output": "out"}
+    unknown = write_spec(tmp_path / "unknown.yaml", {**base, "batch-size": 8})
+    # the entrypoint itself, as a job runs it: no Ray is started for a spec that cannot run
+    result = subprocess.run([sys.executable, str(ROOT / "jobs" / "score_archive.py"), unknown],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert f"{unknown}: unknown option 'batch-size' for score_archive (did you mean 'batch_size'?)" in result.stderr
+
+    missing = write_spec(tmp_path / "missing.yaml", {k: v for k, v in base.items() if k != "c2"})
+    assert run_job("score_archive", [missing]) == 2
+    assert f"{missing}: missing option 'c2' for score_archive" in capsys.readouterr().err
+    assert run_job("train_experts", [write_spec(tmp_path / "s.yaml", base)]) == 2
+    assert "is a score_archive spec; run it with jobs/score_archive.py" in capsys.readouterr().err
+    (tmp_path / "list.yaml").write_text("- job: score_archive\n")
+    assert run_job("score_archive", [str(tmp_path / "list.yaml")]) == 2
+    assert "a job spec is a mapping of options, got list" in capsys.readouterr().err
+    assert run_job("score_archive", [str(tmp_path / "nowhere.yaml")]) == 2
+    assert run_job("score_archive", []) == 2
+    assert "usage: python jobs/score_archive.py SPEC.yaml" in capsys.readouterr().err
+
+
+def test_a_spec_is_read_from_s3_too(s3_bucket):
+    storage.write_bytes(f"{s3_bucket}/specs/train.yaml", b"job: train_experts\nc1: A\noutput: s3://m/\nc2_negatives: [x, y]\n")
+    spec = load_spec(f"{s3_bucket}/specs/train.yaml")
+    assert (spec.job, spec.entrypoint, spec.options["c2_negatives"]) == ("train_experts", "jobs/train_experts.py", ["x", "y"])
+
+
+def test_make_submit_needs_a_spec_and_an_address():
+    result = subprocess.run(["make", "-s", "-C", str(ROOT), "submit", "JOB="], capture_output=True, text=True,
+                            env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, timeout=120)
+    assert result.returncode != 0 and "usage: make submit JOB=spec.yaml RAY_ADDRESS=http://HEAD:8265" in result.stdout
+
+
+# --- Jobs submitted to a real Ray head -------------------------------------------------------------
+
+@dataclass
+class Head:
+    address: str
+    env: dict
+
+    def job_info(self, submission_id: str) -> dict:
+        """Status and Ray's start and end times of a job, from the job server."""
+        code = ("import json, sys; from ray.job_submission import JobSubmissionClient\n"
+                "i = JobSubmissionClient(sys.argv[1]).get_job_info(sys.argv[2])\n"
+                "print(json.dumps({'status': str(i.status), 'seconds': (i.end_time - i.start_time) / 1000}))")
+        out = subprocess.run([sys.executable, "-c", code, self.address, submission_id], env=self.env,
+                             capture_output=True, text=True, timeout=120, check=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A Ray head on 127.0.0.1 (2 CPUs, dashboard and job server, every port free), stopped afterwards.
+
+    Its processes see no AWS settings: a job gets them from its runtime env, as on a cluster. Jobs run
+    this venv's `python` (first on PATH) and authenticate with a token of this module's own.
+    """
+    temp_dir = tmp_path_factory.mktemp("ray")
+    ports = {flag: _free_port() for flag in HEAD_PORTS}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_"))}
+    env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+               RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16),
+               RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")  # stop at once, not after up to 30 s of draining
+    log = (temp_dir / "head.log").open("w")
+    command = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+               "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=2", f"--temp-dir={temp_dir}",
+               "--disable-usage-stats", *(f"{flag}={port}" for flag, port in ports.items())]
+    head = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while "Ray runtime started" not in (temp_dir / "head.log").read_text():
+            assert head.poll() is None and time.monotonic() < deadline, (temp_dir / "head.log").read_text()[-3000:]
+            time.sleep(1)
+        yield Head(f"http://127.0.0.1:{ports['--dashboard-port']}", env)
+    finally:
+        # `ray stop` would stop every Ray on this machine; this head's processes share its session
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def s3_jobs(s3_endpoint, tmp_path_factory) -> str:
+    """A bucket with two tiny experts (resnet18, 64 px), 4 images to score and a labelled folder."""
+    bucket = "s3://jobs"
+    storage.s3_client().create_bucket(Bucket="jobs")
+    local = tmp_path_factory.mktemp("jobs")
+    torch.manual_seed(0)
+    for name in ("COVID-19", "pneumonia"):
+        save_expert(build_expert("resnet18"), f"{bucket}/experts/{name}",
+                    {"arch": "resnet18", "class_name": name, "input_size": 64})
+    for path in write_synthetic_xrays(local / "archive", 4, size=96):
+        storage.write_bytes(f"{bucket}/archive/{Path(path).name}", Path(path).read_bytes())
+    write_labelled_folder(local / "labelled", 6, size=64)
+    for path in sorted((local / "labelled").rglob("*.png")):
+        storage.write_bytes(f"{bucket}/labelled/{path.parent.name}/{path.name}", path.read_bytes())
+    return bucket
+
+
+def job_env(s3_endpoint: str) -> dict:
+    """The runtime env's env_vars: moto's endpoint and its dummy credentials (never real ones)."""
+    return {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+
+
+def test_score_job_submitted_with_make_submit(ray_head, s3_jobs, s3_endpoint, tmp_path, record_property):
+    spec = write_spec(tmp_path / "score.yaml", {
+        "job": "score_archive", "c1": f"{s3_jobs}/experts/COVID-19", "c2": f"{s3_jobs}/experts/pneumonia",
+        "input": f"{s3_jobs}/archive/", "output": f"{s3_jobs}/results/", "batch_size": 4, "no_progress": True})
+    runtime_env = tmp_path / "runtime_env.yaml"  # cluster/runtime_env.yaml less pip: nothing is installed here
+    runtime_env.write_text(json.dumps({"env_vars": job_env(s3_endpoint)}))
+    started = time.monotonic()
+    result = subprocess.run(["make", "-C", str(ROOT), "submit", f"JOB={spec}", f"RAY_ADDRESS={ray_head.address}",
+                             f"RUNTIME_ENV={runtime_env}"], env=ray_head.env, capture_output=True, text=True, timeout=600)
+    wall = time.monotonic() - started
+    printed = result.stdout + result.stderr
+    assert result.returncode == 0, printed[-6000:]
+    assert "Running entrypoint for job raysubmit_" in printed and f"python jobs/score_archive.py {spec}" in printed
+    assert f"output holds 4 ok, 0 errors; results in {s3_jobs}/results/" in printed
+    info = ray_head.job_info(re.search(r"Job '(raysubmit_\w+)' succeeded", printed).group(1))
+    assert info["status"] == "SUCCEEDED"
+    record_property("score_job", {**info, "submit_wall_seconds": round(wall, 1)})
+    print(f"score job: {info['status']} in {info['seconds']:.1f} s (make submit: {wall:.1f} s)")
+
+    rows = read_results(f"{s3_jobs}/results/").to_pylist()
+    assert sorted(r["uri"] for r in rows) == sorted(storage.list_files(f"{s3_jobs}/archive/"))
+    assert all(r["status"] == "ok" and 0 <= r["p1"] <= 1 for r in rows)
+
+
+def test_train_job_submitted_with_ray_job_submit(ray_head, s3_jobs, s3_endpoint, tmp_path, record_property):
+    spec = write_spec(tmp_path / "train.yaml", {
+        "job": "train_experts", "data": f"{s3_jobs}/labelled/", "c1": "A", "output": f"{s3_jobs}/models/",
+        "arch": "resnet18", "weights": "none", "epochs": 1, "batch_size": 8, "image_size": 64})
+    submission_id = f"dualcam-train-{secrets.token_hex(4)}"
+    started = time.monotonic()
+    result = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", ray_head.address, "--submission-id", submission_id,
+         "--working-dir", str(ROOT), "--runtime-env-json", json.dumps({"env_vars": job_env(s3_endpoint)}),
+         "--", "python", "jobs/train_experts.py", spec],
+        env=ray_head.env, capture_output=True, text=True, timeout=600)
+    wall = time.monotonic() - started
+    printed = result.stdout + result.stderr
+    assert result.returncode == 0, printed[-6000:]
+    info = ray_head.job_info(submission_id)
+    assert info["status"] == "SUCCEEDED"
+    record_property("train_job", {**info, "submit_wall_seconds": round(wall, 1)})
+    print(f"train job: {info['status']} in {info['seconds']:.1f} s (ray job submit: {wall:.1f} s)")
+
+    version = latest_version(f"{s3_jobs}/models/A")
+    assert version and version in printed  # the table names where the checkpoint went
+    meta = load_meta(version)
+    assert (meta.arch, meta.input_size, meta.metrics["best_epoch"]) == ("resnet18", 64, 0)
