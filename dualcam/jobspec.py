@@ -132,7 +132,7 @@ def labels(value: str | Sequence[str] | None) -> list[str] | None:
     return [part.strip() for part in parts if part.strip()] or None
 
 
-JOBS: dict[str, Callable[..., int]] = {"score_archive": run_score, "train_experts": run_train}
+JOBS: dict[str, Callable[..., int]] = {"score_archive": run_score, "train_experts": run_train, "detect_drift": run_drift}
 """Job name -> what runs it; ``jobs/<name>.py`` is its Ray job entrypoint."""
 
 

@@ -35,8 +35,6 @@ BOX_COLORS = ((0, 255, 255), (0, 255, 0), (255, 0, 255), (255, 255, 255), (0, 12
 """One per box label, in order of first appearance: bright hues that inferno (black to yellow) lacks."""
 _FONT_SIZE = 12
 
-"""(x, y, w, h) in image pixels."""
-
 
 def colorize(values: np.ndarray, cmap: str = "inferno") -> np.ndarray:
     """(H, W) values in [0, 1] (clipped) -> (H, W, 3) float RGB in [0, 1], by matplotlib's colormap ``cmap``."""

@@ -36,12 +36,12 @@ IO_THREADS = 8
 
 def check_same_input(meta1: ExpertMeta, meta2: ExpertMeta, uri1: str, uri2: str) -> None:
     """Refuse two experts that take different inputs: one batch must feed both, CAMs must share a grid."""
-    spec1 = meta1.input_size, meta1.color_mode, meta1.mean, meta1.std
-    spec2 = meta2.input_size, meta2.color_mode, meta2.mean, meta2.std
+    spec1 = meta1.input_size, meta1.color_mode, meta1.mean, meta1.std, meta1.output_stride
+    spec2 = meta2.input_size, meta2.color_mode, meta2.mean, meta2.std, meta2.output_stride
     if spec1 != spec2:
         raise ValueError(
             f"experts take different inputs: {uri1} {spec1} vs {uri2} {spec2} "
-            "(input_size, color_mode, mean, std must match)"
+            "(input_size, color_mode, mean, std and output_stride must match)"
         )
 
 

@@ -43,9 +43,9 @@ def test_example_specs_are_valid_for_their_entrypoint(path):
 
 
 def test_cluster_specs_point_at_s3():
-    for name in ("score.yaml", "train.yaml"):
+    for name in ("score.yaml", "train.yaml", "drift.yaml"):
         options = load_spec(str(ROOT / "jobs" / "examples" / name)).options
-        uris = [v for k, v in options.items() if k in ("c1", "c2", "input", "output", "data", "c1_data", "c2_data")
+        uris = [v for k, v in options.items() if k in ("c1", "c2", "old", "new", "input", "output", "data", "c1_data", "c2_data")
                 and isinstance(v, str) and "/" in v]
         assert uris and all(u.startswith("s3://") for u in uris), name
 

@@ -37,7 +37,7 @@ def write_spec(path: Path, spec: dict) -> str:
 
 # --- Specs, no Ray ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("job", "command"), [("score_archive", "score"), ("train_experts", "train")])
+@pytest.mark.parametrize(("job", "command"), [("score_archive", "score"), ("train_experts", "train"), ("detect_drift", "drift")])
 def test_spec_keys_are_the_commands_long_options_with_the_same_defaults(job, command):
     import inspect
 

@@ -234,7 +234,7 @@ def test_render_command(scored, tmp_path, capsys):
     for args, message in [
         (["--results", str(tmp_path / "nothing")], "no results"),
         (["--results", results, "--kernel", "nope"], "unknown kernel 'nope'"),
-        (["--results", results, "--alphas", "1,x"], "--alphas: '1,x' is not a comma-separated list"),
+        (["--results", results, "--alphas", "1,x"], "expected comma-separated numbers, got '1,x'"),
         (["--results", results, "--alphas", "-1"], "alphas must be finite numbers >= 0"),
         (["--results", results, "--evaluation", str(tmp_path / "missing.json")], "missing.json"),
     ]:

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from dualcam import DualScorer, addk, decode_image, build_expert, forward_with_cams, load_expert, save_expert
+from dualcam import DualScorer, addk, decode_image, build_expert, forward_with_cams, load_expert, load_meta, save_expert
 from dualcam.results import OUTPUT_COLUMNS, to_numpy
 from dualcam.scoring import load_images, score_images
 from dualcam.synthetic import synthetic_xray, write_synthetic_xrays
@@ -54,6 +54,12 @@ def test_experts_with_different_inputs_are_refused(experts, tmp_path):
     save_expert(build_expert("resnet18"), other, {"arch": "resnet18", "class_name": "pneumonia", "input_size": 96})
     with pytest.raises(ValueError, match="experts take different inputs"):
         DualScorer(experts[0], other)
+    finer = str(tmp_path / "finer")  # same input, but a 2x finer CAM grid: the kernel needs one grid
+    meta = load_meta(experts[0])
+    save_expert(build_expert("resnet18", output_stride=16), finer,
+                {"arch": "resnet18", "class_name": "pneumonia", "input_size": meta.input_size, "output_stride": 16})
+    with pytest.raises(ValueError, match="output_stride must match"):
+        DualScorer(experts[0], finer)
 
 
 def test_the_batch_interface_keeps_every_row_and_its_error(experts, tmp_path):
