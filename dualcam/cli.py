@@ -15,7 +15,7 @@ import torch
 
 from dualcam import drift, regions, storage
 from dualcam.cam import upsample
-from dualcam.evaluation import DEFAULT_KERNELS, EVALUATION_FILE, evaluate, format_table, write_json
+from dualcam.evaluation import DEFAULT_KERNELS, EVALUATION_FILE, evaluate, format_table
 from dualcam.experts import OUTPUT_STRIDES, SUPPORTED_ARCHS, ExpertMeta, build_expert, load_meta, save_expert
 from dualcam.figures import DEFAULT_N, render_results
 from dualcam.imaging import DecodeError, decode_image, is_image_name
@@ -128,7 +128,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     evaluation = evaluate(args.results, args.boxes, alphas=_floats(args.alphas), kernels=labels(args.kernel) or [],
                           split=args.split or None)
     out = args.json or storage.join(args.results, EVALUATION_FILE)
-    write_json(evaluation, out)
+    storage.write_json(out, evaluation)
     print(format_table(evaluation))
     print(f"evaluation written to {out}")
     return 0
@@ -240,9 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(--max-error-fraction) or none could be scored; 2 unusable arguments, experts (not the same arch, class "
         f"and input size), input or output; {DRIFT_EXIT} more than --max-drift-share of the images drifted.",
     )
-    drift_cmd.add_argument("--old", required=True, help="the old version's checkpoint: path or s3:// URI (an exported "
+    drift_cmd.add_argument("--old", required=True, help="the old version: a checkpoint or a folder of versions (latest used), path or s3:// (an exported "
                            "epoch, <output>/<class>/_epochs/<run>/epoch-NNN, is one too)")
-    drift_cmd.add_argument("--new", required=True, help="the new version's checkpoint: path or s3:// URI")
+    drift_cmd.add_argument("--new", required=True, help="the new version: a checkpoint or a folder of versions (latest used), path or s3://")
     drift_cmd.add_argument("--alpha", type=float, default=5.0, help="ADDK amplification (default 5)")
     drift_cmd.add_argument("--threshold", type=float, default=drift.DRIFT_THRESHOLD,
                            help=f"an image has drifted when {drift.PRIMARY_MEASURE} is below this "

@@ -68,6 +68,16 @@ CONSTANT_STD = 1e-6
 QUANTILES = {"p05": 0.05, "p25": 0.25, "median": 0.5, "p75": 0.75, "p95": 0.95}
 
 
+def check_options(threshold: float, max_drift_share: float, top_k: int) -> None:
+    """ValueError for options that cannot mean anything, before any work is done."""
+    if not -1.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold is compared with {PRIMARY_MEASURE} in [-1, 1], got {threshold}")
+    if not 0.0 <= max_drift_share <= 1.0:
+        raise ValueError(f"max_drift_share is a share of images in [0, 1], got {max_drift_share}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+
+
 def cam_correlation(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     """(B, h, w) maps -> (B,) Pearson correlation over the cells; constant maps as in the module docstring."""
     a, b = old.flatten(1).double(), new.flatten(1).double()
@@ -85,18 +95,10 @@ def _is_constant(flat: torch.Tensor, centred_norm: torch.Tensor) -> torch.Tensor
     return std <= CONSTANT_STD * flat.abs().amax(dim=1)
 
 
-def share_outside(maps: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) maps, (B, H, W) bool -> (B,) share of each map's positive mass outside ``region`` (0 if none)."""
-    positive = maps.clamp_min(0)
-    total = positive.sum(dim=(1, 2))
-    outside = (positive * ~region).sum(dim=(1, 2))
-    return torch.where(total > 0, outside / total.clamp_min(torch.finfo(maps.dtype).tiny), torch.zeros_like(total))
-
-
 def extra_mass_outside_top(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     """(B, H, W) maps -> (B,): new's share of positive mass outside old's top region, minus old's own."""
-    top = regions.top_region(old)
-    return share_outside(new, top) - share_outside(old, top)
+    outside = ~regions.top_region(old)
+    return regions.mass_share(new, outside) - regions.mass_share(old, outside)
 
 
 def peak_shift_px(old_peak: np.ndarray, new_peak: np.ndarray, scale: np.ndarray) -> np.ndarray:

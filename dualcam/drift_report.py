@@ -9,14 +9,12 @@ old CAM, new CAM and ADDK(new, old), each over the image (``render.panel_row``).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from dualcam import drift, storage
@@ -59,7 +57,7 @@ def summarize(
         "created_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
     }
     _write_page(output, summary, spec, rows)
-    storage.write_bytes(storage.join(output, SUMMARY_FILE), json.dumps(summary, indent=2).encode())
+    storage.write_json(storage.join(output, SUMMARY_FILE), summary)
     return summary
 
 
@@ -112,8 +110,7 @@ def _page(output: str, summary: dict[str, Any], spec: RunSpec, rows: dict[str, n
 def _figures(report: Report, output: str, summary: dict[str, Any], spec: RunSpec) -> list[str]:
     """The figure triple of each top image, in rank order; ``uri: reason`` of images that could not be read."""
     top = [row["uri"] for row in summary["top"]]
-    maps = read_results(output, ["uri", "cam_old", "cam_new", "gained"])
-    maps = maps.filter(pc.is_in(maps.column("uri"), value_set=pa.array(top, pa.string())))
+    maps = read_results(output, ["uri", "cam_old", "cam_new", "gained"], uris=top)
     index = {uri: i for i, uri in enumerate(maps.column("uri").to_pylist())}
     cam_old, cam_new, gained = (to_numpy(maps.column(c)) for c in ("cam_old", "cam_new", "gained"))
     skipped = []

@@ -9,7 +9,6 @@ at each alpha (what a kernel gains over it is what the second expert contributes
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,13 +19,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from dualcam import localization, storage
+from dualcam import localization
 from dualcam.datasets import read_boxes
-from dualcam.kernel import ALPHAS, KERNEL_ORIGIN, get_kernel, sharpen
+from dualcam.drift import cam_correlation
+from dualcam.kernel import ALPHAS, KERNEL_ORIGIN, KERNELS, get_kernel, sharpen
 from dualcam.metrics import binary_metrics
-from dualcam.results import read_results, read_run_spec, to_numpy
+from dualcam.regions import Box
+from dualcam.results import RUN_FILE, read_results, read_run_spec, to_numpy
 
-DEFAULT_KERNELS = ("addk", "gated")
+DEFAULT_KERNELS = tuple(KERNELS)
 TARGETS = ("F1", "S")
 MEASURES = ("pointing", "energy", "iou")
 _SHORT = {"pointing": "PG", "energy": "E", "iou": "IoU"}
@@ -36,26 +37,26 @@ _CHUNK = 64
 
 @dataclass(frozen=True)
 class MapKind:
-    """One row of the localization table: how to make its map from (cam1, cam2, F1 boxes)."""
+    """One row of the localization table: how to make its map from (cam1, cam2, F1 targets)."""
 
     name: str
     origin: str
     alpha: float | None
-    make: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int]], torch.Tensor]
+    make: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def map_kinds(alphas: Sequence[float], kernels: Sequence[str]) -> list[MapKind]:
     """The rows, in table order: the two CAMs, each kernel at each alpha, then the references."""
-    kinds = [MapKind("CAM1", "expert 1", None, lambda c1, c2, b, s: c1),
-             MapKind("CAM2", "expert 2", None, lambda c1, c2, b, s: c2)]
+    kinds = [MapKind("CAM1", "expert 1", None, lambda c1, c2, t: c1),
+             MapKind("CAM2", "expert 2", None, lambda c1, c2, t: c2)]
     for name in kernels:
         kernel = get_kernel(name)
-        kinds += [MapKind(name, KERNEL_ORIGIN[name], a, lambda c1, c2, b, s, k=kernel, a=a: k(c1, c2, a)) for a in alphas]
-    kinds += [MapKind("CAM1 sharpened", "reference: exp(alpha*CAM1/max)", a, lambda c1, c2, b, s, a=a: sharpen(c1, a))
+        kinds += [MapKind(name, KERNEL_ORIGIN[name], a, lambda c1, c2, t, k=kernel, a=a: k(c1, c2, a)) for a in alphas]
+    kinds += [MapKind("CAM1 sharpened", "reference: exp(alpha*CAM1/max)", a, lambda c1, c2, t, a=a: sharpen(c1, a))
               for a in alphas]
-    kinds += [MapKind("uniform", "reference: knows nothing", None, lambda c1, c2, b, s: torch.ones_like(c1)),
+    kinds += [MapKind("uniform", "reference: knows nothing", None, lambda c1, c2, t: torch.ones_like(c1)),
               MapKind("F1 box pooled", "reference: best at this grid", None,
-                      lambda c1, c2, b, s: localization.pooled_box(b, s, tuple(c1.shape[-2:])))]
+                      lambda c1, c2, t: localization.pooled(t, tuple(c1.shape[-2:])))]
     return kinds
 
 
@@ -67,8 +68,9 @@ def evaluate(results: str, boxes: str, *, alphas: Sequence[float] = ALPHAS,
     class) in ``split`` (when the results have a ``split`` column), on the rows scored ok.
     """
     spec = read_run_spec(results)
-    if spec is None:
-        raise ValueError(f"{results}: no {results.rstrip('/')}/_run.json; is this a dualcam score output?")
+    if spec is None or spec.kind != "score":
+        what = f"a dualcam {spec.kind} output" if spec else f"without {results.rstrip('/')}/{RUN_FILE}"
+        raise ValueError(f"{results}: {what}; evaluate needs the output of dualcam score")
     table = read_results(results)
     if "label" not in table.column_names:
         raise ValueError(f"{results}: the results have no 'label' column; score a manifest with uri and label columns")
@@ -78,12 +80,15 @@ def evaluate(results: str, boxes: str, *, alphas: Sequence[float] = ALPHAS,
     c1 = ok.filter(pc.equal(ok.column("label"), spec.c1.class_name))
     if c1.num_rows == 0:
         raise ValueError(f"{results}: no {spec.c1.class_name!r} images scored ok{f' in split {split!r}' if split else ''}")
-    known = {(uri, kind): box for uri, found in read_boxes(boxes).items() for kind, box in found}
+    known: dict[tuple[str, str], list[Box]] = {}
+    for uri, found in read_boxes(boxes).items():
+        for kind, box in found:
+            known.setdefault((uri, kind), []).append(box)
     kinds = map_kinds(alphas, kernels)
     per_image = _localize(c1, known, kinds, boxes)
     cam1, cam2, stored = (_maps(c1, name) for name in ("cam1", "cam2", "heatmap"))
     recomputed = get_kernel("addk")(cam1, cam2, spec.alpha)
-    correlation = localization.cam_correlation(cam1, cam2).numpy()
+    correlation = cam_correlation(cam1, cam2).numpy()
     return {
         "results": results,
         "boxes": boxes,
@@ -93,7 +98,8 @@ def evaluate(results: str, boxes: str, *, alphas: Sequence[float] = ALPHAS,
         "images": c1.num_rows,
         "cam_grid": list(cam1.shape[-2:]),
         "scored_alpha": spec.alpha,
-        "stored_heatmap_max_rel_error": float(((recomputed - stored).abs() / stored.abs().clamp_min(1e-30)).max()),
+        "stored_heatmap_max_rel_error": float(((recomputed - stored).abs().amax((-2, -1))
+                                               / stored.abs().amax((-2, -1)).clamp_min(1e-30)).max()),
         "cam_correlation": {"mean": _nan_stat(np.nanmean, correlation), "median": _nan_stat(np.nanmedian, correlation)},
         "localization": [_row(kind, per_image[i]) for i, kind in enumerate(kinds)],
         "experts": _experts(table, spec),
@@ -101,7 +107,9 @@ def evaluate(results: str, boxes: str, *, alphas: Sequence[float] = ALPHAS,
 
 
 def _localize(c1: pa.Table, known: dict, kinds: list[MapKind], boxes_uri: str) -> list[dict[str, np.ndarray]]:
-    """Per kind, per target and measure: one value per image (NaN where the target has no box)."""
+    """Per kind, per target and measure: one value per image (NaN where the target has no box).
+
+    An image's target is the union of its boxes of that kind."""
     uris = c1.column("uri").to_pylist()
     missing = [u for u in uris if (u, "F1") not in known]
     if missing:
@@ -113,15 +121,15 @@ def _localize(c1: pa.Table, known: dict, kinds: list[MapKind], boxes_uri: str) -
         for chunk in np.array_split(index, max(1, math.ceil(len(index) / _CHUNK))):
             rows = c1.take(pa.array(chunk))
             cam1, cam2 = _maps(rows, "cam1"), _maps(rows, "cam2")
-            boxes = {t: [known.get((uris[i], t)) for i in chunk] for t in TARGETS}
-            f1 = torch.tensor(boxes["F1"])
+            boxes = {t: [known.get((uris[i], t), []) for i in chunk] for t in TARGETS}
+            targets = {t: localization.box_masks(boxes[t], size) for t in TARGETS}
             for k, kind in enumerate(kinds):
-                maps = kind.make(cam1, cam2, f1, size)
+                maps = kind.make(cam1, cam2, targets["F1"])
                 for target in TARGETS:
-                    have = [j for j, b in enumerate(boxes[target]) if b is not None]
+                    have = [j for j, b in enumerate(boxes[target]) if b]
                     if not have:
                         continue
-                    values = localization.measure(maps[have], torch.tensor([boxes[target][j] for j in have]), size)
+                    values = localization.measure(maps[have], targets[target][have])
                     for measure, v in values.items():
                         out[k][f"{measure}_{target}"][chunk[have]] = v.numpy()
     return out
@@ -178,17 +186,3 @@ def format_table(evaluation: dict[str, Any]) -> str:
 
 def _cell(value: float | None) -> str:
     return f"{'-':>9s}" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:9.3f}"
-
-
-def write_json(value: Any, uri: str) -> None:
-    """``value`` as JSON at ``uri``, NaN and infinities written as null so any JSON reader takes it."""
-    def clean(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [clean(v) for v in value]
-        return value
-
-    storage.write_bytes(uri, json.dumps(clean(value), indent=2, default=str).encode())

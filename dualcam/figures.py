@@ -72,13 +72,17 @@ def render_results(
         raise ValueError(f"render: n must be at least 1, got {n}")
     if not alphas or not all(np.isfinite(a) and a >= 0 for a in alphas):
         raise ValueError(f"render: alphas must be finite numbers >= 0, got {list(alphas)}")
+    spec = read_run_spec(results)
+    if spec is not None and spec.kind != "score":
+        raise ValueError(f"{results}: a dualcam {spec.kind} output; render draws dualcam score outputs "
+                         f"(a drift run writes its own page)")
     table = read_results(results)
     if table.num_rows == 0:
         raise ValueError(f"{results}: no results (no Parquet files there)")
     ok = table.filter(pc.equal(table.column("status"), "ok"))
     if ok.num_rows == 0:
         raise ValueError(f"{results}: none of its {table.num_rows} rows was scored (status ok)")
-    spec = read_run_spec(results) or _spec_of(ok)
+    spec = spec or _spec_of(results, ok)
     boxes_by_uri = read_boxes(boxes) if boxes else {}
     evaluated = _read_evaluation(evaluation) if evaluation else None
 
@@ -163,8 +167,10 @@ def _optional(table: pa.Table, *names: str) -> list[str]:
     return [name for name in names if name in table.column_names]
 
 
-def _spec_of(ok: pa.Table) -> RunSpec:
+def _spec_of(results: str, ok: pa.Table) -> RunSpec:
     """The run spec from the rows themselves, for results copied without ``_run.json``."""
+    if "c1_class" not in ok.column_names:
+        raise ValueError(f"{results}: not a dualcam score output (no _run.json and no c1_class column)")
     row = ok.slice(0, 1).to_pylist()[0]
     experts = [ExpertId(row[f"c{i}_class"], row[f"c{i}_version"], row[f"c{i}_sha256"]) for i in (1, 2)]
     return RunSpec(*experts, float(row["alpha"]), int(row["schema_version"]))

@@ -172,12 +172,21 @@ def load_spec(uri: str) -> JobSpec:
 
 
 def exit_status(run: Callable[[], int]) -> int:
-    """``run()``'s exit status; 2, with the reason on stderr, when it raised for unusable input."""
+    """``run()``'s exit status; 2, with the reason on stderr, when it raised for unusable input.
+
+    A failure inside Ray's workers (an S3 write that keeps failing, say) is re-raised by Ray as a
+    subclass of the original error, but it is a failed run, not unusable input: exit 1.
+    """
     try:
         return run()
     except USAGE_ERRORS as err:
         print(f"dualcam: error: {err}", file=sys.stderr)
-        return 2
+        return 1 if _raised_by_ray(err) else 2
+
+
+def _raised_by_ray(err: BaseException) -> bool:
+    exceptions = sys.modules.get("ray.exceptions")  # never imports Ray: loaded only if Ray ran
+    return exceptions is not None and isinstance(err, exceptions.RayError)
 
 
 def run_job(job: str, argv: Sequence[str]) -> int:

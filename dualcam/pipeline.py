@@ -189,6 +189,7 @@ def drift_archive(
     ``threshold`` on ``drift.PRIMARY_MEASURE``. Raises before any work when ``old`` and ``new``
     are not the same kind of expert (arch, class, input size, normalization).
     """
+    drift.check_options(threshold, max_drift_share, top_k)
     run = run_archive(
         DriftScorer, old, new, input, output, alpha=alpha, batch_size=batch_size, actors=actors,
         gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor, limit=limit, retry_errors=retry_errors,

@@ -33,6 +33,15 @@ def top_region(maps: torch.Tensor, fraction: float = TOP_REGION) -> torch.Tensor
     return ((flat - lo) / span >= fraction).reshape(maps.shape) | (hi == lo).reshape(-1, 1, 1)
 
 
+def mass_share(maps: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) maps, (B, H, W) bool -> (B,) share of each map's positive mass inside ``region``
+    (0 for a map with no positive mass)."""
+    positive = maps.clamp_min(0)
+    total = positive.sum(dim=(1, 2))
+    inside = (positive * region).sum(dim=(1, 2))
+    return torch.where(total > 0, inside / total.clamp_min(torch.finfo(maps.dtype).tiny), torch.zeros_like(total))
+
+
 def bounding_box(mask: torch.Tensor) -> torch.Tensor:
     """(B, H, W) bool, each with at least one True -> (B, 4) long (x0, y0, x1, y1), inclusive."""
     cols, rows = mask.any(dim=1), mask.any(dim=2)

@@ -277,8 +277,9 @@ def _hidden(uri: str, root: str) -> bool:
     return any(part.startswith(("_", ".")) for part in relative.split("/"))
 
 
-def read_results(output: str, columns: Sequence[str] | None = None) -> pa.Table:
-    """Every row of an output folder as one Arrow table.
+def read_results(output: str, columns: Sequence[str] | None = None, uris: Sequence[str] | None = None) -> pa.Table:
+    """Every row of an output folder as one Arrow table (only the rows of ``uris`` when given, so
+    a few rows' maps can be read without holding the whole folder's in memory).
 
     A file that is not valid Parquet (only a foreign or damaged one: dualcam's writes appear
     whole) is skipped with a warning; a file that cannot be read (S3 throttling, say) raises, so
@@ -287,7 +288,8 @@ def read_results(output: str, columns: Sequence[str] | None = None) -> pa.Table:
     tables = []
     for uri in data_files(output):
         try:
-            tables.append(pq.read_table(_source(uri), columns=list(columns) if columns else None))
+            tables.append(pq.read_table(_source(uri), columns=list(columns) if columns else None,
+                                        filters=None if uris is None else [("uri", "in", list(uris))]))
         except pa.ArrowInvalid as err:
             warnings.warn(f"{uri}: skipped, not a readable Parquet file ({err})", stacklevel=2)
     if not tables:

@@ -20,7 +20,7 @@ import pyarrow.csv as pacsv
 
 from dualcam import storage
 from dualcam.datasets import read_manifest
-from dualcam.evaluation import DEFAULT_KERNELS, evaluate, write_json
+from dualcam.evaluation import DEFAULT_KERNELS, EVALUATION_FILE, evaluate
 from dualcam.kernel import ALPHAS
 from dualcam.synthetic import OverlapDataset
 from dualcam.training import Recipe
@@ -93,7 +93,7 @@ def run_regime(data: OverlapDataset, chosen: Regime, out: str, recipe: Recipe = 
     evaluation = evaluate(results, data.boxes, alphas=alphas, kernels=kernels)
     evaluation["regime"] = asdict(chosen)
     evaluation["recipe"] = asdict(recipe)
-    write_json(evaluation, storage.join(results, "_evaluation.json"))
+    storage.write_json(storage.join(results, EVALUATION_FILE), evaluation)
     return evaluation
 
 
@@ -164,7 +164,7 @@ def experiment(out: str, n: int = 200, size: int = 96, seed: int = 0, recipe: Re
     tables = comparison_tables(evaluations)
     minutes = (time.perf_counter() - started) / 60
     storage.write_bytes(storage.join(out, "experiment.md"), f"{tables}\n\n(run time {minutes:.1f} min)\n".encode())
-    write_json(evaluations, storage.join(out, "experiment.json"))
+    storage.write_json(storage.join(out, "experiment.json"), evaluations)
     log(f"experiment done in {minutes:.1f} min; tables in {storage.join(out, 'experiment.md')}")
     return tables
 
@@ -183,7 +183,7 @@ def demo(out: str, n: int = 100, size: int = 96, seed: int = 0, recipe: Recipe =
     evaluation = run_regime(data, regime("paper"), out, replace(recipe, seed=seed), log=log)
     results = storage.join(out, "paper", "results")
     report = render_results(results, storage.join(out, "report"), boxes=data.boxes,
-                            evaluation=storage.join(results, "_evaluation.json")).report
+                            evaluation=storage.join(results, EVALUATION_FILE)).report
     log("")
     log(format_table(evaluation))
     log(f"\nreport: {report}\ndemo done in {time.perf_counter() - started:.0f} s")

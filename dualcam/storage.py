@@ -8,9 +8,12 @@ any S3-compatible store (MinIO, Ceph, moto) works. Credentials are never logged 
 from __future__ import annotations
 
 import functools
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pyarrow as pa
@@ -249,3 +252,17 @@ class _AtomicLocalHandler(pafs.FileSystemHandler):
 
     def open_append_stream(self, path, metadata=None):
         raise OSError(f"{path}: appending is not supported; results are written whole")
+
+
+def write_json(uri: str, value: Any) -> None:
+    """``value`` as JSON at ``uri``, NaN and infinities written as null so any JSON reader takes it."""
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    write_bytes(uri, json.dumps(clean(value), indent=2, default=str).encode())

@@ -19,7 +19,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -175,7 +175,8 @@ def train_experts(
     negatives: Sequence[Sequence[str] | None] | None = None, per_expert_data: Sequence[str | None] | None = None,
     recipe: Recipe = Recipe(), init_from: Sequence[str] = (), workers_per_expert: int = 1,
     gpus_per_worker: float | None = None, cpus_per_worker: float | None = None, max_failures: int = 2,
-    views: Sequence[str] = ("PA",), storage_path: str | None = None, export_epochs: bool = False, log=print,
+    views: Sequence[str] = ("PA",), storage_path: str | None = None, export_epochs: bool = False,
+    log: Callable[[str], None] = print,
 ) -> list[TrainedExpert]:
     """Train one binary expert per class in ``classes`` (the paper: C1, C2) concurrently on Ray.
 
@@ -241,7 +242,7 @@ def train_experts(
     return sorted(finished + trained, key=lambda e: list(classes).index(e.label))
 
 
-def _report_source(source: str, lab: Labelled, log) -> None:
+def _report_source(source: str, lab: Labelled, log: Callable[[str], None]) -> None:
     log(f"{source}: {lab.table.num_rows} images")
     for reason, count in sorted(lab.excluded.items()):
         log(f"  left out {count}: {reason}")

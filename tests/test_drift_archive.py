@@ -168,3 +168,14 @@ def test_different_experts_are_refused_before_any_work(expert, tmp_path, capsys)
     assert not (tmp_path / "out").exists()
     assert main(["drift", "--old", expert, "--new", other, "--input", str(images), "--output", str(tmp_path / "o")]) == 2
     assert "are not two versions of the same expert" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("option", "value", "reason"), [
+    ("--threshold", "1.5", "threshold is compared with cam_correlation in [-1, 1]"),
+    ("--max-drift-share", "-0.1", "max_drift_share is a share of images in [0, 1]"),
+    ("--top-k", "-1", "top_k must be >= 0"),
+])
+def test_meaningless_options_are_refused_before_any_work(expert, tmp_path, capsys, option, value, reason):
+    args = ["drift", "--old", expert, "--new", expert, "--input", str(tmp_path), "--output", str(tmp_path / "o")]
+    assert main([*args, option, value]) == 2
+    assert reason in capsys.readouterr().err and not (tmp_path / "o").exists()

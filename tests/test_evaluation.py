@@ -18,9 +18,7 @@ F1_BOX, S_BOX = (10, 20, 20, 10), (40, 40, 10, 10)
 
 
 def _cells(box):
-    import torch
-
-    return localization.pooled_box(torch.tensor([box]), (SIZE, SIZE), GRID)[0].numpy()
+    return localization.pooled(localization.box_masks([[box]], (SIZE, SIZE)), GRID)[0].numpy()
 
 
 def _write_results(folder, boxes_csv, alpha=5.0):
@@ -98,3 +96,28 @@ def test_clear_errors(tmp_path, capsys):
     assert "no F1 box for 3 of the 3 images" in capsys.readouterr().err
     assert main(["evaluate", "--results", str(tmp_path / "nothing"), "--boxes", str(boxes)]) == 2
     assert "_run.json" in capsys.readouterr().err
+
+
+def test_a_target_is_the_union_of_its_boxes(tmp_path):
+    results, boxes = tmp_path / "results", tmp_path / "boxes.csv"
+    _write_results(results, boxes)
+    decoy = "0,0,10,10"
+    lines = boxes.read_text().splitlines()
+    only_decoy = [lines[0]] + [f"{l.split(',')[0]},{decoy},F1" for l in lines[1:] if l.endswith(",F1")]
+    boxes.write_text("\n".join(only_decoy) + "\n")
+    assert _row(evaluate(str(results), str(boxes), alphas=[5.0]), "CAM1")["pointing_F1"] == 0
+    boxes.write_text("\n".join(lines + only_decoy[1:]) + "\n")  # each image: the decoy and the real F1 box
+    assert _row(evaluate(str(results), str(boxes), alphas=[5.0]), "CAM1")["pointing_F1"] == 1
+
+
+def test_drift_outputs_are_refused_by_evaluate_and_render(tmp_path):
+    from dualcam.figures import render_results
+
+    results, boxes = tmp_path / "results", tmp_path / "boxes.csv"
+    _write_results(results, boxes)
+    spec = json.loads((results / RUN_FILE).read_text())
+    (results / RUN_FILE).write_text(json.dumps({**spec, "kind": "drift", "old": spec["c1"], "new": spec["c2"]}))
+    with pytest.raises(ValueError, match="a dualcam drift output; evaluate needs the output of dualcam score"):
+        evaluate(str(results), str(boxes))
+    with pytest.raises(ValueError, match="a dualcam drift output; render draws dualcam score outputs"):
+        render_results(str(results), tmp_path / "report")

@@ -209,3 +209,17 @@ def test_train_job_submitted_with_ray_job_submit(ray_head, s3_jobs, s3_endpoint,
     assert version and version in printed  # the table names where the checkpoint went
     meta = load_meta(version)
     assert (meta.arch, meta.input_size, meta.metrics["best_epoch"]) == ("resnet18", 64, 0)
+
+
+def test_a_failure_inside_ray_exits_1_not_2(ray_cluster, capsys):
+    import ray
+
+    from dualcam.jobspec import exit_status
+
+    @ray.remote(num_cpus=0)
+    def write():
+        raise OSError("s3://bucket/part-0.parquet: write failed")
+
+    assert exit_status(lambda: ray.get(write.remote())) == 1  # Ray re-raises it as an OSError subclass
+    assert exit_status(lambda: (_ for _ in ()).throw(OSError("s3://bucket: no such bucket"))) == 2
+    assert "write failed" in capsys.readouterr().err

@@ -8,14 +8,14 @@ import torch
 from dualcam import localization as loc
 
 
-def _box(x, y, w, h):
-    return torch.tensor([[x, y, w, h]])
+def _box(x, y, w, h, size=(4, 4)):
+    return loc.box_masks([[(x, y, w, h)]], size)
 
 
-def test_box_masks_cover_exactly_the_box():
-    mask = loc.box_masks(_box(2, 1, 3, 2), (5, 6))[0]
-    expected = np.zeros((5, 6), bool)
-    expected[1:3, 2:5] = True
+def test_box_masks_cover_exactly_the_union_of_the_boxes():
+    mask = loc.box_masks([[(2, 1, 3, 2), (0, 4, 1, 1)], []], (5, 6))
+    expected = np.zeros((2, 5, 6), bool)
+    expected[0, 1:3, 2:5] = expected[0, 4, 0] = True
     np.testing.assert_array_equal(mask.numpy(), expected)
 
 
@@ -24,8 +24,15 @@ def test_pointing_game_uses_the_centre_of_tied_maxima():
     maps[0, 7, 5] = 1  # peak at x 5, y 7
     maps[1, 7, 1] = 1  # outside
     maps[2, 4, 2] = maps[2, 4, 6] = 1  # two tied maxima: their centre (4, 4) is in the box
-    boxes = torch.tensor([[4, 3, 3, 5]] * 3)
-    assert loc.pointing_game(maps, boxes).tolist() == [True, False, True]
+    targets = loc.box_masks([[(4, 3, 3, 5)]] * 3, (10, 10))
+    assert loc.pointing_game(maps, targets).tolist() == [True, False, True]
+
+
+def test_pointing_game_hits_any_of_several_boxes():
+    maps = torch.zeros(1, 10, 10)
+    maps[0, 8, 8] = 1
+    assert not loc.pointing_game(maps, loc.box_masks([[(0, 0, 3, 3)]], (10, 10))).item()
+    assert loc.pointing_game(maps, loc.box_masks([[(0, 0, 3, 3), (7, 7, 2, 2)]], (10, 10))).item()
 
 
 def test_pointing_game_counts_a_centre_on_the_box_edge():
@@ -39,6 +46,7 @@ def test_energy_in_box_after_relu():
     m = torch.zeros(1, 4, 4)
     m[0, 0, 0], m[0, 0, 1], m[0, 3, 3], m[0, 2, 2] = 2.0, 1.0, 1.0, -5.0
     assert loc.energy_in_box(m, _box(0, 0, 2, 1)).item() == 0.75
+    assert loc.energy_in_box(m, loc.box_masks([[(0, 0, 2, 1), (3, 3, 1, 1)]], (4, 4))).item() == 1.0
     assert loc.energy_in_box(-torch.ones(1, 4, 4), _box(0, 0, 2, 2)).item() == 0  # no positive mass, no energy
     assert math.isclose(loc.energy_in_box(torch.ones(1, 4, 4), _box(0, 0, 2, 2)).item(), 4 / 16, rel_tol=1e-6)
 
@@ -46,13 +54,13 @@ def test_energy_in_box_after_relu():
 def test_iou_of_the_top_region():
     m = torch.zeros(1, 6, 6)
     m[0, 0:2, 0:2] = 1.0  # top region: 4 pixels
-    assert loc.iou(m, _box(0, 0, 2, 2)).item() == 1.0
-    assert math.isclose(loc.iou(m, _box(1, 0, 2, 2)).item(), 2 / 6, rel_tol=1e-6)
-    assert math.isclose(loc.iou(torch.ones(1, 6, 6), _box(0, 0, 3, 2)).item(), 6 / 36, rel_tol=1e-6)  # constant map: all top
+    assert loc.iou(m, _box(0, 0, 2, 2, (6, 6))).item() == 1.0
+    assert math.isclose(loc.iou(m, _box(1, 0, 2, 2, (6, 6))).item(), 2 / 6, rel_tol=1e-6)
+    assert math.isclose(loc.iou(torch.ones(1, 6, 6), _box(0, 0, 3, 2, (6, 6))).item(), 6 / 36, rel_tol=1e-6)  # all top
 
 
 def test_pooled_box_is_the_box_on_the_grid():
-    pooled = loc.pooled_box(torch.tensor([[10, 20, 20, 10], [5, 0, 10, 10]]), (60, 60), (6, 6))
+    pooled = loc.pooled(loc.box_masks([[(10, 20, 20, 10)], [(5, 0, 10, 10)]], (60, 60)), (6, 6))
     expected = np.zeros((6, 6))
     expected[2, 1:3] = 1
     np.testing.assert_allclose(pooled[0].numpy(), expected)
@@ -60,15 +68,8 @@ def test_pooled_box_is_the_box_on_the_grid():
 
 
 def test_measure_of_the_pooled_box_points_inside_it():
-    boxes = torch.tensor([[10, 20, 20, 10]])
-    result = loc.measure(loc.pooled_box(boxes, (60, 60), (6, 6)), boxes, (60, 60))
+    targets = loc.box_masks([[(10, 20, 20, 10)]], (60, 60))
+    result = loc.measure(loc.pooled(targets, (6, 6)), targets)
     assert result["pointing"].item() == 1.0
     assert 0.5 < result["energy"].item() < 1.0  # bilinear upsampling spreads some mass outside
     assert result["iou"].item() > 0.5
-
-
-def test_cam_correlation():
-    a = torch.randn(2, 5, 5, generator=torch.Generator().manual_seed(0))
-    assert torch.allclose(loc.cam_correlation(a, 3 * a + 1), torch.ones(2, dtype=torch.float64))
-    assert torch.allclose(loc.cam_correlation(a, -a), -torch.ones(2, dtype=torch.float64))
-    assert torch.isnan(loc.cam_correlation(a, torch.ones(2, 5, 5))).all()
