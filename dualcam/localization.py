@@ -40,8 +40,9 @@ def pointing_game(maps: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     h, w = maps.shape[1:]
     x, y = regions.peak(maps).unbind(1)
     hit = torch.zeros(len(maps), dtype=torch.bool)
-    for col in (x.floor(), x.ceil()):
-        for row in (y.floor(), y.ceil()):
+    # the pixel holding the centre; both pixels when it lies on their shared edge
+    for col in ((x + 0.5).floor(), (x - 0.5).ceil()):
+        for row in ((y + 0.5).floor(), (y - 0.5).ceil()):
             c, r = col.long().clamp(0, w - 1), row.long().clamp(0, h - 1)
             hit |= targets[torch.arange(len(maps)), r, c]
     return hit

@@ -40,6 +40,10 @@ def test_pointing_game_counts_a_centre_on_the_box_edge():
     maps[0, 0, 0] = maps[0, 0, 1] = 1  # centre x = 0.5, between pixel 0 (outside) and 1 (inside)
     assert loc.pointing_game(maps, _box(1, 0, 2, 2)).item()
     assert not loc.pointing_game(maps, _box(2, 0, 2, 2)).item()
+    maps = torch.zeros(1, 4, 4)
+    maps[0, 0, 0], maps[0, 0, 1], maps[0, 0, 3] = 1, 1, 1  # centre x = 4 / 3, in pixel 1 only
+    assert loc.pointing_game(maps, _box(1, 0, 1, 1)).item()
+    assert not loc.pointing_game(maps, _box(2, 0, 1, 1)).item()
 
 
 def test_energy_in_box_after_relu():
