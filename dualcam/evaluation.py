@@ -172,17 +172,18 @@ def format_table(evaluation: dict[str, Any]) -> str:
              "PG = pointing game, E = energy in box, IoU = of the top region", header, "-" * len(header)]
     for row in evaluation["localization"]:
         alpha = "" if row["alpha"] is None else f"{row['alpha']:g}"
-        cells = " ".join(_cell(row[f"{m}_{t}"]) for t in TARGETS for m in MEASURES)
+        cells = " ".join(f"{format_number(row[f'{m}_{t}']):>9s}" for t in TARGETS for m in MEASURES)
         lines.append(f"{row['map']:16s} {alpha:>5s} | {cells}")
     corr = evaluation["cam_correlation"]
-    lines.append(f"CAM1-CAM2 correlation: mean {_cell(corr['mean']).strip()}, median {_cell(corr['median']).strip()}")
+    lines.append(f"CAM1-CAM2 correlation: mean {format_number(corr['mean'])}, median {format_number(corr['median'])}")
     for e in evaluation["experts"]:
         rates = ", ".join(f"{k.removeprefix('positive_rate_')} {v:.2f}" for k, v in e.items() if k.startswith("positive_rate_"))
-        lines.append(f"expert {e['expert']}: accuracy {_cell(e['accuracy']).strip()}, sensitivity "
-                     f"{_cell(e['sensitivity']).strip()}, specificity {_cell(e['specificity']).strip()}, AUC "
-                     f"{_cell(e['auc']).strip()} (n {e['n']}); positive rate by label: {rates}")
+        lines.append(f"expert {e['expert']}: accuracy {format_number(e['accuracy'])}, sensitivity "
+                     f"{format_number(e['sensitivity'])}, specificity {format_number(e['specificity'])}, AUC "
+                     f"{format_number(e['auc'])} (n {e['n']}); positive rate by label: {rates}")
     return "\n".join(lines)
 
 
-def _cell(value: float | None) -> str:
-    return f"{'-':>9s}" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:9.3f}"
+def format_number(value: float | None) -> str:
+    """A measure for people: three decimals, "–" when there is none (None or NaN)."""
+    return "–" if value is None or value != value else f"{value:.3f}"

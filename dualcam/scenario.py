@@ -20,7 +20,7 @@ import pyarrow.csv as pacsv
 
 from dualcam import storage
 from dualcam.datasets import read_manifest
-from dualcam.evaluation import DEFAULT_KERNELS, EVALUATION_FILE, evaluate
+from dualcam.evaluation import DEFAULT_KERNELS, EVALUATION_FILE, evaluate, format_number
 from dualcam.kernel import ALPHAS
 from dualcam.synthetic import OverlapDataset
 from dualcam.training import Recipe
@@ -135,20 +135,16 @@ def comparison_tables(evaluations: Sequence[dict[str, Any]]) -> str:
              "|---|---|" + "---|" * (2 * len(names))]
     for name, alpha in _COMPARED:
         rows = [next(r for r in e["localization"] if r["map"] == name and r["alpha"] == alpha) for e in evaluations]
-        cells = [f"{_f(r['pointing_F1'])} / {_f(r['energy_F1'])}" for r in rows] + \
-                [f"{_f(r['pointing_S'])} / {_f(r['energy_S'])}" for r in rows]
+        cells = [f"{format_number(r['pointing_F1'])} / {format_number(r['energy_F1'])}" for r in rows] + \
+                [f"{format_number(r['pointing_S'])} / {format_number(r['energy_S'])}" for r in rows]
         lines.append(f"| {name} | {'' if alpha is None else f'{alpha:g}'} | " + " | ".join(cells) + " |")
     lines += ["", "| regime | C1 test images | CAM1-CAM2 correlation | expert 1 positive on C2 | expert 2 positive on C1 "
               "| expert 1 AUC | expert 2 AUC |", "|---|---|---|---|---|---|---|"]
     for e in evaluations:
         one, two = e["experts"]
-        lines.append(f"| {e['regime']['name']} | {e['images']} | {_f(e['cam_correlation']['mean'])} | "
-                     f"{_f(one.get('positive_rate_C2'))} | {_f(two.get('positive_rate_C1'))} | {_f(one['auc'])} | {_f(two['auc'])} |")
+        lines.append(f"| {e['regime']['name']} | {e['images']} | {format_number(e['cam_correlation']['mean'])} | "
+                     f"{format_number(one.get('positive_rate_C2'))} | {format_number(two.get('positive_rate_C1'))} | {format_number(one['auc'])} | {format_number(two['auc'])} |")
     return "\n".join(lines)
-
-
-def _f(value: float | None) -> str:
-    return "–" if value is None or value != value else f"{value:.3f}"
 
 
 def experiment(out: str, n: int = 200, size: int = 96, seed: int = 0, recipe: Recipe = DEMO_RECIPE,
