@@ -16,8 +16,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from dualcam import storage
-from dualcam.imaging import is_image_name
+from dualcam import inventory, storage
+from dualcam.imaging import image_names, is_image_name
 from dualcam.regions import Box
 
 MANIFEST_SUFFIXES = (".csv", ".parquet")
@@ -30,8 +30,8 @@ class Inputs:
     """The files to score (a ``uri`` column, plus any manifest columns to pass through)."""
 
     table: pa.Table
-    skipped: list[str] = field(default_factory=list)
-    """Files under a folder or prefix that were not taken because their names are not images'."""
+    skipped: pa.StringArray = field(default_factory=lambda: pa.array([], pa.string()))
+    """Files under a folder or prefix (or in an inventory) that were not taken because their names are not images'."""
 
 
 def is_manifest(uri: str) -> bool:
@@ -39,19 +39,39 @@ def is_manifest(uri: str) -> bool:
 
 
 def read_inputs(uri: str) -> Inputs:
-    """A manifest (CSV or Parquet with a ``uri`` column), or every image file under a folder/prefix.
+    """A manifest (CSV or Parquet with a ``uri`` column), an S3 Inventory report, or every image file under a
+    folder/prefix.
 
     Folders and prefixes are listed recursively and sorted; image names are ``.png .jpg .jpeg
     .dcm .dicom .ima`` and DICOM-like names without an extension. Relative URIs in a manifest are
-    taken relative to the manifest's folder. Raises ``FileNotFoundError`` / ``StorageError`` when
-    the location cannot be listed and ``ValueError`` for a malformed manifest.
+    taken relative to the manifest's folder. An inventory (its ``manifest.json``, or one of its
+    Parquet files) lists the objects of a bucket as a listing would, without listing it
+    (``dualcam.inventory``). Raises ``FileNotFoundError`` / ``StorageError`` when the location
+    cannot be read and ``ValueError`` for a malformed manifest or inventory.
     """
+    if inventory.is_inventory(uri):
+        return _images(inventory.read_inventory(uri))
     if is_manifest(uri):
-        return Inputs(read_manifest(uri))
+        table = _read_table(uri)
+        if inventory.is_inventory_table(table):
+            return _images(inventory.inventory_uris(table, uri))
+        return Inputs(_with_absolute_uris(table, uri))
     # Absolute, so that Ray workers (whose working directory may differ) find local files.
-    files = storage.list_files(storage.absolute(uri))
-    images = [f for f in files if is_image_name(f)]
-    return Inputs(pa.table({"uri": pa.array(images, pa.string())}), [f for f in files if not is_image_name(f)])
+    return _images(storage.list_uris(storage.absolute(uri)))
+
+
+def _images(files: pa.StringArray) -> Inputs:
+    """Listed files split into the images to score and the others, skipped."""
+    images = image_names(files)
+    return Inputs(pa.table({"uri": files.filter(images)}), files.filter(pc.invert(images)))
+
+
+def skipped_kinds(skipped: pa.Array) -> dict[str, int]:
+    """How many skipped files of each kind: ``hidden``, or their suffix (``.txt``), most frequent first."""
+    names = pc.utf8_lower(pc.replace_substring_regex(skipped, r"^.*/", ""))
+    kinds = pc.if_else(pc.starts_with(names, "."), "hidden", pc.extract_regex(names, r"(?P<suffix>\.[^.]*)$").field(0))
+    counts = pc.value_counts(kinds).to_pylist()
+    return dict(sorted(((c["values"], c["counts"]) for c in counts), key=lambda kc: (-kc[1], kc[0])))
 
 
 def read_manifest(uri: str, unique: bool = True) -> pa.Table:
@@ -82,11 +102,38 @@ def _with_absolute_uris(table: pa.Table, uri: str, unique: bool = True) -> pa.Ta
     column = table.column("uri").cast(pa.string())
     if column.null_count or pc.any(pc.equal(column, "")).as_py():
         raise ValueError(f"{uri}: the 'uri' column has empty values")
-    uris = [_resolve(u, uri) for u in column.to_pylist()]
-    duplicates = sorted(u for u, n in Counter(uris).items() if n > 1) if unique else []
-    if duplicates:
-        raise ValueError(f"{uri}: {len(duplicates)} URIs are listed more than once, e.g. {duplicates[0]}")
-    return table.set_column(table.column_names.index("uri"), "uri", pa.array(uris, pa.string()))
+    table = table.set_column(table.column_names.index("uri"), "uri", resolve_uris(column, uri))
+    if unique:
+        _refuse_duplicates(table.column("uri"), uri)
+    return table
+
+
+def _refuse_duplicates(uris: pa.ChunkedArray, manifest: str) -> None:
+    counts = pc.value_counts(uris)
+    repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    if len(repeated):
+        first = pc.min(repeated).as_py()
+        raise ValueError(f"{manifest}: {len(repeated)} URIs are listed more than once, e.g. {first}")
+
+
+# Entries that pathlib or posixpath.normpath would change: ".", ".." or empty parts, or a trailing "/".
+_NOT_PLAIN = r"(^|/)\.{1,2}(/|$)|//|/$"
+
+
+def resolve_uris(entries: pa.Array | pa.ChunkedArray, manifest: str) -> pa.Array:
+    """Each manifest entry made absolute as ``_resolve`` does, in Arrow: s3:// URIs and absolute paths
+    as they are, plain relative paths joined onto the manifest's folder, and the few entries with
+    ``.``/``..``/empty parts through ``_resolve`` itself, so that both always agree."""
+    if isinstance(entries, pa.ChunkedArray):
+        entries = entries.combine_chunks()
+    absolute = pc.or_(pc.starts_with(entries, "s3://"), pc.starts_with(entries, "/"))
+    folder = _resolve("x", manifest)[:-1]  # what _resolve puts before a plain name
+    joined = pc.if_else(absolute, entries, pc.binary_join_element_wise(folder, entries, ""))
+    odd = pc.and_not(pc.match_substring_regex(entries, _NOT_PLAIN), absolute)
+    if not pc.any(odd).as_py():
+        return joined
+    fixed = [_resolve(entry, manifest) for entry in entries.filter(odd).to_pylist()]
+    return pc.replace_with_mask(joined, odd, pa.array(fixed, pa.string()))
 
 
 def _resolve(entry: str, manifest: str) -> str:
