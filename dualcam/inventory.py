@@ -11,7 +11,8 @@ data files of one format (AWS's "Locating your inventory list"):
 may also be given by itself (its columns say what it is; a CSV one cannot, having no header). An
 inventory of all versions has ``is_latest`` and ``is_delete_marker``: only the latest version of
 each object that is not a delete marker is taken. Folder markers (keys ending in ``/``) are
-dropped, as in a listing, and the URIs come back sorted, as a listing's do.
+dropped, as in a listing. The URIs keep the inventory's order: sorting 10 million of them would
+hold them twice in the driver, and nothing downstream needs an order.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from urllib.parse import unquote_plus
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from dualcam import storage
@@ -37,22 +39,31 @@ _CSV_NAMES = {"Bucket": "bucket", "Key": "key", "IsLatest": "is_latest", "IsDele
 
 
 def is_inventory(uri: str) -> bool:
-    """An inventory's ``manifest.json``, or one of its CSV data files (refused by ``read_inventory``, with why)."""
+    """An inventory's ``manifest.json``, one of its CSV data files (refused by ``read_inventory``, with
+    why), or one of its Parquet data files (``bucket`` and ``key`` columns, no ``uri``: its footer is read)."""
     name = PurePosixPath(uri).name.lower()
-    return name == MANIFEST_NAME or name.endswith(".csv.gz")
-
-
-def is_inventory_table(table: pa.Table) -> bool:
-    """A table read from a Parquet file is an inventory's data file: ``bucket`` and ``key``, no ``uri``."""
-    return {"bucket", "key"} <= set(table.column_names) and "uri" not in table.column_names
+    if name == MANIFEST_NAME or name.endswith(".csv.gz"):
+        return True
+    if not name.endswith(".parquet"):
+        return False
+    path, filesystem = storage.arrow_source(uri)
+    try:
+        names = pq.read_schema(path, filesystem=filesystem).names
+    except (OSError, pa.ArrowInvalid):
+        return False  # not readable here: the manifest reader says why
+    return {"bucket", "key"} <= set(names) and "uri" not in names
 
 
 def read_inventory(uri: str) -> pa.StringArray:
-    """The s3:// URIs of the objects an inventory lists, sorted. Raises ValueError naming the file for a
-    manifest that is not an inventory's, FileNotFoundError for a data file it names that is gone."""
-    if not PurePosixPath(uri).name.lower() == MANIFEST_NAME:
+    """The s3:// URIs of the objects an inventory lists, in its order (its files', then their rows').
+    Raises ValueError naming the file for a manifest that is not an inventory's, FileNotFoundError for
+    a data file it names that is gone."""
+    name = PurePosixPath(uri).name.lower()
+    if name.endswith(".csv.gz"):
         raise ValueError(f"{uri}: an S3 Inventory CSV file has no header to say what its columns are; "
                          f"give its {MANIFEST_NAME} as the input")
+    if name != MANIFEST_NAME:
+        return inventory_uris(_read_data_file(uri, {"format": "Parquet", "schema": []}), uri)
     manifest = _read_manifest(uri)
     with ThreadPoolExecutor(max(1, min(READ_WORKERS, len(manifest["files"])))) as pool:
         tables = list(pool.map(lambda file: _read_data_file(file, manifest), manifest["files"]))
@@ -76,20 +87,22 @@ def _read_manifest(uri: str) -> dict:
 
 
 def _read_data_file(uri: str, manifest: dict) -> pa.Table:
-    """The needed columns of one data file; keys of a CSV file decoded."""
-    data = storage.read_bytes(uri)
+    """The needed columns of one data file (only those are read from Parquet and ORC); keys of a CSV file decoded."""
     try:
         if manifest["format"] == "CSV":
-            return _read_csv(pa.BufferReader(data), manifest["schema"], gzip=uri.endswith(".gz"))
+            return _read_csv(pa.BufferReader(storage.read_bytes(uri)), manifest["schema"], gzip=uri.endswith(".gz"))
+        path, filesystem = storage.arrow_source(uri)
         if manifest["format"] == "ORC":
             import pyarrow.orc as orc  # pyarrow builds may lack ORC: only an ORC inventory needs it
 
-            table = orc.ORCFile(pa.BufferReader(data)).read()
-        else:
-            table = pq.read_table(pa.BufferReader(data))
+            names = orc.ORCFile((filesystem or pafs.LocalFileSystem()).open_input_file(path)).schema.names
+            return orc.read_table(path, columns=[n for n in _NEEDED if n in names], filesystem=filesystem)
+        names = pq.read_schema(path, filesystem=filesystem).names
+        return pq.read_table(path, columns=[n for n in _NEEDED if n in names], filesystem=filesystem)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{uri}: no such object") from None
     except (pa.ArrowInvalid, OSError) as err:
         raise ValueError(f"{uri}: not a readable {manifest['format']} inventory file ({err})") from None
-    return table.select([name for name in _NEEDED if name in table.column_names])
 
 
 def _read_csv(source: pa.NativeFile, schema: list[str], gzip: bool) -> pa.Table:
@@ -121,15 +134,15 @@ def url_decoded(keys: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 def inventory_uris(table: pa.Table, uri: str) -> pa.StringArray:
     """The s3:// URIs of the current objects of an inventory table (``bucket``, ``key``, and with all
-    versions ``is_latest``, ``is_delete_marker``), sorted."""
+    versions ``is_latest``, ``is_delete_marker``), in the table's order."""
     keep = pc.invert(pc.ends_with(table.column("key"), "/"))
     if "is_latest" in table.column_names:
         keep = pc.and_(keep, pc.fill_null(table.column("is_latest"), True))
     if "is_delete_marker" in table.column_names:
         keep = pc.and_not(keep, pc.fill_null(table.column("is_delete_marker"), False))
-    table = table.filter(keep)
+    if not pc.all(keep).as_py():
+        table = table.filter(keep)
     if table.column("bucket").null_count or table.column("key").null_count:
         raise ValueError(f"{uri}: inventory rows without a bucket or key")
     uris = pc.binary_join_element_wise("s3://", table.column("bucket"), "/", table.column("key"), "")
-    uris = uris.combine_chunks() if isinstance(uris, pa.ChunkedArray) else uris
-    return uris.take(pc.sort_indices(uris))
+    return uris.combine_chunks() if isinstance(uris, pa.ChunkedArray) else uris

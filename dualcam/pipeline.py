@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dualcam import drift, drift_report, storage
+from dualcam import drift, drift_report, planning, storage
 from dualcam.datasets import read_inputs
 from dualcam.experts import ExpertMeta, load_meta, resolve_expert
 from dualcam.results import RUN_FILE, RunSpec, check_passthrough, data_files, drop_error_rows, read_results, read_run_spec
@@ -223,26 +223,28 @@ def run_archive(
     storage.remove_inflight(output)
     if retry_errors:
         drop_error_rows(output)
-    done = read_results(output, ["uri"]).column("uri")
-    pending = found.table.filter(pc.invert(pc.is_in(found.table.column("uri"), value_set=done.combine_chunks())))
-    todo = pending if limit is None else pending.slice(0, limit)
-    if todo.num_rows:
+    state = planning.progress(found.table, output)
+    todo = state.pending if limit is None else state.pending.slice(0, limit)
+    if len(todo):
         ray = connect()
         placement = plan_placement(ray.cluster_resources(), largest_node_cpus(ray), actors, gpus_per_actor, cpus_per_actor)
+        rows_per_block = planning.block_rows(len(todo), int(ray.cluster_resources().get("CPU", 1)), batch_size)
         if progress:
-            print(f"dualcam: scoring {todo.num_rows} of {found.table.num_rows} inputs "
-                  f"({found.table.num_rows - pending.num_rows} already in {output}) with {placement.actors} actor(s) "
-                  f"of {placement.cpus_per_actor:g} CPU, {placement.gpus_per_actor:g} GPU", file=sys.stderr)
+            print(f"dualcam: scoring {len(todo)} of {found.table.num_rows} inputs "
+                  f"({state.done} already in {output}) with {placement.actors} actor(s) "
+                  f"of {placement.cpus_per_actor:g} CPU, {placement.gpus_per_actor:g} GPU, "
+                  f"in blocks of {rows_per_block}", file=sys.stderr)
         ray.data.DataContext.get_current().enable_progress_bars = progress
-        scored = _scored(ray, todo, scorer, (first, second), meta1, spec.alpha, placement, batch_size)
+        blocks = [ray.put(block) for block in planning.blocks(found.table, todo, rows_per_block)]
+        scored = _scored(ray, blocks, scorer, (first, second), meta1, spec.alpha, placement, batch_size)
         # Writing is I/O; it must not wait for CPUs the scoring actors hold.
         scored.write_parquet(storage.absolute(output), filesystem=storage.parquet_filesystem(output),
                              min_rows_per_file=rows_per_file, ray_remote_args={"num_cpus": 0})
     status = read_results(output, ["status", "error"])
     errors = status.filter(pc.equal(status.column("status"), "error"))
     return ScoreSummary(
-        output=output, inputs=found.table.num_rows, already_done=found.table.num_rows - pending.num_rows,
-        scored_now=todo.num_rows, ok=status.num_rows - errors.num_rows, errors=errors.num_rows,
+        output=output, inputs=found.table.num_rows, already_done=state.done,
+        scored_now=len(todo), ok=status.num_rows - errors.num_rows, errors=errors.num_rows,
         seconds=time.perf_counter() - started,
         first_error=errors.column("error")[0].as_py() if errors.num_rows else None,
     )
@@ -262,16 +264,16 @@ def _claim_output(output: str, spec: RunSpec) -> None:
 
 
 def _scored(
-    ray: Any, todo: pa.Table, scorer: type[PairScorer], experts: tuple[str, str], meta: ExpertMeta, alpha: float,
-    placement: Placement, batch_size: int,
+    ray: Any, blocks: list[Any], scorer: type[PairScorer], experts: tuple[str, str], meta: ExpertMeta,
+    alpha: float, placement: Placement, batch_size: int,
 ) -> Any:
-    """The lazy Ray Dataset of result rows for the inputs in ``todo``."""
+    """The lazy Ray Dataset of result rows for the inputs in ``blocks`` (object refs of ``planning.blocks``,
+    put one at a time: what ``from_arrow`` does with a list it holds whole)."""
     load_resources = (
         {"num_cpus": 1, "num_gpus": 0} if placement.gpus_per_actor
         else {"num_cpus": placement.cpus_per_actor, "num_gpus": 0}  # same as the actor's: fused into it
     )
-    rows_per_block = batch_size * 4
-    ds = ray.data.from_arrow([todo.slice(i, rows_per_block) for i in range(0, todo.num_rows, rows_per_block)])
+    ds = ray.data.from_arrow_refs(blocks)
     ds = ds.map_batches(
         load_images, fn_kwargs={"meta": meta}, batch_format="pyarrow", batch_size=batch_size,
         **load_resources,

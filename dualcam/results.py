@@ -68,7 +68,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -292,20 +292,33 @@ def read_results(output: str, columns: Sequence[str] | None = None, uris: Sequen
     dualcam's writes appear whole) is skipped with a warning; a file that cannot be read (S3
     throttling, say) raises, so a resumed run never mistakes unread rows for missing ones.
     """
+    parts = list(read_results_in_parts(output, columns, uris, rows=None))
+    return parts[0] if parts else pa.table({name: pa.array([], pa.string()) for name in (columns or ["uri", "status"])})
+
+
+def read_results_in_parts(
+    output: str, columns: Sequence[str] | None = None, uris: Sequence[str] | None = None, rows: int | None = None,
+) -> Iterator[pa.Table]:
+    """``read_results`` a part at a time: tables of at least ``rows`` rows each (the last may hold fewer),
+    or one table of all rows when ``rows`` is None; nothing for an empty folder."""
     def read(uri: str) -> pa.Table | None:
         try:
             return _read_parquet(uri, columns=list(columns) if columns else None,
                                  filters=None if uris is None else [("uri", "in", list(uris))])
         except pa.ArrowInvalid as err:
-            warnings.warn(f"{uri}: skipped, not a readable Parquet file ({err})", stacklevel=3)
+            warnings.warn(f"{uri}: skipped, not a readable Parquet file ({err})", stacklevel=4)
             return None
 
     files = data_files(output)
+    part: list[pa.Table] = []
     with ThreadPoolExecutor(max(1, min(READ_WORKERS, len(files)))) as pool:
-        tables = [table for table in pool.map(read, files) if table is not None]
-    if not tables:
-        return pa.table({name: pa.array([], pa.string()) for name in (columns or ["uri", "status"])})
-    return pa.concat_tables(tables, promote_options="permissive")
+        for start in range(0, len(files), READ_WORKERS):
+            part += [table for table in pool.map(read, files[start:start + READ_WORKERS]) if table is not None]
+            if rows is not None and sum(t.num_rows for t in part) >= rows:
+                yield pa.concat_tables(part, promote_options="permissive")
+                part = []
+    if part:
+        yield pa.concat_tables(part, promote_options="permissive")
 
 
 def drop_error_rows(output: str) -> int:

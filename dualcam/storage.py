@@ -137,8 +137,8 @@ def list_files(uri: str) -> list[str]:
     return list_uris(uri).to_pylist()
 
 
-def list_uris(uri: str, workers: int = LIST_WORKERS) -> pa.StringArray:
-    """Every file under a local folder or s3:// prefix as one sorted Arrow array (a file URI lists itself).
+def list_uris(uri: str, workers: int = LIST_WORKERS) -> pa.ChunkedArray:
+    """Every file under a local folder or s3:// prefix as a sorted Arrow array (a file URI lists itself).
 
     An archive of millions of files stays one Arrow buffer (its URIs' bytes plus 4 per file), never a
     Python object per file. Local folders are walked in one ``os.scandir`` pass (no ``stat`` per file);
@@ -153,18 +153,23 @@ def list_uris(uri: str, workers: int = LIST_WORKERS) -> pa.StringArray:
             keys = _list_s3(s3_client(), bucket, prefix, workers)
         except (ClientError, BotoCoreError) as err:
             raise _s3_error(uri, err) from None
-        files = keys.filter(pc.invert(pc.ends_with(keys, "/")))  # "folder/" objects are folder markers
-        return _sorted(pc.binary_join_element_wise(f"s3://{bucket}/", files, ""))
+        markers = pc.ends_with(keys, "/")  # "folder/" objects mark folders: they are not files
+        return _sorted(keys.filter(pc.invert(markers)) if pc.any(markers).as_py() else keys, f"s3://{bucket}/")
     path = Path(uri)
     if path.is_file():
-        return pa.array([str(path)], pa.string())
+        return pa.chunked_array([[str(path)]], pa.string())
     if not path.is_dir():
         raise FileNotFoundError(f"{uri}: no such file or folder")
     return _sorted(_list_local(str(path)))
 
 
-def _sorted(uris: pa.Array) -> pa.StringArray:
-    return uris.take(pc.sort_indices(uris))
+def _sorted(names: pa.StringArray, prefix: str = "") -> pa.ChunkedArray:
+    """``prefix + name`` for each name, in sorted order; built a chunk at a time so that the names are
+    held twice at most, not three times (unsorted, sorted, prefixed)."""
+    order = pc.sort_indices(names)
+    chunks = [pc.binary_join_element_wise(prefix, names.take(order.slice(i, _CHUNK)), "") if prefix
+              else names.take(order.slice(i, _CHUNK)) for i in range(0, len(names), _CHUNK)]
+    return pa.chunked_array(chunks, pa.string())
 
 
 _CHUNK = 65_536  # names held as Python strings before they move into Arrow
@@ -185,7 +190,7 @@ def _list_local(root: str) -> pa.Array:
             chunks.append(pa.array(names, pa.string()))
             names = []
     chunks.append(pa.array(names, pa.string()))
-    return pa.chunked_array(chunks, pa.string()).combine_chunks()
+    return pa.chunked_array(chunks, pa.string())
 
 
 @dataclass(frozen=True)

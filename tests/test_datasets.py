@@ -90,7 +90,7 @@ def _inventory_manifest(bucket: str, fmt: str, schema: str, files: list[str]) ->
 INVENTORY = [("cxr/p1/a b+c%.png", True, False), ("cxr/p1/1.2.840.1", True, False), ("cxr/p1/ü.dcm", True, False),
              ("cxr/p2/old.png", False, False), ("cxr/p2/gone.png", True, True), ("cxr/p2/", True, False),
              ("cxr/notes.txt", True, False), ("cxr/.DS_Store", True, False)]
-CURRENT_IMAGES = ["s3://archive/cxr/p1/1.2.840.1", "s3://archive/cxr/p1/a b+c%.png", "s3://archive/cxr/p1/ü.dcm"]
+CURRENT_IMAGES = ["s3://archive/cxr/p1/a b+c%.png", "s3://archive/cxr/p1/1.2.840.1", "s3://archive/cxr/p1/ü.dcm"]  # in its order
 
 
 def test_an_s3_inventory_is_an_input(s3_bucket):

@@ -1,0 +1,93 @@
+"""What a run over an archive would do, decided in the driver before any work: no Ray here.
+
+Which inputs are still to score (the resume set difference against the output folder) and how
+they are cut into blocks for Ray Data. Each step is a few Arrow operations over whole columns, so
+the driver's cost per input stays flat from thousands to millions of inputs (``make scale``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dualcam.results import read_results_in_parts
+
+MAX_ROWS_PER_BLOCK = 1024
+PART_ROWS = 65_536
+"""Fewest output rows set against the inputs at once when resuming (``progress``)."""
+BLOCKS_PER_SLOT = 4
+
+
+@dataclass
+class Progress:
+    """Where the inputs stand against an output folder."""
+
+    pending: pa.Array
+    """Row numbers (ascending) of the inputs a run would score: 8 bytes each, not a copy of their rows."""
+    done: int
+    """Inputs already in the output, which a run skips."""
+    retried: int
+    """Inputs in the output only as error rows, which ``retry_errors`` scores again (they are pending)."""
+
+
+def progress(inputs: pa.Table, output: str, retry_errors: bool = False) -> Progress:
+    """Set the inputs against the rows of ``output``; reads nothing but its ``uri`` column (and ``status``
+    when retrying errors) and changes nothing.
+
+    A hashed set difference in Arrow (``is_in``), taken against the output a part at a time: a hash
+    set holds its URIs about 2.5 times over, so parts of at most a quarter as many rows as there are
+    inputs keep the driver's memory per input bounded however much of the archive is done, for
+    at most five passes over the inputs.
+    """
+    release_unused()  # what reading the inputs freed
+    uris = inputs.column("uri")
+    skip = retry = pc.is_in(uris, value_set=pa.array([], pa.string()))  # all false
+    for part in read_results_in_parts(output, ["uri", "status"] if retry_errors else ["uri"],
+                                      rows=max(PART_ROWS, len(uris) // 4)):
+        written = part.column("uri")
+        if retry_errors:
+            failed = pc.equal(part.column("status"), "error")
+            retry = pc.or_(retry, pc.is_in(uris, value_set=written.filter(failed)))
+            written = written.filter(pc.invert(failed))
+        skip = pc.or_(skip, pc.is_in(uris, value_set=written))
+        del part, written
+    pending = pc.indices_nonzero(pc.invert(skip))
+    release_unused()
+    return Progress(pending, len(uris) - len(pending), pc.sum(retry).as_py() or 0)
+
+
+def release_unused() -> None:
+    """Hand back to the system what Arrow has freed. Its allocator keeps freed buffers for reuse, and
+    after reading millions of URIs the driver would otherwise hold as much again as it uses (measured
+    by ``make scale``)."""
+    pa.default_memory_pool().release_unused()
+
+
+def block_rows(rows: int, slots: int, batch_size: int) -> int:
+    """Rows per block of input URIs handed to Ray Data: each block is one loading task, one object the
+    driver puts in Ray's store, and one metadata task Ray runs before the first image is read.
+
+    At most ``MAX_ROWS_PER_BLOCK`` (1,024): decoding 1,024 X-rays takes a core 8-20 s (``make
+    bench``), so Ray's few milliseconds per task stay under a thousandth, and 10 million inputs
+    are about 10,000 blocks (not 156,000 blocks of 64). At least ``BLOCKS_PER_SLOT`` blocks for
+    each slot (a CPU of the cluster) when there are fewer inputs, so that every slot gets work and
+    the last blocks finish close together. Whole batches, so that no batch straddles two blocks;
+    never less than one batch.
+    """
+    per_slot = math.ceil(max(0, rows) / (BLOCKS_PER_SLOT * max(1, slots)))
+    return max(batch_size, min(MAX_ROWS_PER_BLOCK, per_slot) // batch_size * batch_size)
+
+
+def blocks(inputs: pa.Table, rows: pa.Array, rows_per_block: int) -> Iterator[pa.Table]:
+    """The ``inputs`` at row numbers ``rows``, ``rows_per_block`` at a time: each block is copied out
+    only when it is asked for (and handed to Ray), so the driver never holds the pending rows twice."""
+    for start in range(0, len(rows), rows_per_block):
+        block = rows.slice(start, rows_per_block)
+        first, last = block[0].as_py(), block[-1].as_py()
+        # ascending rows lie within [first, last]: take from that slice (a take over the whole chunked
+        # table would combine all its chunks for every block)
+        yield inputs.slice(first, last - first + 1).take(pc.subtract(block, pa.scalar(first, block.type)))

@@ -1,0 +1,70 @@
+"""What a run would do, decided in the driver: the resume set difference and the blocks (no Ray)."""
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dualcam import planning
+
+
+def inputs_table(n: int) -> pa.Table:
+    """n inputs in three chunks, as a streamed manifest arrives, with a pass-through column."""
+    uris = [f"/archive/{i:05d}.png" for i in range(n)]
+    third = n // 3
+    return pa.Table.from_batches([
+        pa.record_batch({"uri": uris[a:b], "patient": [f"p{i}" for i in range(a, b)]})
+        for a, b in ((0, third), (third, 2 * third), (2 * third, n))
+    ])
+
+
+def write_output(folder, rows: list[tuple[str, str]], per_file: int) -> None:
+    folder.mkdir()
+    for part, start in enumerate(range(0, len(rows), per_file)):
+        chunk = rows[start:start + per_file]
+        pq.write_table(pa.table({"uri": [u for u, _ in chunk], "status": [s for _, s in chunk]}),
+                       folder / f"part-{part:03d}.parquet")
+
+
+@pytest.mark.parametrize("part_rows", [1, 7, 10_000])  # the output set against the inputs in parts, or at once
+def test_progress_leaves_exactly_the_inputs_not_in_the_output(tmp_path, monkeypatch, part_rows):
+    monkeypatch.setattr(planning, "PART_ROWS", part_rows)
+    inputs = inputs_table(50)
+    uris = inputs.column("uri").to_pylist()
+    ok, failed = uris[0:50:3], uris[1:50:7]
+    failed = [u for u in failed if u not in ok]
+    write_output(tmp_path / "out", [(u, "ok") for u in ok] + [(u, "error") for u in failed]
+                 + [("/elsewhere/x.png", "ok")], per_file=4)
+
+    state = planning.progress(inputs, str(tmp_path / "out"))
+    pending = inputs.take(state.pending).column("uri").to_pylist()
+    assert pending == [u for u in uris if u not in ok + failed]  # in input order
+    assert (state.done, state.retried) == (len(ok) + len(failed), 0)
+
+    retrying = planning.progress(inputs, str(tmp_path / "out"), retry_errors=True)
+    assert inputs.take(retrying.pending).column("uri").to_pylist() == [u for u in uris if u not in ok]
+    assert (retrying.done, retrying.retried) == (len(ok), len(failed))
+
+    fresh = planning.progress(inputs, str(tmp_path / "nothing-yet"))
+    assert fresh.pending.to_pylist() == list(range(50)) and fresh.done == 0
+
+
+def test_blocks_hold_the_pending_rows_once_in_order(tmp_path):
+    inputs = inputs_table(1000)
+    pending = pa.array([i for i in range(1000) if i % 3], pa.uint64())
+    blocks = list(planning.blocks(inputs, pending, 64))
+    assert all(b.num_rows == 64 for b in blocks[:-1]) and 0 < blocks[-1].num_rows <= 64
+    assert pa.concat_tables(blocks).to_pylist() == inputs.take(pending).to_pylist()
+    assert list(planning.blocks(inputs, pa.array([], pa.uint64()), 64)) == []
+
+
+@pytest.mark.parametrize("rows, slots, batch, expected", [
+    (10_000_000, 1000, 16, 1024),  # a large archive: blocks of 1,024 (9,766 of them)
+    (100_000, 1000, 16, 16),  # fewer inputs: at least 4 blocks per slot (6,250 blocks for 1,000 CPUs)
+    (80, 2, 2, 10),
+    (3, 64, 16, 16),  # never less than a batch
+    (10_000_000, 8, 48, 1008),  # whole batches, at most 1,024 rows
+])
+def test_block_rows(rows, slots, batch, expected):
+    size = planning.block_rows(rows, slots, batch)
+    assert size == expected and size % batch == 0 and size <= max(batch, planning.MAX_ROWS_PER_BLOCK)
+    assert -(-rows // size) >= min(planning.BLOCKS_PER_SLOT * slots, -(-rows // batch), rows // planning.MAX_ROWS_PER_BLOCK)
