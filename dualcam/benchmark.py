@@ -2,7 +2,8 @@
 
 (a) the bare forward of both experts (the limit), (b) the scorer class alone on loaded batches,
 (c) the Ray pipeline from local files to Parquet, (d) the same from S3 (moto's server on
-127.0.0.1). Pipeline rates are steady-state: rows after the first batch over the time between
+127.0.0.1), and (e) reading, decoding and preprocessing on one core, as a loading task does: with
+(b), the rates ``dualcam score --dry-run --rates`` plans a run from (``--json`` writes them). Pipeline rates are steady-state: rows after the first batch over the time between
 the first and last batch's ``scored_at``, so Ray and actor start-up (reported separately, as wall
 time) do not count. Peak memory is the largest resident set of this process and its children
 (the local Ray) seen while a stage ran. (a) and (b) run ``--repeat`` times, alternated, and
@@ -30,6 +31,7 @@ import torch
 
 from dualcam import storage
 from dualcam.experts import ExpertMeta, build_expert, save_expert
+from dualcam.imaging import decode_image, is_image_name, preprocess
 from dualcam.results import read_results, to_numpy
 from dualcam.scoring import DualScorer, load_images
 from dualcam.synthetic import write_synthetic_xrays
@@ -130,6 +132,9 @@ def run(args: argparse.Namespace) -> dict:
     report["a_bare_forward"], report["a_bare_forward_peak_bytes"] = max(runs["a"])
     report["b_scorer"], report["b_scorer_peak_bytes"] = max(runs["b"])
     report["b_over_a"] = report["b_scorer"] / report["a_bare_forward"]
+    report["e_decode_per_cpu"], decoded = decode_rate(args.decode_images or str(work / "images"), scorer.meta, args.repeat)
+    report["e_decoded"] = args.decode_images or "the generated images"
+    report["rates"] = planning_rates(report, decoded)
     if args.no_ray:
         return report
 
@@ -148,6 +153,37 @@ def run(args: argparse.Namespace) -> dict:
         report[f"{key}_peak_bytes"] = memory.peak
         report[f"{key}_over_a"] = report[key] / report["a_bare_forward"]
     return report
+
+
+def decode_rate(folder: str, meta: ExpertMeta, repeat: int, most: int = 200) -> tuple[float, int]:
+    """(images/s, images) of reading, decoding and preprocessing on one core, as a loading task does, for
+    up to ``most`` image files under ``folder``; the best of ``repeat`` passes."""
+    files = [uri for uri in storage.list_files(folder) if is_image_name(uri)][:most]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        best = min(_seconds(lambda: [preprocess(decode_image(storage.read_bytes(uri), uri), meta) for uri in files])
+                   for _ in range(repeat))
+    finally:
+        torch.set_num_threads(threads)
+    return len(files) / best, len(files)
+
+
+def _seconds(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def planning_rates(report: dict, decoded: int) -> dict:
+    """The rates ``dualcam score --dry-run --rates`` reads: decode per CPU core, and the scorer per GPU
+    (measured on one) or per CPU core (the scorer's rate over its torch threads: an upper bound, as
+    threads do not scale perfectly)."""
+    model = ("model_per_gpu", report["b_scorer"]) if report["device"].startswith("cuda") else (
+        "model_per_cpu", report["b_scorer"] / report["torch_threads"])
+    return {"decode_per_cpu": report["e_decode_per_cpu"], model[0]: model[1],
+            "measured": f"make bench: {report['arch']} pair at {report['size']} px on {report['device']}, "
+                        f"decoding {decoded} of {report['e_decoded']}"}
 
 
 def _stage_on_moto(images: list[str]) -> str:
@@ -182,6 +218,8 @@ def print_report(report: dict) -> None:
         if f"{key}_wall" in report:
             line += f"   (wall incl. start-up: {report[f'{key}_wall']:.2f} images/s)"
         print(line)
+    print(f"  {'(e) read + decode + preprocess, 1 core':40s} {report['e_decode_per_cpu']:7.2f} images/s   "
+          f"({report['e_decoded']})")
     for key, label in (("b_over_a", "b/a"), ("c_local_over_a", "c/a"), ("d_s3_over_a", "d/a")):
         if key in report:
             print(f"  {label} = {report[key]:.3f}")
@@ -197,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="torch device for (a) and (b) (default: cuda if available)")
     parser.add_argument("--no-ray", action="store_true", help="only (a) and (b): for machines without Ray")
     parser.add_argument("--no-s3", action="store_true", help="skip (d)")
+    parser.add_argument("--decode-images", default=None,
+                        help="time (e) on up to 200 image files under this folder, say real X-rays (default: the generated ones)")
     parser.add_argument("--workdir", default=None, help="where images, experts and outputs go (default: a temp dir)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)

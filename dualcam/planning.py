@@ -7,6 +7,7 @@ the driver's cost per input stays flat from thousands to millions of inputs (``m
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dualcam import storage
 from dualcam.results import read_results_in_parts
 
 MAX_ROWS_PER_BLOCK = 1024
@@ -91,3 +93,96 @@ def blocks(inputs: pa.Table, rows: pa.Array, rows_per_block: int) -> Iterator[pa
         # ascending rows lie within [first, last]: take from that slice (a take over the whole chunked
         # table would combine all its chunks for every block)
         yield inputs.slice(first, last - first + 1).take(pc.subtract(block, pa.scalar(first, block.type)))
+
+
+# --- How long a run would take ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Images per second one unit does: reading, decoding and preprocessing on a CPU core; scoring (both
+    experts, their CAMs, the kernel) on a GPU, or on a CPU core where there are no GPUs.
+
+    ``make bench`` measures them (``--json`` writes them as ``rates``; ``--decode-images`` on real
+    X-rays, since decoding scales with their size: 2.4 MP X-rays decode about 20 times slower than
+    224 px PNGs).
+    """
+
+    decode_per_cpu: float
+    model_per_gpu: float | None = None
+    model_per_cpu: float | None = None
+    measured: str = "given"
+
+    def __post_init__(self):
+        for name in ("decode_per_cpu", "model_per_gpu", "model_per_cpu"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"rates: {name} must be a positive number of images/s, got {value}")
+
+    @classmethod
+    def read(cls, uri: str) -> Rates:
+        """The ``rates`` of a ``make bench`` JSON report (``python -m dualcam.benchmark --json``)."""
+        try:
+            rates = json.loads(storage.read_bytes(uri))["rates"]
+            return cls(float(rates["decode_per_cpu"]), rates.get("model_per_gpu"), rates.get("model_per_cpu"),
+                       f"{rates.get('measured', 'make bench')} ({uri})")
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{uri}: not a make bench report with rates ({type(err).__name__}: {err})") from None
+
+    def describe(self) -> str:
+        model = [f"{rate:,.1f} per {unit}" for rate, unit in ((self.model_per_gpu, "GPU"), (self.model_per_cpu, "CPU"))
+                 if rate is not None]
+        return (f"decoding {self.decode_per_cpu:,.1f} images/s per CPU, scoring {' or '.join(model) or 'unknown'} "
+                f"({self.measured})")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The nodes a run would have: (CPUs, GPUs) of each."""
+
+    nodes: tuple[tuple[float, float], ...]
+    name: str
+
+    @classmethod
+    def alike(cls, nodes: int, cpus: float, gpus: float = 0.0) -> Cluster:
+        if nodes < 1 or cpus < 1 or gpus < 0:
+            raise ValueError(f"a cluster needs at least one node of at least one CPU, got {nodes} of {cpus:g} CPU, {gpus:g} GPU")
+        return cls(((float(cpus), float(gpus)),) * nodes, f"{nodes} node{'s' if nodes > 1 else ''} of {cpus:g} CPU, {gpus:g} GPU")
+
+    @property
+    def cpus(self) -> float:
+        return sum(cpus for cpus, _ in self.nodes)
+
+    @property
+    def gpus(self) -> float:
+        return sum(gpus for _, gpus in self.nodes)
+
+    @property
+    def largest_node_cpus(self) -> float:
+        return max(cpus for cpus, _ in self.nodes)
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.cpus:g} CPUs, {self.gpus:g} GPUs"
+
+
+def images_per_second(cluster: Cluster, placement: Placement, rates: Rates) -> tuple[float, str]:
+    """(images/s, what limits it) of a run placed so on ``cluster``, from ``rates``.
+
+    With GPUs, the actors score while loading tasks decode on the CPUs the actors leave: the slower
+    of the two sets the pace. Without, each actor decodes and scores in turn on its own CPUs.
+    Decoding and scoring are taken to scale with CPUs and GPUs, and Ray's own costs to be nil:
+    an upper bound to check against the first hour of a run.
+    """
+    if placement.gpus_per_actor:
+        if rates.model_per_gpu is None:
+            raise ValueError("no scoring rate per GPU: give one (make bench on a GPU machine measures it)")
+        gpus = placement.actors * placement.gpus_per_actor
+        loaders = max(0.0, cluster.cpus - placement.actors * placement.cpus_per_actor)
+        scoring, decoding = gpus * rates.model_per_gpu, loaders * rates.decode_per_cpu
+        if scoring <= decoding:
+            return scoring, f"scoring on {gpus:g} GPUs"
+        return decoding, f"decoding on the {loaders:g} CPUs the actors leave"
+    if rates.model_per_cpu is None:
+        raise ValueError("no scoring rate per CPU: give one (make bench on a CPU machine measures it)")
+    per_actor = placement.cpus_per_actor / (1 / rates.decode_per_cpu + 1 / rates.model_per_cpu)
+    return placement.actors * per_actor, f"{placement.actors} actors of {placement.cpus_per_actor:g} CPUs decoding and scoring"

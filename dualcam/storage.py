@@ -193,6 +193,12 @@ def _list_local(root: str) -> pa.Array:
     return pa.chunked_array(chunks, pa.string())
 
 
+_EXPAND_BELOW = 2
+"""Sub-prefixes per worker below which ``_list_s3`` lists the next level down before fanning out."""
+_SPANS_PER_WORKER = 4
+"""Spans per worker above which ``_list_s3`` groups sub-prefixes: enough to keep every worker busy to the end."""
+
+
 @dataclass(frozen=True)
 class _Span:
     """Keys under the sub-prefixes ``first`` .. ``last`` of ``parent``: consecutive common prefixes of a
@@ -208,13 +214,14 @@ def _list_s3(client, bucket: str, prefix: str, workers: int) -> pa.Array:
 
     A single paginator is one request after another, 1,000 keys each: 10,000 round trips for 10
     million objects. Here the tree is fanned out instead: prefixes are listed with ``Delimiter="/"``
-    level by level (their own keys come back, and their sub-prefixes), until at least ``2 * workers``
-    sub-prefixes are left; those are then listed whole (no delimiter), ``workers`` at a time. So every
-    key is returned once: either directly under a prefix that was expanded, or inside exactly one
-    sub-prefix that was not. A level with more than ``8 * workers`` sub-prefixes (a folder per
-    patient, say) is cut into that many spans of consecutive sub-prefixes, so that thousands of
-    small folders cost about as many requests as their keys fill pages, not one request each.
-    A flat folder has no sub-prefixes to fan out over: it is listed by one paginator, as before.
+    level by level (their own keys come back, and their sub-prefixes), until at least two
+    sub-prefixes per worker are left; those are then listed whole (no delimiter), ``workers`` at a
+    time. So every key is returned once: either directly under a prefix that was expanded, or
+    inside exactly one sub-prefix that was not. More than four sub-prefixes per worker (a folder
+    per patient, say) are cut into four spans per worker of consecutive sub-prefixes: enough to
+    keep all workers busy to the end, and thousands of small folders then cost about as many
+    requests as their keys fill pages, not one request each. A flat folder has no sub-prefixes to
+    fan out over: it is listed by one paginator, as before.
     """
     keys, level = [], [prefix]
     with ThreadPoolExecutor(workers) as pool:
@@ -222,8 +229,8 @@ def _list_s3(client, bucket: str, prefix: str, workers: int) -> pa.Array:
             listed = list(pool.map(lambda p: _list_level(client, bucket, p), level))
             keys += [own for own, _ in listed]
             children = [(parent, subs) for parent, (_, subs) in zip(level, listed) if subs]
-            if sum(len(subs) for _, subs in children) >= 2 * workers:
-                keys += pool.map(lambda span: _list_span(client, bucket, span), _spans(children, 8 * workers))
+            if sum(len(subs) for _, subs in children) >= _EXPAND_BELOW * workers:
+                keys += pool.map(lambda span: _list_span(client, bucket, span), _spans(children, _SPANS_PER_WORKER * workers))
                 break
             level = [sub for _, subs in children for sub in subs]
     return pa.chunked_array(keys, pa.string()).combine_chunks()

@@ -5,6 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dualcam import planning
+from dualcam.pipeline import plan_placement
 
 
 def inputs_table(n: int) -> pa.Table:
@@ -68,3 +69,29 @@ def test_block_rows(rows, slots, batch, expected):
     size = planning.block_rows(rows, slots, batch)
     assert size == expected and size % batch == 0 and size <= max(batch, planning.MAX_ROWS_PER_BLOCK)
     assert -(-rows // size) >= min(planning.BLOCKS_PER_SLOT * slots, -(-rows // batch), rows // planning.MAX_ROWS_PER_BLOCK)
+
+
+def test_hours_come_from_the_slower_of_decoding_and_scoring(tmp_path):
+    rates = planning.Rates(decode_per_cpu=50.0, model_per_gpu=2000.0, model_per_cpu=5.0)
+    gpu_nodes = planning.Cluster.alike(8, cpus=16, gpus=1)
+    placement = plan_placement({"CPU": gpu_nodes.cpus, "GPU": gpu_nodes.gpus}, gpu_nodes.largest_node_cpus)
+    rate, bound = planning.images_per_second(gpu_nodes, placement, rates)
+    assert rate == (128 - 8) * 50.0 and "decoding on the 120 CPUs" in bound  # 8 GPUs could score 16,000/s
+    fast_decode = planning.Rates(decode_per_cpu=500.0, model_per_gpu=2000.0)
+    assert planning.images_per_second(gpu_nodes, placement, fast_decode) == (16_000.0, "scoring on 8 GPUs")
+
+    cpu_nodes = planning.Cluster.alike(4, cpus=8)
+    placement = plan_placement({"CPU": cpu_nodes.cpus}, cpu_nodes.largest_node_cpus)
+    rate, _ = planning.images_per_second(cpu_nodes, placement, rates)
+    assert rate == pytest.approx(4 * 8 / (1 / 50 + 1 / 5))  # each actor decodes, then scores, on its 8 CPUs
+
+    (tmp_path / "bench.json").write_text('{"rates": {"decode_per_cpu": 40, "model_per_cpu": 3.5, "measured": "here"}}')
+    read = planning.Rates.read(str(tmp_path / "bench.json"))
+    assert (read.decode_per_cpu, read.model_per_cpu, read.model_per_gpu) == (40.0, 3.5, None)
+    with pytest.raises(ValueError, match="no scoring rate per GPU"):
+        planning.images_per_second(gpu_nodes, plan_placement({"CPU": 128.0, "GPU": 8.0}), read)
+    (tmp_path / "other.json").write_text('{"b_scorer": 3}')
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'other.json'}: not a make bench report"):
+        planning.Rates.read(str(tmp_path / "other.json"))
+    with pytest.raises(ValueError, match="decode_per_cpu must be a positive number"):
+        planning.Rates(decode_per_cpu=0.0)
