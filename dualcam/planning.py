@@ -129,6 +129,22 @@ class Rates:
         except (ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{uri}: not a make bench report with rates ({type(err).__name__}: {err})") from None
 
+    @classmethod
+    def parse(cls, text: str) -> Rates:
+        """``decode=45,gpu=1800`` (images/s: decoding per CPU core, scoring per GPU and/or ``cpu=`` per CPU
+        core), or the path or URI of a ``make bench`` JSON report."""
+        if "=" not in text:
+            return cls.read(text)
+        names = {"decode": "decode_per_cpu", "gpu": "model_per_gpu", "cpu": "model_per_cpu"}
+        try:
+            given = {names[key.strip()]: float(value) for key, value in (part.split("=") for part in text.split(","))}
+        except (KeyError, ValueError, TypeError):
+            raise ValueError(f"rates {text!r}: expected decode=N[,gpu=N][,cpu=N] (images/s) or a make bench JSON "
+                             "report") from None
+        if "decode_per_cpu" not in given:
+            raise ValueError(f"rates {text!r}: decode=N (images/s per CPU core) is needed")
+        return cls(**given, measured="given")
+
     def describe(self) -> str:
         model = [f"{rate:,.1f} per {unit}" for rate, unit in ((self.model_per_gpu, "GPU"), (self.model_per_cpu, "CPU"))
                  if rate is not None]
@@ -148,6 +164,17 @@ class Cluster:
         if nodes < 1 or cpus < 1 or gpus < 0:
             raise ValueError(f"a cluster needs at least one node of at least one CPU, got {nodes} of {cpus:g} CPU, {gpus:g} GPU")
         return cls(((float(cpus), float(gpus)),) * nodes, f"{nodes} node{'s' if nodes > 1 else ''} of {cpus:g} CPU, {gpus:g} GPU")
+
+    @classmethod
+    def parse(cls, text: str) -> Cluster:
+        """``NODES,CPUS[,GPUS]``: that many nodes alike, of so many CPUs and GPUs each (``8,16,1``)."""
+        try:
+            numbers = [float(part) for part in text.split(",")]
+            if len(numbers) not in (2, 3) or numbers[0] != int(numbers[0]):
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"cluster {text!r}: expected NODES,CPUS[,GPUS] per node, say 8,16,1") from None
+        return cls.alike(int(numbers[0]), *numbers[1:])
 
     @property
     def cpus(self) -> float:
@@ -186,3 +213,57 @@ def images_per_second(cluster: Cluster, placement: Placement, rates: Rates) -> t
         raise ValueError("no scoring rate per CPU: give one (make bench on a CPU machine measures it)")
     per_actor = placement.cpus_per_actor / (1 / rates.decode_per_cpu + 1 / rates.model_per_cpu)
     return placement.actors * per_actor, f"{placement.actors} actors of {placement.cpus_per_actor:g} CPUs decoding and scoring"
+
+
+@dataclass
+class RunPlan:
+    """What a run would do (``--dry-run``): counts from the inputs and the output, and for each cluster
+    the placement, the blocks and, with rates, the images/s and hours."""
+
+    kind: str
+    input: str
+    output: str
+    inputs: int
+    read_seconds: float
+    skipped: dict[str, int]
+    done: int
+    retried: int | None
+    pending: int
+    limit: int | None
+    batch_size: int
+    clusters: list[tuple[Cluster, Placement]]
+    rates: Rates | None
+
+    @property
+    def to_score(self) -> int:
+        return self.pending if self.limit is None else min(self.limit, self.pending)
+
+    def lines(self) -> list[str]:
+        skipped = ", ".join(f"{kind} {n:,}" for kind, n in self.skipped.items())
+        lines = [
+            f"dualcam: dry run ({self.kind} {self.input} into {self.output}): nothing started, nothing written",
+            f"  inputs        {self.inputs:>12,}  found in {self.read_seconds:.1f} s",
+            f"  skipped       {sum(self.skipped.values()):>12,}  files with other names{': ' + skipped if skipped else ''}",
+            f"  already done  {self.done:>12,}  in the output",
+        ]
+        if self.retried is not None:
+            lines.append(f"  to retry      {self.retried:>12,}  inputs with error rows (--retry-errors)")
+        lines.append(f"  to score      {self.to_score:>12,}" + (
+            f"  of {self.pending:,} not yet scored (--limit {self.limit:,})" if self.limit is not None else ""))
+        if self.rates:
+            lines.append(f"  rates         {self.rates.describe()}")
+        for cluster, placement in self.clusters:
+            rows = block_rows(self.to_score, int(cluster.cpus), self.batch_size)
+            lines.append(f"  {cluster.describe()}: {placement.actors} actor(s) of {placement.cpus_per_actor:g} CPU, "
+                         f"{placement.gpus_per_actor:g} GPU; {math.ceil(self.to_score / rows):,} blocks of {rows:,}")
+            lines.append("    " + self._hours(cluster, placement))
+        return lines
+
+    def _hours(self, cluster: Cluster, placement: Placement) -> str:
+        if self.rates is None:
+            return "hours: give --rates (make bench --json writes them, or decode=N,gpu=N,cpu=N in images/s)"
+        try:
+            rate, bound = images_per_second(cluster, placement, self.rates)
+        except ValueError as err:
+            return f"hours: {err}"
+        return f"{rate:,.1f} images/s ({bound}): {self.to_score / rate / 3600:,.2f} h to score {self.to_score:,}"
