@@ -133,7 +133,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.no_ray:
         return report
 
-    from dualcam.pipeline import connect, score_archive
+    from dualcam.pipeline import score_archive
+    from dualcam.raycluster import connect
 
     sources = {"c_local": str(work / "images")}
     if not args.no_s3:

@@ -17,12 +17,13 @@ from dualcam import drift, regions, storage
 from dualcam.cam import upsample
 from dualcam.evaluation import DEFAULT_KERNELS, EVALUATION_FILE, evaluate, format_table
 from dualcam.experts import OUTPUT_STRIDES, SUPPORTED_ARCHS, ExpertMeta, build_expert, load_meta, save_expert
-from dualcam.figures import DEFAULT_N, render_results
+from dualcam.score_report import DEFAULT_N, render_results
 from dualcam.imaging import DecodeError, decode_image, is_image_name
 from dualcam.jobspec import DRIFT_EXIT, exit_status, labels, run_drift, run_score, run_train
 from dualcam.kernel import ALPHAS, KERNELS
-from dualcam.pipeline import MAX_ERROR_FRACTION, connect
-from dualcam.render import overlay
+from dualcam.pipeline import MAX_ERROR_FRACTION
+from dualcam.raycluster import connect
+from dualcam.drawing import overlay
 from dualcam.scenario import DEMO_RECIPE, REGIMES, demo, experiment
 from dualcam.scoring import DualScorer
 from dualcam.synthetic import OVERLAP_CLASSES, write_overlap_dataset

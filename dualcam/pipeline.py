@@ -1,7 +1,7 @@
 """The Ray layer for scoring archives: Ray Data plumbing around ``dualcam.scoring``.
 
-The only module (with ``training``) that imports Ray, and only inside functions, so that
-``import dualcam`` works where Ray is absent. The pipeline reads top to bottom::
+With ``training`` and ``raycluster``, the only modules that import Ray, and only inside functions,
+so that ``import dualcam`` works where Ray is absent. The pipeline reads top to bottom::
 
     from_arrow(uris) -> map_batches(load_images)                   read + decode + preprocess, CPU
                      -> map_batches(DualScorer, ActorPoolStrategy)  both experts, GPU if any
@@ -13,8 +13,6 @@ that gets all of its node's CPUs; with GPUs, loading runs in CPU tasks beside th
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ import pyarrow.compute as pc
 from dualcam import drift, drift_report, storage
 from dualcam.datasets import read_inputs
 from dualcam.experts import ExpertMeta, load_meta, resolve_expert
+from dualcam.raycluster import connect, largest_node_cpus
 from dualcam.results import RUN_FILE, RunSpec, check_passthrough, data_files, drop_error_rows, read_results, read_run_spec
 from dualcam.scoring import DriftScorer, DualScorer, PairScorer, load_images
 
@@ -99,26 +98,6 @@ class DriftSummary:
                 f"summary in {storage.join(self.run.output, drift_report.SUMMARY_FILE)}, page {r['page']}")
 
 
-def connect(quiet: bool = False) -> Any:
-    """Ray, initialized: the cluster at RAY_ADDRESS if set, else a new local instance on 127.0.0.1.
-
-    ``quiet`` keeps the workers' output and Ray's info lines off the console (they stay in Ray's
-    session logs); it only applies when this call is the one that initializes Ray.
-    """
-    # A new local Ray binds to loopback only with this set before ray is imported.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
-                 **({"log_to_driver": False, "logging_level": logging.WARNING} if quiet else {}))
-        if quiet:
-            import ray.data  # configures its own loggers on import: quiet them after that
-
-            logging.getLogger("ray.data").setLevel(logging.ERROR)
-    return ray
-
-
 @dataclass(frozen=True)
 class Placement:
     """How many scoring actors run, and what each holds."""
@@ -126,11 +105,6 @@ class Placement:
     actors: int
     cpus_per_actor: float
     gpus_per_actor: float
-
-
-def largest_node_cpus(ray: Any) -> float:
-    """CPUs of the biggest live node: no single actor or worker can have more."""
-    return max((node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node["Alive"]), default=1.0)
 
 
 def plan_placement(

@@ -170,7 +170,7 @@ def demo(out: str, n: int = 100, size: int = 96, seed: int = 0, recipe: Recipe =
     """``make demo``: the paper's regime on fresh synthetic data, then the localization table and
     an HTML report with the paper's figures. Returns the evaluation (with ``report``: its path)."""
     from dualcam.evaluation import format_table
-    from dualcam.figures import render_results
+    from dualcam.score_report import render_results
     from dualcam.synthetic import write_overlap_dataset
 
     started = time.perf_counter()

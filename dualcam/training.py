@@ -9,7 +9,7 @@ workers'. Every epoch reports train loss and validation and test metrics with a 
 Ray keeps the best by validation accuracy (and the latest, for resuming). The test metrics of
 the best epoch are the expert's reported test performance: selection looks at validation only.
 
-Ray is imported inside functions only, as in ``pipeline``.
+Ray is imported inside functions only (``raycluster``), as in ``pipeline``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from dualcam.experts import (
     save_expert_version,
 )
 from dualcam.metrics import binary_metrics
-from dualcam.pipeline import connect, largest_node_cpus
+from dualcam.raycluster import connect, largest_node_cpus
 from dualcam.results import to_numpy
 from dualcam.scoring import load_images
 

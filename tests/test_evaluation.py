@@ -111,7 +111,7 @@ def test_a_target_is_the_union_of_its_boxes(tmp_path):
 
 
 def test_drift_outputs_are_refused_by_evaluate_and_render(tmp_path):
-    from dualcam.figures import render_results
+    from dualcam.score_report import render_results
 
     results, boxes = tmp_path / "results", tmp_path / "boxes.csv"
     _write_results(results, boxes)

@@ -14,9 +14,9 @@ from PIL import Image
 
 from dualcam import DualScorer, build_expert, save_expert, storage
 from dualcam.cli import main
-from dualcam.figures import render_results
+from dualcam.score_report import render_results
 from dualcam.kernel import get_kernel
-from dualcam.render import (
+from dualcam.drawing import (
     BOX_COLORS, GAP, LEGEND_HEIGHT, TITLE_HEIGHT, colorize, overlay, panel_row, panel_size,
 )
 from dualcam.report import Report, format_value
