@@ -27,7 +27,7 @@ from dualcam.drawing import overlay
 from dualcam.scenario import DEMO_RECIPE, REGIMES, demo, experiment
 from dualcam.scoring import DualScorer
 from dualcam.synthetic import OVERLAP_CLASSES, write_overlap_dataset
-from dualcam.training import AUGMENTATIONS
+from dualcam.train_loop import AUGMENTATIONS
 
 
 def _inputs(uris: Sequence[str]) -> list[str]:
