@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> dict:
             save_expert(build_expert(args.arch), uri, ExpertMeta(arch=args.arch, class_name=name, input_size=args.size))
         experts.append(uri)
     images = [str(p) for p in write_synthetic_xrays(work / "images", args.n, size=args.size)]
-    scorer = DualScorer(*experts, alpha=5.0, device=args.device)
+    scorer = DualScorer(*experts, device=args.device)
     table = pa.table({"uri": images})
     loaded = [load_images(table.slice(i, args.batch_size), scorer.meta) for i in range(0, args.n, args.batch_size)]
     batches = [torch.tensor(to_numpy(b.column("pixels"))) for b in loaded]

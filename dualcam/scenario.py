@@ -21,11 +21,9 @@ import pyarrow.csv as pacsv
 from dualcam import storage
 from dualcam.datasets import read_manifest
 from dualcam.evaluation import DEFAULT_KERNELS, EVALUATION_FILE, evaluate, format_number
-from dualcam.kernel import ALPHAS
+from dualcam.kernel import ALPHAS, PAPER_ALPHAS
 from dualcam.synthetic import OverlapDataset
 from dualcam.training import Recipe
-
-SCORING_ALPHA = 5.0
 
 DEMO_RECIPE = Recipe(arch="resnet18", weights="none", epochs=8, lr=0.01, momentum=0.9, batch_size=16,
                      image_size=96, output_stride=16, seed=0)
@@ -84,8 +82,7 @@ def run_regime(data: OverlapDataset, chosen: Regime, out: str, recipe: Recipe = 
             f"{val.get('accuracy', float('nan')):.3f}, {e.uri}")
     log(f"[{chosen.name}] trained in {time.perf_counter() - started:.0f} s; scoring the test split")
     results = storage.join(out, chosen.name, "results")
-    summary = score_archive(experts[0].uri, experts[1].uri, _test_manifest(data), results, alpha=SCORING_ALPHA,
-                            progress=False)
+    summary = score_archive(experts[0].uri, experts[1].uri, _test_manifest(data), results, progress=False)
     failure = summary.failure()
     if failure:
         raise RuntimeError(f"scoring the test split failed: {failure}")
@@ -122,7 +119,7 @@ def _write_subset(data: OverlapDataset, name: str, keep: Callable[[pa.Table], pa
 
 # --- Comparing regimes ------------------------------------------------------------------------
 
-_COMPARED = [("CAM1", None), ("CAM2", None)] + [(k, a) for k in (*DEFAULT_KERNELS, "CAM1 sharpened") for a in (5.0, 15.0, 50.0)] \
+_COMPARED = [("CAM1", None), ("CAM2", None)] + [(k, a) for k in (*DEFAULT_KERNELS, "CAM1 sharpened") for a in PAPER_ALPHAS] \
     + [("uniform", None), ("F1 box pooled", None)]
 
 

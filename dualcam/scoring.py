@@ -27,7 +27,7 @@ from dualcam import drift, regions, storage
 from dualcam.cam import forward_with_cams, upsample
 from dualcam.experts import POSITIVE_INDEX, Expert, ExpertMeta, load_expert, resolve_expert
 from dualcam.imaging import MAX_PIXELS, decode_image, preprocess
-from dualcam.kernel import addk
+from dualcam.kernel import DEFAULT_ALPHA, addk
 from dualcam.results import DRIFT, SCORE, Layout, RunSpec, result_table, tensor_array, to_numpy
 
 IO_THREADS = 8
@@ -99,7 +99,7 @@ class PairScorer:
     layout: ClassVar[Layout]
 
     def __init__(
-        self, first: Expert | str, second: Expert | str, alpha: float = 5.0,
+        self, first: Expert | str, second: Expert | str, alpha: float = DEFAULT_ALPHA,
         device: str | None = None, threads: int | None = None,
     ):
         if threads:
@@ -173,7 +173,7 @@ class DualScorer(PairScorer):
     layout = SCORE
 
     def __init__(
-        self, c1: Expert | str, c2: Expert | str, alpha: float = 5.0,
+        self, c1: Expert | str, c2: Expert | str, alpha: float = DEFAULT_ALPHA,
         device: str | None = None, threads: int | None = None,
     ):
         super().__init__(c1, c2, alpha, device, threads)
@@ -230,7 +230,7 @@ class DriftScorer(PairScorer):
     layout = DRIFT
 
     def __init__(
-        self, old: Expert | str, new: Expert | str, alpha: float = 5.0,
+        self, old: Expert | str, new: Expert | str, alpha: float = DEFAULT_ALPHA,
         device: str | None = None, threads: int | None = None,
     ):
         super().__init__(old, new, alpha, device, threads)

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dualcam import build_expert, preprocess, save_expert, storage
-from dualcam.cli import DRIFT_EXIT, main
+from dualcam.cli import main
+from dualcam.commands.drift import DRIFT_EXIT
 from dualcam.experts import ExpertMeta
 from dualcam.results import read_results, to_numpy
 from dualcam.synthetic import write_synthetic_xrays
