@@ -29,7 +29,9 @@ import pyarrow.compute as pc
 import torch
 
 from dualcam import storage
-from dualcam.experts import ExpertMeta, build_expert, save_expert
+from dualcam.experts import META_FILE, ExpertMeta, build_expert, save_expert
+from dualcam.pipeline import score_archive
+from dualcam.raycluster import connect
 from dualcam.results import read_results, to_numpy
 from dualcam.scoring import DualScorer, load_images
 from dualcam.synthetic import write_synthetic_xrays
@@ -111,7 +113,7 @@ def run(args: argparse.Namespace) -> dict:
     experts = []
     for name in ("c1", "c2"):
         uri = str(work / "experts" / name)
-        if not storage.exists(storage.join(uri, "expert.json")):
+        if not storage.exists(storage.join(uri, META_FILE)):
             save_expert(build_expert(args.arch), uri, ExpertMeta(arch=args.arch, class_name=name, input_size=args.size))
         experts.append(uri)
     images = [str(p) for p in write_synthetic_xrays(work / "images", args.n, size=args.size)]
@@ -132,9 +134,6 @@ def run(args: argparse.Namespace) -> dict:
     report["b_over_a"] = report["b_scorer"] / report["a_bare_forward"]
     if args.no_ray:
         return report
-
-    from dualcam.pipeline import score_archive
-    from dualcam.raycluster import connect
 
     sources = {"c_local": str(work / "images")}
     if not args.no_s3:

@@ -20,10 +20,12 @@ import pyarrow.csv as pacsv
 
 from dualcam import storage
 from dualcam.datasets import read_manifest
-from dualcam.evaluation import DEFAULT_KERNELS, EVALUATION_FILE, evaluate, format_number
+from dualcam.evaluation import DEFAULT_KERNELS, EVALUATION_FILE, evaluate, format_number, format_table
 from dualcam.kernel import ALPHAS, PAPER_ALPHAS
-from dualcam.synthetic import OverlapDataset
-from dualcam.training import Recipe
+from dualcam.pipeline import score_archive
+from dualcam.score_report import render_results
+from dualcam.synthetic import OverlapDataset, write_overlap_dataset
+from dualcam.training import Recipe, train_experts
 
 DEMO_RECIPE = Recipe(arch="resnet18", weights="none", epochs=8, lr=0.01, momentum=0.9, batch_size=16,
                      image_size=96, output_stride=16, seed=0)
@@ -67,9 +69,6 @@ def run_regime(data: OverlapDataset, chosen: Regime, out: str, recipe: Recipe = 
     Experts are versioned by data and recipe, so a regime that shares an expert with an earlier
     one (the paper's expert 1 in one-vs-rest, say) reuses it instead of training it again.
     """
-    from dualcam.pipeline import score_archive
-    from dualcam.training import train_experts
-
     c1_data = _starved(data, chosen.c1_train_positives) if chosen.c1_train_positives else None
     started = time.perf_counter()
     log(f"[{chosen.name}] training both experts ({chosen.description}; {recipe.arch}, {recipe.epochs} epochs)")
@@ -148,8 +147,6 @@ def experiment(out: str, n: int = 200, size: int = 96, seed: int = 0, recipe: Re
                regimes: Sequence[str] = tuple(r.name for r in REGIMES), log: Callable[[str], None] = print) -> str:
     """Run every regime on one data set; returns the comparison tables, also written to
     ``out/experiment.md`` with every evaluation in ``out/experiment.json``."""
-    from dualcam.synthetic import write_overlap_dataset
-
     started = time.perf_counter()
     data = write_overlap_dataset(storage.join(out, "data"), n, size, seed)
     log(f"wrote {data.images} images ({n} per class, {size} px, seed {seed}) to {storage.join(out, 'data')}")
@@ -166,10 +163,6 @@ def demo(out: str, n: int = 100, size: int = 96, seed: int = 0, recipe: Recipe =
          log: Callable[[str], None] = print) -> dict[str, Any]:
     """``make demo``: the paper's regime on fresh synthetic data, then the localization table and
     an HTML report with the paper's figures. Returns the evaluation (with ``report``: its path)."""
-    from dualcam.evaluation import format_table
-    from dualcam.score_report import render_results
-    from dualcam.synthetic import write_overlap_dataset
-
     started = time.perf_counter()
     data = write_overlap_dataset(storage.join(out, "data"), n, size, seed)
     log(f"wrote {data.images} images ({n} per class, {size} px, seed {seed}): {data.manifest}, {data.boxes}")

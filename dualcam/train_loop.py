@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from dualcam import storage
 from dualcam.datasets import SPLITS
-from dualcam.experts import META_FILE, ExpertMeta, build_expert, load_expert, save_expert
+from dualcam.experts import META_FILE, POSITIVE_INDEX, ExpertMeta, build_expert, load_expert, save_expert
 from dualcam.metrics import binary_metrics
 from dualcam.results import to_numpy
 from dualcam.scoring import load_images
@@ -193,7 +193,7 @@ def _to(xy: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> tuple[to
 
 
 def _light_augment(x: torch.Tensor) -> torch.Tensor:
-    """Small per-image affine jitter (+-5 degrees, +-5% shift and scale) and brightness/contrast.
+    """Small per-image affine jitter (+-5 degrees, +-5% shift and scale) and brightness (one factor in [0.9, 1.1]).
 
     No flips: a mirrored chest X-ray puts the heart on the wrong side.
     """
@@ -215,7 +215,7 @@ def _predict(model: torch.nn.Module, dataset: Any, meta: ExpertMeta, batch_size:
     labels, probs = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
     for x, y in _loaded(dataset.iter_batches(batch_size=batch_size, batch_format="pyarrow"), meta, device):
         if len(y):
-            probs.append(model(x.contiguous(memory_format=torch.channels_last)).float().softmax(-1)[:, 1].cpu().numpy())
+            probs.append(model(x.contiguous(memory_format=torch.channels_last)).float().softmax(-1)[:, POSITIVE_INDEX].cpu().numpy())
             labels.append(y.cpu().numpy())
     return np.concatenate(labels), np.concatenate(probs)
 
