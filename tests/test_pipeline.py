@@ -108,9 +108,9 @@ def test_a_folder_gives_one_row_per_input_equal_to_a_direct_computation(ray_clus
         assert row["box_y"] <= row["peak_y"] < row["box_y"] + row["box_h"] <= row["height"]
 
 
-def test_the_sample_xrays_all_score(ray_cluster, experts, xray_dir, tmp_path):
-    summary = score_archive(*experts, str(xray_dir), str(tmp_path / "out"), batch_size=16, progress=False)
-    images = [p for p in xray_dir.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".dcm")]
+def test_the_sample_xrays_all_score(ray_cluster, experts, xray_samples, tmp_path):
+    summary = score_archive(*experts, str(xray_samples.path), str(tmp_path / "out"), batch_size=16, progress=False)
+    images = [p for p in xray_samples.path.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".dcm")]
     assert (summary.ok, summary.errors) == (len(images), 0)
     assert sorted(by_uri(read_results(summary.output, ["uri"]))) == sorted(str(p) for p in images)
 
