@@ -14,6 +14,7 @@ Run ``python -m dualcam.benchmark --help``; Ray and moto are needed only for (c)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -50,10 +51,8 @@ def tree_rss(root: int) -> int:
     while todo:
         pid = todo.pop()
         todo += parents.get(pid, [])
-        try:
+        with contextlib.suppress(OSError):  # it may have ended meanwhile
             total += int((Path("/proc") / str(pid) / "statm").read_text().split()[1]) * page
-        except OSError:
-            pass
     return total
 
 
@@ -193,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=224, help="expert input size = image size (default 224)")
     parser.add_argument("--arch", default="resnet18", help="expert architecture (default resnet18)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
-    parser.add_argument("--repeat", type=int, default=2, help="runs of (a) and (b), alternated; the best counts (default 2)")
+    parser.add_argument("--repeat", type=int, default=2,
+                        help="runs of (a) and (b), alternated; the best counts (default 2)")
     parser.add_argument("--device", default=None, help="torch device for (a) and (b) (default: cuda if available)")
     parser.add_argument("--no-ray", action="store_true", help="only (a) and (b): for machines without Ray")
     parser.add_argument("--no-s3", action="store_true", help="skip (d)")

@@ -93,7 +93,8 @@ def measures(
 ) -> dict[str, torch.Tensor]:
     """Everything a drift row holds, from (B,) probabilities and (B, h, w) raw CAMs, on their device.
 
-    ``gained``, ``lost``: (B, h, w) ADDK maps of the CAMs' positive parts. ``cam_correlation``, ``extra_mass_outside_old_top``,
+    ``gained``, ``lost``: (B, h, w) ADDK maps of the CAMs' positive parts. ``cam_correlation``,
+    ``extra_mass_outside_old_top``,
     ``delta_p``: (B,). ``old_peak``, ``new_peak``, ``gained_peak``: (B, 2) float (x, y) of the
     maps upsampled to ``size`` x ``size``, in input pixels (``peak_shift_px`` turns the first two
     into the image-pixel measure once image sizes are known).

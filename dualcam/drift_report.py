@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow.compute as pc
 
 from dualcam import drift, storage
-from dualcam.imaging import DecodeError, decode_image
 from dualcam.drawing import panel_row
+from dualcam.imaging import DecodeError, decode_image
 from dualcam.report import Report
 from dualcam.results import DRIFT, RunSpec, read_results, read_run_spec, to_numpy
 

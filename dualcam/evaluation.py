@@ -78,7 +78,8 @@ def evaluate(results: str, boxes: str, *, alphas: Sequence[float] = ALPHAS,
     ok = table.filter(pc.equal(table.column("status"), "ok"))
     c1 = ok.filter(pc.equal(ok.column("label"), spec.first.class_name))
     if c1.num_rows == 0:
-        raise ValueError(f"{results}: no {spec.first.class_name!r} images scored ok{f' in split {split!r}' if split else ''}")
+        where = f" in split {split!r}" if split else ""
+        raise ValueError(f"{results}: no {spec.first.class_name!r} images scored ok{where}")
     known: dict[tuple[str, str], list[Box]] = {}
     for uri, found in read_boxes(boxes).items():
         for kind, box in found:
@@ -158,7 +159,8 @@ def _experts(table: pa.Table, spec: Any) -> list[dict[str, Any]]:
         probs = ok.column(name).to_numpy()
         row: dict[str, Any] = {"expert": expert.class_name, "version": expert.version}
         row |= binary_metrics(labels == expert.class_name, probs)
-        row |= {f"positive_rate_{label}": float(np.mean(probs[labels == label] >= 0.5)) for label in sorted(set(labels))}
+        row |= {f"positive_rate_{label}": float(np.mean(probs[labels == label] >= 0.5))
+                for label in sorted(set(labels))}
         rows.append(row)
     return rows
 
@@ -176,7 +178,8 @@ def format_table(evaluation: dict[str, Any]) -> str:
     corr = evaluation["cam_correlation"]
     lines.append(f"CAM1-CAM2 correlation: mean {format_number(corr['mean'])}, median {format_number(corr['median'])}")
     for e in evaluation["experts"]:
-        rates = ", ".join(f"{k.removeprefix('positive_rate_')} {v:.2f}" for k, v in e.items() if k.startswith("positive_rate_"))
+        rates = ", ".join(f"{k.removeprefix('positive_rate_')} {v:.2f}" for k, v in e.items()
+                          if k.startswith("positive_rate_"))
         lines.append(f"expert {e['expert']}: accuracy {format_number(e['accuracy'])}, sensitivity "
                      f"{format_number(e['sensitivity'])}, specificity {format_number(e['specificity'])}, AUC "
                      f"{format_number(e['auc'])} (n {e['n']}); positive rate by label: {rates}")

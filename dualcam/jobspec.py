@@ -70,10 +70,12 @@ def load_spec(uri: str) -> JobSpec:
     for key in spec:
         if key not in options:
             close = difflib.get_close_matches(str(key).replace("-", "_"), options, n=1)
-            raise ValueError(f"{uri}: unknown option {key!r} for {job}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{uri}: unknown option {key!r} for {job}{hint}")
     missing = [name for name, action in options.items() if action.required and name not in spec]
     if missing:
-        raise ValueError(f"{uri}: missing option{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} for {job}")
+        plural = "s" if len(missing) > 1 else ""
+        raise ValueError(f"{uri}: missing option{plural} {', '.join(map(repr, missing))} for {job}")
     return JobSpec(uri, job, spec)
 
 

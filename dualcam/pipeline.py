@@ -27,7 +27,15 @@ from dualcam.datasets import read_inputs
 from dualcam.experts import ExpertMeta, load_meta, resolve_expert
 from dualcam.options import MAX_ERROR_FRACTION, ArchiveOptions
 from dualcam.raycluster import connect, largest_node_cpus
-from dualcam.results import RUN_FILE, RunSpec, check_passthrough, data_files, drop_error_rows, read_results, read_run_spec
+from dualcam.results import (
+    RUN_FILE,
+    RunSpec,
+    check_passthrough,
+    data_files,
+    drop_error_rows,
+    read_results,
+    read_run_spec,
+)
 from dualcam.scoring import DriftScorer, DualScorer, PairScorer, load_images
 
 MAX_CPUS_PER_ACTOR = 8
@@ -129,7 +137,7 @@ def plan_placement(
 def score_archive(
     c1: str, c2: str, input: str, output: str, options: ArchiveOptions | None = None, **overrides: Any,
 ) -> ScoreSummary:
-    """Score every image under ``input`` with experts ``c1`` (class of interest) and ``c2``; write Parquet to ``output``.
+    """Score every image under ``input`` with experts ``c1`` (class of interest) and ``c2``; Parquet to ``output``.
 
     ``options`` (``ArchiveOptions``; its defaults when None), with any of its fields given as
     keywords instead or on top (``alpha=15, progress=False``).

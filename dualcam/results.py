@@ -166,7 +166,8 @@ class RunSpec:
 
     def to_json(self) -> str:
         roles = dict(zip(self.layout.roles, map(asdict, self.experts)))
-        return json.dumps({"kind": self.kind, **roles, "alpha": self.alpha, "schema_version": self.schema_version}, indent=2)
+        spec = {"kind": self.kind, **roles, "alpha": self.alpha, "schema_version": self.schema_version}
+        return json.dumps(spec, indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> RunSpec:

@@ -45,7 +45,8 @@ class Regime:
 
 
 REGIMES = (
-    Regime("paper", "expert 1: C1 vs C2 + normal; expert 2: C2 vs normal (the paper's)", (("C2", "normal"), ("normal",))),
+    Regime("paper", "expert 1: C1 vs C2 + normal; expert 2: C2 vs normal (the paper's)",
+           (("C2", "normal"), ("normal",))),
     Regime("paper-starved", "the paper's, with expert 1 trained on 30 C1 images", (("C2", "normal"), ("normal",)), 30),
     Regime("normals-only", "both experts against normal images only", (("normal",), ("normal",))),
     Regime("one-vs-rest", "each expert against everything else", (("C2", "normal"), ("C1", "normal"))),
@@ -118,8 +119,9 @@ def _write_subset(data: OverlapDataset, name: str, keep: Callable[[pa.Table], pa
 
 # --- Comparing regimes ------------------------------------------------------------------------
 
-_COMPARED = [("CAM1", None), ("CAM2", None)] + [(k, a) for k in (*DEFAULT_KERNELS, "CAM1 sharpened") for a in PAPER_ALPHAS] \
-    + [("uniform", None), ("F1 box pooled", None)]
+_COMPARED = [("CAM1", None), ("CAM2", None),
+             *((k, a) for k in (*DEFAULT_KERNELS, "CAM1 sharpened") for a in PAPER_ALPHAS),
+             ("uniform", None), ("F1 box pooled", None)]
 
 
 def comparison_tables(evaluations: Sequence[dict[str, Any]]) -> str:
@@ -127,19 +129,22 @@ def comparison_tables(evaluations: Sequence[dict[str, Any]]) -> str:
     each expert's positive rate on the other class, AUC)."""
     names = [e["regime"]["name"] for e in evaluations]
     lines = ["Pointing game / energy in box on the C1 test images (F1: C1's own feature; S: the shared one)", "",
-             "| map | alpha | " + " | ".join(f"{n}: F1" for n in names) + " | " + " | ".join(f"{n}: S" for n in names) + " |",
+             "| map | alpha | " + " | ".join(f"{n}: F1" for n in names) + " | "
+             + " | ".join(f"{n}: S" for n in names) + " |",
              "|---|---|" + "---|" * (2 * len(names))]
     for name, alpha in _COMPARED:
         rows = [next(r for r in e["localization"] if r["map"] == name and r["alpha"] == alpha) for e in evaluations]
         cells = [f"{format_number(r['pointing_F1'])} / {format_number(r['energy_F1'])}" for r in rows] + \
                 [f"{format_number(r['pointing_S'])} / {format_number(r['energy_S'])}" for r in rows]
         lines.append(f"| {name} | {'' if alpha is None else f'{alpha:g}'} | " + " | ".join(cells) + " |")
-    lines += ["", "| regime | C1 test images | CAM1-CAM2 correlation | expert 1 positive on C2 | expert 2 positive on C1 "
+    lines += ["", "| regime | C1 test images | CAM1-CAM2 correlation | expert 1 positive on C2 "
+              "| expert 2 positive on C1 "
               "| expert 1 AUC | expert 2 AUC |", "|---|---|---|---|---|---|---|"]
     for e in evaluations:
         one, two = e["experts"]
         lines.append(f"| {e['regime']['name']} | {e['images']} | {format_number(e['cam_correlation']['mean'])} | "
-                     f"{format_number(one.get('positive_rate_C2'))} | {format_number(two.get('positive_rate_C1'))} | {format_number(one['auc'])} | {format_number(two['auc'])} |")
+                     f"{format_number(one.get('positive_rate_C2'))} | {format_number(two.get('positive_rate_C1'))} | "
+                     f"{format_number(one['auc'])} | {format_number(two['auc'])} |")
     return "\n".join(lines)
 
 

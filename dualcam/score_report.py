@@ -21,10 +21,10 @@ import pyarrow.compute as pc
 
 from dualcam import storage
 from dualcam.datasets import read_boxes
-from dualcam.regions import Box
+from dualcam.drawing import DEFAULT_SIDE, panel_row
 from dualcam.imaging import DecodeError, decode_image
 from dualcam.kernel import ALPHAS, KERNEL_ORIGIN, get_kernel
-from dualcam.drawing import DEFAULT_SIDE, panel_row
+from dualcam.regions import Box
 from dualcam.report import Report
 from dualcam.results import ExpertId, RunSpec, read_results, read_run_spec, to_numpy
 
@@ -185,14 +185,18 @@ def _run_rows(
     pairs = {
         "results": results,
         "rows": f"{table.num_rows} ({ok.num_rows} ok, {table.num_rows - ok.num_rows} errors)",
-        "expert 1 (class of interest)": f"{spec.first.class_name} {spec.first.version} sha256 {spec.first.sha256[:12]}",
-        "expert 2 (overlapping class)": f"{spec.second.class_name} {spec.second.version} sha256 {spec.second.sha256[:12]}",
+        "expert 1 (class of interest)": _identity(spec.first),
+        "expert 2 (overlapping class)": _identity(spec.second),
         "alpha of the run": spec.alpha,
         "kernel": f"{kernel}: {KERNEL_ORIGIN[kernel]}",
         "alphas of the strips": ", ".join(f"{a:g}" for a in alphas),
         "schema version": spec.schema_version,
     }
     return [{"": key, "value": value} for key, value in pairs.items()]
+
+
+def _identity(expert: ExpertId) -> str:
+    return f"{expert.class_name} {expert.version} sha256 {expert.sha256[:12]}"
 
 
 def _by_label(ok: pa.Table, score: str) -> dict[str, np.ndarray]:

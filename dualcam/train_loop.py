@@ -164,7 +164,9 @@ def _export_epoch(model: torch.nn.Module, export: dict, metrics: dict) -> None:
         save_expert(model, uri, ExpertMeta.from_dict({**export["meta"], "metrics": metrics}))
 
 
-def _loaded(batches: Iterator[pa.Table], meta: ExpertMeta, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _loaded(
+    batches: Iterator[pa.Table], meta: ExpertMeta, device: torch.device,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(pixels, targets) on ``device`` per batch; loading runs one batch ahead in a thread.
 
     Rows that fail to load are dropped here (they were listed, existed and are counted in the
@@ -209,13 +211,16 @@ def _light_augment(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def _predict(model: torch.nn.Module, dataset: Any, meta: ExpertMeta, batch_size: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def _predict(
+    model: torch.nn.Module, dataset: Any, meta: ExpertMeta, batch_size: int, device: torch.device,
+) -> tuple[np.ndarray, np.ndarray]:
     """(labels, in-class probabilities) of a whole split; ``model`` unwrapped, so no collectives."""
     model.eval()
     labels, probs = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
     for x, y in _loaded(dataset.iter_batches(batch_size=batch_size, batch_format="pyarrow"), meta, device):
         if len(y):
-            probs.append(model(x.contiguous(memory_format=torch.channels_last)).float().softmax(-1)[:, POSITIVE_INDEX].cpu().numpy())
+            logits = model(x.contiguous(memory_format=torch.channels_last)).float()
+            probs.append(logits.softmax(-1)[:, POSITIVE_INDEX].cpu().numpy())
             labels.append(y.cpu().numpy())
     return np.concatenate(labels), np.concatenate(probs)
 

@@ -30,9 +30,18 @@ import pyarrow.compute as pc
 
 from dualcam import storage
 from dualcam.datasets import SPLITS, Labelled, assign_splits, expert_rows, read_labelled, split_counts
-from dualcam.experts import META_FILE, ExpertMeta, build_expert, latest_version, list_versions, load_meta, save_expert_version
+from dualcam.experts import (
+    META_FILE,
+    ExpertMeta,
+    build_expert,
+    latest_version,
+    list_versions,
+    load_meta,
+    save_expert_version,
+)
 from dualcam.raycluster import connect, largest_node_cpus
 from dualcam.train_loop import Recipe, read_state, train_loop
+
 
 @dataclass
 class ExpertPlan:
@@ -54,7 +63,8 @@ class ExpertPlan:
 
     def training_key(self, recipe: Recipe) -> str:
         """Same data and recipe, same key: an expert with this key needs no training again."""
-        return hashlib.sha256(json.dumps([self.data_fingerprint(), asdict(recipe)], sort_keys=True).encode()).hexdigest()
+        described = json.dumps([self.data_fingerprint(), asdict(recipe)], sort_keys=True)
+        return hashlib.sha256(described.encode()).hexdigest()
 
     def run_name(self, recipe: Recipe) -> str:
         """Names the Ray Train run, so that rerunning the same command resumes it."""
@@ -83,7 +93,8 @@ def plan_experts(
     labelled = {s: read_labelled(s, views) for s in dict.fromkeys(sources)}
     union = pa.concat_tables([_with_optional(lab.table) for lab in labelled.values()], promote_options="permissive")
     _, first = np.unique(np.array(union.column("uri").to_pylist(), dtype=object), return_index=True)
-    split_of = dict(zip(*(assign_splits(union.take(np.sort(first)), seed).column(c).to_pylist() for c in ("uri", "split"))))
+    splits = assign_splits(union.take(np.sort(first)), seed)
+    split_of = dict(zip(splits.column("uri").to_pylist(), splits.column("split").to_pylist()))
     plans = []
     for label, negs, source in zip(classes, negatives, sources):
         table = labelled[source].table
@@ -108,9 +119,11 @@ def _with_optional(table: pa.Table) -> pa.Table:
 
 def counts_table(plans: Sequence[ExpertPlan]) -> str:
     """The paper's Table I: positives / negatives per split, per expert."""
-    lines = [f"{'expert':24s} " + " ".join(f"{s:>15s}" for s in SPLITS), f"{'':24s} " + " ".join(f"{'pos / neg':>15s}" for _ in SPLITS)]
+    lines = [f"{'expert':24s} " + " ".join(f"{s:>15s}" for s in SPLITS),
+             f"{'':24s} " + " ".join(f"{'pos / neg':>15s}" for _ in SPLITS)]
     for plan in plans:
-        lines.append(f"{plan.label:24s} " + " ".join(f"{f'{p} / {n}':>15s}" for p, n in (plan.counts[s] for s in SPLITS)))
+        cells = (f"{f'{p} / {n}':>15s}" for p, n in (plan.counts[s] for s in SPLITS))
+        lines.append(f"{plan.label:24s} " + " ".join(cells))
     return "\n".join(lines)
 
 
@@ -125,12 +138,14 @@ def resolve_init_from(uris: Sequence[str], labels: Sequence[str]) -> dict[str, s
         if storage.exists(storage.join(uri, META_FILE)):
             name = load_meta(uri).class_name
             if name not in labels:
-                raise ValueError(f"--init-from {uri} is an expert for {name!r}, which is not being trained ({', '.join(labels)})")
+                raise ValueError(f"--init-from {uri} is an expert for {name!r}, which is not being trained "
+                                 f"({', '.join(labels)})")
             chosen[name] = uri
             continue
         found = {label: latest_version(storage.join(uri, label)) for label in labels}
         if not any(found.values()):
-            raise ValueError(f"--init-from {uri}: neither an expert checkpoint nor a folder with <class>/<version>/ checkpoints")
+            raise ValueError(f"--init-from {uri}: neither an expert checkpoint nor a folder with <class>/<version>/ "
+                             "checkpoints")
         chosen.update({label: v for label, v in found.items() if v})
     return chosen
 
@@ -266,7 +281,8 @@ def _fit(ray: Any, plan: ExpertPlan, recipe: Recipe, workers: int, gpus_per_work
 
     meta = _expert_meta(plan, recipe)
     datasets = {
-        split: ray.data.from_arrow(plan.rows.filter(pc.equal(plan.rows.column("split"), split)).select(["uri", "target"]))
+        split: ray.data.from_arrow(plan.rows.filter(pc.equal(plan.rows.column("split"), split))
+                                   .select(["uri", "target"]))
         for split in SPLITS
     }
     trainer = TorchTrainer(
@@ -297,8 +313,8 @@ def _expert_meta(plan: ExpertPlan, recipe: Recipe) -> ExpertMeta:
         base = load_meta(plan.init_from)
         return ExpertMeta(arch=base.arch, class_name=plan.label, input_size=base.input_size, color_mode=base.color_mode,
                           output_stride=base.output_stride, mean=base.mean, std=base.std)
-    return ExpertMeta(arch=recipe.arch, class_name=plan.label, input_size=recipe.image_size, color_mode=recipe.color_mode,
-                      output_stride=recipe.output_stride)
+    return ExpertMeta(arch=recipe.arch, class_name=plan.label, input_size=recipe.image_size,
+                      color_mode=recipe.color_mode, output_stride=recipe.output_stride)
 
 
 def _described(plan: ExpertPlan, recipe: Recipe) -> ExpertMeta:
@@ -320,7 +336,8 @@ def _publish(output: str, plan: ExpertPlan, recipe: Recipe, result: Any, export_
     history = read_state(result.checkpoint)["history"]  # the latest checkpoint: its history covers every epoch
     meta.metrics = {
         "best_epoch": metrics["epoch"],
-        **{split: {k.split("_", 1)[1]: metrics[k] for k in metrics if k.startswith(f"{split}_")} for split in ("val", "test")},
+        **{split: {k.split("_", 1)[1]: metrics[k] for k in metrics if k.startswith(f"{split}_")}
+           for split in ("val", "test")},
         "train_loss": metrics["train_loss"],
         "counts": {s: {"positives": p, "negatives": n} for s, (p, n) in plan.counts.items()},
         "history": history,
@@ -331,7 +348,8 @@ def _publish(output: str, plan: ExpertPlan, recipe: Recipe, result: Any, export_
 
 def results_table(experts: Sequence[TrainedExpert]) -> str:
     """The short table printed at the end: test metrics of each expert's best epoch."""
-    lines = [f"{'expert':20s} {'epoch':>5s} {'val acc':>8s} {'test acc':>8s} {'sens':>6s} {'spec':>6s} {'AUC':>6s}  checkpoint"]
+    lines = [f"{'expert':20s} {'epoch':>5s} {'val acc':>8s} {'test acc':>8s} {'sens':>6s} {'spec':>6s} {'AUC':>6s}  "
+             "checkpoint"]
     for e in experts:
         val, test = e.meta.metrics.get("val", {}), e.meta.metrics.get("test", {})
         lines.append(f"{e.label:20s} {e.best_epoch:5d} {val.get('accuracy', float('nan')):8.3f} "

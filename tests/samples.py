@@ -31,10 +31,13 @@ def png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
 
 
-def dicom_bytes(rows: int, cols: int, pixels: np.ndarray | None, photometric: str = "MONOCHROME2", preamble: bool = True) -> bytes:
+def dicom_bytes(
+    rows: int, cols: int, pixels: np.ndarray | None, photometric: str = "MONOCHROME2", preamble: bool = True,
+) -> bytes:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -134,12 +137,15 @@ def dicom_dataset(pixels: np.ndarray, photometric: str, bits_stored: int, transf
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.Modality, ds.BodyPartExamined, ds.Rows, ds.Columns = "CR", "CHEST", *pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = (8 if bits_stored <= 8 else 16), bits_stored, \
-        bits_stored - 1, 0
+    ds.BitsAllocated = 8 if bits_stored <= 8 else 16
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits_stored, bits_stored - 1, 0
     return ds
 
 
-def compressed_dicom(pixels: np.ndarray, photometric: str, bits_stored: int, transfer_syntax: str, frame: bytes) -> bytes:
+def compressed_dicom(
+    pixels: np.ndarray, photometric: str, bits_stored: int, transfer_syntax: str, frame: bytes,
+) -> bytes:
+    """A DICOM file whose pixel data is the encapsulated, already compressed ``frame``."""
     ds = dicom_dataset(pixels, photometric, bits_stored, transfer_syntax)
     ds.PixelData = encapsulate([frame])
     ds["PixelData"].VR = "OB"
@@ -200,8 +206,8 @@ def write_xray_samples(root) -> None:
     chest15 = (xray_pixels(300, 260, seed=4) * 32767).round().astype(np.uint16)
     chest10 = ((1 - xray_pixels(220, 220, seed=5)) * 1023).round().astype(np.uint16)  # MONOCHROME1: dark is high
     dicoms = {  # file: (bytes, photometric, rows, columns)
-        MONO_TWINS[0]: (compressed_dicom(chest8, "MONOCHROME2", 8, JPEGBaseline8Bit, baseline), "MONOCHROME2", chest8.shape),
-        MONO_TWINS[1]: (compressed_dicom(chest8, "MONOCHROME1", 8, JPEGBaseline8Bit, baseline), "MONOCHROME1", chest8.shape),
+        **{name: (compressed_dicom(chest8, photometric, 8, JPEGBaseline8Bit, baseline), photometric, chest8.shape)
+           for name, photometric in zip(MONO_TWINS, ("MONOCHROME2", "MONOCHROME1"))},
         "mono1-jpeg2000-15bit.dcm": (compressed_dicom(chest15, "MONOCHROME1", 15, JPEG2000Lossless,
                                                       encoded(chest15, "JPEG2000", no_jp2=True)), "MONOCHROME1",
                                      chest15.shape),

@@ -9,7 +9,13 @@ import pytest
 
 from dualcam import storage
 from dualcam.datasets import (
-    SPLIT_FRACTIONS, SPLITS, assign_splits, expert_rows, read_inputs, read_labelled, split_counts,
+    SPLIT_FRACTIONS,
+    SPLITS,
+    assign_splits,
+    expert_rows,
+    read_inputs,
+    read_labelled,
+    split_counts,
 )
 
 
@@ -101,7 +107,8 @@ def test_expert_rows_take_named_negatives_or_all_others():
     paper = expert_rows(table, "C2", ["normal"])
     assert paper.column("uri").to_pylist() == ["b", "c", "e"] and paper.column("target").to_pylist() == [1, 0, 0]
     assert split_counts(paper) == {"train": (1, 2), "val": (0, 0), "test": (0, 0)}
-    with pytest.raises(ValueError, match=r"no images labelled 'COVID'; the labels are: C1 \(2\), C2 \(1\), normal \(2\)"):
+    with pytest.raises(ValueError,
+                       match=r"no images labelled 'COVID'; the labels are: C1 \(2\), C2 \(1\), normal \(2\)"):
         expert_rows(table, "COVID")
 
 

@@ -24,7 +24,8 @@ def hot(*cells: tuple[int, int], size: int = 4, values: tuple[float, ...] | None
 def test_peak_shift_in_image_pixels():
     old, new = np.array([[0.0, 0.0], [10.0, 10.0]]), np.array([[3.0, 4.0], [10.0, 10.0]])
     np.testing.assert_allclose(drift.peak_shift_px(old, new, np.ones((2, 2))), [5.0, 0.0])
-    np.testing.assert_allclose(drift.peak_shift_px(old, new, np.array([[2.0, 1.0], [2.0, 1.0]])), [math.hypot(6, 4), 0.0])
+    scale = np.array([[2.0, 1.0], [2.0, 1.0]])
+    np.testing.assert_allclose(drift.peak_shift_px(old, new, scale), [math.hypot(6, 4), 0.0])
 
 
 def test_extra_mass_outside_the_old_top_region():

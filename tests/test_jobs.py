@@ -17,13 +17,14 @@ import torch
 
 from dualcam import build_expert, save_expert, storage
 from dualcam.cli import build_parser
-from dualcam.experts import latest_version, load_meta
 from dualcam.commands.common import options_of
+from dualcam.experts import latest_version, load_meta
 from dualcam.jobspec import JOBS, load_spec, run_job
 from dualcam.options import ArchiveOptions
 from dualcam.results import read_results
 from dualcam.synthetic import write_synthetic_xrays
 from dualcam.train_loop import Recipe
+
 from conftest import ROOT, _free_port
 from samples import write_labelled_folder
 
@@ -102,9 +103,11 @@ def test_unusable_specs_exit_2_naming_the_file_and_the_key(tmp_path, capsys):
 
 
 def test_a_spec_is_read_from_s3_too(s3_bucket):
-    storage.write_bytes(f"{s3_bucket}/specs/train.yaml", b"job: train_experts\nc1: A\noutput: s3://m/\nc2_negatives: [x, y]\n")
+    spec = b"job: train_experts\nc1: A\noutput: s3://m/\nc2_negatives: [x, y]\n"
+    storage.write_bytes(f"{s3_bucket}/specs/train.yaml", spec)
     spec = load_spec(f"{s3_bucket}/specs/train.yaml")
-    assert (spec.job, spec.entrypoint, spec.options["c2_negatives"]) == ("train_experts", "jobs/train_experts.py", ["x", "y"])
+    assert (spec.job, spec.entrypoint) == ("train_experts", "jobs/train_experts.py")
+    assert spec.options["c2_negatives"] == ["x", "y"]
 
 
 def test_make_submit_needs_a_spec_and_an_address():
@@ -185,7 +188,8 @@ def s3_jobs(s3_endpoint, tmp_path_factory) -> str:
 
 def job_env(s3_endpoint: str) -> dict:
     """The runtime env's env_vars: moto's endpoint and its dummy credentials (never real ones)."""
-    return {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    names = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    return {k: os.environ[k] for k in names}
 
 
 def test_score_job_submitted_with_make_submit(ray_head, s3_jobs, s3_endpoint, tmp_path, record_property):
@@ -196,7 +200,8 @@ def test_score_job_submitted_with_make_submit(ray_head, s3_jobs, s3_endpoint, tm
     runtime_env.write_text(json.dumps({"env_vars": job_env(s3_endpoint)}))
     started = time.monotonic()
     result = subprocess.run(["make", "-C", str(ROOT), "submit", f"JOB={spec}", f"RAY_ADDRESS={ray_head.address}",
-                             f"RUNTIME_ENV={runtime_env}"], env=ray_head.env, capture_output=True, text=True, timeout=600)
+                             f"RUNTIME_ENV={runtime_env}"], env=ray_head.env, capture_output=True, text=True,
+                            timeout=600)
     wall = time.monotonic() - started
     printed = result.stdout + result.stderr
     assert result.returncode == 0, printed[-6000:]

@@ -4,8 +4,9 @@ import re
 
 import pytest
 
-from conftest import run_without_ray
 from dualcam.options import ArchiveOptions
+
+from conftest import run_without_ray
 
 
 @pytest.mark.parametrize(("field", "value", "reason"), [

@@ -31,7 +31,8 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--old", required=True, help="the old version: a checkpoint or a folder of versions (latest "
-                        "used), path or s3:// (an exported epoch, <output>/<class>/_epochs/<run>/epoch-NNN, is one too)")
+                        "used), path or s3:// (an exported epoch, <output>/<class>/_epochs/<run>/epoch-NNN, is one "
+                        "too)")
     parser.add_argument("--new", required=True, help="the new version: a checkpoint or a folder of versions (latest "
                         "used), path or s3://")
     archive.add_alpha(parser)

@@ -17,7 +17,8 @@ DESCRIPTION = None
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="expert_command", required=True, metavar="SUBCOMMAND")
     init = sub.add_parser("init", help="write an untrained or ImageNet-initialized expert checkpoint")
-    init.add_argument("--arch", choices=SUPPORTED_ARCHS, default=Recipe.arch, help=f"architecture (default {Recipe.arch})")
+    init.add_argument("--arch", choices=SUPPORTED_ARCHS, default=Recipe.arch,
+                      help=f"architecture (default {Recipe.arch})")
     init.add_argument("--class-name", required=True, help="the expert's positive class, e.g. COVID-19")
     init.add_argument("--input-size", type=int, default=Recipe.image_size,
                       help=f"square input size in pixels (default {Recipe.image_size})")
