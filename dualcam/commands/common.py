@@ -14,6 +14,7 @@ from dualcam import storage
 from dualcam.experts import OUTPUT_STRIDES, CheckpointError
 from dualcam.imaging import DecodeError, decode_image, is_image_name
 from dualcam.pipeline import ScoreSummary
+from dualcam.scenario import DEMO_RECIPE
 
 USAGE_ERRORS = (CheckpointError, DecodeError, ValueError, OSError)
 """What the library raises for unusable arguments, experts, input or output: exit status 2."""
@@ -86,6 +87,14 @@ def add_input_output(parser: argparse.ArgumentParser) -> None:
 def add_output_stride(parser: argparse.ArgumentParser, default: int) -> None:
     parser.add_argument("--output-stride", type=int, choices=OUTPUT_STRIDES, default=default,
                         help=f"16 doubles the CAM grid (ResNets: last stage kept at stride 16; default {default})")
+
+
+def add_scenario_run(parser: argparse.ArgumentParser, n: int) -> None:
+    """--n, --size, --seed and --epochs: what the class-overlap scenario's runs (demo, experiment) take."""
+    parser.add_argument("--n", type=int, default=n, help=f"images per class (default {n})")
+    parser.add_argument("--size", type=int, default=96, help="image side in pixels (default 96)")
+    parser.add_argument("--seed", type=int, default=0, help="data, splits and training seed (default 0)")
+    parser.add_argument("--epochs", type=int, default=DEMO_RECIPE.epochs, help=f"default {DEMO_RECIPE.epochs}")
 
 
 def input_files(uris: Sequence[str]) -> list[str]:

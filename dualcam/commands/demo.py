@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
+from dualcam.commands.common import add_scenario_run
 from dualcam.raycluster import connect
 from dualcam.scenario import DEMO_RECIPE, demo
 
@@ -18,10 +19,7 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="folder for data, experts, results and the report")
-    parser.add_argument("--n", type=int, default=100, help="images per class (default 100)")
-    parser.add_argument("--size", type=int, default=96, help="image side in pixels (default 96)")
-    parser.add_argument("--seed", type=int, default=0, help="data, splits and training seed (default 0)")
-    parser.add_argument("--epochs", type=int, default=DEMO_RECIPE.epochs, help=f"default {DEMO_RECIPE.epochs}")
+    add_scenario_run(parser, n=100)
 
 
 def run(*, out: str, n: int, size: int, seed: int, epochs: int) -> int:

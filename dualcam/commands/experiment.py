@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from dualcam.commands.common import labels
+from dualcam.commands.common import add_scenario_run, labels
 from dualcam.raycluster import connect
 from dualcam.scenario import DEMO_RECIPE, REGIMES, experiment
 
@@ -20,10 +20,7 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="folder or s3:// prefix for data, experts, results and tables")
-    parser.add_argument("--n", type=int, default=200, help="images per class (default 200)")
-    parser.add_argument("--size", type=int, default=96, help="image side in pixels (default 96)")
-    parser.add_argument("--seed", type=int, default=0, help="data, splits and training seed (default 0)")
-    parser.add_argument("--epochs", type=int, default=DEMO_RECIPE.epochs, help=f"default {DEMO_RECIPE.epochs}")
+    add_scenario_run(parser, n=200)
     parser.add_argument("--regimes", default=",".join(r.name for r in REGIMES), help="comma-separated (default: all)")
 
 
