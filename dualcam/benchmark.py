@@ -3,9 +3,10 @@
 (a) the bare forward of both experts (the limit), (b) the scorer class alone on loaded batches,
 (c) the Ray pipeline from local files to Parquet, (d) the same from S3 (moto's server on
 127.0.0.1), and (e) reading, decoding and preprocessing on one core, as a loading task does: with
-(b), the rates ``dualcam score --dry-run --rates`` plans a run from (``--json`` writes them). Pipeline rates are steady-state: rows after the first batch over the time between
-the first and last batch's ``scored_at``, so Ray and actor start-up (reported separately, as wall
-time) do not count. Peak memory is the largest resident set of this process and its children
+(b), the rates ``dualcam score --dry-run --rates`` plans a run from (``--json`` writes them).
+Pipeline rates are steady-state: rows after the first batch over the time between the first and
+last batch's ``scored_at``, so Ray and actor start-up (reported separately, as wall time) do not
+count. Peak memory is the largest resident set of this process and its children
 (the local Ray) seen while a stage ran. (a) and (b) run ``--repeat`` times, alternated, and
 the best of each counts.
 
@@ -15,6 +16,7 @@ Run ``python -m dualcam.benchmark --help``; Ray and moto are needed only for (c)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -30,8 +32,10 @@ import pyarrow.compute as pc
 import torch
 
 from dualcam import storage
-from dualcam.experts import ExpertMeta, build_expert, save_expert
+from dualcam.experts import META_FILE, ExpertMeta, build_expert, save_expert
 from dualcam.imaging import decode_image, is_image_name, preprocess
+from dualcam.pipeline import score_archive
+from dualcam.raycluster import connect
 from dualcam.results import read_results, to_numpy
 from dualcam.scoring import DualScorer, load_images
 from dualcam.synthetic import write_synthetic_xrays
@@ -50,10 +54,8 @@ def tree_rss(root: int) -> int:
     while todo:
         pid = todo.pop()
         todo += parents.get(pid, [])
-        try:
+        with contextlib.suppress(OSError):  # it may have ended meanwhile
             total += int((Path("/proc") / str(pid) / "statm").read_text().split()[1]) * page
-        except OSError:
-            pass
     return total
 
 
@@ -113,11 +115,11 @@ def run(args: argparse.Namespace) -> dict:
     experts = []
     for name in ("c1", "c2"):
         uri = str(work / "experts" / name)
-        if not storage.exists(storage.join(uri, "expert.json")):
+        if not storage.exists(storage.join(uri, META_FILE)):
             save_expert(build_expert(args.arch), uri, ExpertMeta(arch=args.arch, class_name=name, input_size=args.size))
         experts.append(uri)
     images = [str(p) for p in write_synthetic_xrays(work / "images", args.n, size=args.size)]
-    scorer = DualScorer(*experts, alpha=5.0, device=args.device)
+    scorer = DualScorer(*experts, device=args.device)
     table = pa.table({"uri": images})
     loaded = [load_images(table.slice(i, args.batch_size), scorer.meta) for i in range(0, args.n, args.batch_size)]
     batches = [torch.tensor(to_numpy(b.column("pixels"))) for b in loaded]
@@ -132,13 +134,12 @@ def run(args: argparse.Namespace) -> dict:
     report["a_bare_forward"], report["a_bare_forward_peak_bytes"] = max(runs["a"])
     report["b_scorer"], report["b_scorer_peak_bytes"] = max(runs["b"])
     report["b_over_a"] = report["b_scorer"] / report["a_bare_forward"]
-    report["e_decode_per_cpu"], decoded = decode_rate(args.decode_images or str(work / "images"), scorer.meta, args.repeat)
+    decode_from = args.decode_images or str(work / "images")
+    report["e_decode_per_cpu"], decoded = decode_rate(decode_from, scorer.meta, args.repeat)
     report["e_decoded"] = args.decode_images or "the generated images"
     report["rates"] = planning_rates(report, decoded)
     if args.no_ray:
         return report
-
-    from dualcam.pipeline import connect, score_archive
 
     sources = {"c_local": str(work / "images")}
     if not args.no_s3:
@@ -231,12 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=224, help="expert input size = image size (default 224)")
     parser.add_argument("--arch", default="resnet18", help="expert architecture (default resnet18)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
-    parser.add_argument("--repeat", type=int, default=2, help="runs of (a) and (b), alternated; the best counts (default 2)")
+    parser.add_argument("--repeat", type=int, default=2,
+                        help="runs of (a) and (b), alternated; the best counts (default 2)")
     parser.add_argument("--device", default=None, help="torch device for (a) and (b) (default: cuda if available)")
     parser.add_argument("--no-ray", action="store_true", help="only (a) and (b): for machines without Ray")
     parser.add_argument("--no-s3", action="store_true", help="skip (d)")
     parser.add_argument("--decode-images", default=None,
-                        help="time (e) on up to 200 image files under this folder, say real X-rays (default: the generated ones)")
+                        help="time (e) on up to 200 image files under this folder, say real X-rays "
+                        "(default: the generated ones)")
     parser.add_argument("--workdir", default=None, help="where images, experts and outputs go (default: a temp dir)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)

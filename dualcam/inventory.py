@@ -82,7 +82,8 @@ def _read_manifest(uri: str) -> dict:
         raise ValueError(f"{uri}: inventory format {fmt!r} is not one of {', '.join(FORMATS)}")
     schema = [_CSV_NAMES.get(name.strip(), name.strip()) for name in manifest.get("fileSchema", "").split(",")]
     if fmt == "CSV" and not {"bucket", "key"} <= set(schema):
-        raise ValueError(f"{uri}: the CSV inventory's fileSchema names no Bucket and Key: {manifest.get('fileSchema')!r}")
+        raise ValueError(f"{uri}: the CSV inventory's fileSchema names no Bucket and Key: "
+                         f"{manifest.get('fileSchema')!r}")
     return {"format": fmt, "schema": schema, "files": files}
 
 

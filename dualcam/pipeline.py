@@ -1,7 +1,8 @@
 """The Ray layer for scoring archives: Ray Data plumbing around ``dualcam.scoring``.
 
-The only module (with ``training``) that imports Ray, and only inside functions, so that
-``import dualcam`` works where Ray is absent. The pipeline reads top to bottom::
+With ``training`` and ``raycluster``, the only modules that import Ray, and only inside functions,
+so that ``import dualcam`` works where Ray is absent. Its options are one ``ArchiveOptions``
+(``dualcam.options``). The pipeline reads top to bottom::
 
     from_arrow(uris) -> map_batches(load_images)                   read + decode + preprocess, CPU
                      -> map_batches(DualScorer, ActorPoolStrategy)  both experts, GPU if any
@@ -13,27 +14,29 @@ that gets all of its node's CPUs; with GPUs, loading runs in CPU tasks beside th
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from dualcam import drift, drift_report, planning, storage
-from dualcam.datasets import read_inputs
+from dualcam.datasets import Inputs, read_inputs, skipped_kinds
 from dualcam.experts import ExpertMeta, load_meta, resolve_expert
-from dualcam.results import RUN_FILE, RunSpec, check_passthrough, data_files, drop_error_rows, read_results, read_run_spec
+from dualcam.options import MAX_ERROR_FRACTION, ArchiveOptions
+from dualcam.raycluster import connect, largest_node_cpus
+from dualcam.results import (
+    RUN_FILE,
+    RunSpec,
+    check_passthrough,
+    data_files,
+    drop_error_rows,
+    read_results,
+    read_run_spec,
+)
 from dualcam.scoring import DriftScorer, DualScorer, PairScorer, load_images
-
-MAX_ERROR_FRACTION = 0.05
-"""Default for ``max_error_fraction``: a run with more than 5% error rows is reported as failed."""
-ROWS_PER_FILE = 1024
-"""Default rows per Parquet file (the last may hold fewer). A killed run loses at most the files being written."""
-MAX_CPUS_PER_ACTOR = 8
 
 
 @dataclass
@@ -99,110 +102,49 @@ class DriftSummary:
                 f"summary in {storage.join(self.run.output, drift_report.SUMMARY_FILE)}, page {r['page']}")
 
 
-def connect(quiet: bool = False) -> Any:
-    """Ray, initialized: the cluster at RAY_ADDRESS if set, else a new local instance on 127.0.0.1.
-
-    ``quiet`` keeps the workers' output and Ray's info lines off the console (they stay in Ray's
-    session logs); it only applies when this call is the one that initializes Ray.
-    """
-    # A new local Ray binds to loopback only with this set before ray is imported.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
-                 **({"log_to_driver": False, "logging_level": logging.WARNING} if quiet else {}))
-        if quiet:
-            import ray.data  # configures its own loggers on import: quiet them after that
-
-            logging.getLogger("ray.data").setLevel(logging.ERROR)
-    return ray
-
-
-@dataclass(frozen=True)
-class Placement:
-    """How many scoring actors run, and what each holds."""
-
-    actors: int
-    cpus_per_actor: float
-    gpus_per_actor: float
-
-
-def largest_node_cpus(ray: Any) -> float:
-    """CPUs of the biggest live node: no single actor or worker can have more."""
-    return max((node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node["Alive"]), default=1.0)
-
-
-def plan_placement(
-    resources: dict[str, float], node_cpus: float | None = None, actors: int | None = None,
-    gpus_per_actor: float | None = None, cpus_per_actor: float | None = None,
-) -> Placement:
-    """Defaults: one actor per GPU when the cluster has GPUs; else actors of up to 8 CPUs (and at
-    most one node's CPUs) each."""
-    gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 1.0)
-    node_cpus = cpus if node_cpus is None else node_cpus
-    if gpus_per_actor is None:
-        gpus_per_actor = 1.0 if gpus else 0.0
-    if gpus_per_actor > 0 and gpus < gpus_per_actor:
-        raise ValueError(f"{gpus_per_actor} GPUs per actor requested, but the cluster has {gpus:g} GPUs")
-    if cpus_per_actor is None:
-        cpus_per_actor = 1.0 if gpus_per_actor else float(max(1.0, min(node_cpus, MAX_CPUS_PER_ACTOR)))
-    if actors is None:
-        actors = int(gpus // gpus_per_actor) if gpus_per_actor else int(max(1, cpus // cpus_per_actor))
-    if actors < 1:
-        raise ValueError(f"actors must be at least 1, got {actors}")
-    return Placement(actors, cpus_per_actor, gpus_per_actor)
-
-
 def score_archive(
-    c1: str, c2: str, input: str, output: str, *, alpha: float = 5.0, batch_size: int = 16,
-    actors: int | None = None, gpus_per_actor: float | None = None, cpus_per_actor: float | None = None,
-    limit: int | None = None, retry_errors: bool = False, rows_per_file: int = ROWS_PER_FILE, progress: bool = True,
+    c1: str, c2: str, input: str, output: str, options: ArchiveOptions | None = None, **overrides: Any,
 ) -> ScoreSummary:
-    """Score every image under ``input`` with experts ``c1`` (class of interest) and ``c2``; write Parquet to ``output``.
+    """Score every image under ``input`` with experts ``c1`` (class of interest) and ``c2``; Parquet to ``output``.
 
+    ``options`` (``ArchiveOptions``; its defaults when None), with any of its fields given as
+    keywords instead or on top (``alpha=15, progress=False``).
     An expert may be a checkpoint or a folder of versions (``train``'s ``<output>/<class>/``),
     whose latest version is used; the results record which.
     Rerunning into the same ``output`` skips inputs already there, so a killed run resumes
     where it stopped; ``retry_errors`` first takes the error rows out, so those inputs are tried
     again. The output may only ever hold results of one pair of experts and one alpha. Raises
-    before any work for unusable arguments, experts or inputs; bad images become error rows.
+    before any work for unusable options, experts or inputs; bad images become error rows.
     """
-    return run_archive(
-        DualScorer, c1, c2, input, output, alpha=alpha, batch_size=batch_size, actors=actors,
-        gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor, limit=limit, retry_errors=retry_errors,
-        rows_per_file=rows_per_file, progress=progress,
-    )
+    return run_archive(DualScorer, c1, c2, input, output, _with(options, overrides))
 
 
 def drift_archive(
-    old: str, new: str, input: str, output: str, *, alpha: float = 5.0, threshold: float = drift.DRIFT_THRESHOLD,
-    max_drift_share: float = drift.MAX_DRIFT_SHARE, top_k: int = drift.TOP_K, batch_size: int = 16,
-    actors: int | None = None, gpus_per_actor: float | None = None, cpus_per_actor: float | None = None,
-    limit: int | None = None, retry_errors: bool = False, rows_per_file: int = ROWS_PER_FILE, progress: bool = True,
+    old: str, new: str, input: str, output: str, options: ArchiveOptions | None = None, *,
+    threshold: float = drift.DRIFT_THRESHOLD, max_drift_share: float = drift.MAX_DRIFT_SHARE, top_k: int = drift.TOP_K,
+    **overrides: Any,
 ) -> DriftSummary:
     """Compare two versions of one expert on every image under ``input``: drift rows to ``output``.
 
-    The same pass as ``score_archive`` (resume, error rows, placement, one ``_run.json`` per
-    output) with ``DriftScorer`` in place of ``DualScorer``. Then summarizes the whole output
+    The same pass as ``score_archive`` (options, resume, error rows, placement, one ``_run.json``
+    per output) with ``DriftScorer`` in place of ``DualScorer``. Then summarizes the whole output
     folder (``drift_report.summarize``: ``_drift.json`` and the page ``_report/index.html``) with
     ``threshold`` on ``drift.PRIMARY_MEASURE``. Raises before any work when ``old`` and ``new``
     are not the same kind of expert (arch, class, input size, normalization).
     """
+    options = _with(options, overrides)
     drift.check_options(threshold, max_drift_share, top_k)
-    run = run_archive(
-        DriftScorer, old, new, input, output, alpha=alpha, batch_size=batch_size, actors=actors,
-        gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor, limit=limit, retry_errors=retry_errors,
-        rows_per_file=rows_per_file, progress=progress,
-    )
+    run = run_archive(DriftScorer, old, new, input, output, options)
     return DriftSummary(run, drift_report.summarize(output, threshold, max_drift_share, top_k))
 
 
+def _with(options: ArchiveOptions | None, overrides: dict[str, Any]) -> ArchiveOptions:
+    """``options`` (or the defaults) with ``overrides`` of its fields; TypeError for a name it has not."""
+    return replace(options or ArchiveOptions(), **overrides)
+
+
 def run_archive(
-    scorer: type[PairScorer], first: str, second: str, input: str, output: str, *, alpha: float = 5.0,
-    batch_size: int = 16, actors: int | None = None, gpus_per_actor: float | None = None,
-    cpus_per_actor: float | None = None, limit: int | None = None, retry_errors: bool = False,
-    rows_per_file: int = ROWS_PER_FILE, progress: bool = True,
+    scorer: type[PairScorer], first: str, second: str, input: str, output: str, options: ArchiveOptions,
 ) -> ScoreSummary:
     """One Ray Data pass of ``scorer`` (holding experts ``first`` and ``second``) over ``input`` into ``output``.
 
@@ -210,62 +152,124 @@ def run_archive(
     resume, placement, Parquet writing and the summary of the whole output folder.
     """
     started = time.perf_counter()
-    first, second = (resolve_expert(storage.absolute(e)) for e in (first, second))
-    meta1, meta2 = load_meta(first), load_meta(second)
-    scorer.check_experts(meta1, meta2, first, second)
-    spec = RunSpec.of(scorer.layout, meta1, meta2, alpha)
-    found = read_inputs(input)
-    if found.table.num_rows == 0:
-        raise FileNotFoundError(f"{input}: no image files found" + (
-            f" ({len(found.skipped)} files with other names, e.g. {found.skipped[0]})" if found.skipped else ""))
-    check_passthrough(found.table.column_names, scorer.layout)
-    _claim_output(output, spec)
+    run = _prepare(scorer, first, second, input, output, options)
+    if run.new_output:
+        storage.write_bytes(storage.join(output, RUN_FILE), run.spec.to_json().encode())
     storage.remove_inflight(output)
-    if retry_errors:
+    if options.retry_errors:
         drop_error_rows(output)
-    state = planning.progress(found.table, output)
-    todo = state.pending if limit is None else state.pending.slice(0, limit)
+    state = planning.progress(run.inputs.table, output)
+    todo = state.pending if options.limit is None else state.pending.slice(0, options.limit)
     if len(todo):
         ray = connect()
-        placement = plan_placement(ray.cluster_resources(), largest_node_cpus(ray), actors, gpus_per_actor, cpus_per_actor)
-        rows_per_block = planning.block_rows(len(todo), int(ray.cluster_resources().get("CPU", 1)), batch_size)
-        if progress:
-            print(f"dualcam: scoring {len(todo)} of {found.table.num_rows} inputs "
-                  f"({state.done} already in {output}) with {placement.actors} actor(s) "
-                  f"of {placement.cpus_per_actor:g} CPU, {placement.gpus_per_actor:g} GPU, "
-                  f"in blocks of {rows_per_block}", file=sys.stderr)
-        ray.data.DataContext.get_current().enable_progress_bars = progress
-        blocks = [ray.put(block) for block in planning.blocks(found.table, todo, rows_per_block)]
-        scored = _scored(ray, blocks, scorer, (first, second), meta1, spec.alpha, placement, batch_size)
+        placement = planning.plan_placement(ray.cluster_resources(), largest_node_cpus(ray), options.actors,
+                                            options.gpus_per_actor, options.cpus_per_actor)
+        rows_per_block = planning.block_rows(len(todo), int(ray.cluster_resources().get("CPU", 1)), options.batch_size)
+        if options.progress:
+            print(f"dualcam: scoring {len(todo)} of {run.inputs.table.num_rows} inputs ({state.done} already in "
+                  f"{output}) with {placement.actors} actor(s) of {placement.cpus_per_actor:g} CPU, "
+                  f"{placement.gpus_per_actor:g} GPU, in blocks of {rows_per_block}", file=sys.stderr)
+        ray.data.DataContext.get_current().enable_progress_bars = options.progress
+        blocks = [ray.put(block) for block in planning.blocks(run.inputs.table, todo, rows_per_block)]
+        scored = _scored(ray, blocks, scorer, run.experts, run.meta, run.spec.alpha, placement, options.batch_size)
         # Writing is I/O; it must not wait for CPUs the scoring actors hold.
         scored.write_parquet(storage.absolute(output), filesystem=storage.parquet_filesystem(output),
-                             min_rows_per_file=rows_per_file, ray_remote_args={"num_cpus": 0})
+                             min_rows_per_file=options.rows_per_file, ray_remote_args={"num_cpus": 0})
     status = read_results(output, ["status", "error"])
     errors = status.filter(pc.equal(status.column("status"), "error"))
     return ScoreSummary(
-        output=output, inputs=found.table.num_rows, already_done=state.done,
+        output=output, inputs=run.inputs.table.num_rows, already_done=state.done,
         scored_now=len(todo), ok=status.num_rows - errors.num_rows, errors=errors.num_rows,
         seconds=time.perf_counter() - started,
         first_error=errors.column("error")[0].as_py() if errors.num_rows else None,
     )
 
 
-def _claim_output(output: str, spec: RunSpec) -> None:
-    """Record ``spec`` in a new output folder, or check that an existing one was scored the same way."""
+def plan_archive(
+    scorer: type[PairScorer], first: str, second: str, input: str, output: str, options: ArchiveOptions,
+) -> planning.RunPlan:
+    """What ``run_archive`` would do, with nothing started and nothing written (``--dry-run``).
+
+    The same checks, the same inputs and the same set difference against the output (its error
+    rows counted as to retry with ``retry_errors``), then the placement and blocks on the cluster at
+    hand (``cluster_at_hand``) and on ``options.cluster``, with hours from ``options.rates``.
+    """
+    started = time.perf_counter()
+    run = _prepare(scorer, first, second, input, output, options)
+    read_seconds = time.perf_counter() - started
+    state = planning.progress(run.inputs.table, output, options.retry_errors)
+    clusters = [cluster_at_hand()] + ([planning.Cluster.parse(options.cluster)] if options.cluster else [])
+    return planning.RunPlan(
+        kind=scorer.layout.kind, input=input, output=output, inputs=run.inputs.table.num_rows,
+        read_seconds=read_seconds, skipped=skipped_kinds(run.inputs.skipped), done=state.done,
+        retried=state.retried if options.retry_errors else None, pending=len(state.pending), limit=options.limit,
+        batch_size=options.batch_size,
+        clusters=[(c, planning.plan_placement({"CPU": c.cpus, "GPU": c.gpus}, c.largest_node_cpus, options.actors,
+                                              options.gpus_per_actor, options.cpus_per_actor)) for c in clusters],
+        rates=planning.Rates.parse(options.rates) if options.rates else None,
+    )
+
+
+def cluster_at_hand() -> planning.Cluster:
+    """The Ray cluster this process has joined, or the one at ``RAY_ADDRESS`` (joined to read its nodes,
+    nothing started on it); else this machine, as a new local Ray would have it. Never starts Ray."""
+    joined = sys.modules.get("ray") is not None and sys.modules["ray"].is_initialized()
+    if joined or os.environ.get("RAY_ADDRESS"):
+        ray = connect(quiet=True)
+        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+        return planning.Cluster(tuple((n.get("CPU", 0.0), n.get("GPU", 0.0)) for n in nodes),
+                                f"the Ray cluster ({len(nodes)} node{'s' if len(nodes) > 1 else ''})")
+    import torch
+
+    return planning.Cluster(((float(len(os.sched_getaffinity(0))), float(torch.cuda.device_count())),),
+                            "this machine")
+
+
+@dataclass
+class _Prepared:
+    """A run's experts, checked, its ``RunSpec``, its inputs, and whether its output is new."""
+
+    experts: tuple[str, str]
+    meta: ExpertMeta
+    spec: RunSpec
+    inputs: Inputs
+    new_output: bool
+
+
+def _prepare(
+    scorer: type[PairScorer], first: str, second: str, input: str, output: str, options: ArchiveOptions,
+) -> _Prepared:
+    """Every check before any work, reading only: the experts, the inputs (some images, no clashing
+    columns) and the output (new, or holding rows of this very run)."""
+    first, second = (resolve_expert(storage.absolute(e)) for e in (first, second))
+    meta1, meta2 = load_meta(first), load_meta(second)
+    scorer.check_experts(meta1, meta2, first, second)
+    spec = RunSpec.of(scorer.layout, meta1, meta2, options.alpha)
+    found = read_inputs(input)
+    if found.table.num_rows == 0:
+        raise FileNotFoundError(f"{input}: no image files found" + (
+            f" ({len(found.skipped)} files with other names, e.g. {found.skipped[0]})" if len(found.skipped) else ""))
+    check_passthrough(found.table.column_names, scorer.layout)
+    return _Prepared((first, second), meta1, spec, found, _check_output(output, spec))
+
+
+def _check_output(output: str, spec: RunSpec) -> bool:
+    """Whether ``output`` is new; raises unless it is, or was scored the same way (its ``_run.json``)."""
     existing = read_run_spec(output)
     if existing is None:
         if data_files(output):
             raise ValueError(f"{output} holds Parquet files that dualcam did not write ({RUN_FILE} is missing); "
                              "choose an empty --output")
-        storage.write_bytes(storage.join(output, RUN_FILE), spec.to_json().encode())
-    elif existing != spec:
+        return True
+    if existing != spec:
         raise ValueError(f"{output} holds results of other experts, another alpha or another schema "
                          f"({existing.describe()}); choose another --output")
+    return False
 
 
 def _scored(
     ray: Any, blocks: list[Any], scorer: type[PairScorer], experts: tuple[str, str], meta: ExpertMeta,
-    alpha: float, placement: Placement, batch_size: int,
+    alpha: float, placement: planning.Placement, batch_size: int,
 ) -> Any:
     """The lazy Ray Dataset of result rows for the inputs in ``blocks`` (object refs of ``planning.blocks``,
     put one at a time: what ``from_arrow`` does with a list it holds whole)."""

@@ -1,8 +1,10 @@
 """What a run over an archive would do, decided in the driver before any work: no Ray here.
 
-Which inputs are still to score (the resume set difference against the output folder) and how
-they are cut into blocks for Ray Data. Each step is a few Arrow operations over whole columns, so
-the driver's cost per input stays flat from thousands to millions of inputs (``make scale``).
+Which inputs are still to score (the resume set difference against the output folder), where
+the scoring actors go, how the inputs are cut into blocks for Ray Data, and, from measured
+rates, how long it would take on a cluster (what ``--dry-run`` prints). Each step on the inputs
+is a few Arrow operations over whole columns, so the driver's cost per input stays flat from
+thousands to millions of inputs (``make scale``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pyarrow.compute as pc
 from dualcam import storage
 from dualcam.results import read_results_in_parts
 
+MAX_CPUS_PER_ACTOR = 8
 MAX_ROWS_PER_BLOCK = 1024
 PART_ROWS = 65_536
 """Fewest output rows set against the inputs at once when resuming (``progress``)."""
@@ -60,6 +63,36 @@ def progress(inputs: pa.Table, output: str, retry_errors: bool = False) -> Progr
     pending = pc.indices_nonzero(pc.invert(skip))
     release_unused()
     return Progress(pending, len(uris) - len(pending), pc.sum(retry).as_py() or 0)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How many scoring actors run, and what each holds."""
+
+    actors: int
+    cpus_per_actor: float
+    gpus_per_actor: float
+
+
+def plan_placement(
+    resources: dict[str, float], node_cpus: float | None = None, actors: int | None = None,
+    gpus_per_actor: float | None = None, cpus_per_actor: float | None = None,
+) -> Placement:
+    """Defaults: one actor per GPU when the cluster has GPUs; else actors of up to 8 CPUs (and at
+    most one node's CPUs) each."""
+    gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 1.0)
+    node_cpus = cpus if node_cpus is None else node_cpus
+    if gpus_per_actor is None:
+        gpus_per_actor = 1.0 if gpus else 0.0
+    if gpus_per_actor > 0 and gpus < gpus_per_actor:
+        raise ValueError(f"{gpus_per_actor} GPUs per actor requested, but the cluster has {gpus:g} GPUs")
+    if cpus_per_actor is None:
+        cpus_per_actor = 1.0 if gpus_per_actor else float(max(1.0, min(node_cpus, MAX_CPUS_PER_ACTOR)))
+    if actors is None:
+        actors = int(gpus // gpus_per_actor) if gpus_per_actor else int(max(1, cpus // cpus_per_actor))
+    if actors < 1:
+        raise ValueError(f"actors must be at least 1, got {actors}")
+    return Placement(actors, cpus_per_actor, gpus_per_actor)
 
 
 def release_unused() -> None:
@@ -162,8 +195,10 @@ class Cluster:
     @classmethod
     def alike(cls, nodes: int, cpus: float, gpus: float = 0.0) -> Cluster:
         if nodes < 1 or cpus < 1 or gpus < 0:
-            raise ValueError(f"a cluster needs at least one node of at least one CPU, got {nodes} of {cpus:g} CPU, {gpus:g} GPU")
-        return cls(((float(cpus), float(gpus)),) * nodes, f"{nodes} node{'s' if nodes > 1 else ''} of {cpus:g} CPU, {gpus:g} GPU")
+            raise ValueError(f"a cluster needs at least one node of at least one CPU, got {nodes} of {cpus:g} CPU, "
+                             f"{gpus:g} GPU")
+        name = f"{nodes} node{'s' if nodes > 1 else ''} of {cpus:g} CPU, {gpus:g} GPU"
+        return cls(((float(cpus), float(gpus)),) * nodes, name)
 
     @classmethod
     def parse(cls, text: str) -> Cluster:
@@ -212,7 +247,7 @@ def images_per_second(cluster: Cluster, placement: Placement, rates: Rates) -> t
     if rates.model_per_cpu is None:
         raise ValueError("no scoring rate per CPU: give one (make bench on a CPU machine measures it)")
     per_actor = placement.cpus_per_actor / (1 / rates.decode_per_cpu + 1 / rates.model_per_cpu)
-    return placement.actors * per_actor, f"{placement.actors} actors of {placement.cpus_per_actor:g} CPUs decoding and scoring"
+    return placement.actors * per_actor, "the actors' CPUs, decoding and scoring in turn"
 
 
 @dataclass
@@ -239,11 +274,11 @@ class RunPlan:
         return self.pending if self.limit is None else min(self.limit, self.pending)
 
     def lines(self) -> list[str]:
-        skipped = ", ".join(f"{kind} {n:,}" for kind, n in self.skipped.items())
+        skipped = ": " + ", ".join(f"{kind} {n:,}" for kind, n in self.skipped.items()) if self.skipped else ""
         lines = [
             f"dualcam: dry run ({self.kind} {self.input} into {self.output}): nothing started, nothing written",
             f"  inputs        {self.inputs:>12,}  found in {self.read_seconds:.1f} s",
-            f"  skipped       {sum(self.skipped.values()):>12,}  files with other names{': ' + skipped if skipped else ''}",
+            f"  skipped       {sum(self.skipped.values()):>12,}  files with other names{skipped}",
             f"  already done  {self.done:>12,}  in the output",
         ]
         if self.retried is not None:
@@ -255,7 +290,8 @@ class RunPlan:
         for cluster, placement in self.clusters:
             rows = block_rows(self.to_score, int(cluster.cpus), self.batch_size)
             lines.append(f"  {cluster.describe()}: {placement.actors} actor(s) of {placement.cpus_per_actor:g} CPU, "
-                         f"{placement.gpus_per_actor:g} GPU; {math.ceil(self.to_score / rows):,} blocks of {rows:,}")
+                         f"{placement.gpus_per_actor:g} GPU; {math.ceil(self.to_score / rows):,} block(s) of up to "
+                         f"{rows:,} inputs")
             lines.append("    " + self._hours(cluster, placement))
         return lines
 
@@ -266,4 +302,11 @@ class RunPlan:
             rate, bound = images_per_second(cluster, placement, self.rates)
         except ValueError as err:
             return f"hours: {err}"
-        return f"{rate:,.1f} images/s ({bound}): {self.to_score / rate / 3600:,.2f} h to score {self.to_score:,}"
+        return f"{rate:,.1f} images/s ({bound}): {duration(self.to_score / rate)} to score {self.to_score:,}"
+
+
+def duration(seconds: float) -> str:
+    """Hours, or minutes or seconds when shorter: ``3.2 h``, ``25 min``, ``40 s``."""
+    if seconds >= 3600:
+        return f"{seconds / 3600:,.1f} h"
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"

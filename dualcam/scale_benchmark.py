@@ -46,14 +46,14 @@ ROWS_PER_FILE = 1024
 GRID = (7, 7)  # CAMs and heatmaps of a 224 px expert
 
 
-def relative_uris(n: int) -> list[str]:
-    """n manifest entries laid out as an archive's: cxr/<patient>/<study>/<DICOM UID>.dcm."""
-    return [f"cxr/p{i // 7:07d}/s{i % 3}/1.2.840.113619.2.55.3.{i:09d}.dcm" for i in range(n)]
+def entry(i: int) -> str:
+    """Manifest entry i, laid out as an archive's: cxr/<patient>/<study>/<DICOM UID>.dcm."""
+    return f"cxr/p{i // 7:07d}/s{i % 3}/1.2.840.113619.2.55.3.{i:09d}.dcm"
 
 
 def write_archive(root: Path, n: int) -> None:
     """The manifest, the inventory file and the half-done output folder for n inputs under ``root``."""
-    entries = pa.array(relative_uris(n), pa.string())
+    entries = pa.array([entry(i) for i in range(n)], pa.string())
     manifest = pa.table({"uri": entries, "patient_id": pa.array([f"p{i // 7:07d}" for i in range(n)]),
                          "label": pa.array(np.where(np.arange(n) % 5 == 0, "COVID-19", "normal"))})
     pacsv.write_csv(manifest, root / "manifest.csv")
@@ -70,11 +70,13 @@ def _score_rows(root: Path, rows: np.ndarray) -> pa.Table:
     from dualcam.results import tensor_array
 
     k, rng = len(rows), np.random.default_rng(int(rows[0]))
-    maps = {name: tensor_array(rng.standard_normal((k, *GRID), dtype=np.float32)) for name in ("cam1", "cam2", "heatmap")}
+    maps = {name: tensor_array(rng.standard_normal((k, *GRID), dtype=np.float32))
+            for name in ("cam1", "cam2", "heatmap")}
     ok = rows % 100 != 0
     return pa.table({
-        "uri": pa.array([f"{root.resolve()}/cxr/p{i // 7:07d}/s{i % 3}/1.2.840.113619.2.55.3.{i:09d}.dcm" for i in rows]),
-        "status": pa.array(np.where(ok, "ok", "error")), "error": pa.array([None if o else "x: corrupt" for o in ok], pa.string()),
+        "uri": pa.array([f"{root.resolve()}/{entry(i)}" for i in rows]),
+        "status": pa.array(np.where(ok, "ok", "error")),
+        "error": pa.array([None if o else "x: corrupt" for o in ok], pa.string()),
         "p1": pa.array(rng.random(k, dtype=np.float32)), "p2": pa.array(rng.random(k, dtype=np.float32)), **maps,
     })
 
@@ -117,7 +119,8 @@ def _rss(field: str = "VmRSS") -> int:
 
 
 def _in_child(*args: str) -> dict:
-    out = subprocess.run([sys.executable, "-m", "dualcam.scale_benchmark", *args], check=True, capture_output=True, text=True)
+    command = [sys.executable, "-m", "dualcam.scale_benchmark", *args]
+    out = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -179,7 +182,8 @@ def measure_listing(objects: int, workers: int) -> dict:
         populate = time.perf_counter() - start
 
         start = time.perf_counter()  # dualcam's listing before: one paginator, a default boto3 client
-        pages = boto3.session.Session().client("s3").get_paginator("list_objects_v2").paginate(Bucket="bench", Prefix="archive/")
+        paginator = boto3.session.Session().client("s3").get_paginator("list_objects_v2")
+        pages = paginator.paginate(Bucket="bench", Prefix="archive/")
         serial = sorted(f"s3://bench/{obj['Key']}" for page in pages for obj in page.get("Contents", ()))
         serial_s = time.perf_counter() - start
         start = time.perf_counter()
@@ -217,27 +221,48 @@ def page_parse_ms(repeat: int = 20) -> dict:
     return out
 
 
+def marginal(rows: list[dict]) -> list[dict]:
+    """What each input adds between two sizes of one kind (fixed costs cancel): seconds and bytes per input."""
+    out = []
+    for kind in dict.fromkeys(r["kind"] for r in rows):
+        sized = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r["inputs"])
+        for small, large in zip(sized, sized[1:]):
+            extra = large["inputs"] - small["inputs"]
+            out.append({"kind": kind, "from": small["inputs"], "to": large["inputs"],
+                        "seconds": (large["total_s"] - small["total_s"]) / extra,
+                        "bytes": (large["above_table_bytes"] - small["above_table_bytes"]) / extra})
+    return out
+
+
 def print_report(report: dict) -> None:
     print(f"dualcam scale: driver start-up, each size in fresh processes, best of {report['repeat']} "
           f"(spread: how much slower the slowest was); split for a cluster of {CLUSTER_CPUS} CPUs")
     print(f"  {'input':9s} {'inputs':>9s} {'read s':>7s} {'resume s':>8s} {'split s':>7s} {'total s':>7s} "
           f"{'us/input':>8s} {'bytes/input':>11s} {'table MB':>8s} {'blocks':>6s} {'spread':>6s}")
     for r in report["sizes"]:
+        per_input = 1e6 * r["total_s"] / r["inputs"]
         print(f"  {r['kind']:9s} {r['inputs']:9,d} {r['read_s']:7.2f} {r['resume_s']:8.2f} {r['split_s']:7.3f} "
-              f"{r['total_s']:7.2f} {1e6 * r['total_s'] / r['inputs']:8.2f} {r['above_table_bytes'] / r['inputs']:11.0f} "
+              f"{r['total_s']:7.2f} {per_input:8.2f} {r['above_table_bytes'] / r['inputs']:11.0f} "
               f"{r['table_bytes'] / 1e6:8.1f} {r['blocks']:6d} {r['spread']:6.0%}")
+    print("  what each input adds, between two sizes (fixed costs cancel; bytes: memory above the table):")
+    for m in report["marginal"]:
+        print(f"  {m['kind']:9s} {m['from']:,} -> {m['to']:,}: {1e6 * m['seconds']:.2f} us, {m['bytes']:.0f} bytes")
     if "listing" in report:
         s = report["listing"]
         print(f"  listing {s['objects']:,} objects on moto (populated in {s['populate_s']:.0f} s): one paginator "
-              f"{s['serial_s']:.1f} s, list_uris with {s['workers']} workers {s['parallel_s']:.1f} s: {s['speedup']:.1f}x")
+              f"{s['serial_s']:.1f} s, list_uris with {s['workers']} workers {s['parallel_s']:.1f} s: "
+              f"{s['speedup']:.1f}x")
     p = report["page_parse_ms"]
-    print(f"  client CPU per 1,000-key page: botocore default {p['default']:.0f} ms, dates as text {p['dates_as_text']:.0f} ms")
+    print(f"  client CPU per 1,000-key page: botocore default {p['default']:.0f} ms, "
+          f"dates as text {p['dates_as_text']:.0f} ms")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dualcam.scale_benchmark", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="numbers of inputs (default 10000,100000,1000000)")
-    parser.add_argument("--repeat", type=int, default=3, help="fresh-process runs per size; the fastest counts (default 3)")
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)),
+                        help="numbers of inputs (default 10000,100000,1000000)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="fresh-process runs per size; the fastest counts (default 3)")
     parser.add_argument("--objects", type=int, default=50_000, help="objects in the moto tree (default 50000)")
     parser.add_argument("--workers", type=int, default=None, help="list_uris workers (default storage.LIST_WORKERS)")
     parser.add_argument("--no-listing", action="store_true", help="skip the moto listing")
@@ -256,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     from dualcam import storage
 
     with tempfile.TemporaryDirectory(prefix="dualcam-scale-") as work:
-        report = {"repeat": args.repeat, "sizes": measure_sizes(Path(work), [int(n) for n in args.sizes.split(",")], args.repeat)}
+        sizes = measure_sizes(Path(work), [int(n) for n in args.sizes.split(",")], args.repeat)
+    report = {"repeat": args.repeat, "sizes": sizes, "marginal": marginal(sizes)}
     if not args.no_listing:
         report["listing"] = measure_listing(args.objects, args.workers or storage.LIST_WORKERS)
     report["page_parse_ms"] = page_parse_ms()

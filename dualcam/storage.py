@@ -25,7 +25,6 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 from botocore.exceptions import BotoCoreError, ClientError
 
-
 LIST_WORKERS = 16
 """List requests in flight at once when listing an s3:// prefix."""
 
@@ -53,7 +52,7 @@ def join(uri: str, *parts: str) -> str:
     return str(Path(uri).joinpath(*parts))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def s3_client():
     """One boto3 S3 client per process (clients are thread-safe; creating one costs ~50 ms).
 
@@ -230,7 +229,8 @@ def _list_s3(client, bucket: str, prefix: str, workers: int) -> pa.Array:
             keys += [own for own, _ in listed]
             children = [(parent, subs) for parent, (_, subs) in zip(level, listed) if subs]
             if sum(len(subs) for _, subs in children) >= _EXPAND_BELOW * workers:
-                keys += pool.map(lambda span: _list_span(client, bucket, span), _spans(children, _SPANS_PER_WORKER * workers))
+                spans = _spans(children, _SPANS_PER_WORKER * workers)
+                keys += pool.map(lambda span: _list_span(client, bucket, span), spans)
                 break
             level = [sub for _, subs in children for sub in subs]
     return pa.chunked_array(keys, pa.string()).combine_chunks()
@@ -293,7 +293,7 @@ def arrow_source(uri: str) -> tuple[str, pafs.FileSystem | None]:
     return f"{bucket}/{key}", _arrow_s3(bucket, os.environ.get("AWS_ENDPOINT_URL"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _arrow_s3(bucket: str, endpoint: str | None) -> pafs.FileSystem:
     """One Arrow S3 filesystem per bucket (its region is looked up once) and endpoint in use."""
     return pafs.FileSystem.from_uri(f"s3://{bucket}")[0]

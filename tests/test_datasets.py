@@ -13,7 +13,15 @@ import pytest
 
 from dualcam import storage
 from dualcam.datasets import (
-    SPLIT_FRACTIONS, SPLITS, _resolve, assign_splits, expert_rows, read_inputs, read_labelled, resolve_uris, skipped_kinds,
+    SPLIT_FRACTIONS,
+    SPLITS,
+    _resolve,
+    assign_splits,
+    expert_rows,
+    read_inputs,
+    read_labelled,
+    resolve_uris,
+    skipped_kinds,
     split_counts,
 )
 
@@ -83,14 +91,16 @@ def test_manifest_uris_resolve_in_arrow_exactly_as_one_by_one(manifest):
 def _inventory_manifest(bucket: str, fmt: str, schema: str, files: list[str]) -> bytes:
     return json.dumps({"sourceBucket": "archive", "destinationBucket": f"arn:aws:s3:::{bucket[5:]}",
                        "version": "2016-11-30", "creationTimestamp": "1764374400000", "fileFormat": fmt,
-                       "fileSchema": schema, "files": [{"key": f, "size": 1, "MD5checksum": "0"} for f in files]}).encode()
+                       "fileSchema": schema,
+                       "files": [{"key": f, "size": 1, "MD5checksum": "0"} for f in files]}).encode()
 
 
 # (key, is_latest, is_delete_marker): old versions and delete markers are not inputs, nor folder markers
 INVENTORY = [("cxr/p1/a b+c%.png", True, False), ("cxr/p1/1.2.840.1", True, False), ("cxr/p1/ü.dcm", True, False),
              ("cxr/p2/old.png", False, False), ("cxr/p2/gone.png", True, True), ("cxr/p2/", True, False),
              ("cxr/notes.txt", True, False), ("cxr/.DS_Store", True, False)]
-CURRENT_IMAGES = ["s3://archive/cxr/p1/a b+c%.png", "s3://archive/cxr/p1/1.2.840.1", "s3://archive/cxr/p1/ü.dcm"]  # in its order
+# in the inventory's order
+CURRENT_IMAGES = ["s3://archive/cxr/p1/a b+c%.png", "s3://archive/cxr/p1/1.2.840.1", "s3://archive/cxr/p1/ü.dcm"]
 
 
 def test_an_s3_inventory_is_an_input(s3_bucket):
@@ -124,7 +134,8 @@ def test_an_s3_inventory_is_an_input(s3_bucket):
     storage.write_bytes(f"{root}/bad/manifest.json", b'{"fileFormat": "CSV"}')
     with pytest.raises(ValueError, match=f"^{root}/bad/manifest.json: not an S3 Inventory manifest"):
         read_inputs(f"{root}/bad/manifest.json")
-    storage.write_bytes(f"{root}/lost/manifest.json", _inventory_manifest(s3_bucket, "CSV", "Bucket, Key", ["x.csv.gz"]))
+    lost = _inventory_manifest(s3_bucket, "CSV", "Bucket, Key", ["x.csv.gz"])
+    storage.write_bytes(f"{root}/lost/manifest.json", lost)
     with pytest.raises(FileNotFoundError, match=f"^{s3_bucket}/x.csv.gz: no such object"):
         read_inputs(f"{root}/lost/manifest.json")
 
@@ -170,21 +181,23 @@ def test_expert_rows_take_named_negatives_or_all_others():
     paper = expert_rows(table, "C2", ["normal"])
     assert paper.column("uri").to_pylist() == ["b", "c", "e"] and paper.column("target").to_pylist() == [1, 0, 0]
     assert split_counts(paper) == {"train": (1, 2), "val": (0, 0), "test": (0, 0)}
-    with pytest.raises(ValueError, match=r"no images labelled 'COVID'; the labels are: C1 \(2\), C2 \(1\), normal \(2\)"):
+    with pytest.raises(ValueError,
+                       match=r"no images labelled 'COVID'; the labels are: C1 \(2\), C2 \(1\), normal \(2\)"):
         expert_rows(table, "COVID")
 
 
-def test_covid_collection_reader_on_the_real_metadata(xray_dir):
-    labelled = read_labelled(str(xray_dir / "covid-chestxray-dataset-metadata.csv"))
-    # PA X-rays with a finding: 302 rows of the 751, of which 121 have their image in the sample folder
-    assert labelled.table.num_rows == 121 and len(labelled.missing) == 181
-    assert labelled.excluded == {"view not PA": 353, "not an X-ray": 84, "no finding recorded ('todo')": 12}
+def test_covid_collection_reader_on_the_sample_metadata(xray_samples):
+    folder, expected = xray_samples.path, xray_samples.covid_counts
+    labelled = read_labelled(str(folder / "covid-chestxray-dataset-metadata.csv"))
+    # PA X-rays with a finding, of which those whose image is in the folder are kept and the others listed
+    assert (labelled.table.num_rows, len(labelled.missing)) == (expected["kept"], expected["missing"])
+    assert labelled.excluded == expected["excluded"]
     labels = labelled.table.column("label").to_pylist()
-    assert labels.count("COVID-19") == 60  # 'COVID-19' and 'COVID-19, ARDS'
-    assert all(u.startswith(str(xray_dir / "images")) for u in labelled.table.column("uri").to_pylist())
-    assert all(m.startswith(str(xray_dir / "images") + "/") for m in labelled.missing)
-    both_views = read_labelled(str(xray_dir / "covid-chestxray-dataset-metadata.csv"), views=("PA", "AP"))
-    assert both_views.table.num_rows + len(both_views.missing) > 302
+    assert labels.count("COVID-19") == expected["covid"]  # 'COVID-19' and 'COVID-19, ARDS'
+    assert all(u.startswith(str(folder / "images")) for u in labelled.table.column("uri").to_pylist())
+    assert all(m.startswith(str(folder / "images") + "/") for m in labelled.missing)
+    both_views = read_labelled(str(folder / "covid-chestxray-dataset-metadata.csv"), views=("PA", "AP"))
+    assert both_views.table.num_rows + len(both_views.missing) >= expected["both_views_at_least"]
 
 
 def test_kermany_layout_and_label_folders(tmp_path):

@@ -1,5 +1,6 @@
-"""Scoring archives end to end on the shared local Ray: local folders, S3 (moto), manifests, resume."""
+"""Scoring archives end to end on the shared local Ray: local folders, S3 (moto), manifests, resume; dry runs."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +12,22 @@ import torch
 from PIL import Image
 
 from dualcam import (
-    addk, build_expert, decode_image, forward_with_cams, load_expert, preprocess, save_expert, storage, upsample,
+    addk,
+    build_expert,
+    decode_image,
+    forward_with_cams,
+    load_expert,
+    preprocess,
+    save_expert,
+    storage,
+    upsample,
 )
 from dualcam.cli import main
-from dualcam.pipeline import plan_placement, score_archive
-from dualcam.results import data_files, read_results, to_numpy
+from dualcam.experts import load_meta
+from dualcam.pipeline import score_archive
+from dualcam.results import RUN_FILE, SCORE, RunSpec, data_files, read_results, to_numpy
 from dualcam.synthetic import synthetic_xray, write_synthetic_xrays
+
 from conftest import kill_driver_when, run_without_ray
 from samples import bad_inputs, dicom_bytes
 
@@ -108,9 +119,9 @@ def test_a_folder_gives_one_row_per_input_equal_to_a_direct_computation(ray_clus
         assert row["box_y"] <= row["peak_y"] < row["box_y"] + row["box_h"] <= row["height"]
 
 
-def test_the_sample_xrays_all_score(ray_cluster, experts, xray_dir, tmp_path):
-    summary = score_archive(*experts, str(xray_dir), str(tmp_path / "out"), batch_size=16, progress=False)
-    images = [p for p in xray_dir.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".dcm")]
+def test_the_sample_xrays_all_score(ray_cluster, experts, xray_samples, tmp_path):
+    summary = score_archive(*experts, str(xray_samples.path), str(tmp_path / "out"), batch_size=16, progress=False)
+    images = [p for p in xray_samples.path.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".dcm")]
     assert (summary.ok, summary.errors) == (len(images), 0)
     assert sorted(by_uri(read_results(summary.output, ["uri"]))) == sorted(str(p) for p in images)
 
@@ -140,7 +151,7 @@ def test_s3_manifest_passes_columns_through_and_reruns_skip(ray_cluster, experts
     assert (again.scored_now, again.already_done, again.ok, again.errors) == (0, 5, 3, 2)
     rows = by_uri(read_results(out))
     assert sorted(rows) == sorted([f"{s3_bucket}/archive/{n}" for n in names] + [f"{s3_bucket}/archive/missing.png"])
-    for uri, patient, label in zip(manifest["uri"].to_pylist(), manifest["patient"].to_pylist(), manifest["label"].to_pylist()):
+    for uri, patient, label in zip(*(manifest[c].to_pylist() for c in ("uri", "patient", "label"))):
         row = rows[uri if uri.startswith("s3://") else f"{s3_bucket}/{uri}"]
         assert (row["patient"], row["label"]) == (patient, label)
     assert "no such object" in rows[f"{s3_bucket}/archive/missing.png"]["error"]
@@ -224,13 +235,32 @@ def test_unusable_outputs_and_inputs_are_refused_before_any_work(experts, archiv
         score_archive(*experts, str(clash), str(tmp_path / "o"))
 
 
-def test_placement_defaults():
-    assert plan_placement({"CPU": 2.0}) == plan_placement({"CPU": 2.0}, actors=1, cpus_per_actor=2.0, gpus_per_actor=0)
-    assert plan_placement({"CPU": 64.0}).actors == 8
-    small_nodes = plan_placement({"CPU": 16.0}, node_cpus=4.0)  # four 4-CPU nodes: an 8-CPU actor fits nowhere
-    assert (small_nodes.actors, small_nodes.cpus_per_actor) == (4, 4.0)
-    gpu = plan_placement({"CPU": 32.0, "GPU": 4.0})
-    assert (gpu.actors, gpu.cpus_per_actor, gpu.gpus_per_actor) == (4, 1.0, 1.0)
-    assert plan_placement({"CPU": 32.0, "GPU": 4.0}, gpus_per_actor=0.5).actors == 8
-    with pytest.raises(ValueError, match="1 GPUs per actor requested, but the cluster has 0 GPUs"):
-        plan_placement({"CPU": 8.0}, gpus_per_actor=1)
+def test_a_dry_run_plans_without_ray_and_writes_nothing(experts, archive, tmp_path):
+    out = tmp_path / "out"  # an output this very run wrote some rows to: two ok, one error
+    out.mkdir()
+    (out / RUN_FILE).write_text(RunSpec.of(SCORE, load_meta(experts[0]), load_meta(experts[1]), 5.0).to_json())
+    images = [str(p) for p in sorted(archive.rglob("*")) if p.is_file() and p.name != "notes.txt"]
+    pq.write_table(pa.table({"uri": images[:3], "status": ["ok", "ok", "error"]}), out / "part-0.parquet")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    score = ["score", "--c1", experts[0], "--c2", experts[1], "--input", str(archive), "--dry-run"]
+    code = (  # Ray cannot even be imported here
+        "import os\nos.environ.pop('RAY_ADDRESS', None)\nfrom dualcam.cli import main\n"
+        f"assert main({score!r} + ['--output', {str(out)!r}, '--retry-errors', '--limit', '5', "
+        "'--rates', 'decode=40,cpu=4', '--cluster', '2,8']) == 0\n"
+        f"assert main({score!r} + ['--output', {str(tmp_path / 'new')!r}]) == 0\n"
+    )
+    printed = run_without_ray(code)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before and not (tmp_path / "new").exists()
+
+    first, second = printed.split("dualcam: dry run")[1:]
+    assert re.search(rf"inputs +{len(images)} ", first)
+    assert re.search(r"skipped +1 +files with other names: \.txt 1", first)
+    assert re.search(r"already done +2 ", first) and re.search(r"to retry +1 ", first)
+    assert re.search(rf"to score +5 +of {len(images) - 2:,} not yet scored \(--limit 5\)", first)
+    assert "rates         decoding 40.0 images/s per CPU, scoring 4.0 per CPU (given)" in first
+    # 2 nodes of 8 CPUs: two actors of 8 CPUs, each decoding then scoring: 2 * 8 / (1/40 + 1/4) images/s
+    assert "2 nodes of 8 CPU, 0 GPU: 16 CPUs, 0 GPUs: 2 actor(s) of 8 CPU, 0 GPU; 1 block(s) of up to 16" in first
+    rate = 2 * 8 / (1 / 40 + 1 / 4)
+    assert f"{rate:,.1f} images/s (the actors' CPUs, decoding and scoring in turn): {5 / rate:.0f} s to score" in first
+    assert "this machine:" in first and re.search(r"already done +0 ", second) and re.search(r"to score +13\b", second)
+    assert "hours: give --rates" in second

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dualcam import planning
-from dualcam.pipeline import plan_placement
+from dualcam.planning import plan_placement
 
 
 def inputs_table(n: int) -> pa.Table:
@@ -68,7 +68,8 @@ def test_blocks_hold_the_pending_rows_once_in_order(tmp_path):
 def test_block_rows(rows, slots, batch, expected):
     size = planning.block_rows(rows, slots, batch)
     assert size == expected and size % batch == 0 and size <= max(batch, planning.MAX_ROWS_PER_BLOCK)
-    assert -(-rows // size) >= min(planning.BLOCKS_PER_SLOT * slots, -(-rows // batch), rows // planning.MAX_ROWS_PER_BLOCK)
+    enough = min(planning.BLOCKS_PER_SLOT * slots, -(-rows // batch), rows // planning.MAX_ROWS_PER_BLOCK)
+    assert -(-rows // size) >= enough
 
 
 def test_hours_come_from_the_slower_of_decoding_and_scoring(tmp_path):
@@ -95,3 +96,15 @@ def test_hours_come_from_the_slower_of_decoding_and_scoring(tmp_path):
         planning.Rates.read(str(tmp_path / "other.json"))
     with pytest.raises(ValueError, match="decode_per_cpu must be a positive number"):
         planning.Rates(decode_per_cpu=0.0)
+
+
+def test_placement_defaults():
+    assert plan_placement({"CPU": 2.0}) == plan_placement({"CPU": 2.0}, actors=1, cpus_per_actor=2.0, gpus_per_actor=0)
+    assert plan_placement({"CPU": 64.0}).actors == 8
+    small_nodes = plan_placement({"CPU": 16.0}, node_cpus=4.0)  # four 4-CPU nodes: an 8-CPU actor fits nowhere
+    assert (small_nodes.actors, small_nodes.cpus_per_actor) == (4, 4.0)
+    gpu = plan_placement({"CPU": 32.0, "GPU": 4.0})
+    assert (gpu.actors, gpu.cpus_per_actor, gpu.gpus_per_actor) == (4, 1.0, 1.0)
+    assert plan_placement({"CPU": 32.0, "GPU": 4.0}, gpus_per_actor=0.5).actors == 8
+    with pytest.raises(ValueError, match="1 GPUs per actor requested, but the cluster has 0 GPUs"):
+        plan_placement({"CPU": 8.0}, gpus_per_actor=1)

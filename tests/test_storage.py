@@ -1,4 +1,5 @@
-"""Listing local folders and s3:// prefixes; Parquet that appears whole on local disk; rewriting result files without their error rows."""
+"""Listing local folders and s3:// prefixes; Parquet that appears whole on local disk; rewriting result files
+without their error rows."""
 
 from concurrent.futures import ThreadPoolExecutor
 
