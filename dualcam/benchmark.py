@@ -14,6 +14,7 @@ Run ``python -m dualcam.benchmark --help``; Ray and moto are needed only for (c)
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -24,15 +25,65 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
 from dualcam import storage
 from dualcam.experts import ExpertMeta, build_expert, save_expert
 from dualcam.results import read_results, to_numpy
 from dualcam.scoring import DualScorer, load_images
-from dualcam.synthetic import write_synthetic_xrays
+from dualcam.synthetic import synthetic_xray, write_synthetic_xrays
+
+REAL_SIZE = (2500, 2048)
+"""(rows, columns) of the generated real-size inputs: a 43 x 35 cm cassette at 0.17 mm, a common CR/DX size."""
+
+
+def real_size_xray(rng: np.random.Generator, size: tuple[int, int] = REAL_SIZE) -> np.ndarray:
+    """A chest-like float64 image in [0, 1] of ``size`` (rows, columns): the anatomy drawn at a
+    quarter of the size and upsampled, fine noise added at full size, so that files of it
+    compress about as radiographs do (a 2500 x 2048 JPEG at quality 90 is about 1 MB)."""
+    anatomy = torch.from_numpy(synthetic_xray(max(size) // 4, rng))[None, None]
+    image = F.interpolate(anatomy, size=size, mode="bicubic", align_corners=False)[0, 0].numpy()
+    return np.clip(image + 0.01 * rng.standard_normal(size), 0.0, 1.0)
+
+
+def write_real_size_inputs(out_dir: str | Path, seed: int = 0) -> list[Path]:
+    """One ``real_size_xray`` as an 8-bit JPEG (quality 90), a 16-bit PNG (12-bit values scaled to
+    16 bits, as the PNG specification asks) and a 12-bit MONOCHROME2 DICOM (uncompressed, with a
+    window), written to ``out_dir``; same seed, same files."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    image = real_size_xray(np.random.default_rng(seed))
+    twelve = np.round(image * 4095).astype(np.uint16)
+    paths = [out / "real-size-8bit.jpg", out / "real-size-16bit.png", out / "real-size-12bit.dcm"]
+    Image.fromarray(np.round(image * 255).astype(np.uint8)).save(paths[0], quality=90)
+    Image.fromarray(twelve << 4).save(paths[1])
+    paths[2].write_bytes(_dicom_bytes(twelve))
+    return paths
+
+
+def _dicom_bytes(pixels: np.ndarray) -> bytes:
+    """A CR DICOM file of 12-bit ``pixels`` (uint16), explicit VR little endian, windowed over its range."""
+    import pydicom
+    from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    ds = pydicom.Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = ComputedRadiographyImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.Modality, (ds.Rows, ds.Columns) = "CR", pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
 
 
 def tree_rss(root: int) -> int:

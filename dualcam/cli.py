@@ -18,7 +18,7 @@ from dualcam.cam import upsample
 from dualcam.evaluation import DEFAULT_KERNELS, EVALUATION_FILE, evaluate, format_table
 from dualcam.experts import OUTPUT_STRIDES, SUPPORTED_ARCHS, ExpertMeta, build_expert, load_meta, save_expert
 from dualcam.figures import DEFAULT_N, render_results
-from dualcam.imaging import DecodeError, decode_image, is_image_name
+from dualcam.imaging import DecodeError, decode_image, is_image_name, model_input
 from dualcam.jobspec import DRIFT_EXIT, exit_status, labels, run_drift, run_score, run_train
 from dualcam.kernel import ALPHAS, KERNELS
 from dualcam.pipeline import MAX_ERROR_FRACTION, connect
@@ -38,13 +38,14 @@ def _inputs(uris: Sequence[str]) -> list[str]:
     return found
 
 
-def _decoded(files: Sequence[str]) -> Iterator[tuple[str, np.ndarray | None, Exception | None]]:
-    """(uri, image, None) or (uri, None, error) per file: one bad file never stops the others."""
+def _decoded(files: Sequence[str]) -> Iterator[tuple[str, bytes | None, np.ndarray | None, Exception | None]]:
+    """(uri, bytes, image, None) or (uri, None, None, error) per file: one bad file never stops the others."""
     for uri in files:
         try:
-            yield uri, decode_image(storage.read_bytes(uri), uri), None
+            data = storage.read_bytes(uri)
+            yield uri, data, decode_image(data, uri), None
         except (DecodeError, OSError) as err:
-            yield uri, None, err
+            yield uri, None, None, err
 
 
 def cmd_expert_init(args: argparse.Namespace) -> int:
@@ -65,7 +66,7 @@ def cmd_expert_show(args: argparse.Namespace) -> int:
 def cmd_decode(args: argparse.Namespace) -> int:
     failed = 0
     files = _inputs(args.inputs)
-    for uri, image, err in _decoded(files):
+    for uri, _, image, err in _decoded(files):
         if err:
             failed += 1
             print(f"error  {err}")
@@ -86,12 +87,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
           f"alpha {scorer.alpha}; device {scorer.device}")
     print(f"{'p1':>6} {'p2':>6}  {'peak (x, y)':>12}  file")
     start, failed = time.perf_counter(), 0
-    for uri, image, err in _decoded(files):
+    for uri, data, image, err in _decoded(files):
         if err:
             failed += 1
             print(f"{'-':>6} {'-':>6}  {'-':>12}  {err}")
             continue
-        result = scorer.score(scorer.preprocess(image)[None])
+        x, _ = model_input(data, uri, scorer.meta)  # the model sees what `dualcam score` gives it; the overlay, the whole image
+        result = scorer.score(x[None])
         heat = upsample(result["heatmap"][0], image.shape[:2])
         x, y = (round(v) for v in regions.peak(torch.from_numpy(heat)[None])[0].tolist())
         name = Path(uri).stem
