@@ -15,6 +15,7 @@ benchmarks and ``dualcam explain`` run them directly and the Ray layer only wire
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -127,6 +128,9 @@ class PairScorer:
         size = self.meta.input_size
         # (h, w) of the CAMs, from the network itself (the stride arithmetic differs by arch).
         self.grid: tuple[int, int] = tuple(self.forward(torch.zeros(1, 3, size, size))[1].shape[-2:])
+        # The pipeline runs two calls per actor at once so that one batch loads while another is
+        # scored; two forward passes at once would only share (and oversubscribe) the same threads.
+        self._scoring = threading.Lock()
 
     @staticmethod
     def check_experts(meta1: ExpertMeta, meta2: ExpertMeta, uri1: str, uri2: str) -> None:
@@ -170,7 +174,9 @@ class PairScorer:
             pixels = torch.tensor(to_numpy(batch.column("pixels").filter(pa.array(ok))))  # own copy: Arrow's is read-only
             try:
                 sizes = np.stack([batch.column(c).to_numpy(zero_copy_only=False)[ok] for c in ("width", "height")], 1)
-                scores = self.columns(self.score(pixels), sizes)
+                with self._scoring:
+                    scores = self.score(pixels)
+                scores = self.columns(scores, sizes)
             except Exception as err:  # noqa: BLE001 -- the batch's rows carry the error instead
                 errors = [e if e is not None else f"scoring failed: {type(err).__name__}: {err}" for e in errors]
                 ok[:] = False
