@@ -82,7 +82,7 @@ def _dicom_bytes(pixels: np.ndarray) -> bytes:
     ds = pydicom.Dataset()
     ds.file_meta = pydicom.dataset.FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = ComputedRadiographyImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid(entropy_srcs=["dualcam real-size"])
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.Modality, (ds.Rows, ds.Columns) = "CR", pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
