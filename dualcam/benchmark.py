@@ -21,6 +21,7 @@ Run ``python -m dualcam.benchmark --help``; Ray and moto are needed only for (c)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import logging
@@ -40,8 +41,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dualcam import storage
-from dualcam.experts import ExpertMeta, build_expert, save_expert
+from dualcam.experts import META_FILE, ExpertMeta, build_expert, save_expert
 from dualcam.imaging import decode_image, model_input, preprocess
+from dualcam.pipeline import score_archive
+from dualcam.raycluster import connect
 from dualcam.results import read_results, to_numpy
 from dualcam.scoring import DualScorer, load_images
 from dualcam.synthetic import synthetic_xray, write_synthetic_xrays
@@ -101,10 +104,8 @@ def _tree(root: int) -> list[int]:
         pid = todo.pop()
         pids.append(pid)
         for children in Path(f"/proc/{pid}/task").glob("*/children"):
-            try:
+            with contextlib.suppress(OSError):  # processes come and go while we look
                 todo += [int(child) for child in children.read_text().split()]
-            except OSError:  # processes come and go while we look
-                pass
     return pids
 
 
@@ -203,11 +204,11 @@ def run(args: argparse.Namespace) -> dict:
     experts = []
     for name in ("c1", "c2"):
         uri = str(work / "experts" / name)
-        if not storage.exists(storage.join(uri, "expert.json")):
+        if not storage.exists(storage.join(uri, META_FILE)):
             save_expert(build_expert(args.arch), uri, ExpertMeta(arch=args.arch, class_name=name, input_size=args.size))
         experts.append(uri)
     images = [str(p) for p in write_synthetic_xrays(work / "images", args.n, size=args.size)]
-    scorer = DualScorer(*experts, alpha=5.0, device=args.device)
+    scorer = DualScorer(*experts, device=args.device)
     table = pa.table({"uri": images})
     loaded = [load_images(table.slice(i, args.batch_size), scorer.meta) for i in range(0, args.n, args.batch_size)]
     batches = [torch.tensor(to_numpy(b.column("pixels"))) for b in loaded]
@@ -227,8 +228,6 @@ def run(args: argparse.Namespace) -> dict:
     if args.no_ray:
         return report
 
-    from dualcam.pipeline import connect, score_archive
-
     sources = {"c_local": str(work / "images")}
     if not args.no_s3:
         sources["d_s3"] = _stage_on_moto(images)
@@ -244,10 +243,13 @@ def run(args: argparse.Namespace) -> dict:
         report[f"{key}_wall"] = summary.images_per_second
         report[f"{key}_peak_bytes"] = monitor.peak
         report[f"{key}_over_a"] = report[key] / report["a_bare_forward"]
-        report[f"{key}_cpu_ms"] = {name: 1000 * sec / summary.scored_now for name, sec in monitor.cpu_seconds().items()}
+        spent = monitor.cpu_seconds()
+        report[f"{key}_cpu_ms"] = {name: 1000 * sec / summary.scored_now for name, sec in spent.items()}
     if groups:
-        mix = {name: len(paths) * (args.copies if name.startswith("generated") else 1) for name, paths in groups.items()}
-        report["f_load_ms"] = sum(report["e_load"][name]["model_input_ms"] * n for name, n in mix.items()) / sum(mix.values())
+        mix = {name: len(paths) * (args.copies if name.startswith("generated") else 1)
+               for name, paths in groups.items()}
+        load_ms = sum(report["e_load"][name]["model_input_ms"] * n for name, n in mix.items())
+        report["f_load_ms"] = load_ms / sum(mix.values())
         # CPU only: loaders and model share the cores; the bound counts both. With GPUs, min() holds.
         load_rate = report["cpus"] * 1000 / report["f_load_ms"]
         report["f_bound"] = min(report["a_bare_forward"], load_rate)
@@ -378,14 +380,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=224, help="expert input size = image size (default 224)")
     parser.add_argument("--arch", default="resnet18", help="expert architecture (default resnet18)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
-    parser.add_argument("--repeat", type=int, default=2, help="runs of (a) and (b), alternated; the best counts (default 2)")
+    parser.add_argument("--repeat", type=int, default=2,
+                        help="runs of (a) and (b), alternated; the best counts (default 2)")
     parser.add_argument("--device", default=None, help="torch device for (a) and (b) (default: cuda if available)")
     parser.add_argument("--no-ray", action="store_true", help="only (a) and (b): for machines without Ray")
     parser.add_argument("--no-s3", action="store_true", help="skip (d)")
     parser.add_argument("--no-real-size", action="store_true", help="skip (e) and (f)")
     parser.add_argument("--copies", type=int, default=32,
                         help="links to each generated real-size file in (f)'s input (default 32)")
-    parser.add_argument("--samples", type=Path, default=Path(os.environ.get("DUALCAM_XRAY_SAMPLES", "../shared/data/xray")),
+    parser.add_argument("--samples", type=Path,
+                        default=Path(os.environ.get("DUALCAM_XRAY_SAMPLES", "../shared/data/xray")),
                         help="the sample X-rays, used in (e) and (f) when present (default ../shared/data/xray)")
     parser.add_argument("--workdir", default=None, help="where images, experts and outputs go (default: a temp dir)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")

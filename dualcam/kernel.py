@@ -26,7 +26,11 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-ALPHAS = (1.0, 5.0, 15.0, 50.0)
+DEFAULT_ALPHA = 5.0
+"""The alpha every run uses unless told otherwise: the paper's smallest."""
+PAPER_ALPHAS = (DEFAULT_ALPHA, 15.0, 50.0)
+"""The alphas of the paper's figures."""
+ALPHAS = (1.0, *PAPER_ALPHAS)
 """The alphas shown side by side: 1, and the paper's 5, 15 and 50."""
 PEAK_FLOOR = 0.05
 EXPONENT_KNEE = 60.0
@@ -49,7 +53,7 @@ def _saturate(exponent: torch.Tensor) -> torch.Tensor:
     return torch.where(exponent > EXPONENT_KNEE, above, exponent)
 
 
-def addk(x: ArrayLike, x_prime: ArrayLike, alpha: float = 5.0) -> ArrayLike:
+def addk(x: ArrayLike, x_prime: ArrayLike, alpha: float = DEFAULT_ALPHA) -> ArrayLike:
     """ADDK(x, x') for maps of shape (..., h, w); returns the same type, shape and device.
 
     Computed in float32 (float64 if both inputs are float64), whatever the input precision, so
@@ -73,7 +77,7 @@ def addk(x: ArrayLike, x_prime: ArrayLike, alpha: float = 5.0) -> ArrayLike:
     return out.numpy() if as_numpy else out
 
 
-def sharpen(x: ArrayLike, alpha: float = 5.0) -> ArrayLike:
+def sharpen(x: ArrayLike, alpha: float = DEFAULT_ALPHA) -> ArrayLike:
     """exp(alpha * x / max(x)): CAM1 sharpened alone, ADDK with an all-zero second map.
 
     A reference, not a kernel: what a kernel gains over it is what the second expert adds.
@@ -82,7 +86,7 @@ def sharpen(x: ArrayLike, alpha: float = 5.0) -> ArrayLike:
     return addk(x, zeros, alpha)
 
 
-def gated(x: ArrayLike, x_prime: ArrayLike, alpha: float = 5.0) -> ArrayLike:
+def gated(x: ArrayLike, x_prime: ArrayLike, alpha: float = DEFAULT_ALPHA) -> ArrayLike:
     """dualcam's own variant: ReLU(x) / max(ReLU(x)) * ADDK(x, x').
 
     Keeps CAM1's shape (zero wherever expert 1 has no positive evidence) and only re-weights it by

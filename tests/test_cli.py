@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_without_ray
 from dualcam.cli import build_parser, main
 from dualcam.synthetic import write_synthetic_xrays
+
+from conftest import run_without_ray
 
 BIN = Path(sys.executable).parent
 
@@ -25,8 +26,8 @@ def test_the_installed_command_runs():
     assert "usage: dualcam" in result.stdout and "explain" in result.stdout
 
 
-COMMANDS = [["expert"], ["expert", "init"], ["expert", "show"], ["decode"], ["explain"], ["score"], ["drift"], ["render"],
-            ["train"], ["synth"], ["evaluate"], ["demo"], ["experiment"]]
+COMMANDS = [["expert"], ["expert", "init"], ["expert", "show"], ["decode"], ["explain"], ["score"], ["drift"],
+            ["render"], ["train"], ["synth"], ["evaluate"], ["demo"], ["experiment"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

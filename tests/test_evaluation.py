@@ -80,9 +80,11 @@ def test_known_maps_give_known_figures(tmp_path):
 def test_cli_writes_json_next_to_the_results(tmp_path, capsys):
     results, boxes = tmp_path / "results", tmp_path / "boxes.csv"
     _write_results(results, boxes)
-    assert main(["evaluate", "--results", str(results), "--boxes", str(boxes), "--alphas", "5", "--kernel", "gated"]) == 0
+    args = ["--results", str(results), "--boxes", str(boxes), "--alphas", "5", "--kernel", "gated"]
+    assert main(["evaluate", *args]) == 0
     written = json.loads((results / "_evaluation.json").read_text())
-    assert [r["map"] for r in written["localization"]] == ["CAM1", "CAM2", "gated", "CAM1 sharpened", "uniform", "F1 box pooled"]
+    maps = ["CAM1", "CAM2", "gated", "CAM1 sharpened", "uniform", "F1 box pooled"]
+    assert [r["map"] for r in written["localization"]] == maps
     assert "localization of C1 on 3 images" in capsys.readouterr().out
 
 
@@ -103,7 +105,7 @@ def test_a_target_is_the_union_of_its_boxes(tmp_path):
     _write_results(results, boxes)
     decoy = "0,0,10,10"
     lines = boxes.read_text().splitlines()
-    only_decoy = [lines[0]] + [f"{l.split(',')[0]},{decoy},F1" for l in lines[1:] if l.endswith(",F1")]
+    only_decoy = [lines[0]] + [f"{line.split(',')[0]},{decoy},F1" for line in lines[1:] if line.endswith(",F1")]
     boxes.write_text("\n".join(only_decoy) + "\n")
     assert _row(evaluate(str(results), str(boxes), alphas=[5.0]), "CAM1")["pointing_F1"] == 0
     boxes.write_text("\n".join(lines + only_decoy[1:]) + "\n")  # each image: the decoy and the real F1 box
@@ -111,7 +113,7 @@ def test_a_target_is_the_union_of_its_boxes(tmp_path):
 
 
 def test_drift_outputs_are_refused_by_evaluate_and_render(tmp_path):
-    from dualcam.figures import render_results
+    from dualcam.score_report import render_results
 
     results, boxes = tmp_path / "results", tmp_path / "boxes.csv"
     _write_results(results, boxes)

@@ -17,10 +17,11 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import xray_samples
-from samples import dicom_bytes, png16_bytes
 from dualcam import DualScorer, ExpertMeta, build_expert, decode_image, model_input, preprocess, save_expert
 from dualcam.benchmark import real_size_xray, write_real_size_inputs
+
+from conftest import shared_xrays
+from samples import dicom_bytes, png16_bytes
 
 INPUT_SIZE = 224
 
@@ -58,7 +59,7 @@ def encoded(im: Image.Image, fmt: str, **kwargs) -> bytes:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, bytes]:
     files = generated_files(tmp_path_factory.mktemp("real-size"))
-    samples = xray_samples()
+    samples = shared_xrays()
     if samples is not None:
         for path in sorted((samples / "images").iterdir()) + sorted((samples / "dicom").glob("*.dcm")):
             files[path.name] = path.read_bytes()
@@ -70,7 +71,8 @@ def scorer(tmp_path_factory) -> DualScorer:
     root = tmp_path_factory.mktemp("faithful-experts")
     torch.manual_seed(0)
     for name in ("c1", "c2"):
-        save_expert(build_expert("resnet18"), str(root / name), {"arch": "resnet18", "class_name": name, "input_size": INPUT_SIZE})
+        meta = {"arch": "resnet18", "class_name": name, "input_size": INPUT_SIZE}
+        save_expert(build_expert("resnet18"), str(root / name), meta)
     return DualScorer(str(root / "c1"), str(root / "c2"), device="cpu")
 
 

@@ -171,7 +171,8 @@ def test_gated_keeps_cam1_support_and_reweights_by_addk():
 def test_gated_of_a_map_without_positive_values_is_zero():
     x = -np.ones((3, 3))
     assert not gated(x, np.ones((3, 3)), 5.0).any()
-    assert torch.equal(gated(torch.tensor(x), torch.ones(3, 3, dtype=torch.float64), 5.0), torch.zeros(3, 3, dtype=torch.float64))
+    ones, zeros = torch.ones(3, 3, dtype=torch.float64), torch.zeros(3, 3, dtype=torch.float64)
+    assert torch.equal(gated(torch.tensor(x), ones, 5.0), zeros)
 
 
 def test_kernels_by_name():

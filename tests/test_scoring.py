@@ -11,6 +11,7 @@ from dualcam import DualScorer, addk, build_expert, forward_with_cams, load_expe
 from dualcam.results import OUTPUT_COLUMNS, to_numpy
 from dualcam.scoring import load_images, score_images
 from dualcam.synthetic import synthetic_xray, write_synthetic_xrays
+
 from samples import bad_inputs
 
 
