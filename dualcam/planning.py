@@ -106,12 +106,12 @@ def block_rows(rows: int, slots: int, batch_size: int) -> int:
     """Rows per block of input URIs handed to Ray Data: each block is one loading task, one object the
     driver puts in Ray's store, and one metadata task Ray runs before the first image is read.
 
-    At most ``MAX_ROWS_PER_BLOCK`` (1,024): decoding 1,024 X-rays takes a core 8-20 s (``make
-    bench``), so Ray's few milliseconds per task stay under a thousandth, and 10 million inputs
-    are about 10,000 blocks (not 156,000 blocks of 64). At least ``BLOCKS_PER_SLOT`` blocks for
-    each slot (a CPU of the cluster) when there are fewer inputs, so that every slot gets work and
-    the last blocks finish close together. Whole batches, so that no batch straddles two blocks;
-    never less than one batch.
+    At most ``MAX_ROWS_PER_BLOCK`` (1,024): loading 1,024 X-rays takes a core 7 s (sample X-rays)
+    to 80 s (16-bit PNGs; ``make bench`` (e)), so Ray's few milliseconds per task stay under a
+    thousandth, and 10 million inputs are about 10,000 blocks (not 156,000 blocks of 64). At least
+    ``BLOCKS_PER_SLOT`` blocks for each slot (a CPU of the cluster) when there are fewer inputs, so
+    that every slot gets work and the last blocks finish close together. Whole batches, so that no
+    batch straddles two blocks; never less than one batch.
     """
     per_slot = math.ceil(max(0, rows) / (BLOCKS_PER_SLOT * max(1, slots)))
     return max(batch_size, min(MAX_ROWS_PER_BLOCK, per_slot) // batch_size * batch_size)
@@ -136,9 +136,8 @@ class Rates:
     """Images per second one unit does: reading, decoding and preprocessing on a CPU core; scoring (both
     experts, their CAMs, the kernel) on a GPU, or on a CPU core where there are no GPUs.
 
-    ``make bench`` measures them (``--json`` writes them as ``rates``; ``--decode-images`` on real
-    X-rays, since decoding scales with their size: 2.4 MP X-rays decode about 20 times slower than
-    224 px PNGs).
+    ``make bench`` measures them (``--json`` writes them as ``rates``): loading from (e), on real-size
+    files, since its cost follows the file (``imaging.model_input``), scoring from (b).
     """
 
     decode_per_cpu: float
