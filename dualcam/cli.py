@@ -25,7 +25,7 @@ from dualcam.pipeline import MAX_ERROR_FRACTION, connect
 from dualcam.render import overlay
 from dualcam.scenario import DEMO_RECIPE, REGIMES, demo, experiment
 from dualcam.scoring import DualScorer
-from dualcam.synthetic import OVERLAP_CLASSES, write_overlap_dataset
+from dualcam.synthetic import DEFAULT_SCENARIO, OVERLAP_CLASSES, SCENARIOS, write_overlap_dataset
 from dualcam.training import AUGMENTATIONS
 
 
@@ -118,9 +118,9 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    data = write_overlap_dataset(args.out, args.n, args.size, args.seed)
-    print(f"wrote {data.images} synthetic {args.size} px images ({args.n} each of {', '.join(OVERLAP_CLASSES)}) "
-          f"under {args.out}; manifest {data.manifest}, boxes {data.boxes}")
+    data = write_overlap_dataset(args.out, args.n, args.size, args.seed, args.scenario)
+    print(f"wrote {data.images} synthetic {args.size} px images of the {data.scenario} scenario ({args.n} each of "
+          f"{', '.join(OVERLAP_CLASSES)}) under {args.out}; manifest {data.manifest}, boxes {data.boxes}")
     return 0
 
 
@@ -143,7 +143,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_experiment(args: argparse.Namespace) -> int:
     connect(quiet=True)
     recipe = replace(DEMO_RECIPE, epochs=args.epochs)
-    print(experiment(args.out, args.n, args.size, args.seed, recipe, labels(args.regimes) or []))
+    print(experiment(args.out, args.n, args.size, args.seed, recipe, labels(args.regimes) or [],
+                     labels(args.scenarios) or []))
     return 0
 
 
@@ -329,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--n", type=int, default=100, help="images per class (default 100)")
     synth.add_argument("--size", type=int, default=96, help="side in pixels (default 96)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument("--scenario", choices=tuple(SCENARIOS), default=DEFAULT_SCENARIO,
+                       help="overlap: S a faint disc, dimmer than F1 and F2; salient-shared: S larger and brighter "
+                       "than F1 (default %(default)s)")
     synth.set_defaults(func=cmd_synth)
 
     evaluation = sub.add_parser(
@@ -373,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--seed", type=int, default=0, help="data, splits and training seed (default 0)")
     exp.add_argument("--epochs", type=int, default=DEMO_RECIPE.epochs, help=f"default {DEMO_RECIPE.epochs}")
     exp.add_argument("--regimes", default=",".join(r.name for r in REGIMES), help="comma-separated (default: all)")
+    exp.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated data scenarios (default: all)")
     exp.set_defaults(func=cmd_experiment)
     return parser
 

@@ -1,7 +1,8 @@
 """The class-overlap scenario end to end: synthetic data with known boxes, both experts trained
 under a chosen regime on Ray Train, the test split scored on Ray Data, then localization measured.
 
-``make demo`` runs one regime (the paper's); ``make experiment`` compares all of them. Everything
+``make demo`` runs one regime (the paper's) on the ``overlap`` data; ``make experiment`` compares
+all of them on each data scenario (``dualcam.synthetic.SCENARIOS``). Everything
 here calls the same library functions as the CLI commands ``synth``, ``train``, ``score`` and
 ``evaluate``, so each step can be rerun by hand.
 """
@@ -22,7 +23,7 @@ from dualcam import storage
 from dualcam.datasets import read_manifest
 from dualcam.evaluation import DEFAULT_KERNELS, EVALUATION_FILE, evaluate, format_number
 from dualcam.kernel import ALPHAS
-from dualcam.synthetic import OverlapDataset
+from dualcam.synthetic import DEFAULT_SCENARIO, SCENARIOS, OverlapDataset, get_scenario
 from dualcam.training import Recipe
 
 SCORING_ALPHA = 5.0
@@ -91,6 +92,7 @@ def run_regime(data: OverlapDataset, chosen: Regime, out: str, recipe: Recipe = 
         raise RuntimeError(f"scoring the test split failed: {failure}")
     log(f"[{chosen.name}] {summary.line()}")
     evaluation = evaluate(results, data.boxes, alphas=alphas, kernels=kernels)
+    evaluation["scenario"] = data.scenario
     evaluation["regime"] = asdict(chosen)
     evaluation["recipe"] = asdict(recipe)
     storage.write_json(storage.join(results, EVALUATION_FILE), evaluation)
@@ -128,9 +130,11 @@ _COMPARED = [("CAM1", None), ("CAM2", None)] + [(k, a) for k in (*DEFAULT_KERNEL
 
 def comparison_tables(evaluations: Sequence[dict[str, Any]]) -> str:
     """Markdown: F1 and S localization per map and regime, then what explains it (correlation,
-    each expert's positive rate on the other class, AUC)."""
+    each expert's positive rate on the other class, AUC). The evaluations are of one scenario."""
     names = [e["regime"]["name"] for e in evaluations]
-    lines = ["Pointing game / energy in box on the C1 test images (F1: C1's own feature; S: the shared one)", "",
+    scenario = evaluations[0].get("scenario", DEFAULT_SCENARIO)
+    lines = [f"Scenario {scenario}: pointing game / energy in box on the C1 test images "
+             "(F1: C1's own feature; S: the shared one)", "",
              "| map | alpha | " + " | ".join(f"{n}: F1" for n in names) + " | " + " | ".join(f"{n}: S" for n in names) + " |",
              "|---|---|" + "---|" * (2 * len(names))]
     for name, alpha in _COMPARED:
@@ -148,16 +152,26 @@ def comparison_tables(evaluations: Sequence[dict[str, Any]]) -> str:
 
 
 def experiment(out: str, n: int = 200, size: int = 96, seed: int = 0, recipe: Recipe = DEMO_RECIPE,
-               regimes: Sequence[str] = tuple(r.name for r in REGIMES), log: Callable[[str], None] = print) -> str:
-    """Run every regime on one data set; returns the comparison tables, also written to
-    ``out/experiment.md`` with every evaluation in ``out/experiment.json``."""
+               regimes: Sequence[str] = tuple(r.name for r in REGIMES), scenarios: Sequence[str] = tuple(SCENARIOS),
+               log: Callable[[str], None] = print) -> str:
+    """Run every regime on each scenario's data set, under ``out/<scenario>/``; returns the
+    comparison tables, one set per scenario, also written to ``out/experiment.md`` with every
+    evaluation in ``out/experiment.json``."""
     from dualcam.synthetic import write_overlap_dataset
 
+    chosen = [regime(name) for name in regimes]
+    drawn = [get_scenario(name) for name in scenarios]  # unknown names fail before any work
     started = time.perf_counter()
-    data = write_overlap_dataset(storage.join(out, "data"), n, size, seed)
-    log(f"wrote {data.images} images ({n} per class, {size} px, seed {seed}) to {storage.join(out, 'data')}")
-    evaluations = [run_regime(data, regime(name), out, replace(recipe, seed=seed), log=log) for name in regimes]
-    tables = comparison_tables(evaluations)
+    evaluations, tables = [], []
+    for scenario in drawn:
+        root = storage.join(out, scenario.name)
+        data = write_overlap_dataset(storage.join(root, "data"), n, size, seed, scenario.name)
+        log(f"[{scenario.name}] wrote {data.images} images ({n} per class, {size} px, seed {seed}; "
+            f"{scenario.description}) to {storage.join(root, 'data')}")
+        found = [run_regime(data, r, root, replace(recipe, seed=seed), log=log) for r in chosen]
+        evaluations += found
+        tables.append(comparison_tables(found))
+    tables = "\n\n".join(tables)
     minutes = (time.perf_counter() - started) / 60
     storage.write_bytes(storage.join(out, "experiment.md"), f"{tables}\n\n(run time {minutes:.1f} min)\n".encode())
     storage.write_json(storage.join(out, "experiment.json"), evaluations)

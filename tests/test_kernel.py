@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from dualcam.kernel import EXPONENT_KNEE, EXPONENT_SPAN, PEAK_FLOOR, addk, gated, get_kernel, normalize_by_peak, sharpen
+from dualcam.kernel import (
+    EXPONENT_KNEE, EXPONENT_SPAN, PEAK_FLOOR, addk, evidence, gated, get_kernel, normalize_by_peak, overlap, sharpen,
+)
 
 
 def paper_addk(x, xp, alpha):
@@ -178,3 +180,46 @@ def test_kernels_by_name():
     assert get_kernel("addk") is addk and get_kernel("gated") is gated
     with pytest.raises(ValueError, match="unknown kernel 'nope'.*addk, gated"):
         get_kernel("nope")
+
+
+def test_evidence_is_the_positive_part_over_its_peak():
+    x = torch.tensor([[[4.0, 2.0], [1.0, -1.0]], [[-1.0, -2.0], [-3.0, -4.0]]], dtype=torch.float64)
+    assert torch.equal(evidence(x), torch.tensor([[[1.0, 0.5], [0.25, 0.0]], [[0.0, 0.0], [0.0, 0.0]]], dtype=torch.float64))
+
+
+def test_overlap_on_hand_made_maps():
+    x = np.array([[4.0, 2.0], [1.0, -1.0]])   # ReLU mass 7; evidence [1, .5; .25, 0]
+    xp = np.array([[1.0, 2.0], [0.5, 3.0]])   # evidence [1/3, 2/3; 1/6, 1]
+    # expert 2 claims the cells (0, 1) and (1, 1): CAM1 mass 2 + 0 of 7
+    assert overlap(x, xp) == 2.0 / 7.0
+    # the other way round: ReLU(x') mass 6.5; x claims (0, 0) (1 >= 1/3) and (1, 0) (1/4 >= 1/6): 1 + 0.5
+    assert overlap(xp, x) == 1.5 / 6.5
+    # a tie counts as claimed: both maps peak in the same cell, nothing else of CAM1's is claimed
+    assert overlap(np.array([[2.0, 1.0], [0.0, 0.0]]), np.array([[5.0, 0.0], [0.0, 0.0]])) == 2.0 / 3.0
+
+
+def test_overlap_limits():
+    x = torch.rand(3, 6, 6, dtype=torch.float64) - 0.2
+    assert torch.equal(overlap(x, x.clone()), torch.ones(3, dtype=torch.float64))  # all of it claimed
+    assert torch.equal(overlap(x, 7.3 * x), torch.ones(3, dtype=torch.float64))  # scale-free, rounding aside
+    assert torch.equal(overlap(x.float(), 0.37 * x.float()), torch.ones(3))
+    none = -torch.rand(3, 6, 6, dtype=torch.float64)
+    assert torch.equal(overlap(x, none), torch.zeros(3, dtype=torch.float64))  # expert 2 claims nothing
+    assert torch.equal(overlap(none, x), torch.zeros(3, dtype=torch.float64))  # no evidence of expert 1's to share
+    assert torch.equal(overlap(torch.zeros(6, 6), torch.zeros(6, 6)), torch.tensor(0.0))
+
+
+def test_overlap_range_shapes_and_types():
+    rng = np.random.default_rng(4)
+    x, xp = rng.normal(size=(2, 50, 7, 7)), rng.normal(size=(2, 50, 7, 7))
+    out = overlap(x, xp)
+    assert isinstance(out, np.ndarray) and out.shape == (2, 50)
+    assert (out >= 0).all() and (out <= 1).all() and 0 < out.mean() < 1
+    t = overlap(torch.from_numpy(x).half(), torch.from_numpy(xp).half())
+    assert t.dtype == torch.float32 and t.shape == (2, 50)
+    for i in np.ndindex(2, 50):  # per map, never per batch
+        assert overlap(x[i], xp[i]) == out[i]
+    with pytest.raises(ValueError, match="overlap: maps must have the same shape"):
+        overlap(np.ones((4, 4)), np.ones((4, 5)))
+    with pytest.raises(ValueError, match="overlap: x_prime holds NaN"):
+        overlap(np.ones((4, 4)), np.full((4, 4), np.nan))
