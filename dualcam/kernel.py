@@ -102,6 +102,28 @@ def gated(x: ArrayLike, x_prime: ArrayLike, alpha: float = 5.0) -> ArrayLike:
     return out.numpy() if isinstance(x, np.ndarray) else out
 
 
+def unshared(x: ArrayLike, x_prime: ArrayLike, alpha: float = 5.0) -> ArrayLike:
+    """dualcam's own variant: CAM1 sharpened, less the evidence expert 2 also claims, in proportion
+    to how much evidence of its own CAM1 holds.
+
+        K = exp(alpha * (x / max(x) - t * min(e, e'))),  e = evidence(x), e' = evidence(x'),
+        t = max(ReLU(e - e'))   (per map, in [0, 1])
+
+    On CAM1's positive cells the exponent is the blend ``(1 - t) * e + t * ReLU(e - e')``: CAM1
+    itself where the two maps carry no directed divergence (t = 0, where e' >= e on every cell,
+    as when CAM2 is CAM1 up to a positive factor: then K is ``sharpen(x, alpha)``), and CAM1's
+    unclaimed evidence alone where it holds some as strong as its peak (t = 1). By construction it never raises a cell above ``sharpen(x, alpha)`` (it only takes
+    out), never lowers a cell expert 2 does not claim, and stays within a factor exp(alpha * t)
+    of it. A second map with no positive value claims nothing, so K(x, x') = sharpen(x).
+    Same types, guards and errors as ``addk``.
+    """
+    a, b = _checked("unshared", x, x_prime, alpha)
+    e, e_prime = evidence(a), evidence(b)
+    strength = (e - e_prime).clamp_min(0).amax(dim=(-2, -1), keepdim=True)
+    out = torch.exp(_saturate(alpha * (normalize_by_peak(a) - strength * torch.minimum(e, e_prime))))
+    return out.numpy() if isinstance(x, np.ndarray) else out
+
+
 def evidence(maps: torch.Tensor) -> torch.Tensor:
     """Each (h, w) map's positive part divided by its peak: (..., h, w) in [0, 1], 1 at the peak.
 
@@ -134,10 +156,11 @@ def overlap(x: ArrayLike, x_prime: ArrayLike) -> ArrayLike:
 
 Kernel = Callable[[ArrayLike, ArrayLike, float], ArrayLike]
 
-KERNELS: dict[str, Kernel] = {"addk": addk, "gated": gated}
+KERNELS: dict[str, Kernel] = {"addk": addk, "gated": gated, "unshared": unshared}
 """Kernels by name, for ``--kernel``: ``addk`` is the paper's; ``gated`` is dualcam's own."""
 
-KERNEL_ORIGIN = {"addk": "paper (ADDK)", "gated": "dualcam: ReLU(CAM1)/max * ADDK"}
+KERNEL_ORIGIN = {"addk": "paper (ADDK)", "gated": "dualcam: ReLU(CAM1)/max * ADDK",
+                 "unshared": "dualcam: CAM1 sharpened less what CAM2 claims"}
 
 
 def get_kernel(name: str) -> Kernel:

@@ -87,8 +87,7 @@ class Scenario:
     name: str
     description: str
     s_radius: tuple[float, float]
-    s_gain: tuple[float, float]
-    """Drawn per image from this range, like the radius; a range of one value draws nothing."""
+    s_gain: float
     mark_radius: tuple[float, float] = (0.06, 0.075)
     """Radius of the F1 ring and half-length of the F2 cross's arms."""
     mark_width: float = 0.028
@@ -96,9 +95,8 @@ class Scenario:
 
 
 SCENARIOS = {s.name: s for s in (
-    Scenario("overlap", "S a faint blurred disc, dimmer than the marks F1 and F2", (0.085, 0.11), (0.30, 0.30)),
-    Scenario("salient-shared", "S a large blurred disc, brighter than F1 in most images, its brightness varying "
-             "from image to image", (0.11, 0.15), (0.25, 0.65)),
+    Scenario("overlap", "S a faint blurred disc, dimmer than the marks F1 and F2", (0.085, 0.11), 0.30),
+    Scenario("salient-shared", "S a large bright blurred disc, larger and brighter than F1", (0.12, 0.15), 0.55),
 )}
 DEFAULT_SCENARIO = "overlap"
 
@@ -151,9 +149,7 @@ def overlap_image(label: str, size: int, rng: np.random.Generator,
         cx, cy, radius = _place(drawn.s_radius if kind == "S" else drawn.mark_radius, kind, size, boxes, rng)
         distance = np.hypot(xx - cx, yy - cy)
         if kind == "S":
-            low, high = drawn.s_gain
-            gain = low if low == high else rng.uniform(low, high)
-            image += gain * _smoothstep(radius + 0.02 * size, radius - 0.02 * size, distance)
+            image += drawn.s_gain * _smoothstep(radius + 0.02 * size, radius - 0.02 * size, distance)
             half = radius + 0.02 * size
         else:
             width = drawn.mark_width * size

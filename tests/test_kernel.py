@@ -6,6 +6,7 @@ import torch
 
 from dualcam.kernel import (
     EXPONENT_KNEE, EXPONENT_SPAN, PEAK_FLOOR, addk, evidence, gated, get_kernel, normalize_by_peak, overlap, sharpen,
+    unshared,
 )
 
 
@@ -177,8 +178,8 @@ def test_gated_of_a_map_without_positive_values_is_zero():
 
 
 def test_kernels_by_name():
-    assert get_kernel("addk") is addk and get_kernel("gated") is gated
-    with pytest.raises(ValueError, match="unknown kernel 'nope'.*addk, gated"):
+    assert get_kernel("addk") is addk and get_kernel("gated") is gated and get_kernel("unshared") is unshared
+    with pytest.raises(ValueError, match="unknown kernel 'nope'.*addk, gated, unshared"):
         get_kernel("nope")
 
 
@@ -223,3 +224,47 @@ def test_overlap_range_shapes_and_types():
         overlap(np.ones((4, 4)), np.ones((4, 5)))
     with pytest.raises(ValueError, match="overlap: x_prime holds NaN"):
         overlap(np.ones((4, 4)), np.full((4, 4), np.nan))
+
+
+def test_unshared_on_hand_made_maps():
+    x = np.array([[4.0, 3.0], [1.0, -1.0]])   # evidence [1, .75; .25, 0]
+    xp = np.array([[2.0, 0.0], [0.0, -5.0]])  # expert 2 claims CAM1's peak only: evidence [1, 0; 0, 0]
+    # strongest unclaimed evidence t = .75; exponent x/4 - t * min(e, e') = [1 - .75, .75; .25, -.25]
+    np.testing.assert_allclose(unshared(x, xp, 2.0), np.exp(2.0 * np.array([[0.25, 0.75], [0.25, -0.25]])), rtol=1e-12)
+    assert unshared(x, xp, 2.0).argmax() == 1  # the claimed peak gave way to CAM1's own evidence
+    assert sharpen(x, 2.0).argmax() == 0
+
+
+def test_unshared_falls_back_to_cam1_where_nothing_is_unclaimed():
+    x = torch.rand(4, 6, 6, dtype=torch.float64) - 0.3
+    raised = torch.maximum(x, 0.5 * x.amax((-2, -1), keepdim=True))  # same peak, more claimed elsewhere
+    for claims_all in (x.clone(), 8.0 * x, raised):
+        assert (evidence(claims_all) >= evidence(x)).all()
+        torch.testing.assert_close(unshared(x, claims_all, 5.0), sharpen(x, 5.0), rtol=0, atol=0)
+    # a second map with no positive value claims nothing: CAM1 sharpened, as addk(x, 0)
+    torch.testing.assert_close(unshared(x, -torch.rand(4, 6, 6, dtype=torch.float64), 5.0), sharpen(x, 5.0), rtol=0, atol=0)
+    torch.testing.assert_close(unshared(x, 7.3 * x, 15.0), sharpen(x, 15.0))  # rounding aside
+
+
+def test_unshared_only_takes_out_and_by_at_most_alpha_times_t():
+    rng = np.random.default_rng(5)
+    x, xp = rng.normal(size=(200, 6, 6)), rng.normal(size=(200, 6, 6))
+    k, ref = unshared(x, xp, 5.0), sharpen(x, 5.0)
+    e, e_prime = evidence(torch.tensor(x)).numpy(), evidence(torch.tensor(xp)).numpy()
+    t = np.clip(e - e_prime, 0, None).max(axis=(1, 2), keepdims=True)
+    assert (k <= ref * (1 + 1e-12)).all()  # never above CAM1 sharpened
+    assert (k >= ref * np.exp(-5.0 * t) * (1 - 1e-12)).all()
+    unclaimed = e_prime == 0
+    np.testing.assert_allclose(k[np.broadcast_to(unclaimed, k.shape)], ref[np.broadcast_to(unclaimed, k.shape)], rtol=1e-12)
+    assert (k < ref * (1 - 1e-9)).any()  # and it does take out somewhere
+
+
+def test_unshared_guards_like_addk():
+    big = torch.tensor(np.random.default_rng(6).normal(size=(8, 7, 7)) * 1e6, dtype=torch.float32)
+    out = unshared(big, -big, 100.0)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    np.testing.assert_array_equal(unshared(-np.ones((3, 3)), np.ones((3, 3)), 5.0), sharpen(-np.ones((3, 3)), 5.0))
+    with pytest.raises(ValueError, match="unshared: x holds NaN"):
+        unshared(np.full((4, 4), np.inf), np.ones((4, 4)))
+    with pytest.raises(ValueError, match="unshared: alpha"):
+        unshared(np.ones((4, 4)), np.ones((4, 4)), alpha=-1.0)

@@ -108,7 +108,7 @@ def _contrast(image, box, size):
     return image[bright].mean() - image[around].mean()
 
 
-def test_salient_shared_draws_s_larger_and_mostly_brighter_than_f1():
+def test_salient_shared_draws_s_larger_and_brighter_than_f1():
     size, salient = 96, get_scenario("salient-shared")
     sides, contrasts = {"S": [], "F1": []}, {"S": [], "F1": [], "faint S": []}
     for seed in range(40):
@@ -120,8 +120,7 @@ def test_salient_shared_draws_s_larger_and_mostly_brighter_than_f1():
         contrasts["faint S"] += [_contrast(image, b, size) for b in boxes if b.kind == "S"]
     assert min(sides["S"]) > 1.3 * max(sides["F1"])
     s, f1 = np.array(contrasts["S"]), np.array(contrasts["F1"])
-    assert np.mean(s > f1) > 0.7 and s.mean() > f1.mean() > np.mean(contrasts["faint S"])
-    assert s.std() > 2 * np.std(contrasts["faint S"])  # its brightness varies from image to image
+    assert np.mean(s > f1) > 0.9 and s.mean() > f1.mean() + 0.1 and f1.mean() > np.mean(contrasts["faint S"])
 
 
 def test_scenarios_by_name(tmp_path):
