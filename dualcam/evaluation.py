@@ -108,15 +108,23 @@ def evaluate(results: str, boxes: str, *, alphas: Sequence[float] = ALPHAS,
 
 
 def _overlap_ranking(scores: np.ndarray, cam1: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Does the overlap score flag the images where CAM1 rests on the shared feature? The AUC of
-    ranking the images where CAM1's peak is in the S box above those where it is in the F1 box
-    (NaN, JSON null, unless both kinds occur)."""
+    """Does the overlap score flag the images where CAM1 rests on the shared feature? The scores
+    of the images where CAM1's peak is in the S box and of those where it is in the F1 box, and
+    the AUC of ranking the first above the second (``overlap_auc``)."""
     at_s = (cam1["pointing_S"] == 1) & (cam1["pointing_F1"] != 1)
     at_f1 = (cam1["pointing_F1"] == 1) & (cam1["pointing_S"] != 1)
-    either = at_s | at_f1
-    auc = roc_auc(at_s[either], scores[either])
+    ranking = {"scores_at_S": scores[at_s].tolist(), "scores_at_F1": scores[at_f1].tolist()}
     return {"mean": _nan_stat(np.nanmean, scores), "cam1_points_at_S": int(at_s.sum()),
-            "cam1_points_at_F1": int(at_f1.sum()), "auc_S_over_F1": None if auc != auc else auc}
+            "cam1_points_at_F1": int(at_f1.sum()), "auc_S_over_F1": overlap_auc([ranking]), **ranking}
+
+
+def overlap_auc(rankings: Sequence[dict[str, Any]]) -> float | None:
+    """AUC of the overlap score ranking CAM1-on-S images above CAM1-on-F1 images, pooled over
+    ``rankings`` (evaluations' ``overlap`` entries); None unless both kinds of image occur."""
+    at_s = [v for r in rankings for v in r["scores_at_S"]]
+    at_f1 = [v for r in rankings for v in r["scores_at_F1"]]
+    auc = roc_auc(np.array([True] * len(at_s) + [False] * len(at_f1)), np.array(at_s + at_f1))
+    return None if auc != auc else auc
 
 
 def _localize(c1: pa.Table, known: dict, kinds: list[MapKind], boxes_uri: str) -> list[dict[str, np.ndarray]]:

@@ -21,7 +21,7 @@ import pyarrow.csv as pacsv
 
 from dualcam import storage
 from dualcam.datasets import read_manifest
-from dualcam.evaluation import DEFAULT_KERNELS, EVALUATION_FILE, evaluate, format_number
+from dualcam.evaluation import DEFAULT_KERNELS, EVALUATION_FILE, evaluate, format_number, overlap_auc
 from dualcam.kernel import ALPHAS
 from dualcam.synthetic import DEFAULT_SCENARIO, SCENARIOS, OverlapDataset, get_scenario
 from dualcam.training import Recipe
@@ -143,11 +143,19 @@ def comparison_tables(evaluations: Sequence[dict[str, Any]]) -> str:
                 [f"{format_number(r['pointing_S'])} / {format_number(r['energy_S'])}" for r in rows]
         lines.append(f"| {name} | {'' if alpha is None else f'{alpha:g}'} | " + " | ".join(cells) + " |")
     lines += ["", "| regime | C1 test images | CAM1-CAM2 correlation | expert 1 positive on C2 | expert 2 positive on C1 "
-              "| expert 1 AUC | expert 2 AUC |", "|---|---|---|---|---|---|---|"]
+              "| expert 1 AUC | expert 2 AUC | mean overlap | CAM1 points at S / F1 | overlap AUC, S over F1 |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for e in evaluations:
-        one, two = e["experts"]
+        one, two, o = *e["experts"], e["overlap"]
         lines.append(f"| {e['regime']['name']} | {e['images']} | {format_number(e['cam_correlation']['mean'])} | "
-                     f"{format_number(one.get('positive_rate_C2'))} | {format_number(two.get('positive_rate_C1'))} | {format_number(one['auc'])} | {format_number(two['auc'])} |")
+                     f"{format_number(one.get('positive_rate_C2'))} | {format_number(two.get('positive_rate_C1'))} | "
+                     f"{format_number(one['auc'])} | {format_number(two['auc'])} | {format_number(o['mean'])} | "
+                     f"{o['cam1_points_at_S']} / {o['cam1_points_at_F1']} | {format_number(o['auc_S_over_F1'])} |")
+    rankings = [e["overlap"] for e in evaluations]
+    lines += ["", f"Overlap score over all {len(evaluations)} regimes of {scenario}: CAM1 points at S in "
+              f"{sum(r['cam1_points_at_S'] for r in rankings)} and at F1 in {sum(r['cam1_points_at_F1'] for r in rankings)} "
+              f"of the C1 test images; AUC of the overlap score ranking the S ones first: "
+              f"{format_number(overlap_auc(rankings))}"]
     return "\n".join(lines)
 
 

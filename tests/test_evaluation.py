@@ -21,9 +21,10 @@ def _cells(box):
     return localization.pooled(localization.box_masks([[box]], (SIZE, SIZE)), GRID)[0].numpy()
 
 
-def _write_results(folder, boxes_csv, alpha=5.0):
+def _write_results(folder, boxes_csv, alpha=5.0, cam1_on_s=()):
     """Three C1 test images whose CAM1 is exactly the F1 box on the grid and CAM2 the S box; plus
-    a C2 and a normal test image, a C1 training image and a C1 test image that failed."""
+    a C2 and a normal test image, a C1 training image and a C1 test image that failed. The rows
+    (indices of the ok rows) in ``cam1_on_s`` have CAM1 on the S box instead."""
     rows = [("c1-a", "C1", "test", True), ("c1-b", "C1", "test", True), ("c1-c", "C1", "test", True),
             ("c2-a", "C2", "test", True), ("n-a", "normal", "test", True), ("c1-train", "C1", "train", True),
             ("c1-bad", "C1", "test", False)]
@@ -32,6 +33,7 @@ def _write_results(folder, boxes_csv, alpha=5.0):
     n = int(ok.sum())
     cam1 = np.repeat(_cells(F1_BOX)[None], n, 0).astype(np.float32)
     cam2 = np.repeat(_cells(S_BOX)[None], n, 0).astype(np.float32)
+    cam1[list(cam1_on_s)] = _cells(S_BOX)
     heat = addk(cam1, cam2, alpha)
     p1 = np.array([0.9, 0.8, 0.3, 0.2, 0.1, 0.9], np.float32)
     p2 = np.array([0.7, 0.6, 0.6, 0.9, 0.2, 0.5], np.float32)
@@ -75,6 +77,19 @@ def test_known_maps_give_known_figures(tmp_path):
     assert (one["sensitivity"], one["specificity"], one["n"]) == (pytest.approx(2 / 3), 1.0, 5)
     assert one["positive_rate_C2"] == 0 and two["positive_rate_C1"] == 1.0
     assert "CAM1 sharpened" in format_table(ev)
+    # CAM2 claims none of CAM1's evidence (F1 box): overlap 0, and CAM1 points at F1 in all three
+    assert ev["overlap"] == {"mean": 0.0, "cam1_points_at_S": 0, "cam1_points_at_F1": 3, "auc_S_over_F1": None,
+                             "scores_at_S": [], "scores_at_F1": [0.0, 0.0, 0.0]}
+
+
+def test_overlap_ranks_images_where_cam1_rests_on_s_first(tmp_path):
+    results, boxes = tmp_path / "results", tmp_path / "boxes.csv"
+    _write_results(results, boxes, cam1_on_s=[1])  # c1-b: CAM1 on S, which CAM2 claims whole
+    ev = evaluate(str(results), str(boxes), alphas=[5.0])
+    assert _row(ev, "CAM1")["pointing_S"] == pytest.approx(1 / 3)
+    assert ev["overlap"] == {"mean": pytest.approx(1 / 3), "cam1_points_at_S": 1, "cam1_points_at_F1": 2,
+                             "auc_S_over_F1": 1.0, "scores_at_S": [1.0], "scores_at_F1": [0.0, 0.0]}
+    assert "CAM1 points at S in 1 images, at F1 in 2; AUC of overlap ranking the S ones first 1.000" in format_table(ev)
 
 
 def test_cli_writes_json_next_to_the_results(tmp_path, capsys):
