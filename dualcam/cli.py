@@ -17,7 +17,7 @@ from dualcam import drift, regions, storage
 from dualcam.cam import upsample
 from dualcam.evaluation import DEFAULT_KERNELS, EVALUATION_FILE, evaluate, format_table
 from dualcam.experts import OUTPUT_STRIDES, SUPPORTED_ARCHS, ExpertMeta, build_expert, load_meta, save_expert
-from dualcam.figures import DEFAULT_N, render_results
+from dualcam.figures import DEFAULT_N, DEFAULT_REVIEW, render_results
 from dualcam.imaging import DecodeError, decode_image, is_image_name
 from dualcam.jobspec import DRIFT_EXIT, exit_status, labels, run_drift, run_score, run_train
 from dualcam.kernel import ALPHAS, KERNELS
@@ -109,11 +109,11 @@ def _command(run: Callable[..., int]) -> Callable[[argparse.Namespace], int]:
 
 def cmd_render(args: argparse.Namespace) -> int:
     rendered = render_results(args.results, args.out, n=args.n, alphas=_floats(args.alphas), kernel=args.kernel,
-                              boxes=args.boxes, evaluation=args.evaluation)
+                              boxes=args.boxes, evaluation=args.evaluation, review=args.review)
     for line in rendered.skipped:
         print(f"skipped  {line}")
-    print(f"{rendered.images} images drawn ({rendered.figures} figures, {len(rendered.skipped)} skipped); "
-          f"report: {rendered.report}")
+    print(f"{rendered.images} images drawn, {rendered.reviewed} listed for review ({rendered.figures} figures, "
+          f"{len(rendered.skipped)} skipped); report: {rendered.report}")
     return 0
 
 
@@ -258,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     render = sub.add_parser(
         "render", help="the paper's figures for a few scored rows, and a static HTML report of a results folder",
         description="Draw, for up to N scored rows, the figure triple (CAM1, CAM2 and the kernel over the image) and "
-        "an alpha strip, recomputing the kernel from the stored CAMs, and write them with the run's spec, histograms "
+        "an alpha strip, recomputing the kernel from the stored CAMs, and write them with a review list (the rows "
+        "expert 1 calls positive whose overlap is highest, with their triples), the run's spec, histograms "
         "of p1 and p2 per label and an evaluation's tables to DIR/index.html (opens from disk). Rows: the test split "
         "when there is one; those labelled as expert 1's class, first by uri, when there is a label column, else the "
         "highest p1. Exit status: 0 done; 2 unusable arguments, results, boxes or evaluation.",
@@ -266,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--results", required=True, metavar="URI", help="results folder of dualcam score: path or s3:// prefix")
     render.add_argument("--out", required=True, metavar="DIR", help="local folder for index.html and images/")
     render.add_argument("--n", type=int, default=DEFAULT_N, help=f"rows to draw (default {DEFAULT_N})")
+    render.add_argument("--review", type=int, default=DEFAULT_REVIEW, metavar="N",
+                        help=f"list for review the N rows expert 1 calls positive whose overlap (the share of its "
+                        f"evidence expert 2 also claims) is highest, with their triples; 0: no list (default {DEFAULT_REVIEW})")
     render.add_argument("--alphas", default=",".join(f"{a:g}" for a in ALPHAS),
                         help="comma-separated alphas of the alpha strip (default %(default)s)")
     render.add_argument("--kernel", default="addk",
