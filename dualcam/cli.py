@@ -344,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure, on expert 1's class in the test split, how well CAM1, CAM2 and each kernel at each "
         "alpha point at the F1 box and at the shared S box (pointing game, energy in box, IoU of the top region), "
         "next to references (uniform map, the true box pooled to the CAM grid, CAM1 sharpened alone), plus the "
-        "CAM1-CAM2 correlation and each expert's accuracy. Maps are recomputed from the stored raw CAMs.",
+        "CAM1-CAM2 correlation, the overlap score and how well it flags the images where CAM1 points at S, and "
+        "each expert's accuracy. Maps are recomputed from the stored raw CAMs.",
     )
     evaluation.add_argument("--results", required=True, help="a dualcam score output (of a manifest with uri, label, split)")
     evaluation.add_argument("--boxes", required=True, help="boxes file: CSV/Parquet with uri, x, y, w, h, kind (F1, S)")
@@ -352,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="comma-separated alphas (default 1,5,15,50)")
     evaluation.add_argument("--kernel", default=",".join(DEFAULT_KERNELS),
                             help=f"comma-separated kernels of {', '.join(KERNELS)} (default: all): addk is the paper's, "
-                            "gated is dualcam's own, ReLU(CAM1)/max * ADDK")
+                            "gated (ReLU(CAM1)/max * ADDK) and unshared (CAM1 sharpened less what CAM2 claims) "
+                            "dualcam's own")
     evaluation.add_argument("--split", default="test", help="the split measured when results have a split column (default test; '' for all)")
     evaluation.add_argument("--json", help=f"where the JSON goes (default <results>/{EVALUATION_FILE})")
     evaluation.set_defaults(func=cmd_evaluate)
@@ -371,9 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp = sub.add_parser(
         "experiment", help="compare training regimes on the class-overlap scenario (make experiment)",
-        description="Generate the class-overlap scenario, then for each regime train both experts, score the test "
-        "split and evaluate; print tables comparing CAM1, CAM2, the kernels and the references across regimes. "
-        "Experts are reused across regimes when their data and recipe match.",
+        description="For each data scenario (overlap, salient-shared), generate its data, then for each regime train "
+        "both experts, score the test split and evaluate; print tables comparing CAM1, CAM2, the kernels and the "
+        "references across regimes, one set per scenario. Experts are reused across regimes when their data and "
+        "recipe match.",
     )
     exp.add_argument("--out", required=True, help="folder or s3:// prefix for data, experts, results and tables")
     exp.add_argument("--n", type=int, default=200, help="images per class (default 200)")

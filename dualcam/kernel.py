@@ -16,6 +16,10 @@ Two guards make the paper's formula total, and both are documented behaviour:
   smoothly (``knee + span * tanh((z - knee) / span)``) towards ``EXPONENT_KNEE + EXPONENT_SPAN``
   = 80, so the result stays finite in float32 (exp(80) ~ 5.5e34) for any alpha while the
   ordering of cells, which peak finding relies on, is kept.
+
+Beside it, on the same per-map scale: dualcam's variants ``gated`` and ``unshared``, the
+reference ``sharpen`` (CAM1 alone), and ``overlap``, the share of expert 1's positive evidence
+that expert 2 also claims (a column of ``dualcam score``).
 """
 
 from __future__ import annotations
