@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := .demo
 
-.PHONY: venv test demo experiment bench submit clean
+.PHONY: venv lint test demo experiment bench submit clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-test: venv
+lint: venv
+	$(BIN)/ruff check .
+
+# Lint first: CI runs make test.
+test: lint
 	$(BIN)/python -m pytest
 
 # The class-overlap scenario end to end: synthetic data with known boxes, both experts trained in the

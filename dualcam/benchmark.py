@@ -14,6 +14,7 @@ Run ``python -m dualcam.benchmark --help``; Ray and moto are needed only for (c)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -29,7 +30,9 @@ import pyarrow.compute as pc
 import torch
 
 from dualcam import storage
-from dualcam.experts import ExpertMeta, build_expert, save_expert
+from dualcam.experts import META_FILE, ExpertMeta, build_expert, save_expert
+from dualcam.pipeline import score_archive
+from dualcam.raycluster import connect
 from dualcam.results import read_results, to_numpy
 from dualcam.scoring import DualScorer, load_images
 from dualcam.synthetic import write_synthetic_xrays
@@ -48,10 +51,8 @@ def tree_rss(root: int) -> int:
     while todo:
         pid = todo.pop()
         todo += parents.get(pid, [])
-        try:
+        with contextlib.suppress(OSError):  # it may have ended meanwhile
             total += int((Path("/proc") / str(pid) / "statm").read_text().split()[1]) * page
-        except OSError:
-            pass
     return total
 
 
@@ -111,11 +112,11 @@ def run(args: argparse.Namespace) -> dict:
     experts = []
     for name in ("c1", "c2"):
         uri = str(work / "experts" / name)
-        if not storage.exists(storage.join(uri, "expert.json")):
+        if not storage.exists(storage.join(uri, META_FILE)):
             save_expert(build_expert(args.arch), uri, ExpertMeta(arch=args.arch, class_name=name, input_size=args.size))
         experts.append(uri)
     images = [str(p) for p in write_synthetic_xrays(work / "images", args.n, size=args.size)]
-    scorer = DualScorer(*experts, alpha=5.0, device=args.device)
+    scorer = DualScorer(*experts, device=args.device)
     table = pa.table({"uri": images})
     loaded = [load_images(table.slice(i, args.batch_size), scorer.meta) for i in range(0, args.n, args.batch_size)]
     batches = [torch.tensor(to_numpy(b.column("pixels"))) for b in loaded]
@@ -132,8 +133,6 @@ def run(args: argparse.Namespace) -> dict:
     report["b_over_a"] = report["b_scorer"] / report["a_bare_forward"]
     if args.no_ray:
         return report
-
-    from dualcam.pipeline import connect, score_archive
 
     sources = {"c_local": str(work / "images")}
     if not args.no_s3:
@@ -193,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=224, help="expert input size = image size (default 224)")
     parser.add_argument("--arch", default="resnet18", help="expert architecture (default resnet18)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
-    parser.add_argument("--repeat", type=int, default=2, help="runs of (a) and (b), alternated; the best counts (default 2)")
+    parser.add_argument("--repeat", type=int, default=2,
+                        help="runs of (a) and (b), alternated; the best counts (default 2)")
     parser.add_argument("--device", default=None, help="torch device for (a) and (b) (default: cuda if available)")
     parser.add_argument("--no-ray", action="store_true", help="only (a) and (b): for machines without Ray")
     parser.add_argument("--no-s3", action="store_true", help="skip (d)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import posixpath
 import re
@@ -150,7 +151,7 @@ def read_labelled(uri: str, views: Sequence[str] = ("PA",)) -> Labelled:
     """
     if is_manifest(uri):
         table = _read_table(uri)
-        covid = COVID_COLLECTION_COLUMNS <= set(table.column_names)
+        covid = set(table.column_names) >= COVID_COLLECTION_COLUMNS
         labelled = _read_covid_collection(table, uri, views) if covid else _read_label_manifest(table, uri)
     else:
         labelled = _read_label_folders(uri)
@@ -192,7 +193,8 @@ def _read_covid_collection(table: pa.Table, uri: str, views: Sequence[str]) -> L
             label = "COVID-19" if "COVID-19" in [f.strip() for f in re.split(r"[,/]", finding)] else finding
             kept.append({"uri": _resolve(f"{row.get('folder') or 'images'}/{row['filename']}", uri),
                          "label": label, "patient_id": str(row["patientid"])})
-    table = pa.Table.from_pylist(kept, schema=pa.schema([("uri", pa.string()), ("label", pa.string()), ("patient_id", pa.string())]))
+    schema = pa.schema([("uri", pa.string()), ("label", pa.string()), ("patient_id", pa.string())])
+    table = pa.Table.from_pylist(kept, schema=schema)
     return Labelled(table, dict(excluded))
 
 
@@ -210,7 +212,8 @@ def _read_label_folders(uri: str) -> Labelled:
     if any(len(p) < 2 for p in parts):
         loose = next(f for f, p in zip(files, parts) if len(p) < 2)
         raise ValueError(f"{uri}: expected root/<label>/... folders, but {loose} lies directly under the root")
-    return Labelled(pa.table({"uri": pa.array(files, pa.string()), "label": pa.array([p[0] for p in parts], pa.string())}))
+    labels = pa.array([p[0] for p in parts], pa.string())
+    return Labelled(pa.table({"uri": pa.array(files, pa.string()), "label": labels}))
 
 
 def _kermany(files: list[str], parts: list[list[str]]) -> Labelled:
@@ -232,10 +235,8 @@ def find_missing(uris: Sequence[str]) -> list[str]:
     remote = [u for u in uris if storage.is_s3(u)]
     present: set[str] = set()
     for prefix in sorted({u.rsplit("/", 1)[0] for u in remote}):
-        try:
+        with contextlib.suppress(FileNotFoundError):  # an empty prefix: everything under it is missing
             present.update(storage.list_files(prefix))
-        except FileNotFoundError:
-            pass
     return missing + [u for u in remote if u not in present]
 
 
@@ -299,7 +300,8 @@ def expert_rows(table: pa.Table, positive: str, negatives: Sequence[str] | None 
     negative_set = set(negatives) if negatives else set(counts) - {positive}
     keep = [label == positive or label in negative_set for label in labels]
     kept = table.filter(pa.array(keep))
-    return kept.append_column("target", pa.array([int(label == positive) for label in kept.column("label").to_pylist()], pa.int64()))
+    targets = [int(label == positive) for label in kept.column("label").to_pylist()]
+    return kept.append_column("target", pa.array(targets, pa.int64()))
 
 
 def split_counts(rows: pa.Table) -> dict[str, tuple[int, int]]:

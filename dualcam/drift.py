@@ -7,10 +7,9 @@ one expert on the same images (one grid, same input size); each measure is one n
 measure                     range         no change  meaning
 ==========================  ============  =========  ==================================================
 cam_correlation             [-1, 1]       1          Pearson correlation of the two CAMs over the grid
-                                                     cells. Scale-free, so raw and peak-normalized
-                                                     maps give the same value. A map is constant when
-                                                     its std is at most 1e-6 of its largest magnitude
-                                                     (all-zero included): two constant maps give 1
+                                                     cells (``localization.cam_correlation``).
+                                                     Scale-free, so raw and peak-normalized maps give
+                                                     the same value. Two constant maps give 1
                                                      (neither prefers a place), one gives 0.
 peak_shift_px               [0, diagonal  0          distance between the two CAMs' peaks (each the
                             of the image]            centre of its tied maxima, ``regions.peak``, on
@@ -55,6 +54,7 @@ import torch
 from dualcam import regions
 from dualcam.cam import upsample
 from dualcam.kernel import addk
+from dualcam.localization import cam_correlation
 
 MEASURES = ("cam_correlation", "peak_shift_px", "extra_mass_outside_old_top", "delta_p")
 PRIMARY_MEASURE = "cam_correlation"
@@ -64,7 +64,6 @@ MAX_DRIFT_SHARE = 0.05
 """Default for ``max_drift_share``: a run where more images drifted raises the alarm."""
 TOP_K = 12
 """Default number of most drifted images listed in a summary."""
-CONSTANT_STD = 1e-6
 QUANTILES = {"p05": 0.05, "p25": 0.25, "median": 0.5, "p75": 0.75, "p95": 0.95}
 
 
@@ -76,23 +75,6 @@ def check_options(threshold: float, max_drift_share: float, top_k: int) -> None:
         raise ValueError(f"max_drift_share is a share of images in [0, 1], got {max_drift_share}")
     if top_k < 0:
         raise ValueError(f"top_k must be >= 0, got {top_k}")
-
-
-def cam_correlation(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-    """(B, h, w) maps -> (B,) Pearson correlation over the cells; constant maps as in the module docstring."""
-    a, b = old.flatten(1).double(), new.flatten(1).double()
-    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
-    norm_a, norm_b = a.norm(dim=1), b.norm(dim=1)
-    flat_a = _is_constant(old.flatten(1).double(), norm_a)
-    flat_b = _is_constant(new.flatten(1).double(), norm_b)
-    r = (a * b).sum(1) / (norm_a * norm_b).clamp_min(torch.finfo(torch.float64).tiny)
-    r = torch.where(flat_a | flat_b, (flat_a & flat_b).double(), r.clamp(-1.0, 1.0))
-    return r.to(old.dtype)
-
-
-def _is_constant(flat: torch.Tensor, centred_norm: torch.Tensor) -> torch.Tensor:
-    std = centred_norm / flat.shape[1] ** 0.5
-    return std <= CONSTANT_STD * flat.abs().amax(dim=1)
 
 
 def extra_mass_outside_top(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
@@ -111,7 +93,8 @@ def measures(
 ) -> dict[str, torch.Tensor]:
     """Everything a drift row holds, from (B,) probabilities and (B, h, w) raw CAMs, on their device.
 
-    ``gained``, ``lost``: (B, h, w) ADDK maps of the CAMs' positive parts. ``cam_correlation``, ``extra_mass_outside_old_top``,
+    ``gained``, ``lost``: (B, h, w) ADDK maps of the CAMs' positive parts. ``cam_correlation``,
+    ``extra_mass_outside_old_top``,
     ``delta_p``: (B,). ``old_peak``, ``new_peak``, ``gained_peak``: (B, 2) float (x, y) of the
     maps upsampled to ``size`` x ``size``, in input pixels (``peak_shift_px`` turns the first two
     into the image-pixel measure once image sizes are known).

@@ -3,7 +3,7 @@
 Reads the rows of every run into the folder (no Ray), so a resumed run or another threshold
 summarizes the whole folder, and writes both summaries beside the rows (local or s3://). The page
 shows the run, each measure's distribution and, for the most drifted images, the figure triple:
-old CAM, new CAM and ADDK(new, old), each over the image (``render.panel_row``).
+old CAM, new CAM and ADDK(new, old), each over the image (``drawing.panel_row``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow.compute as pc
 
 from dualcam import drift, storage
+from dualcam.drawing import panel_row
 from dualcam.imaging import DecodeError, decode_image
-from dualcam.render import panel_row
 from dualcam.report import Report
 from dualcam.results import DRIFT, RunSpec, read_results, read_run_spec, to_numpy
 
@@ -121,8 +121,8 @@ def _figures(report: Report, output: str, summary: dict[str, Any], spec: RunSpec
         except (DecodeError, OSError) as err:
             skipped.append(str(err) if uri in str(err) else f"{uri}: {err}")
             continue
-        panels = [(f"old {spec.c1.version} p={row['p_old']:.3f}", cam_old[i]),
-                  (f"new {spec.c2.version} p={row['p_new']:.3f}", cam_new[i]),
+        panels = [(f"old {spec.first.version} p={row['p_old']:.3f}", cam_old[i]),
+                  (f"new {spec.second.version} p={row['p_new']:.3f}", cam_new[i]),
                   (f"ADDK(new, old) alpha={summary['alpha']:g}", gained[i])]
         caption = (f"{rank}. {uri}: cam_correlation {row['cam_correlation']:.3f}, peak shift "
                    f"{row['peak_shift_px']:.1f} px, extra mass outside the old top region "

@@ -21,7 +21,6 @@ import torch
 
 from dualcam import localization
 from dualcam.datasets import read_boxes
-from dualcam.drift import cam_correlation
 from dualcam.kernel import ALPHAS, KERNEL_ORIGIN, KERNELS, get_kernel, overlap, sharpen
 from dualcam.metrics import binary_metrics, roc_auc
 from dualcam.regions import Box
@@ -77,9 +76,10 @@ def evaluate(results: str, boxes: str, *, alphas: Sequence[float] = ALPHAS,
     if split and "split" in table.column_names:
         table = table.filter(pc.equal(table.column("split"), split))
     ok = table.filter(pc.equal(table.column("status"), "ok"))
-    c1 = ok.filter(pc.equal(ok.column("label"), spec.c1.class_name))
+    c1 = ok.filter(pc.equal(ok.column("label"), spec.first.class_name))
     if c1.num_rows == 0:
-        raise ValueError(f"{results}: no {spec.c1.class_name!r} images scored ok{f' in split {split!r}' if split else ''}")
+        where = f" in split {split!r}" if split else ""
+        raise ValueError(f"{results}: no {spec.first.class_name!r} images scored ok{where}")
     known: dict[tuple[str, str], list[Box]] = {}
     for uri, found in read_boxes(boxes).items():
         for kind, box in found:
@@ -88,12 +88,12 @@ def evaluate(results: str, boxes: str, *, alphas: Sequence[float] = ALPHAS,
     per_image = _localize(c1, known, kinds, boxes)
     cam1, cam2, stored = (_maps(c1, name) for name in ("cam1", "cam2", "heatmap"))
     recomputed = get_kernel("addk")(cam1, cam2, spec.alpha)
-    correlation = cam_correlation(cam1, cam2).numpy()
+    correlation = localization.cam_correlation(cam1, cam2).numpy()
     return {
         "results": results,
         "boxes": boxes,
-        "class_of_interest": spec.c1.class_name,
-        "overlapping_class": spec.c2.class_name,
+        "class_of_interest": spec.first.class_name,
+        "overlapping_class": spec.second.class_name,
         "split": split if split and "split" in table.column_names else None,
         "images": c1.num_rows,
         "cam_grid": list(cam1.shape[-2:]),
@@ -176,11 +176,12 @@ def _experts(table: pa.Table, spec: Any) -> list[dict[str, Any]]:
     ok = table.filter(pc.equal(table.column("status"), "ok"))
     labels = np.array(ok.column("label").to_pylist(), dtype=object)
     rows = []
-    for name, expert in (("p1", spec.c1), ("p2", spec.c2)):
+    for name, expert in (("p1", spec.first), ("p2", spec.second)):
         probs = ok.column(name).to_numpy()
         row: dict[str, Any] = {"expert": expert.class_name, "version": expert.version}
         row |= binary_metrics(labels == expert.class_name, probs)
-        row |= {f"positive_rate_{label}": float(np.mean(probs[labels == label] >= 0.5)) for label in sorted(set(labels))}
+        row |= {f"positive_rate_{label}": float(np.mean(probs[labels == label] >= 0.5))
+                for label in sorted(set(labels))}
         rows.append(row)
     return rows
 
@@ -202,7 +203,8 @@ def format_table(evaluation: dict[str, Any]) -> str:
                  f"CAM1 points at S in {o['cam1_points_at_S']} images, at F1 in {o['cam1_points_at_F1']}; "
                  f"AUC of overlap ranking the S ones first {format_number(o['auc_S_over_F1'])}")
     for e in evaluation["experts"]:
-        rates = ", ".join(f"{k.removeprefix('positive_rate_')} {v:.2f}" for k, v in e.items() if k.startswith("positive_rate_"))
+        rates = ", ".join(f"{k.removeprefix('positive_rate_')} {v:.2f}" for k, v in e.items()
+                          if k.startswith("positive_rate_"))
         lines.append(f"expert {e['expert']}: accuracy {format_number(e['accuracy'])}, sensitivity "
                      f"{format_number(e['sensitivity'])}, specificity {format_number(e['specificity'])}, AUC "
                      f"{format_number(e['auc'])} (n {e['n']}); positive rate by label: {rates}")

@@ -173,13 +173,15 @@ def _versioned(model: nn.Module, meta: ExpertMeta | Mapping[str, Any], uri: str)
     data = buf.getvalue()
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     digest = hashlib.sha256(data).hexdigest()
-    meta = dataclasses.replace(meta, created_at=now.isoformat(), version=f"{now:%Y%m%dT%H%M%SZ}-{digest[:8]}", sha256=digest)
+    meta = dataclasses.replace(meta, created_at=now.isoformat(), version=f"{now:%Y%m%dT%H%M%SZ}-{digest[:8]}",
+                               sha256=digest)
     return data, meta
 
 
 def _write_checkpoint(uri: str, data: bytes, meta: ExpertMeta) -> None:
     if storage.exists(storage.join(uri, META_FILE)):
-        raise CheckpointError(uri, "already holds an expert checkpoint; checkpoints are immutable, save to a new directory")
+        raise CheckpointError(uri, "already holds an expert checkpoint; checkpoints are immutable, save to a new "
+                              "directory")
     storage.write_bytes(storage.join(uri, WEIGHTS_FILE), data)
     storage.write_bytes(storage.join(uri, META_FILE), json.dumps(meta.to_dict(), indent=2).encode())
 
@@ -192,7 +194,8 @@ def list_versions(root: str) -> list[str]:
         return []
     prefix = root.rstrip("/") + "/"
     names = {f[len(prefix):] for f in files if f.startswith(prefix)}
-    return [storage.join(root, v) for v in sorted({n.split("/")[0] for n in names if n.count("/") == 1 and n.endswith("/" + META_FILE)})]
+    versions = {n.split("/")[0] for n in names if n.count("/") == 1 and n.endswith("/" + META_FILE)}
+    return [storage.join(root, v) for v in sorted(versions)]
 
 
 def latest_version(root: str) -> str | None:
@@ -314,7 +317,9 @@ def _load_into(model: nn.Module, state: Mapping[str, torch.Tensor], uri: str, ar
 
 
 # torchvision's published DenseNet files use old key names ("norm.1"); its loader renames them.
-_OLD_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_OLD_DENSENET_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
 
 
 def _parse_state_dict(data: bytes, uri: str) -> dict[str, torch.Tensor]:
@@ -324,11 +329,14 @@ def _parse_state_dict(data: bytes, uri: str) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as err:
         reason = " ".join(str(err).split())[:300]
         if "weights only load failed" in reason.lower():
-            raise CheckpointError(uri, f"holds pickled objects other than tensors; refused by weights_only loading ({reason})") from None
+            raise CheckpointError(uri, "holds pickled objects other than tensors; refused by weights_only loading "
+                                  f"({reason})") from None
         raise CheckpointError(uri, f"not a readable torch weights file ({reason})") from None
     except Exception as err:  # torch.load raises many types on arbitrary bytes
         raise CheckpointError(uri, f"not a readable torch weights file ({type(err).__name__}: {err})") from None
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
         raise CheckpointError(uri, "does not hold a state dict (a mapping of names to tensors)")
     for wrapper in ("module.", "_orig_mod."):  # DistributedDataParallel, torch.compile
         if state and all(k.startswith(wrapper) for k in state):

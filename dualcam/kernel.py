@@ -30,7 +30,11 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-ALPHAS = (1.0, 5.0, 15.0, 50.0)
+DEFAULT_ALPHA = 5.0
+"""The alpha every run uses unless told otherwise: the paper's smallest."""
+PAPER_ALPHAS = (DEFAULT_ALPHA, 15.0, 50.0)
+"""The alphas of the paper's figures."""
+ALPHAS = (1.0, *PAPER_ALPHAS)
 """The alphas shown side by side: 1, and the paper's 5, 15 and 50."""
 PEAK_FLOOR = 0.05
 EXPONENT_KNEE = 60.0
@@ -55,7 +59,7 @@ def _saturate(exponent: torch.Tensor) -> torch.Tensor:
     return torch.where(exponent > EXPONENT_KNEE, above, exponent)
 
 
-def addk(x: ArrayLike, x_prime: ArrayLike, alpha: float = 5.0) -> ArrayLike:
+def addk(x: ArrayLike, x_prime: ArrayLike, alpha: float = DEFAULT_ALPHA) -> ArrayLike:
     """ADDK(x, x') for maps of shape (..., h, w); returns the same type, shape and device.
 
     Computed in float32 (float64 if both inputs are float64), whatever the input precision, so
@@ -85,7 +89,7 @@ def _checked(name: str, x: ArrayLike, x_prime: ArrayLike, alpha: float = 0.0) ->
     return a, b
 
 
-def sharpen(x: ArrayLike, alpha: float = 5.0) -> ArrayLike:
+def sharpen(x: ArrayLike, alpha: float = DEFAULT_ALPHA) -> ArrayLike:
     """exp(alpha * x / max(x)): CAM1 sharpened alone, ADDK with an all-zero second map.
 
     A reference, not a kernel: what a kernel gains over it is what the second expert adds.
@@ -94,7 +98,7 @@ def sharpen(x: ArrayLike, alpha: float = 5.0) -> ArrayLike:
     return addk(x, zeros, alpha)
 
 
-def gated(x: ArrayLike, x_prime: ArrayLike, alpha: float = 5.0) -> ArrayLike:
+def gated(x: ArrayLike, x_prime: ArrayLike, alpha: float = DEFAULT_ALPHA) -> ArrayLike:
     """dualcam's own variant: ReLU(x) / max(ReLU(x)) * ADDK(x, x').
 
     Keeps CAM1's shape (zero wherever expert 1 has no positive evidence) and only re-weights it by
@@ -106,7 +110,7 @@ def gated(x: ArrayLike, x_prime: ArrayLike, alpha: float = 5.0) -> ArrayLike:
     return out.numpy() if isinstance(x, np.ndarray) else out
 
 
-def unshared(x: ArrayLike, x_prime: ArrayLike, alpha: float = 5.0) -> ArrayLike:
+def unshared(x: ArrayLike, x_prime: ArrayLike, alpha: float = DEFAULT_ALPHA) -> ArrayLike:
     """dualcam's own variant: CAM1 sharpened, less the evidence expert 2 also claims, in proportion
     to how much evidence of its own CAM1 holds.
 
@@ -116,10 +120,12 @@ def unshared(x: ArrayLike, x_prime: ArrayLike, alpha: float = 5.0) -> ArrayLike:
     On CAM1's positive cells the exponent is the blend ``(1 - t) * e + t * ReLU(e - e')``: CAM1
     itself where the two maps carry no directed divergence (t = 0, where e' >= e on every cell,
     as when CAM2 is CAM1 up to a positive factor: then K is ``sharpen(x, alpha)``), and CAM1's
-    unclaimed evidence alone where it holds some as strong as its peak (t = 1). By construction it never raises a cell above ``sharpen(x, alpha)`` (it only takes
-    out), never lowers a cell expert 2 does not claim, and stays within a factor exp(alpha * t)
-    of it. A second map with no positive value claims nothing, so K(x, x') = sharpen(x).
-    Same types, guards and errors as ``addk``.
+    unclaimed evidence alone where it holds some as strong as its peak (t = 1). By construction
+    it never raises a cell above ``sharpen(x, alpha)`` (it only takes out), never lowers a cell
+    expert 2 does not claim, and stays within a factor exp(alpha * t) of it. A second map with no
+    positive value claims nothing, so K(x, x') = sharpen(x). Same types, guards and errors as
+    ``addk``. Measured in the README ("Does ADDK help?"): it does not remove S where CAM1 leans
+    on it, and it loses some F1 pointing; kept as a measured variant, not as a fix.
     """
     a, b = _checked("unshared", x, x_prime, alpha)
     e, e_prime = evidence(a), evidence(b)

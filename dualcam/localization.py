@@ -11,6 +11,11 @@ boxes per image (an image may hold several lesions of one kind), as a (B, H, W) 
   share of the image.
 * **IoU**: intersection over union of the map's top region (``regions.top_region``: where it is at
   least halfway from its minimum to its maximum) with the target.
+
+And how alike two maps are, whatever their scale: ``cam_correlation``, the Pearson correlation of
+two CAMs over the grid cells (CAM1 against CAM2 in ``evaluation``; an expert's old and new version
+in ``drift``). A map is constant when its std is at most ``CONSTANT_STD`` of its largest magnitude
+(all-zero included): two constant maps correlate at 1 (neither prefers a place), one at 0.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ import torch.nn.functional as F
 from dualcam import regions
 from dualcam.cam import upsample
 from dualcam.regions import Box
+
+CONSTANT_STD = 1e-6
+"""Relative std at or below which a map counts as constant in ``cam_correlation``."""
 
 
 def box_masks(boxes: Sequence[Sequence[Box]], size: tuple[int, int]) -> torch.Tensor:
@@ -73,3 +81,20 @@ def measure(maps: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor
     full = upsample(maps.float(), tuple(targets.shape[1:]))
     return {"pointing": pointing_game(full, targets).float(), "energy": energy_in_box(full, targets),
             "iou": iou(full, targets)}
+
+
+def cam_correlation(maps1: torch.Tensor, maps2: torch.Tensor) -> torch.Tensor:
+    """(B, h, w) maps -> (B,) Pearson correlation over the cells; constant maps as in the module docstring."""
+    a, b = maps1.flatten(1).double(), maps2.flatten(1).double()
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    norm_a, norm_b = a.norm(dim=1), b.norm(dim=1)
+    flat_a = _is_constant(maps1.flatten(1).double(), norm_a)
+    flat_b = _is_constant(maps2.flatten(1).double(), norm_b)
+    r = (a * b).sum(1) / (norm_a * norm_b).clamp_min(torch.finfo(torch.float64).tiny)
+    r = torch.where(flat_a | flat_b, (flat_a & flat_b).double(), r.clamp(-1.0, 1.0))
+    return r.to(maps1.dtype)
+
+
+def _is_constant(flat: torch.Tensor, centred_norm: torch.Tensor) -> torch.Tensor:
+    std = centred_norm / flat.shape[1] ** 0.5
+    return std <= CONSTANT_STD * flat.abs().amax(dim=1)

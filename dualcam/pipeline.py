@@ -1,7 +1,8 @@
 """The Ray layer for scoring archives: Ray Data plumbing around ``dualcam.scoring``.
 
-The only module (with ``training``) that imports Ray, and only inside functions, so that
-``import dualcam`` works where Ray is absent. The pipeline reads top to bottom::
+With ``training`` and ``raycluster``, the only modules that import Ray, and only inside functions,
+so that ``import dualcam`` works where Ray is absent. Its options are one ``ArchiveOptions``
+(``dualcam.options``). The pipeline reads top to bottom::
 
     from_arrow(uris) -> map_batches(load_images)                   read + decode + preprocess, CPU
                      -> map_batches(DualScorer, ActorPoolStrategy)  both experts, GPU if any
@@ -13,11 +14,9 @@ that gets all of its node's CPUs; with GPUs, loading runs in CPU tasks beside th
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pyarrow as pa
@@ -26,13 +25,19 @@ import pyarrow.compute as pc
 from dualcam import drift, drift_report, storage
 from dualcam.datasets import read_inputs
 from dualcam.experts import ExpertMeta, load_meta, resolve_expert
-from dualcam.results import RUN_FILE, RunSpec, check_passthrough, data_files, drop_error_rows, read_results, read_run_spec
+from dualcam.options import MAX_ERROR_FRACTION, ArchiveOptions
+from dualcam.raycluster import connect, largest_node_cpus
+from dualcam.results import (
+    RUN_FILE,
+    RunSpec,
+    check_passthrough,
+    data_files,
+    drop_error_rows,
+    read_results,
+    read_run_spec,
+)
 from dualcam.scoring import DriftScorer, DualScorer, PairScorer, load_images
 
-MAX_ERROR_FRACTION = 0.05
-"""Default for ``max_error_fraction``: a run with more than 5% error rows is reported as failed."""
-ROWS_PER_FILE = 1024
-"""Default rows per Parquet file (the last may hold fewer). A killed run loses at most the files being written."""
 MAX_CPUS_PER_ACTOR = 8
 
 
@@ -99,26 +104,6 @@ class DriftSummary:
                 f"summary in {storage.join(self.run.output, drift_report.SUMMARY_FILE)}, page {r['page']}")
 
 
-def connect(quiet: bool = False) -> Any:
-    """Ray, initialized: the cluster at RAY_ADDRESS if set, else a new local instance on 127.0.0.1.
-
-    ``quiet`` keeps the workers' output and Ray's info lines off the console (they stay in Ray's
-    session logs); it only applies when this call is the one that initializes Ray.
-    """
-    # A new local Ray binds to loopback only with this set before ray is imported.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
-                 **({"log_to_driver": False, "logging_level": logging.WARNING} if quiet else {}))
-        if quiet:
-            import ray.data  # configures its own loggers on import: quiet them after that
-
-            logging.getLogger("ray.data").setLevel(logging.ERROR)
-    return ray
-
-
 @dataclass(frozen=True)
 class Placement:
     """How many scoring actors run, and what each holds."""
@@ -126,11 +111,6 @@ class Placement:
     actors: int
     cpus_per_actor: float
     gpus_per_actor: float
-
-
-def largest_node_cpus(ray: Any) -> float:
-    """CPUs of the biggest live node: no single actor or worker can have more."""
-    return max((node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node["Alive"]), default=1.0)
 
 
 def plan_placement(
@@ -155,54 +135,48 @@ def plan_placement(
 
 
 def score_archive(
-    c1: str, c2: str, input: str, output: str, *, alpha: float = 5.0, batch_size: int = 16,
-    actors: int | None = None, gpus_per_actor: float | None = None, cpus_per_actor: float | None = None,
-    limit: int | None = None, retry_errors: bool = False, rows_per_file: int = ROWS_PER_FILE, progress: bool = True,
+    c1: str, c2: str, input: str, output: str, options: ArchiveOptions | None = None, **overrides: Any,
 ) -> ScoreSummary:
-    """Score every image under ``input`` with experts ``c1`` (class of interest) and ``c2``; write Parquet to ``output``.
+    """Score every image under ``input`` with experts ``c1`` (class of interest) and ``c2``; Parquet to ``output``.
 
+    ``options`` (``ArchiveOptions``; its defaults when None), with any of its fields given as
+    keywords instead or on top (``alpha=15, progress=False``).
     An expert may be a checkpoint or a folder of versions (``train``'s ``<output>/<class>/``),
     whose latest version is used; the results record which.
     Rerunning into the same ``output`` skips inputs already there, so a killed run resumes
     where it stopped; ``retry_errors`` first takes the error rows out, so those inputs are tried
     again. The output may only ever hold results of one pair of experts and one alpha. Raises
-    before any work for unusable arguments, experts or inputs; bad images become error rows.
+    before any work for unusable options, experts or inputs; bad images become error rows.
     """
-    return run_archive(
-        DualScorer, c1, c2, input, output, alpha=alpha, batch_size=batch_size, actors=actors,
-        gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor, limit=limit, retry_errors=retry_errors,
-        rows_per_file=rows_per_file, progress=progress,
-    )
+    return run_archive(DualScorer, c1, c2, input, output, _with(options, overrides))
 
 
 def drift_archive(
-    old: str, new: str, input: str, output: str, *, alpha: float = 5.0, threshold: float = drift.DRIFT_THRESHOLD,
-    max_drift_share: float = drift.MAX_DRIFT_SHARE, top_k: int = drift.TOP_K, batch_size: int = 16,
-    actors: int | None = None, gpus_per_actor: float | None = None, cpus_per_actor: float | None = None,
-    limit: int | None = None, retry_errors: bool = False, rows_per_file: int = ROWS_PER_FILE, progress: bool = True,
+    old: str, new: str, input: str, output: str, options: ArchiveOptions | None = None, *,
+    threshold: float = drift.DRIFT_THRESHOLD, max_drift_share: float = drift.MAX_DRIFT_SHARE, top_k: int = drift.TOP_K,
+    **overrides: Any,
 ) -> DriftSummary:
     """Compare two versions of one expert on every image under ``input``: drift rows to ``output``.
 
-    The same pass as ``score_archive`` (resume, error rows, placement, one ``_run.json`` per
-    output) with ``DriftScorer`` in place of ``DualScorer``. Then summarizes the whole output
+    The same pass as ``score_archive`` (options, resume, error rows, placement, one ``_run.json``
+    per output) with ``DriftScorer`` in place of ``DualScorer``. Then summarizes the whole output
     folder (``drift_report.summarize``: ``_drift.json`` and the page ``_report/index.html``) with
     ``threshold`` on ``drift.PRIMARY_MEASURE``. Raises before any work when ``old`` and ``new``
     are not the same kind of expert (arch, class, input size, normalization).
     """
+    options = _with(options, overrides)
     drift.check_options(threshold, max_drift_share, top_k)
-    run = run_archive(
-        DriftScorer, old, new, input, output, alpha=alpha, batch_size=batch_size, actors=actors,
-        gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor, limit=limit, retry_errors=retry_errors,
-        rows_per_file=rows_per_file, progress=progress,
-    )
+    run = run_archive(DriftScorer, old, new, input, output, options)
     return DriftSummary(run, drift_report.summarize(output, threshold, max_drift_share, top_k))
 
 
+def _with(options: ArchiveOptions | None, overrides: dict[str, Any]) -> ArchiveOptions:
+    """``options`` (or the defaults) with ``overrides`` of its fields; TypeError for a name it has not."""
+    return replace(options or ArchiveOptions(), **overrides)
+
+
 def run_archive(
-    scorer: type[PairScorer], first: str, second: str, input: str, output: str, *, alpha: float = 5.0,
-    batch_size: int = 16, actors: int | None = None, gpus_per_actor: float | None = None,
-    cpus_per_actor: float | None = None, limit: int | None = None, retry_errors: bool = False,
-    rows_per_file: int = ROWS_PER_FILE, progress: bool = True,
+    scorer: type[PairScorer], first: str, second: str, input: str, output: str, options: ArchiveOptions,
 ) -> ScoreSummary:
     """One Ray Data pass of ``scorer`` (holding experts ``first`` and ``second``) over ``input`` into ``output``.
 
@@ -213,7 +187,7 @@ def run_archive(
     first, second = (resolve_expert(storage.absolute(e)) for e in (first, second))
     meta1, meta2 = load_meta(first), load_meta(second)
     scorer.check_experts(meta1, meta2, first, second)
-    spec = RunSpec.of(scorer.layout, meta1, meta2, alpha)
+    spec = RunSpec.of(scorer.layout, meta1, meta2, options.alpha)
     found = read_inputs(input)
     if found.table.num_rows == 0:
         raise FileNotFoundError(f"{input}: no image files found" + (
@@ -221,23 +195,24 @@ def run_archive(
     check_passthrough(found.table.column_names, scorer.layout)
     _claim_output(output, spec)
     storage.remove_inflight(output)
-    if retry_errors:
+    if options.retry_errors:
         drop_error_rows(output)
     done = read_results(output, ["uri"]).column("uri")
     pending = found.table.filter(pc.invert(pc.is_in(found.table.column("uri"), value_set=done.combine_chunks())))
-    todo = pending if limit is None else pending.slice(0, limit)
+    todo = pending if options.limit is None else pending.slice(0, options.limit)
     if todo.num_rows:
         ray = connect()
-        placement = plan_placement(ray.cluster_resources(), largest_node_cpus(ray), actors, gpus_per_actor, cpus_per_actor)
-        if progress:
+        placement = plan_placement(ray.cluster_resources(), largest_node_cpus(ray), options.actors,
+                                   options.gpus_per_actor, options.cpus_per_actor)
+        if options.progress:
             print(f"dualcam: scoring {todo.num_rows} of {found.table.num_rows} inputs "
                   f"({found.table.num_rows - pending.num_rows} already in {output}) with {placement.actors} actor(s) "
                   f"of {placement.cpus_per_actor:g} CPU, {placement.gpus_per_actor:g} GPU", file=sys.stderr)
-        ray.data.DataContext.get_current().enable_progress_bars = progress
-        scored = _scored(ray, todo, scorer, (first, second), meta1, spec.alpha, placement, batch_size)
+        ray.data.DataContext.get_current().enable_progress_bars = options.progress
+        scored = _scored(ray, todo, scorer, (first, second), meta1, spec.alpha, placement, options.batch_size)
         # Writing is I/O; it must not wait for CPUs the scoring actors hold.
         scored.write_parquet(storage.absolute(output), filesystem=storage.parquet_filesystem(output),
-                             min_rows_per_file=rows_per_file, ray_remote_args={"num_cpus": 0})
+                             min_rows_per_file=options.rows_per_file, ray_remote_args={"num_cpus": 0})
     status = read_results(output, ["status", "error"])
     errors = status.filter(pc.equal(status.column("status"), "error"))
     return ScoreSummary(

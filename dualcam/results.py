@@ -150,12 +150,13 @@ class ExpertId:
 class RunSpec:
     """What every row in one output folder was computed with (``_run.json``).
 
-    ``c1`` and ``c2`` are the run's two experts in its layout's role order: experts 1 and 2 of a
-    score run, the old and the new version of a drift run.
+    ``first`` and ``second`` are the run's two experts in its layout's role order
+    (``layout.roles``): experts 1 and 2 (``c1``, ``c2``) of a score run, the old and the new
+    version of a drift run.
     """
 
-    c1: ExpertId
-    c2: ExpertId
+    first: ExpertId
+    second: ExpertId
     alpha: float
     schema_version: int = SCHEMA_VERSION
     kind: str = SCORE.kind
@@ -170,11 +171,12 @@ class RunSpec:
 
     @property
     def experts(self) -> tuple[ExpertId, ExpertId]:
-        return self.c1, self.c2
+        return self.first, self.second
 
     def to_json(self) -> str:
         roles = dict(zip(self.layout.roles, map(asdict, self.experts)))
-        return json.dumps({"kind": self.kind, **roles, "alpha": self.alpha, "schema_version": self.schema_version}, indent=2)
+        spec = {"kind": self.kind, **roles, "alpha": self.alpha, "schema_version": self.schema_version}
+        return json.dumps(spec, indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> RunSpec:

@@ -21,12 +21,12 @@ import pyarrow.csv as pacsv
 
 from dualcam import storage
 from dualcam.datasets import read_manifest
-from dualcam.evaluation import DEFAULT_KERNELS, EVALUATION_FILE, evaluate, format_number, overlap_auc
-from dualcam.kernel import ALPHAS
-from dualcam.synthetic import DEFAULT_SCENARIO, SCENARIOS, OverlapDataset, get_scenario
-from dualcam.training import Recipe
-
-SCORING_ALPHA = 5.0
+from dualcam.evaluation import DEFAULT_KERNELS, EVALUATION_FILE, evaluate, format_number, format_table, overlap_auc
+from dualcam.kernel import ALPHAS, PAPER_ALPHAS
+from dualcam.pipeline import score_archive
+from dualcam.score_report import render_results
+from dualcam.synthetic import DEFAULT_SCENARIO, SCENARIOS, OverlapDataset, get_scenario, write_overlap_dataset
+from dualcam.training import Recipe, train_experts
 
 DEMO_RECIPE = Recipe(arch="resnet18", weights="none", epochs=8, lr=0.01, momentum=0.9, batch_size=16,
                      image_size=96, output_stride=16, seed=0)
@@ -46,7 +46,8 @@ class Regime:
 
 
 REGIMES = (
-    Regime("paper", "expert 1: C1 vs C2 + normal; expert 2: C2 vs normal (the paper's)", (("C2", "normal"), ("normal",))),
+    Regime("paper", "expert 1: C1 vs C2 + normal; expert 2: C2 vs normal (the paper's)",
+           (("C2", "normal"), ("normal",))),
     Regime("paper-starved", "the paper's, with expert 1 trained on 30 C1 images", (("C2", "normal"), ("normal",)), 30),
     Regime("normals-only", "both experts against normal images only", (("normal",), ("normal",))),
     Regime("one-vs-rest", "each expert against everything else", (("C2", "normal"), ("C1", "normal"))),
@@ -70,9 +71,6 @@ def run_regime(data: OverlapDataset, chosen: Regime, out: str, recipe: Recipe = 
     Experts are versioned by data and recipe, so a regime that shares an expert with an earlier
     one (the paper's expert 1 in one-vs-rest, say) reuses it instead of training it again.
     """
-    from dualcam.pipeline import score_archive
-    from dualcam.training import train_experts
-
     c1_data = _starved(data, chosen.c1_train_positives) if chosen.c1_train_positives else None
     started = time.perf_counter()
     log(f"[{chosen.name}] training both experts ({chosen.description}; {recipe.arch}, {recipe.epochs} epochs)")
@@ -85,8 +83,7 @@ def run_regime(data: OverlapDataset, chosen: Regime, out: str, recipe: Recipe = 
             f"{val.get('accuracy', float('nan')):.3f}, {e.uri}")
     log(f"[{chosen.name}] trained in {time.perf_counter() - started:.0f} s; scoring the test split")
     results = storage.join(out, chosen.name, "results")
-    summary = score_archive(experts[0].uri, experts[1].uri, _test_manifest(data), results, alpha=SCORING_ALPHA,
-                            progress=False)
+    summary = score_archive(experts[0].uri, experts[1].uri, _test_manifest(data), results, progress=False)
     failure = summary.failure()
     if failure:
         raise RuntimeError(f"scoring the test split failed: {failure}")
@@ -124,8 +121,9 @@ def _write_subset(data: OverlapDataset, name: str, keep: Callable[[pa.Table], pa
 
 # --- Comparing regimes ------------------------------------------------------------------------
 
-_COMPARED = [("CAM1", None), ("CAM2", None)] + [(k, a) for k in (*DEFAULT_KERNELS, "CAM1 sharpened") for a in (5.0, 15.0, 50.0)] \
-    + [("uniform", None), ("F1 box pooled", None)]
+_COMPARED = [("CAM1", None), ("CAM2", None),
+             *((k, a) for k in (*DEFAULT_KERNELS, "CAM1 sharpened") for a in PAPER_ALPHAS),
+             ("uniform", None), ("F1 box pooled", None)]
 
 
 def comparison_tables(evaluations: Sequence[dict[str, Any]]) -> str:
@@ -135,16 +133,17 @@ def comparison_tables(evaluations: Sequence[dict[str, Any]]) -> str:
     scenario = evaluations[0].get("scenario", DEFAULT_SCENARIO)
     lines = [f"Scenario {scenario}: pointing game / energy in box on the C1 test images "
              "(F1: C1's own feature; S: the shared one)", "",
-             "| map | alpha | " + " | ".join(f"{n}: F1" for n in names) + " | " + " | ".join(f"{n}: S" for n in names) + " |",
+             "| map | alpha | " + " | ".join(f"{n}: F1" for n in names) + " | "
+             + " | ".join(f"{n}: S" for n in names) + " |",
              "|---|---|" + "---|" * (2 * len(names))]
     for name, alpha in _COMPARED:
         rows = [next(r for r in e["localization"] if r["map"] == name and r["alpha"] == alpha) for e in evaluations]
         cells = [f"{format_number(r['pointing_F1'])} / {format_number(r['energy_F1'])}" for r in rows] + \
                 [f"{format_number(r['pointing_S'])} / {format_number(r['energy_S'])}" for r in rows]
         lines.append(f"| {name} | {'' if alpha is None else f'{alpha:g}'} | " + " | ".join(cells) + " |")
-    lines += ["", "| regime | C1 test images | CAM1-CAM2 correlation | expert 1 positive on C2 | expert 2 positive on C1 "
-              "| expert 1 AUC | expert 2 AUC | mean overlap | CAM1 points at S / F1 | overlap AUC, S over F1 |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| regime | C1 test images | CAM1-CAM2 correlation | expert 1 positive on C2 "
+              "| expert 2 positive on C1 | expert 1 AUC | expert 2 AUC | mean overlap | CAM1 points at S / F1 "
+              "| overlap AUC, S over F1 |", "|---|---|---|---|---|---|---|---|---|---|"]
     for e in evaluations:
         one, two, o = *e["experts"], e["overlap"]
         lines.append(f"| {e['regime']['name']} | {e['images']} | {format_number(e['cam_correlation']['mean'])} | "
@@ -153,9 +152,9 @@ def comparison_tables(evaluations: Sequence[dict[str, Any]]) -> str:
                      f"{o['cam1_points_at_S']} / {o['cam1_points_at_F1']} | {format_number(o['auc_S_over_F1'])} |")
     rankings = [e["overlap"] for e in evaluations]
     lines += ["", f"Overlap score over all {len(evaluations)} regimes of {scenario}: CAM1 points at S in "
-              f"{sum(r['cam1_points_at_S'] for r in rankings)} and at F1 in {sum(r['cam1_points_at_F1'] for r in rankings)} "
-              f"of the C1 test images; AUC of the overlap score ranking the S ones first: "
-              f"{format_number(overlap_auc(rankings))}"]
+              f"{sum(r['cam1_points_at_S'] for r in rankings)} and at F1 in "
+              f"{sum(r['cam1_points_at_F1'] for r in rankings)} of the C1 test images; AUC of the overlap score "
+              f"ranking the S ones first: {format_number(overlap_auc(rankings))}"]
     return "\n".join(lines)
 
 
@@ -165,8 +164,6 @@ def experiment(out: str, n: int = 200, size: int = 96, seed: int = 0, recipe: Re
     """Run every regime on each scenario's data set, under ``out/<scenario>/``; returns the
     comparison tables, one set per scenario, also written to ``out/experiment.md`` with every
     evaluation in ``out/experiment.json``."""
-    from dualcam.synthetic import write_overlap_dataset
-
     chosen = [regime(name) for name in regimes]
     drawn = [get_scenario(name) for name in scenarios]  # unknown names fail before any work
     started = time.perf_counter()
@@ -191,10 +188,6 @@ def demo(out: str, n: int = 100, size: int = 96, seed: int = 0, recipe: Recipe =
          log: Callable[[str], None] = print) -> dict[str, Any]:
     """``make demo``: the paper's regime on fresh synthetic data, then the localization table and
     an HTML report with the paper's figures. Returns the evaluation (with ``report``: its path)."""
-    from dualcam.evaluation import format_table
-    from dualcam.figures import render_results
-    from dualcam.synthetic import write_overlap_dataset
-
     started = time.perf_counter()
     data = write_overlap_dataset(storage.join(out, "data"), n, size, seed)
     log(f"wrote {data.images} images ({n} per class, {size} px, seed {seed}): {data.manifest}, {data.boxes}")

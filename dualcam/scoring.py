@@ -27,7 +27,7 @@ from dualcam import drift, regions, storage
 from dualcam.cam import forward_with_cams, upsample
 from dualcam.experts import POSITIVE_INDEX, Expert, ExpertMeta, load_expert, resolve_expert
 from dualcam.imaging import MAX_PIXELS, decode_image, preprocess
-from dualcam.kernel import addk, overlap
+from dualcam.kernel import DEFAULT_ALPHA, addk, overlap
 from dualcam.results import DRIFT, SCORE, Layout, RunSpec, result_table, tensor_array, to_numpy
 
 IO_THREADS = 8
@@ -73,7 +73,7 @@ def _load_one(uri: str, meta: ExpertMeta, max_pixels: int) -> tuple[np.ndarray |
     try:
         image = decode_image(storage.read_bytes(uri), uri, max_pixels)
         return preprocess(image, meta).numpy(), image.shape[:2], None
-    except Exception as err:  # noqa: BLE001 -- any failure is this row's error, never the batch's
+    except Exception as err:  # any failure is this row's error, never the batch's
         message = str(err) or type(err).__name__
         return None, None, message if uri in message else f"{uri}: {message}"
 
@@ -99,7 +99,7 @@ class PairScorer:
     layout: ClassVar[Layout]
 
     def __init__(
-        self, first: Expert | str, second: Expert | str, alpha: float = 5.0,
+        self, first: Expert | str, second: Expert | str, alpha: float = DEFAULT_ALPHA,
         device: str | None = None, threads: int | None = None,
     ):
         if threads:
@@ -157,14 +157,16 @@ class PairScorer:
         ok = np.array([e is None for e in errors], dtype=bool)
         scores = self.layout.empty(self.grid)
         if ok.any():
-            pixels = torch.tensor(to_numpy(batch.column("pixels").filter(pa.array(ok))))  # own copy: Arrow's is read-only
+            # own copy: Arrow's buffers are read-only
+            pixels = torch.tensor(to_numpy(batch.column("pixels").filter(pa.array(ok))))
             try:
                 sizes = np.stack([batch.column(c).to_numpy(zero_copy_only=False)[ok] for c in ("width", "height")], 1)
                 scores = self.columns(self.score(pixels), sizes)
-            except Exception as err:  # noqa: BLE001 -- the batch's rows carry the error instead
+            except Exception as err:  # the batch's rows carry the error instead
                 errors = [e if e is not None else f"scoring failed: {type(err).__name__}: {err}" for e in errors]
                 ok[:] = False
-        return result_table(batch, ok, errors, scores, self.spec, np.datetime64(time.time_ns() // 1000, "us"), self.grid)
+        scored_at = np.datetime64(time.time_ns() // 1000, "us")
+        return result_table(batch, ok, errors, scores, self.spec, scored_at, self.grid)
 
 
 class DualScorer(PairScorer):
@@ -173,7 +175,7 @@ class DualScorer(PairScorer):
     layout = SCORE
 
     def __init__(
-        self, c1: Expert | str, c2: Expert | str, alpha: float = 5.0,
+        self, c1: Expert | str, c2: Expert | str, alpha: float = DEFAULT_ALPHA,
         device: str | None = None, threads: int | None = None,
     ):
         super().__init__(c1, c2, alpha, device, threads)
@@ -232,7 +234,7 @@ class DriftScorer(PairScorer):
     layout = DRIFT
 
     def __init__(
-        self, old: Expert | str, new: Expert | str, alpha: float = 5.0,
+        self, old: Expert | str, new: Expert | str, alpha: float = DEFAULT_ALPHA,
         device: str | None = None, threads: int | None = None,
     ):
         super().__init__(old, new, alpha, device, threads)

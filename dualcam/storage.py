@@ -44,7 +44,7 @@ def join(uri: str, *parts: str) -> str:
     return str(Path(uri).joinpath(*parts))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def s3_client():
     """One boto3 S3 client per process (clients are thread-safe; creating one costs ~50 ms)."""
     return boto3.session.Session().client("s3")

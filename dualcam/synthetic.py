@@ -180,7 +180,8 @@ def _smoothstep(outer: float, inner: float, d: np.ndarray) -> np.ndarray:
 
 def _place(radii: tuple[float, float], kind: str, size: int, taken: list[Feature],
            rng: np.random.Generator) -> tuple[float, float, float]:
-    """A centre inside a lung field and a radius in ``radii`` (fractions of the side), clear of the boxes already taken."""
+    """A centre inside a lung field and a radius in ``radii`` (fractions of the side), clear of the
+    boxes already taken."""
     low, high = radii
     for _ in range(200):
         radius = rng.uniform(low, high) * size

@@ -1,15 +1,17 @@
-"""Fine-tuning the two binary experts with Ray Train, both at once (the paper's recipe by default).
+"""Fine-tuning the two binary experts with Ray Train, both at once: the driver (``dualcam train``).
 
-The driver reads and splits the data, prints each expert's per-split counts, then runs one
-``TorchTrainer`` per expert, each ``fit()`` in its own thread so both train concurrently, each
-with its own ``ScalingConfig`` (DDP inside when it has several workers). Workers stream
+The driver reads and splits the data (``plan_experts``), prints each expert's per-split counts,
+then runs one ``TorchTrainer`` per expert (``_fit``), each ``fit()`` in its own thread so both
+train concurrently, each with its own ``ScalingConfig`` (DDP inside when it has several workers),
+and writes each expert's best epoch as a new checkpoint version (``_publish``). What runs on each
+worker, and the ``Recipe`` it follows (the paper's by default), is ``train_loop``: workers stream
 ``(uri, target)`` rows from Ray Data shards and read, decode and preprocess each batch themselves
 (one batch ahead, in a thread), so images stream from S3 and no CPU is needed beyond the
 workers'. Every epoch reports train loss and validation and test metrics with a checkpoint;
 Ray keeps the best by validation accuracy (and the latest, for resuming). The test metrics of
 the best epoch are the expert's reported test performance: selection looks at validation only.
 
-Ray is imported inside functions only, as in ``pipeline``.
+Ray is imported inside functions only (``raycluster``), as in ``pipeline``.
 """
 
 from __future__ import annotations
@@ -17,56 +19,28 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
-import torch.nn.functional as F
 
 from dualcam import storage
 from dualcam.datasets import SPLITS, Labelled, assign_splits, expert_rows, read_labelled, split_counts
 from dualcam.experts import (
-    META_FILE, ExpertMeta, build_expert, latest_version, list_versions, load_expert, load_meta, save_expert,
+    META_FILE,
+    ExpertMeta,
+    build_expert,
+    latest_version,
+    list_versions,
+    load_meta,
     save_expert_version,
 )
-from dualcam.metrics import binary_metrics
-from dualcam.pipeline import connect, largest_node_cpus
-from dualcam.results import to_numpy
-from dualcam.scoring import load_images
-
-STATE_FILE = "train_state.pt"
-AUGMENTATIONS = ("none", "light")
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How an expert is trained: the paper's recipe by default."""
-
-    arch: str = "resnet152"
-    weights: str = "imagenet"
-    epochs: int = 30
-    lr: float = 0.001
-    momentum: float = 0.9
-    batch_size: int = 16
-    image_size: int = 224
-    output_stride: int = 32
-    color_mode: str = "L"
-    augment: str = "none"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.augment not in AUGMENTATIONS:
-            raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+from dualcam.raycluster import connect, largest_node_cpus
+from dualcam.train_loop import Recipe, read_state, train_loop
 
 
 @dataclass
@@ -89,7 +63,8 @@ class ExpertPlan:
 
     def training_key(self, recipe: Recipe) -> str:
         """Same data and recipe, same key: an expert with this key needs no training again."""
-        return hashlib.sha256(json.dumps([self.data_fingerprint(), asdict(recipe)], sort_keys=True).encode()).hexdigest()
+        described = json.dumps([self.data_fingerprint(), asdict(recipe)], sort_keys=True)
+        return hashlib.sha256(described.encode()).hexdigest()
 
     def run_name(self, recipe: Recipe) -> str:
         """Names the Ray Train run, so that rerunning the same command resumes it."""
@@ -118,7 +93,8 @@ def plan_experts(
     labelled = {s: read_labelled(s, views) for s in dict.fromkeys(sources)}
     union = pa.concat_tables([_with_optional(lab.table) for lab in labelled.values()], promote_options="permissive")
     _, first = np.unique(np.array(union.column("uri").to_pylist(), dtype=object), return_index=True)
-    split_of = dict(zip(*(assign_splits(union.take(np.sort(first)), seed).column(c).to_pylist() for c in ("uri", "split"))))
+    splits = assign_splits(union.take(np.sort(first)), seed)
+    split_of = dict(zip(splits.column("uri").to_pylist(), splits.column("split").to_pylist()))
     plans = []
     for label, negs, source in zip(classes, negatives, sources):
         table = labelled[source].table
@@ -143,9 +119,11 @@ def _with_optional(table: pa.Table) -> pa.Table:
 
 def counts_table(plans: Sequence[ExpertPlan]) -> str:
     """The paper's Table I: positives / negatives per split, per expert."""
-    lines = [f"{'expert':24s} " + " ".join(f"{s:>15s}" for s in SPLITS), f"{'':24s} " + " ".join(f"{'pos / neg':>15s}" for _ in SPLITS)]
+    lines = [f"{'expert':24s} " + " ".join(f"{s:>15s}" for s in SPLITS),
+             f"{'':24s} " + " ".join(f"{'pos / neg':>15s}" for _ in SPLITS)]
     for plan in plans:
-        lines.append(f"{plan.label:24s} " + " ".join(f"{f'{p} / {n}':>15s}" for p, n in (plan.counts[s] for s in SPLITS)))
+        cells = (f"{f'{p} / {n}':>15s}" for p, n in (plan.counts[s] for s in SPLITS))
+        lines.append(f"{plan.label:24s} " + " ".join(cells))
     return "\n".join(lines)
 
 
@@ -160,12 +138,14 @@ def resolve_init_from(uris: Sequence[str], labels: Sequence[str]) -> dict[str, s
         if storage.exists(storage.join(uri, META_FILE)):
             name = load_meta(uri).class_name
             if name not in labels:
-                raise ValueError(f"--init-from {uri} is an expert for {name!r}, which is not being trained ({', '.join(labels)})")
+                raise ValueError(f"--init-from {uri} is an expert for {name!r}, which is not being trained "
+                                 f"({', '.join(labels)})")
             chosen[name] = uri
             continue
         found = {label: latest_version(storage.join(uri, label)) for label in labels}
         if not any(found.values()):
-            raise ValueError(f"--init-from {uri}: neither an expert checkpoint nor a folder with <class>/<version>/ checkpoints")
+            raise ValueError(f"--init-from {uri}: neither an expert checkpoint nor a folder with <class>/<version>/ "
+                             "checkpoints")
         chosen.update({label: v for label, v in found.items() if v})
     return chosen
 
@@ -189,22 +169,8 @@ def train_experts(
     that two epochs of one run can be compared (``dualcam drift``). Ray Train's own checkpoints
     keep only the best and the latest epoch.
     """
-    n = len(classes)
-    negatives = list(negatives or [None] * n)
-    per_expert_data = list(per_expert_data or [None] * n)
-    if not (len(negatives) == len(per_expert_data) == n):
-        raise ValueError("negatives and per_expert_data need one entry per class")
-    if len(set(classes)) != n:
-        raise ValueError(f"the experts' classes must differ, got {', '.join(classes)}")
-    plans, labelled = plan_experts(data, classes, negatives, per_expert_data, recipe.seed, views)
-    for source, lab in labelled.items():
-        _report_source(source, lab, log)
-    for label, uri in resolve_init_from(init_from, list(classes)).items():
-        next(p for p in plans if p.label == label).init_from = uri
-    log("images per split (the paper's Table I):\n" + counts_table(plans))
-
     todo, finished = [], []
-    for plan in plans:
+    for plan in _planned(classes, data, negatives, per_expert_data, recipe.seed, views, init_from, log):
         done = _finished_version(output, plan, recipe)
         if done:
             log(f"{plan.label}: already trained with this data and recipe: {done.uri}")
@@ -215,12 +181,8 @@ def train_experts(
         return finished
 
     ray = connect()
-    resources = ray.cluster_resources()
-    gpus = resources.get("GPU", 0.0)
-    gpus_per_worker = (1.0 if gpus else 0.0) if gpus_per_worker is None else gpus_per_worker
-    if cpus_per_worker is None:
-        shared = resources.get("CPU", 1.0) // (len(todo) * workers_per_expert)
-        cpus_per_worker = 1.0 if gpus_per_worker else max(1.0, min(shared, largest_node_cpus(ray)))
+    gpus_per_worker, cpus_per_worker = _worker_resources(ray, len(todo) * workers_per_expert, gpus_per_worker,
+                                                         cpus_per_worker)
     storage_path = storage_path or _default_storage(output)
     exports = {plan.label: _epochs_root(output, plan, recipe) if export_epochs else None for plan in todo}
     for label, root in exports.items():
@@ -235,11 +197,49 @@ def train_experts(
             try:
                 trained.append(_publish(output, plan, recipe, future.result(), exports[plan.label]))
                 log(f"{plan.label}: wrote {trained[-1].uri}")
-            except Exception as err:  # noqa: BLE001 -- reported below, after the others are published
+            except Exception as err:  # reported below, after the others are published
                 failed.append((plan.label, err))
     if failed:
-        raise RuntimeError("training failed for " + "; ".join(f"{label}: {err}" for label, err in failed)) from failed[0][1]
+        reasons = "; ".join(f"{label}: {err}" for label, err in failed)
+        raise RuntimeError(f"training failed for {reasons}") from failed[0][1]
     return sorted(finished + trained, key=lambda e: list(classes).index(e.label))
+
+
+def _worker_resources(
+    ray: Any, workers: int, gpus_per_worker: float | None, cpus_per_worker: float | None,
+) -> tuple[float, float]:
+    """(GPUs, CPUs) per worker, ``workers`` in all: by default one GPU each when the cluster has
+    GPUs, else the cluster's CPUs shared among them (at most one node's each)."""
+    resources = ray.cluster_resources()
+    gpus = resources.get("GPU", 0.0)
+    gpus_per_worker = (1.0 if gpus else 0.0) if gpus_per_worker is None else gpus_per_worker
+    if cpus_per_worker is None:
+        shared = resources.get("CPU", 1.0) // workers
+        cpus_per_worker = 1.0 if gpus_per_worker else max(1.0, min(shared, largest_node_cpus(ray)))
+    return gpus_per_worker, cpus_per_worker
+
+
+def _planned(
+    classes: Sequence[str], data: str | None, negatives: Sequence[Sequence[str] | None] | None,
+    per_expert_data: Sequence[str | None] | None, seed: int, views: Sequence[str], init_from: Sequence[str],
+    log: Callable[[str], None],
+) -> list[ExpertPlan]:
+    """``plan_experts`` with ``train_experts``' arguments checked, warm starts resolved and the
+    data read reported (sources, what was left out, the paper's Table I)."""
+    n = len(classes)
+    negatives = list(negatives or [None] * n)
+    per_expert_data = list(per_expert_data or [None] * n)
+    if not (len(negatives) == len(per_expert_data) == n):
+        raise ValueError("negatives and per_expert_data need one entry per class")
+    if len(set(classes)) != n:
+        raise ValueError(f"the experts' classes must differ, got {', '.join(classes)}")
+    plans, labelled = plan_experts(data, classes, negatives, per_expert_data, seed, views)
+    for source, lab in labelled.items():
+        _report_source(source, lab, log)
+    for label, uri in resolve_init_from(init_from, list(classes)).items():
+        next(p for p in plans if p.label == label).init_from = uri
+    log("images per split (the paper's Table I):\n" + counts_table(plans))
+    return plans
 
 
 def _report_source(source: str, lab: Labelled, log: Callable[[str], None]) -> None:
@@ -281,11 +281,12 @@ def _fit(ray: Any, plan: ExpertPlan, recipe: Recipe, workers: int, gpus_per_work
 
     meta = _expert_meta(plan, recipe)
     datasets = {
-        split: ray.data.from_arrow(plan.rows.filter(pc.equal(plan.rows.column("split"), split)).select(["uri", "target"]))
+        split: ray.data.from_arrow(plan.rows.filter(pc.equal(plan.rows.column("split"), split))
+                                   .select(["uri", "target"]))
         for split in SPLITS
     }
     trainer = TorchTrainer(
-        _train_worker,
+        train_loop,
         train_loop_config={
             "meta": meta.to_dict(), "recipe": asdict(recipe), "init_from": plan.init_from,
             "threads": max(1, int(cpus_per_worker)),
@@ -312,8 +313,8 @@ def _expert_meta(plan: ExpertPlan, recipe: Recipe) -> ExpertMeta:
         base = load_meta(plan.init_from)
         return ExpertMeta(arch=base.arch, class_name=plan.label, input_size=base.input_size, color_mode=base.color_mode,
                           output_stride=base.output_stride, mean=base.mean, std=base.std)
-    return ExpertMeta(arch=recipe.arch, class_name=plan.label, input_size=recipe.image_size, color_mode=recipe.color_mode,
-                      output_stride=recipe.output_stride)
+    return ExpertMeta(arch=recipe.arch, class_name=plan.label, input_size=recipe.image_size,
+                      color_mode=recipe.color_mode, output_stride=recipe.output_stride)
 
 
 def _described(plan: ExpertPlan, recipe: Recipe) -> ExpertMeta:
@@ -331,14 +332,12 @@ def _publish(output: str, plan: ExpertPlan, recipe: Recipe, result: Any, export_
     meta = _described(plan, recipe)
     meta.recipe["exported_epochs"] = export_root
     model = build_expert(meta.arch, output_stride=meta.output_stride)
-    with checkpoint.as_directory() as directory:
-        state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
-    with result.checkpoint.as_directory() as directory:  # the latest: its history covers every epoch
-        history = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)["history"]
+    model.load_state_dict(read_state(checkpoint)["model"])
+    history = read_state(result.checkpoint)["history"]  # the latest checkpoint: its history covers every epoch
     meta.metrics = {
         "best_epoch": metrics["epoch"],
-        **{split: {k.split("_", 1)[1]: metrics[k] for k in metrics if k.startswith(f"{split}_")} for split in ("val", "test")},
+        **{split: {k.split("_", 1)[1]: metrics[k] for k in metrics if k.startswith(f"{split}_")}
+           for split in ("val", "test")},
         "train_loss": metrics["train_loss"],
         "counts": {s: {"positives": p, "negatives": n} for s, (p, n) in plan.counts.items()},
         "history": history,
@@ -349,153 +348,11 @@ def _publish(output: str, plan: ExpertPlan, recipe: Recipe, result: Any, export_
 
 def results_table(experts: Sequence[TrainedExpert]) -> str:
     """The short table printed at the end: test metrics of each expert's best epoch."""
-    lines = [f"{'expert':20s} {'epoch':>5s} {'val acc':>8s} {'test acc':>8s} {'sens':>6s} {'spec':>6s} {'AUC':>6s}  checkpoint"]
+    lines = [f"{'expert':20s} {'epoch':>5s} {'val acc':>8s} {'test acc':>8s} {'sens':>6s} {'spec':>6s} {'AUC':>6s}  "
+             "checkpoint"]
     for e in experts:
         val, test = e.meta.metrics.get("val", {}), e.meta.metrics.get("test", {})
         lines.append(f"{e.label:20s} {e.best_epoch:5d} {val.get('accuracy', float('nan')):8.3f} "
                      f"{test.get('accuracy', float('nan')):8.3f} {test.get('sensitivity', float('nan')):6.3f} "
                      f"{test.get('specificity', float('nan')):6.3f} {test.get('auc', float('nan')):6.3f}  {e.uri}")
     return "\n".join(lines)
-
-
-# --- On each Ray Train worker ------------------------------------------------------------------
-
-def _train_worker(config: dict) -> None:
-    import ray.train
-    import ray.train.torch
-
-    torch.set_num_threads(config["threads"])  # Ray's workers default to one thread
-    recipe = Recipe(**config["recipe"])
-    meta = ExpertMeta.from_dict(config["meta"])
-    context = ray.train.get_context()
-    torch.manual_seed(recipe.seed + context.get_world_rank())
-    model = load_expert(config["init_from"]).model if config["init_from"] else build_expert(meta.arch, recipe.weights, meta.output_stride)
-    start_epoch, optimizer_state, history = 0, None, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as directory:
-            state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        start_epoch, optimizer_state, history = state["epoch"] + 1, state["optimizer"], state["history"]
-        if config["export"] and context.get_world_rank() == 0:
-            # the epoch training goes on from: exported already, unless the last run stopped in between
-            _export_epoch(model, config["export"], history[-1])
-    # channels_last before DDP wraps it, so gradient buckets match the parameters' layout
-    model = ray.train.torch.prepare_model(model.to(memory_format=torch.channels_last))
-    device = ray.train.torch.get_device()
-    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
-    if optimizer_state:
-        optimizer.load_state_dict(optimizer_state)
-    shards = {split: ray.train.get_dataset_shard(split) for split in SPLITS}  # val, test: whole
-
-    for epoch in range(start_epoch, recipe.epochs):
-        started, epoch_start_time = time.perf_counter(), time.time()
-        model.train()
-        total_loss, seen = 0.0, 0
-        batches = shards["train"].iter_batches(batch_size=recipe.batch_size, batch_format="pyarrow",
-                                               local_shuffle_buffer_size=max(64, 4 * recipe.batch_size),
-                                               local_shuffle_seed=recipe.seed * 1000 + epoch)
-        for x, y in _loaded(batches, meta, device):
-            if _all_sum([float(len(y) == 0)], device)[0]:
-                continue  # a worker's images all failed to load: every worker skips the step, so DDP stays in step
-            x = _light_augment(x) if recipe.augment == "light" else x
-            loss = F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.item() * len(y)
-            seen += len(y)
-        train_seconds = time.perf_counter() - started
-        loss_sum, images = _all_sum([total_loss, seen], device)
-        metrics = {"epoch": epoch, "train_loss": loss_sum / max(images, 1), "train_images": int(images),
-                   "train_images_per_second": seen / max(train_seconds, 1e-9)}
-        bare = model.module if hasattr(model, "module") else model
-        if context.get_world_rank() == 0:
-            for split in ("val", "test"):
-                labels, probs = _predict(bare, shards[split], meta, recipe.batch_size, device)
-                metrics.update({f"{split}_{k}": float(v) for k, v in binary_metrics(labels, probs).items()})
-        metrics["epoch_start_time"], metrics["epoch_end_time"] = epoch_start_time, time.time()
-        history.append(metrics)
-        with tempfile.TemporaryDirectory() as directory:
-            saved = None
-            if context.get_world_rank() == 0:
-                print(f"[{meta.class_name}] epoch {epoch + 1}/{recipe.epochs}: train loss {metrics['train_loss']:.4f}, "
-                      f"val accuracy {metrics['val_accuracy']:.3f}, AUC {metrics['val_auc']:.3f}; "
-                      f"{metrics['train_images_per_second']:.1f} images/s per worker", flush=True)
-                torch.save({"model": bare.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                            "history": history}, Path(directory) / STATE_FILE)
-                saved = ray.train.Checkpoint.from_directory(directory)
-            ray.train.report(metrics, checkpoint=saved)
-        if config["export"] and context.get_world_rank() == 0:
-            _export_epoch(bare, config["export"], metrics)
-
-
-def _export_epoch(model: torch.nn.Module, export: dict, metrics: dict) -> None:
-    """Write one epoch's weights as the expert checkpoint ``<root>/epoch-<NNN>/``, unless it is there."""
-    uri = storage.join(export["root"], f"epoch-{metrics['epoch']:03d}")
-    if not storage.exists(storage.join(uri, META_FILE)):
-        save_expert(model, uri, ExpertMeta.from_dict({**export["meta"], "metrics": metrics}))
-
-
-def _loaded(batches: Iterator[pa.Table], meta: ExpertMeta, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(pixels, targets) on ``device`` per batch; loading runs one batch ahead in a thread.
-
-    Rows that fail to load are dropped here (they were listed, existed and are counted in the
-    per-epoch ``train_images``), so one bad file never stops training.
-    """
-    def load(batch: pa.Table) -> tuple[torch.Tensor, torch.Tensor]:
-        loaded = load_images(batch, meta)
-        ok = pc.is_null(loaded.column("error"))
-        x = torch.tensor(to_numpy(loaded.column("pixels").filter(ok)))
-        y = torch.tensor(loaded.column("target").filter(ok).to_numpy(zero_copy_only=False), dtype=torch.long)
-        return x, y
-
-    with ThreadPoolExecutor(1) as pool:
-        pending = None
-        for batch in batches:
-            future = pool.submit(load, batch)
-            if pending is not None:
-                yield _to(pending.result(), device)
-            pending = future
-        if pending is not None:
-            yield _to(pending.result(), device)
-
-
-def _to(xy: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return xy[0].to(device, non_blocking=True), xy[1].to(device, non_blocking=True)
-
-
-def _light_augment(x: torch.Tensor) -> torch.Tensor:
-    """Small per-image affine jitter (+-5 degrees, +-5% shift and scale) and brightness/contrast.
-
-    No flips: a mirrored chest X-ray puts the heart on the wrong side.
-    """
-    from torchvision.transforms.v2 import functional as TF
-
-    out = torch.empty_like(x)
-    for i, image in enumerate(x):
-        g = torch.rand(5).tolist()
-        shift = [int((g[1] - 0.5) * 0.1 * image.shape[-1]), int((g[2] - 0.5) * 0.1 * image.shape[-2])]
-        image = TF.affine(image, angle=(g[0] - 0.5) * 10, translate=shift, scale=0.95 + 0.1 * g[3], shear=[0.0])
-        out[i] = image * (0.9 + 0.2 * g[4])
-    return out
-
-
-@torch.inference_mode()
-def _predict(model: torch.nn.Module, dataset: Any, meta: ExpertMeta, batch_size: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, in-class probabilities) of a whole split; ``model`` unwrapped, so no collectives."""
-    model.eval()
-    labels, probs = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
-    for x, y in _loaded(dataset.iter_batches(batch_size=batch_size, batch_format="pyarrow"), meta, device):
-        if len(y):
-            probs.append(model(x.contiguous(memory_format=torch.channels_last)).float().softmax(-1)[:, 1].cpu().numpy())
-            labels.append(y.cpu().numpy())
-    return np.concatenate(labels), np.concatenate(probs)
-
-
-def _all_sum(values: list[float], device: torch.device) -> list[float]:
-    """Element-wise sums over every worker."""
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(t)
-    return t.tolist()

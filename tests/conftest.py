@@ -1,28 +1,68 @@
-"""Shared fixtures: the sample X-rays from ../shared, and a real S3 endpoint (moto's server on loopback)."""
+"""Shared fixtures: X-ray and DICOM samples (generated, plus the real ones from ../shared when present),
+and a real S3 endpoint (moto's server on loopback)."""
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import shutil
 import socket
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from samples import GENERATED_COVID_COUNTS, MONO1_CHEST, MONO_TWINS, write_xray_samples
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def xray_samples() -> Path | None:
+@dataclass(frozen=True)
+class XraySamples:
+    """A folder laid out as ../shared/data/xray (``images/`` and ``metadata.csv``, ``dicom/`` and
+    ``dicom/dicom.csv``, the COVID-19 collection's metadata) and what the tests know of its files."""
+
+    name: str
+    path: Path
+    mono_twins: tuple[str, str]
+    """A MONOCHROME2 DICOM and its MONOCHROME1 twin (the same pixels), in ``dicom/``."""
+    mono1_chest: str
+    """A MONOCHROME1 chest film in ``dicom/``."""
+    covid_counts: dict
+    """What ``read_labelled`` finds in its ``covid-chestxray-dataset-metadata.csv``."""
+
+
+SHARED_COVID_COUNTS = {"kept": 121, "missing": 181, "covid": 60, "both_views_at_least": 303, "excluded": {
+    "view not PA": 353, "not an X-ray": 84, "no finding recorded ('todo')": 12}}
+"""Of the real file's 751 rows, 302 are PA X-rays with a finding; 121 of them have their image in the folder."""
+
+
+def shared_xrays() -> Path | None:
     """The shared chest X-ray folder (see ../shared/data/README.md), or None when absent."""
     path = Path(os.environ.get("DUALCAM_XRAY_SAMPLES", ROOT.parent / "shared" / "data" / "xray"))
     return path if (path / "images").is_dir() else None
 
 
-@pytest.fixture(scope="session")
-def xray_dir() -> Path:
-    path = xray_samples()
-    if path is None:
-        pytest.skip("sample X-rays not found: set DUALCAM_XRAY_SAMPLES or lay out ../shared/data/xray")
-    return path
+@functools.cache
+def xray_sample_sets() -> tuple[XraySamples, ...]:
+    """The generated samples (written once per session: every kind of file the decoder takes), then
+    the real ones from ../shared when present, so a clean clone tests every decoding path too."""
+    generated = Path(tempfile.mkdtemp(prefix="dualcam-xray-samples-"))
+    atexit.register(shutil.rmtree, generated, True)
+    write_xray_samples(generated)
+    sets = [XraySamples("generated", generated, MONO_TWINS, MONO1_CHEST, GENERATED_COVID_COUNTS)]
+    shared = shared_xrays()
+    if shared is not None:
+        sets.append(XraySamples("shared", shared, ("1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm",
+                                                   "Fake_MONOHR1.dcm"), "CR-MONO1-10-chest.dcm", SHARED_COVID_COUNTS))
+    return tuple(sets)
+
+
+@pytest.fixture(scope="session", params=xray_sample_sets(), ids=lambda samples: samples.name)
+def xray_samples(request) -> XraySamples:
+    return request.param
 
 
 def _free_port() -> int:

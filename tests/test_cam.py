@@ -37,7 +37,7 @@ def test_cam_invariants(arch):
     torch.testing.assert_close(logits, reference_logits, rtol=1e-10, atol=1e-10)
     # spatial mean of each class's CAM plus that class's bias is its logit
     torch.testing.assert_close(cams.mean(dim=(-2, -1)) + linear.bias, logits, rtol=1e-10, atol=1e-10)
-    # CAM = sum_k w_k f_k over the hooked final features
+    # CAM = sum_k w_k f_k over the final features, as the test's own forward hook captured them
     torch.testing.assert_close(cams, torch.einsum("kc,bchw->bkhw", linear.weight, f), rtol=1e-10, atol=1e-10)
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_without_ray
 from dualcam.cli import build_parser, main
 from dualcam.synthetic import write_synthetic_xrays
+
+from conftest import run_without_ray
 
 BIN = Path(sys.executable).parent
 
@@ -25,8 +26,8 @@ def test_the_installed_command_runs():
     assert "usage: dualcam" in result.stdout and "explain" in result.stdout
 
 
-COMMANDS = [["expert"], ["expert", "init"], ["expert", "show"], ["decode"], ["explain"], ["score"], ["drift"], ["render"],
-            ["train"], ["synth"], ["evaluate"], ["demo"], ["experiment"]]
+COMMANDS = [["expert"], ["expert", "init"], ["expert", "show"], ["decode"], ["explain"], ["score"], ["drift"],
+            ["render"], ["train"], ["synth"], ["evaluate"], ["demo"], ["experiment"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -63,11 +64,13 @@ def test_import_and_score_without_ray(tmp_path):
 
 def test_synth_writes_the_overlap_scenario(tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path), "--n", "5", "--size", "48", "--seed", "2"]) == 0
-    assert "wrote 15 synthetic 48 px images of the overlap scenario (5 each of C1, C2, normal)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "wrote 15 synthetic 48 px images of the overlap scenario (5 each of C1, C2, normal)" in out
     assert (tmp_path / "manifest.csv").is_file() and (tmp_path / "boxes.csv").is_file()
     assert len(list(tmp_path.glob("images/*/*.png"))) == 15
     salient = tmp_path / "salient"
-    assert main(["synth", "--out", str(salient), "--n", "5", "--size", "48", "--seed", "2", "--scenario", "salient-shared"]) == 0
+    args = ["--n", "5", "--size", "48", "--seed", "2", "--scenario", "salient-shared"]
+    assert main(["synth", "--out", str(salient), *args]) == 0
     assert "of the salient-shared scenario" in capsys.readouterr().out
     assert (salient / "images/C1/C1-00000.png").read_bytes() != (tmp_path / "images/C1/C1-00000.png").read_bytes()
     with pytest.raises(SystemExit):

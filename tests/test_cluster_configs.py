@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from dualcam.jobspec import load_spec
+
 from conftest import ROOT
 
 CLUSTER = ROOT / "cluster"
@@ -45,8 +46,8 @@ def test_example_specs_are_valid_for_their_entrypoint(path):
 def test_cluster_specs_point_at_s3():
     for name in ("score.yaml", "train.yaml", "drift.yaml"):
         options = load_spec(str(ROOT / "jobs" / "examples" / name)).options
-        uris = [v for k, v in options.items() if k in ("c1", "c2", "old", "new", "input", "output", "data", "c1_data", "c2_data")
-                and isinstance(v, str) and "/" in v]
+        keys = ("c1", "c2", "old", "new", "input", "output", "data", "c1_data", "c2_data")
+        uris = [v for k, v in options.items() if k in keys and isinstance(v, str) and "/" in v]
         assert uris and all(u.startswith("s3://") for u in uris), name
 
 
@@ -149,14 +150,17 @@ def test_nightly_cronjob_creates_the_rayjob():
     assert objects["ServiceAccount"]["metadata"]["name"] == account
     binding, role = objects["RoleBinding"], objects["Role"]
     assert {"kind": "ServiceAccount", "name": account} in binding["subjects"]
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
-    assert any("ray.io" in r["apiGroups"] and "rayjobs" in r["resources"] and "create" in r["verbs"] for r in role["rules"])
+    role_name = role["metadata"]["name"]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role_name}
+    assert any("ray.io" in r["apiGroups"] and "rayjobs" in r["resources"] and "create" in r["verbs"]
+               for r in role["rules"])
 
 
 def test_every_image_runs_the_same_ray():
     versions = {
         "aws.yaml": re.search(r"rayproject/ray:([\d.]+)-", load(CLUSTER / "aws.yaml")["docker"]["image"]).group(1),
-        "Dockerfile": re.search(r"^FROM rayproject/ray:([\d.]+)-", (CLUSTER / "Dockerfile").read_text(), re.MULTILINE).group(1),
+        "Dockerfile": re.search(r"^FROM rayproject/ray:([\d.]+)-", (CLUSTER / "Dockerfile").read_text(),
+                                re.MULTILINE).group(1),
         "rayjob-score.yaml": load(KUBERAY / "rayjob-score.yaml")["spec"]["rayClusterSpec"]["rayVersion"],
     }
     assert len(set(versions.values())) == 1, versions

@@ -9,7 +9,13 @@ import pytest
 
 from dualcam import storage
 from dualcam.datasets import (
-    SPLIT_FRACTIONS, SPLITS, assign_splits, expert_rows, read_inputs, read_labelled, split_counts,
+    SPLIT_FRACTIONS,
+    SPLITS,
+    assign_splits,
+    expert_rows,
+    read_inputs,
+    read_labelled,
+    split_counts,
 )
 
 
@@ -101,21 +107,23 @@ def test_expert_rows_take_named_negatives_or_all_others():
     paper = expert_rows(table, "C2", ["normal"])
     assert paper.column("uri").to_pylist() == ["b", "c", "e"] and paper.column("target").to_pylist() == [1, 0, 0]
     assert split_counts(paper) == {"train": (1, 2), "val": (0, 0), "test": (0, 0)}
-    with pytest.raises(ValueError, match=r"no images labelled 'COVID'; the labels are: C1 \(2\), C2 \(1\), normal \(2\)"):
+    with pytest.raises(ValueError,
+                       match=r"no images labelled 'COVID'; the labels are: C1 \(2\), C2 \(1\), normal \(2\)"):
         expert_rows(table, "COVID")
 
 
-def test_covid_collection_reader_on_the_real_metadata(xray_dir):
-    labelled = read_labelled(str(xray_dir / "covid-chestxray-dataset-metadata.csv"))
-    # PA X-rays with a finding: 302 rows of the 751, of which 121 have their image in the sample folder
-    assert labelled.table.num_rows == 121 and len(labelled.missing) == 181
-    assert labelled.excluded == {"view not PA": 353, "not an X-ray": 84, "no finding recorded ('todo')": 12}
+def test_covid_collection_reader_on_the_sample_metadata(xray_samples):
+    folder, expected = xray_samples.path, xray_samples.covid_counts
+    labelled = read_labelled(str(folder / "covid-chestxray-dataset-metadata.csv"))
+    # PA X-rays with a finding, of which those whose image is in the folder are kept and the others listed
+    assert (labelled.table.num_rows, len(labelled.missing)) == (expected["kept"], expected["missing"])
+    assert labelled.excluded == expected["excluded"]
     labels = labelled.table.column("label").to_pylist()
-    assert labels.count("COVID-19") == 60  # 'COVID-19' and 'COVID-19, ARDS'
-    assert all(u.startswith(str(xray_dir / "images")) for u in labelled.table.column("uri").to_pylist())
-    assert all(m.startswith(str(xray_dir / "images") + "/") for m in labelled.missing)
-    both_views = read_labelled(str(xray_dir / "covid-chestxray-dataset-metadata.csv"), views=("PA", "AP"))
-    assert both_views.table.num_rows + len(both_views.missing) > 302
+    assert labels.count("COVID-19") == expected["covid"]  # 'COVID-19' and 'COVID-19, ARDS'
+    assert all(u.startswith(str(folder / "images")) for u in labelled.table.column("uri").to_pylist())
+    assert all(m.startswith(str(folder / "images") + "/") for m in labelled.missing)
+    both_views = read_labelled(str(folder / "covid-chestxray-dataset-metadata.csv"), views=("PA", "AP"))
+    assert both_views.table.num_rows + len(both_views.missing) >= expected["both_views_at_least"]
 
 
 def test_kermany_layout_and_label_folders(tmp_path):

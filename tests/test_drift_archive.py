@@ -12,10 +12,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dualcam import build_expert, preprocess, save_expert, storage
-from dualcam.cli import DRIFT_EXIT, main
+from dualcam.cli import main
+from dualcam.commands.drift import DRIFT_EXIT
 from dualcam.experts import ExpertMeta
 from dualcam.results import read_results, to_numpy
 from dualcam.synthetic import write_synthetic_xrays
+
 from conftest import run_without_ray
 from samples import MARKER, planted_xray
 
@@ -103,8 +105,9 @@ def test_a_planted_marker_is_flagged(ray_cluster, planted, tmp_path, capsys):
 
     summary = json.loads((out / "_drift.json").read_text())
     assert summary["alert"] and summary["drifted"] == int(flagged.sum()) and summary["images"] == SCORED
-    assert summary["measures"]["cam_correlation"]["median"] == pytest.approx(np.median(rows["cam_correlation"]), abs=1e-6)
-    assert len(summary["top"]) == 12 and summary["top"][0]["cam_correlation"] == pytest.approx(rows["cam_correlation"].min())
+    correlations = rows["cam_correlation"]
+    assert summary["measures"]["cam_correlation"]["median"] == pytest.approx(np.median(correlations), abs=1e-6)
+    assert len(summary["top"]) == 12 and summary["top"][0]["cam_correlation"] == pytest.approx(correlations.min())
     page = (out / "_report" / "index.html").read_text()
     figures = sorted((out / "_report" / "images").glob("[0-9][0-9]-*.png"))
     assert len(figures) == 12 and all(f"images/{f.name}" in page for f in figures)
@@ -166,7 +169,8 @@ def test_different_experts_are_refused_before_any_work(expert, tmp_path, capsys)
     )
     assert "are not two versions of the same expert: arch 'resnet18' vs 'resnet34'" in run_without_ray(code)
     assert not (tmp_path / "out").exists()
-    assert main(["drift", "--old", expert, "--new", other, "--input", str(images), "--output", str(tmp_path / "o")]) == 2
+    args = ["--input", str(images), "--output", str(tmp_path / "o")]
+    assert main(["drift", "--old", expert, "--new", other, *args]) == 2
     assert "are not two versions of the same expert" in capsys.readouterr().err
 
 

@@ -40,7 +40,8 @@ def _write_results(folder, boxes_csv, alpha=5.0, cam1_on_s=(), schema=2):
     p2 = np.array([0.7, 0.6, 0.6, 0.9, 0.2, 0.5], np.float32)
     zeros = np.zeros(n, np.int32)
     scores = {"p1": p1, "p2": p2, "cam1": cam1, "cam2": cam2, "heatmap": heat, "heatmap_max": heat.max((1, 2)),
-              "overlap": overlap(cam1, cam2), **{k: zeros for k in ("peak_x", "peak_y", "box_x", "box_y", "box_w", "box_h")}}
+              "overlap": overlap(cam1, cam2),
+              **{k: zeros for k in ("peak_x", "peak_y", "box_x", "box_y", "box_w", "box_h")}}
     inputs = pa.table({"uri": uris, "width": [SIZE] * 7, "height": [SIZE] * 7,
                        "label": [r[1] for r in rows], "split": [r[2] for r in rows]})
     spec = RunSpec(ExpertId("C1", "v1", "a" * 64), ExpertId("C2", "v2", "b" * 64), alpha)
@@ -49,7 +50,7 @@ def _write_results(folder, boxes_csv, alpha=5.0, cam1_on_s=(), schema=2):
     if schema == 1:
         table = table.drop_columns(["overlap"]).set_column(
             table.schema.get_field_index("schema_version") - 1, "schema_version", pa.array([1] * 7, pa.int16()))
-        spec = RunSpec(spec.c1, spec.c2, alpha, schema_version=1)
+        spec = RunSpec(spec.first, spec.second, alpha, schema_version=1)
     folder.mkdir(parents=True)
     pq.write_table(table, folder / "part-0.parquet")
     (folder / RUN_FILE).write_text(spec.to_json())
@@ -117,9 +118,11 @@ def test_schema_1_outputs_evaluate_alike(tmp_path):
 def test_cli_writes_json_next_to_the_results(tmp_path, capsys):
     results, boxes = tmp_path / "results", tmp_path / "boxes.csv"
     _write_results(results, boxes)
-    assert main(["evaluate", "--results", str(results), "--boxes", str(boxes), "--alphas", "5", "--kernel", "gated"]) == 0
+    args = ["--results", str(results), "--boxes", str(boxes), "--alphas", "5", "--kernel", "gated"]
+    assert main(["evaluate", *args]) == 0
     written = json.loads((results / "_evaluation.json").read_text())
-    assert [r["map"] for r in written["localization"]] == ["CAM1", "CAM2", "gated", "CAM1 sharpened", "uniform", "F1 box pooled"]
+    maps = ["CAM1", "CAM2", "gated", "CAM1 sharpened", "uniform", "F1 box pooled"]
+    assert [r["map"] for r in written["localization"]] == maps
     assert "localization of C1 on 3 images" in capsys.readouterr().out
 
 
@@ -140,7 +143,7 @@ def test_a_target_is_the_union_of_its_boxes(tmp_path):
     _write_results(results, boxes)
     decoy = "0,0,10,10"
     lines = boxes.read_text().splitlines()
-    only_decoy = [lines[0]] + [f"{l.split(',')[0]},{decoy},F1" for l in lines[1:] if l.endswith(",F1")]
+    only_decoy = [lines[0]] + [f"{line.split(',')[0]},{decoy},F1" for line in lines[1:] if line.endswith(",F1")]
     boxes.write_text("\n".join(only_decoy) + "\n")
     assert _row(evaluate(str(results), str(boxes), alphas=[5.0]), "CAM1")["pointing_F1"] == 0
     boxes.write_text("\n".join(lines + only_decoy[1:]) + "\n")  # each image: the decoy and the real F1 box
@@ -148,7 +151,7 @@ def test_a_target_is_the_union_of_its_boxes(tmp_path):
 
 
 def test_drift_outputs_are_refused_by_evaluate_and_render(tmp_path):
-    from dualcam.figures import render_results
+    from dualcam.score_report import render_results
 
     results, boxes = tmp_path / "results", tmp_path / "boxes.csv"
     _write_results(results, boxes)

@@ -9,34 +9,34 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import xray_samples
-from samples import dicom_bytes, png_bytes, png_header_only
 from dualcam.experts import ExpertMeta
 from dualcam.imaging import MAX_PIXELS, DecodeError, decode_image, is_image_name, preprocess
 
-SAMPLES = xray_samples()
-NO_SAMPLES = pytest.param(None, marks=pytest.mark.skip(reason="sample X-rays not found (../shared/data/xray)"))
+from conftest import xray_sample_sets
+from samples import dicom_bytes, png_bytes, png_header_only
 
 
 def sample_rows(csv_name: str) -> list:
-    if SAMPLES is None:
-        return [NO_SAMPLES]
-    with open(SAMPLES / csv_name, newline="") as f:
-        return [pytest.param(row, id=row["file"]) for row in csv.DictReader(f)]
+    """One case per file listed in ``csv_name`` of every sample folder (generated, and shared when present)."""
+    cases = []
+    for samples in xray_sample_sets():
+        with open(samples.path / csv_name, newline="") as f:
+            cases += [pytest.param(samples, row, id=f"{samples.name}-{row['file']}") for row in csv.DictReader(f)]
+    return cases
 
 
-@pytest.mark.parametrize("row", sample_rows("metadata.csv"))
-def test_every_sample_image_decodes(row):
-    image = decode_image((SAMPLES / "images" / row["file"]).read_bytes(), row["file"])
+@pytest.mark.parametrize(("samples", "row"), sample_rows("metadata.csv"))
+def test_every_sample_image_decodes(samples, row):
+    image = decode_image((samples.path / "images" / row["file"]).read_bytes(), row["file"])
     assert image.dtype == np.float32 and np.isfinite(image).all()
-    assert 0.0 <= image.min() and image.max() <= 1.0 and image.max() > image.min()
+    assert image.min() >= 0.0 and image.max() <= 1.0 and image.max() > image.min()
     assert image.shape[:2] == (int(row["height"]), int(row["width"]))
     assert image.ndim == (2 if row["color_mode"] == "L" else 3)
 
 
-@pytest.mark.parametrize("row", sample_rows("dicom/dicom.csv"))
-def test_every_sample_dicom_decodes(row):
-    data = (SAMPLES / "dicom" / row["file"]).read_bytes()
+@pytest.mark.parametrize(("samples", "row"), sample_rows("dicom/dicom.csv"))
+def test_every_sample_dicom_decodes(samples, row):
+    data = (samples.path / "dicom" / row["file"]).read_bytes()
     image = decode_image(data, row["file"])
     assert image.dtype == np.float32 and np.isfinite(image).all()
     assert image.shape == (int(row["rows"]), int(row["columns"]))
@@ -54,18 +54,20 @@ def decode_raw_dicom(data: bytes) -> np.ndarray:
     return ds.pixel_array
 
 
-def test_monochrome1_is_the_inverse_of_its_monochrome2_twin(xray_dir):
-    mono2 = "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
-    a = decode_image((xray_dir / "dicom" / mono2).read_bytes(), mono2)
-    b = decode_image((xray_dir / "dicom" / "Fake_MONOHR1.dcm").read_bytes(), "Fake_MONOHR1.dcm")
+def test_monochrome1_is_the_inverse_of_its_monochrome2_twin(xray_samples):
+    mono2, mono1 = xray_samples.mono_twins
+    a = decode_image((xray_samples.path / "dicom" / mono2).read_bytes(), mono2)
+    b = decode_image((xray_samples.path / "dicom" / mono1).read_bytes(), mono1)
     np.testing.assert_allclose(b, 1.0 - a, atol=1e-6)
 
 
-def test_monochrome1_chest_has_dark_lungs(xray_dir):
+def test_monochrome1_chest_has_dark_lungs(xray_samples):
     # Lungs are dark and the mediastinum bright on a correctly displayed chest film.
-    image = decode_image((xray_dir / "dicom" / "CR-MONO1-10-chest.dcm").read_bytes(), "CR-MONO1-10-chest.dcm")
+    name = xray_samples.mono1_chest
+    image = decode_image((xray_samples.path / "dicom" / name).read_bytes(), name)
     h, w = image.shape
-    lungs = np.r_[image[h // 3: 2 * h // 3, w // 5: 2 * w // 5].ravel(), image[h // 3: 2 * h // 3, 3 * w // 5: 4 * w // 5].ravel()]
+    rows = slice(h // 3, 2 * h // 3)
+    lungs = np.r_[image[rows, w // 5: 2 * w // 5].ravel(), image[rows, 3 * w // 5: 4 * w // 5].ravel()]
     mediastinum = image[h // 3: 2 * h // 3, 9 * w // 20: 11 * w // 20]
     assert lungs.mean() < mediastinum.mean()
 

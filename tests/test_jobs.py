@@ -17,10 +17,14 @@ import torch
 
 from dualcam import build_expert, save_expert, storage
 from dualcam.cli import build_parser
+from dualcam.commands.common import options_of
 from dualcam.experts import latest_version, load_meta
 from dualcam.jobspec import JOBS, load_spec, run_job
+from dualcam.options import ArchiveOptions
 from dualcam.results import read_results
 from dualcam.synthetic import write_synthetic_xrays
+from dualcam.train_loop import Recipe
+
 from conftest import ROOT, _free_port
 from samples import write_labelled_folder
 
@@ -37,20 +41,43 @@ def write_spec(path: Path, spec: dict) -> str:
 
 # --- Specs, no Ray ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("job", "command"), [("score_archive", "score"), ("train_experts", "train"), ("detect_drift", "drift")])
-def test_spec_keys_are_the_commands_long_options_with_the_same_defaults(job, command):
-    import inspect
+JOB_COMMANDS = [("score_archive", "score"), ("train_experts", "train"), ("detect_drift", "drift")]
 
+
+@pytest.mark.parametrize(("job", "command"), JOB_COMMANDS)
+def test_spec_keys_are_the_commands_long_options_with_the_same_defaults(job, command, tmp_path):
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
     options = {a.dest: a for a in sub._actions if a.dest != "help"}
-    params = inspect.signature(JOBS[job]).parameters
-    assert set(options) == set(params)
-    for name, action in options.items():
-        expected = params[name].default
-        if expected is inspect.Parameter.empty:
-            assert action.required, name
+    long_options = {o[2:].replace("-", "_") for a in sub._actions for o in a.option_strings if o.startswith("--")}
+    assert long_options - {"help"} == set(options)
+    required = [name for name, a in options.items() if a.required]
+    argv = [command, *(arg for name in required for arg in (f"--{name.replace('_', '-')}", f"{name}-value"))]
+    command_line = {k: v for k, v in vars(build_parser().parse_args(argv)).items() if k != "command"}
+    # what run is given: a spec with the required keys only, and one with every key, as the command line
+    minimal = load_spec(write_spec(tmp_path / "minimal.yaml", {"job": job, **{n: f"{n}-value" for n in required}}))
+    assert minimal.arguments() == command_line
+    every = load_spec(write_spec(tmp_path / "every.yaml", {"job": job, **command_line}))
+    assert every.options == command_line and every.arguments() == command_line
+
+
+@pytest.mark.parametrize(("job", "command"), JOB_COMMANDS)
+def test_run_in_python_has_the_commands_defaults(job, command):
+    import inspect
+
+    module = JOBS[job]
+    options = options_of(module)
+    params = {n: p for n, p in inspect.signature(module.run).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    for name, param in params.items():
+        if param.default is inspect.Parameter.empty:
+            assert options[name].required, name
         else:  # a repeatable option's default is [] on the command line, () in Python
-            assert action.default == (list(expected) if isinstance(expected, tuple) else expected), name
+            expected = list(param.default) if isinstance(param.default, tuple) else param.default
+            assert options[name].default == expected, name
+    rest = {name: action.default for name, action in options.items() if name not in params}  # run's **keywords
+    if command == "train":
+        assert Recipe(**rest) == Recipe()
+    else:
+        assert ArchiveOptions.from_arguments(**rest) == ArchiveOptions()
 
 
 def test_unusable_specs_exit_2_naming_the_file_and_the_key(tmp_path, capsys):
@@ -76,9 +103,11 @@ def test_unusable_specs_exit_2_naming_the_file_and_the_key(tmp_path, capsys):
 
 
 def test_a_spec_is_read_from_s3_too(s3_bucket):
-    storage.write_bytes(f"{s3_bucket}/specs/train.yaml", b"job: train_experts\nc1: A\noutput: s3://m/\nc2_negatives: [x, y]\n")
+    spec = b"job: train_experts\nc1: A\noutput: s3://m/\nc2_negatives: [x, y]\n"
+    storage.write_bytes(f"{s3_bucket}/specs/train.yaml", spec)
     spec = load_spec(f"{s3_bucket}/specs/train.yaml")
-    assert (spec.job, spec.entrypoint, spec.options["c2_negatives"]) == ("train_experts", "jobs/train_experts.py", ["x", "y"])
+    assert (spec.job, spec.entrypoint) == ("train_experts", "jobs/train_experts.py")
+    assert spec.options["c2_negatives"] == ["x", "y"]
 
 
 def test_make_submit_needs_a_spec_and_an_address():
@@ -159,7 +188,8 @@ def s3_jobs(s3_endpoint, tmp_path_factory) -> str:
 
 def job_env(s3_endpoint: str) -> dict:
     """The runtime env's env_vars: moto's endpoint and its dummy credentials (never real ones)."""
-    return {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    names = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    return {k: os.environ[k] for k in names}
 
 
 def test_score_job_submitted_with_make_submit(ray_head, s3_jobs, s3_endpoint, tmp_path, record_property):
@@ -170,7 +200,8 @@ def test_score_job_submitted_with_make_submit(ray_head, s3_jobs, s3_endpoint, tm
     runtime_env.write_text(json.dumps({"env_vars": job_env(s3_endpoint)}))
     started = time.monotonic()
     result = subprocess.run(["make", "-C", str(ROOT), "submit", f"JOB={spec}", f"RAY_ADDRESS={ray_head.address}",
-                             f"RUNTIME_ENV={runtime_env}"], env=ray_head.env, capture_output=True, text=True, timeout=600)
+                             f"RUNTIME_ENV={runtime_env}"], env=ray_head.env, capture_output=True, text=True,
+                            timeout=600)
     wall = time.monotonic() - started
     printed = result.stdout + result.stderr
     assert result.returncode == 0, printed[-6000:]
@@ -214,7 +245,7 @@ def test_train_job_submitted_with_ray_job_submit(ray_head, s3_jobs, s3_endpoint,
 def test_a_failure_inside_ray_exits_1_not_2(ray_cluster, capsys):
     import ray
 
-    from dualcam.jobspec import exit_status
+    from dualcam.commands.common import exit_status
 
     @ray.remote(num_cpus=0)
     def write():

@@ -5,7 +5,16 @@ import pytest
 import torch
 
 from dualcam.kernel import (
-    EXPONENT_KNEE, EXPONENT_SPAN, PEAK_FLOOR, addk, evidence, gated, get_kernel, normalize_by_peak, overlap, sharpen,
+    EXPONENT_KNEE,
+    EXPONENT_SPAN,
+    PEAK_FLOOR,
+    addk,
+    evidence,
+    gated,
+    get_kernel,
+    normalize_by_peak,
+    overlap,
+    sharpen,
     unshared,
 )
 
@@ -174,7 +183,8 @@ def test_gated_keeps_cam1_support_and_reweights_by_addk():
 def test_gated_of_a_map_without_positive_values_is_zero():
     x = -np.ones((3, 3))
     assert not gated(x, np.ones((3, 3)), 5.0).any()
-    assert torch.equal(gated(torch.tensor(x), torch.ones(3, 3, dtype=torch.float64), 5.0), torch.zeros(3, 3, dtype=torch.float64))
+    ones, zeros = torch.ones(3, 3, dtype=torch.float64), torch.zeros(3, 3, dtype=torch.float64)
+    assert torch.equal(gated(torch.tensor(x), ones, 5.0), zeros)
 
 
 def test_kernels_by_name():
@@ -185,7 +195,8 @@ def test_kernels_by_name():
 
 def test_evidence_is_the_positive_part_over_its_peak():
     x = torch.tensor([[[4.0, 2.0], [1.0, -1.0]], [[-1.0, -2.0], [-3.0, -4.0]]], dtype=torch.float64)
-    assert torch.equal(evidence(x), torch.tensor([[[1.0, 0.5], [0.25, 0.0]], [[0.0, 0.0], [0.0, 0.0]]], dtype=torch.float64))
+    expected = torch.tensor([[[1.0, 0.5], [0.25, 0.0]], [[0.0, 0.0], [0.0, 0.0]]], dtype=torch.float64)
+    assert torch.equal(evidence(x), expected)
 
 
 def test_overlap_on_hand_made_maps():
@@ -242,7 +253,8 @@ def test_unshared_falls_back_to_cam1_where_nothing_is_unclaimed():
         assert (evidence(claims_all) >= evidence(x)).all()
         torch.testing.assert_close(unshared(x, claims_all, 5.0), sharpen(x, 5.0), rtol=0, atol=0)
     # a second map with no positive value claims nothing: CAM1 sharpened, as addk(x, 0)
-    torch.testing.assert_close(unshared(x, -torch.rand(4, 6, 6, dtype=torch.float64), 5.0), sharpen(x, 5.0), rtol=0, atol=0)
+    claims_nothing = -torch.rand(4, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(unshared(x, claims_nothing, 5.0), sharpen(x, 5.0), rtol=0, atol=0)
     torch.testing.assert_close(unshared(x, 7.3 * x, 15.0), sharpen(x, 15.0))  # rounding aside
 
 
@@ -254,8 +266,8 @@ def test_unshared_only_takes_out_and_by_at_most_alpha_times_t():
     t = np.clip(e - e_prime, 0, None).max(axis=(1, 2), keepdims=True)
     assert (k <= ref * (1 + 1e-12)).all()  # never above CAM1 sharpened
     assert (k >= ref * np.exp(-5.0 * t) * (1 - 1e-12)).all()
-    unclaimed = e_prime == 0
-    np.testing.assert_allclose(k[np.broadcast_to(unclaimed, k.shape)], ref[np.broadcast_to(unclaimed, k.shape)], rtol=1e-12)
+    unclaimed = np.broadcast_to(e_prime == 0, k.shape)
+    np.testing.assert_allclose(k[unclaimed], ref[unclaimed], rtol=1e-12)
     assert (k < ref * (1 - 1e-9)).any()  # and it does take out somewhere
 
 

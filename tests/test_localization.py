@@ -1,8 +1,9 @@
-"""The localization measures on hand-made maps with known answers."""
+"""The localization measures and the CAM correlation on hand-made maps with known answers."""
 
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from dualcam import localization as loc
@@ -77,3 +78,24 @@ def test_measure_of_the_pooled_box_points_inside_it():
     assert result["pointing"].item() == 1.0
     assert 0.5 < result["energy"].item() < 1.0  # bilinear upsampling spreads some mass outside
     assert result["iou"].item() > 0.5
+
+
+def test_cam_correlation_known_values():
+    a, b = torch.zeros(1, 2, 2), torch.zeros(1, 2, 2)
+    a[0, 0, 0] = b[0, 0, 1] = 1.0
+    assert loc.cam_correlation(a, b).item() == pytest.approx(-1 / 3)  # centred: (3, -1, -1, -1) . (-1, 3, -1, -1)
+    ramp = torch.arange(16.0).reshape(1, 4, 4)
+    assert loc.cam_correlation(ramp, 3 * ramp - 7).item() == pytest.approx(1.0)  # scale-free
+    assert loc.cam_correlation(ramp, -ramp).item() == pytest.approx(-1.0)
+    assert loc.cam_correlation(ramp, ramp).item() == pytest.approx(1.0)
+
+
+def test_cam_correlation_of_constant_maps():
+    ramp = torch.arange(16.0).reshape(1, 4, 4)
+    flat, zero = torch.full((1, 4, 4), 2.5), torch.zeros(1, 4, 4)
+    assert loc.cam_correlation(flat, zero).item() == 1.0  # neither prefers a place
+    assert loc.cam_correlation(zero, zero).item() == 1.0
+    assert loc.cam_correlation(flat, ramp).item() == 0.0
+    assert loc.cam_correlation(ramp, flat + 1e-7 * ramp).item() == 0.0  # within rounding of constant
+    batch = loc.cam_correlation(torch.cat([ramp, flat]), torch.cat([ramp, ramp]))
+    assert batch.tolist() == pytest.approx([1.0, 0.0])

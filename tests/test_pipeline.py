@@ -11,7 +11,15 @@ import torch
 from PIL import Image
 
 from dualcam import (
-    addk, build_expert, decode_image, forward_with_cams, load_expert, load_meta, preprocess, save_expert, storage,
+    addk,
+    build_expert,
+    decode_image,
+    forward_with_cams,
+    load_expert,
+    load_meta,
+    preprocess,
+    save_expert,
+    storage,
     upsample,
 )
 from dualcam.cli import main
@@ -19,6 +27,7 @@ from dualcam.kernel import overlap
 from dualcam.pipeline import plan_placement, score_archive
 from dualcam.results import RUN_FILE, SCORE, RunSpec, data_files, read_results, to_numpy
 from dualcam.synthetic import synthetic_xray, write_synthetic_xrays
+
 from conftest import kill_driver_when, run_without_ray
 from samples import bad_inputs, dicom_bytes
 
@@ -111,9 +120,9 @@ def test_a_folder_gives_one_row_per_input_equal_to_a_direct_computation(ray_clus
         assert row["box_y"] <= row["peak_y"] < row["box_y"] + row["box_h"] <= row["height"]
 
 
-def test_the_sample_xrays_all_score(ray_cluster, experts, xray_dir, tmp_path):
-    summary = score_archive(*experts, str(xray_dir), str(tmp_path / "out"), batch_size=16, progress=False)
-    images = [p for p in xray_dir.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".dcm")]
+def test_the_sample_xrays_all_score(ray_cluster, experts, xray_samples, tmp_path):
+    summary = score_archive(*experts, str(xray_samples.path), str(tmp_path / "out"), batch_size=16, progress=False)
+    images = [p for p in xray_samples.path.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".dcm")]
     assert (summary.ok, summary.errors) == (len(images), 0)
     assert sorted(by_uri(read_results(summary.output, ["uri"]))) == sorted(str(p) for p in images)
 
@@ -143,7 +152,7 @@ def test_s3_manifest_passes_columns_through_and_reruns_skip(ray_cluster, experts
     assert (again.scored_now, again.already_done, again.ok, again.errors) == (0, 5, 3, 2)
     rows = by_uri(read_results(out))
     assert sorted(rows) == sorted([f"{s3_bucket}/archive/{n}" for n in names] + [f"{s3_bucket}/archive/missing.png"])
-    for uri, patient, label in zip(manifest["uri"].to_pylist(), manifest["patient"].to_pylist(), manifest["label"].to_pylist()):
+    for uri, patient, label in zip(*(manifest[c].to_pylist() for c in ("uri", "patient", "label"))):
         row = rows[uri if uri.startswith("s3://") else f"{s3_bucket}/{uri}"]
         assert (row["patient"], row["label"]) == (patient, label)
     assert "no such object" in rows[f"{s3_bucket}/archive/missing.png"]["error"]
@@ -232,10 +241,11 @@ def test_a_schema_1_output_never_receives_schema_2_rows(experts, archive, tmp_pa
     out.mkdir()
     same_experts = RunSpec.of(SCORE, load_meta(experts[0]), load_meta(experts[1]), 5.0)
     assert same_experts.schema_version == 2
-    (out / RUN_FILE).write_text(RunSpec(same_experts.c1, same_experts.c2, 5.0, schema_version=1).to_json())
+    (out / RUN_FILE).write_text(RunSpec(same_experts.first, same_experts.second, 5.0, schema_version=1).to_json())
     before = sorted(out.iterdir())
     for retry_errors in (False, True):  # refused before error rows would be taken out, too
-        with pytest.raises(ValueError, match=r"another schema \(score: .* alpha 5, schema 1\); choose another --output"):
+        refused = r"another schema \(score: .* alpha 5, schema 1\); choose another --output"
+        with pytest.raises(ValueError, match=refused):
             score_archive(*experts, str(archive), str(out), retry_errors=retry_errors)
     assert sorted(out.iterdir()) == before
 

@@ -14,13 +14,20 @@ from PIL import Image
 
 from dualcam import DualScorer, build_expert, save_expert, storage
 from dualcam.cli import main
-from dualcam.figures import render_results, review_rows
-from dualcam.kernel import get_kernel, overlap
-from dualcam.render import (
-    BOX_COLORS, GAP, LEGEND_HEIGHT, TITLE_HEIGHT, colorize, overlay, panel_row, panel_size,
+from dualcam.drawing import (
+    BOX_COLORS,
+    GAP,
+    LEGEND_HEIGHT,
+    TITLE_HEIGHT,
+    colorize,
+    overlay,
+    panel_row,
+    panel_size,
 )
+from dualcam.kernel import get_kernel, overlap
 from dualcam.report import Report, format_value
 from dualcam.results import RUN_FILE, read_results, to_numpy
+from dualcam.score_report import render_results, review_rows
 from dualcam.scoring import load_images
 from dualcam.synthetic import synthetic_xray
 
@@ -192,7 +199,8 @@ def test_render_results_writes_the_report_with_figures_of_the_documented_size(sc
     page = rendered.report.read_text(encoding="utf-8")
     for text in ("paper (ADDK)", "localization", "0.4123", "cam_correlation", "boxes: F1, S"):
         assert text in page, text
-    assert "<caption>nested" not in page and "Not shown (neither a number or text nor a list of flat objects): nested." in page
+    assert "<caption>nested" not in page
+    assert "Not shown (neither a number or text nor a list of flat objects): nested." in page
 
     # the kernel drawn is addk recomputed from the stored CAMs at the run's alpha: the stored heatmap
     table = read_results(str(root / "results"))

@@ -7,11 +7,12 @@ import pyarrow as pa
 import pytest
 import torch
 
-from dualcam import DualScorer, addk, decode_image, build_expert, forward_with_cams, load_expert, load_meta, save_expert
+from dualcam import DualScorer, addk, build_expert, decode_image, forward_with_cams, load_expert, load_meta, save_expert
 from dualcam.kernel import overlap
 from dualcam.results import OUTPUT_COLUMNS, to_numpy
 from dualcam.scoring import load_images, score_images
 from dualcam.synthetic import synthetic_xray, write_synthetic_xrays
+
 from samples import bad_inputs
 
 

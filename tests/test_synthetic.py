@@ -66,7 +66,8 @@ def test_features_are_drawn_where_their_boxes_say(label):
                 assert image[ring].mean() - image[hole].mean() > 0.2, (seed, box)
             elif box.kind == "F2":  # the arms are bright, the quadrants between them are not
                 arms = (np.minimum(np.abs(xx - cx), np.abs(yy - cy)) < width / 3) & (distance < half - width)
-                quadrants = (np.minimum(np.abs(xx - cx), np.abs(yy - cy)) > width) & (np.maximum(np.abs(xx - cx), np.abs(yy - cy)) < half - width)
+                quadrants = ((np.minimum(np.abs(xx - cx), np.abs(yy - cy)) > width)
+                             & (np.maximum(np.abs(xx - cx), np.abs(yy - cy)) < half - width))
                 assert image[arms].mean() - image[quadrants].mean() > 0.2, (seed, box)
             else:  # the disc is brighter than the lung just outside its box
                 disc = distance < (half - 0.02 * size) / 2

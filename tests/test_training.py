@@ -12,6 +12,7 @@ from dualcam import DriftScorer, DualScorer, load_expert, load_meta, storage
 from dualcam.cli import main
 from dualcam.experts import latest_version, list_versions
 from dualcam.training import Recipe, train_experts
+
 from conftest import kill_driver_when
 from samples import write_labelled_folder
 
@@ -118,8 +119,10 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(ray_cluster, labell
         "recipe=Recipe(arch='resnet18', weights='none', epochs=3, batch_size=8, image_size=64, seed=5))\n"
     )
     # killed once Ray has recorded the first epoch's checkpoint
-    killed_at = kill_driver_when(code, ray_cluster, lambda: any(out.glob("_ray_train/*/checkpoint_manager_snapshot.json")),
-                                 timeout=300)
+    def first_checkpoint() -> bool:
+        return any(out.glob("_ray_train/*/checkpoint_manager_snapshot.json"))
+
+    killed_at = kill_driver_when(code, ray_cluster, first_checkpoint, timeout=300)
     assert not (out / "B").exists()
 
     done = train_experts(str(out), ["B"], data=str(labelled),
@@ -151,4 +154,5 @@ def test_training_data_and_output_on_s3(ray_cluster, labelled, s3_bucket):
                          recipe=dataclasses.replace(TINY, epochs=1), log=logged.append)
     assert done[0].uri.startswith(f"{s3_bucket}/models/B/")
     assert load_expert(done[0].uri).meta.metrics["history"][0]["train_images"] == 28
-    assert any(f"1 listed images are missing and left out, e.g. {s3_bucket}/images/B/gone.png" in line for line in logged)
+    missing = f"1 listed images are missing and left out, e.g. {s3_bucket}/images/B/gone.png"
+    assert any(missing in line for line in logged)

@@ -1,4 +1,4 @@
-"""Figures and a static HTML report from scoring results (``dualcam render``).
+"""The report of a ``dualcam score`` output: the paper's figures and a static HTML page (``dualcam render``).
 
 For a few scored rows it draws the paper's figure triple (CAM1, CAM2 and the kernel over the
 image; Figs. 4-5) and the alpha strip (the kernel at several alphas; Fig. 6), recomputing the
@@ -23,15 +23,19 @@ import pyarrow.compute as pc
 
 from dualcam import storage
 from dualcam.datasets import read_boxes
-from dualcam.regions import Box
+from dualcam.drawing import DEFAULT_SIDE, panel_row
 from dualcam.imaging import DecodeError, decode_image
 from dualcam.kernel import ALPHAS, KERNEL_ORIGIN, get_kernel, overlap
-from dualcam.render import DEFAULT_SIDE, panel_row
+from dualcam.regions import Box
 from dualcam.report import Report
 from dualcam.results import ExpertId, RunSpec, read_results, read_run_spec, to_numpy
 
 DEFAULT_N = 8
+"""Rows drawn by default."""
+DEFAULT_KERNEL = "addk"
+"""The kernel drawn by default: the paper's."""
 DEFAULT_REVIEW = 8
+"""Rows listed for review by default."""
 POSITIVE = 0.5
 """p1 at or above which expert 1 calls an image its class."""
 
@@ -58,7 +62,7 @@ def render_results(
     *,
     n: int = DEFAULT_N,
     alphas: Sequence[float] = ALPHAS,
-    kernel: str = "addk",
+    kernel: str = DEFAULT_KERNEL,
     boxes: str | None = None,
     evaluation: str | None = None,
     side: int | None = DEFAULT_SIDE,
@@ -67,7 +71,7 @@ def render_results(
     """Write ``out/index.html`` and its images for the results folder ``results``.
 
     Chooses up to ``n`` ok rows (``choose_rows``), and lists up to ``review`` rows for review
-    (``review_rows``; 0: no list). Each figure is a ``render.panel_row`` with
+    (``review_rows``; 0: no list). Each figure is a ``drawing.panel_row`` with
     panels of longer side ``side``. ``boxes`` is a CSV/Parquet of (uri, x, y, w, h, kind) in image
     pixels, outlined on that image's panels; ``evaluation`` a JSON object whose lists of flat
     objects become tables and whose scalars a key/value table. ValueError/OSError for missing
@@ -108,8 +112,8 @@ def render_results(
         report.paragraph("Skipped: " + "; ".join(skipped))
     reviewed = 0
     if review:
-        listed, how = review_rows(ok, review, spec.c1.class_name)
-        report.heading(f"Review: {spec.c1.class_name} calls that rest on evidence expert 2 also claims")
+        listed, how = review_rows(ok, review, spec.first.class_name)
+        report.heading(f"Review: {spec.first.class_name} calls that rest on evidence expert 2 also claims")
         report.paragraph(how)
         if listed.num_rows:
             report.table([{"rank": i + 1, **row} for i, row in enumerate(
@@ -188,8 +192,8 @@ def _draw(
             continue
         own = boxes.get(uri, [])
         triple = [
-            (f"CAM1 {spec.c1.class_name} p1={row['p1']:.3f}", cam1[i]),
-            (f"CAM2 {spec.c2.class_name} p2={row['p2']:.3f}", cam2[i]),
+            (f"CAM1 {spec.first.class_name} p1={row['p1']:.3f}", cam1[i]),
+            (f"CAM2 {spec.second.class_name} p2={row['p2']:.3f}", cam2[i]),
             (f"{kernel}(CAM1, CAM2) alpha={spec.alpha:g}", heat[i]),
         ]
         name = f"{prefix}{drawn + 1:02d}-{uri.rstrip('/').rsplit('/', 1)[-1]}"
@@ -225,14 +229,18 @@ def _run_rows(
     pairs = {
         "results": results,
         "rows": f"{table.num_rows} ({ok.num_rows} ok, {table.num_rows - ok.num_rows} errors)",
-        "expert 1 (class of interest)": f"{spec.c1.class_name} {spec.c1.version} sha256 {spec.c1.sha256[:12]}",
-        "expert 2 (overlapping class)": f"{spec.c2.class_name} {spec.c2.version} sha256 {spec.c2.sha256[:12]}",
+        "expert 1 (class of interest)": _identity(spec.first),
+        "expert 2 (overlapping class)": _identity(spec.second),
         "alpha of the run": spec.alpha,
         "kernel": f"{kernel}: {KERNEL_ORIGIN[kernel]}",
         "alphas of the strips": ", ".join(f"{a:g}" for a in alphas),
         "schema version": spec.schema_version,
     }
     return [{"": key, "value": value} for key, value in pairs.items()]
+
+
+def _identity(expert: ExpertId) -> str:
+    return f"{expert.class_name} {expert.version} sha256 {expert.sha256[:12]}"
 
 
 def _by_label(ok: pa.Table, score: str) -> dict[str, np.ndarray]:

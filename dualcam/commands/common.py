@@ -1,0 +1,115 @@
+"""What several commands share: exit statuses, comma-separated values, the options of the expert pair
+and of an archive's input and output, and the files named on a command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from types import ModuleType
+
+import numpy as np
+
+from dualcam import storage
+from dualcam.experts import OUTPUT_STRIDES, CheckpointError
+from dualcam.imaging import DecodeError, decode_image, is_image_name
+from dualcam.pipeline import ScoreSummary
+from dualcam.scenario import DEMO_RECIPE
+
+USAGE_ERRORS = (CheckpointError, DecodeError, ValueError, OSError)
+"""What the library raises for unusable arguments, experts, input or output: exit status 2."""
+
+
+def exit_status(run: Callable[[], int]) -> int:
+    """``run()``'s exit status; 2, with the reason on stderr, when it raised for unusable input.
+
+    A failure inside Ray's workers (an S3 write that keeps failing, say) is re-raised by Ray as a
+    subclass of the original error, but it is a failed run, not unusable input: exit 1.
+    """
+    try:
+        return run()
+    except USAGE_ERRORS as err:
+        print(f"dualcam: error: {err}", file=sys.stderr)
+        return 1 if _raised_by_ray(err) else 2
+
+
+def _raised_by_ray(err: BaseException) -> bool:
+    exceptions = sys.modules.get("ray.exceptions")  # never imports Ray: loaded only if Ray ran
+    return exceptions is not None and isinstance(err, exceptions.RayError)
+
+
+def failure_status(summary: ScoreSummary, max_error_fraction: float) -> int:
+    """1, with the reason on stderr, when more than ``max_error_fraction`` of the inputs failed or none
+    could be scored; else 0."""
+    failure = summary.failure(max_error_fraction)
+    if failure:
+        print(f"dualcam: run failed: {failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def options_of(command: ModuleType) -> dict[str, argparse.Action]:
+    """A command's options by the keyword ``run`` takes them as (``--batch-size``: ``batch_size``)."""
+    parser = argparse.ArgumentParser(prog=f"dualcam {command.__name__.rsplit('.', 1)[-1]}")
+    command.add_arguments(parser)
+    return {action.dest: action for action in parser._actions if action.dest != "help"}
+
+
+def labels(value: str | Sequence[str] | None) -> list[str] | None:
+    """Labels from a comma-separated string (the command line) or a list (a spec)."""
+    parts = value.split(",") if isinstance(value, str) else list(value or [])
+    return [part.strip() for part in parts if part.strip()] or None
+
+
+def floats(text: str) -> list[float]:
+    """Numbers from a comma-separated string; ValueError naming the text otherwise."""
+    try:
+        return [float(part) for part in labels(text) or []]
+    except ValueError:
+        raise ValueError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def add_expert_pair(parser: argparse.ArgumentParser) -> None:
+    """--c1 and --c2: what every command that scores with both experts takes."""
+    parser.add_argument("--c1", required=True, help="expert 1 (class of interest): a checkpoint, or a folder of its "
+                        "versions (latest used); path or s3://")
+    parser.add_argument("--c2", required=True, help="expert 2 (the overlapping class): a checkpoint, or a folder of "
+                        "its versions (latest used); path or s3://")
+
+
+def add_input_output(parser: argparse.ArgumentParser) -> None:
+    """--input and --output: what every command that runs over an archive on Ray takes."""
+    parser.add_argument("--input", required=True, help="folder, s3:// prefix, or manifest (.csv/.parquet with a uri "
+                        "column; other columns pass through)")
+    parser.add_argument("--output", required=True, help="results folder: path or s3:// prefix")
+
+
+def add_output_stride(parser: argparse.ArgumentParser, default: int) -> None:
+    parser.add_argument("--output-stride", type=int, choices=OUTPUT_STRIDES, default=default,
+                        help=f"16 doubles the CAM grid (ResNets: last stage kept at stride 16; default {default})")
+
+
+def add_scenario_run(parser: argparse.ArgumentParser, n: int) -> None:
+    """--n, --size, --seed and --epochs: what the class-overlap scenario's runs (demo, experiment) take."""
+    parser.add_argument("--n", type=int, default=n, help=f"images per class (default {n})")
+    parser.add_argument("--size", type=int, default=96, help="image side in pixels (default 96)")
+    parser.add_argument("--seed", type=int, default=0, help="data, splits and training seed (default 0)")
+    parser.add_argument("--epochs", type=int, default=DEMO_RECIPE.epochs, help=f"default {DEMO_RECIPE.epochs}")
+
+
+def input_files(uris: Sequence[str]) -> list[str]:
+    """Files named directly, plus the image files found under named folders or s3:// prefixes."""
+    found = []
+    for uri in uris:
+        listed = storage.list_files(uri)
+        found += listed if listed == [uri] else [u for u in listed if is_image_name(u)]
+    return found
+
+
+def decoded(files: Sequence[str]) -> Iterator[tuple[str, np.ndarray | None, Exception | None]]:
+    """(uri, image, None) or (uri, None, error) per file: one bad file never stops the others."""
+    for uri in files:
+        try:
+            yield uri, decode_image(storage.read_bytes(uri), uri), None
+        except (DecodeError, OSError) as err:
+            yield uri, None, err

@@ -1,0 +1,39 @@
+"""``dualcam score``: score an archive on Ray into Parquet, with both experts (``pipeline.score_archive``)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from dualcam import options as archive
+from dualcam.commands.common import add_expert_pair, add_input_output, failure_status
+from dualcam.options import ArchiveOptions
+from dualcam.pipeline import score_archive
+
+HELP = "score an archive on Ray: CAMs, ADDK heatmaps and scores to Parquet"
+DESCRIPTION = (
+    "Score every image of an archive with both experts on Ray (the cluster at RAY_ADDRESS, "
+    "else a local one) and write one Parquet row per input. Rerunning the same command resumes. "
+    "Exit status: 0 done; 1 too many inputs failed (--max-error-fraction) or none could be scored; "
+    "2 unusable arguments, experts, input or output."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_expert_pair(parser)
+    archive.add_alpha(parser)
+    add_input_output(parser)
+    archive.add_arguments(parser)
+
+
+def run(*, c1: str, c2: str, input: str, output: str, **options: Any) -> int:
+    """Score the archive, print the summary (it ends with where the results are); the exit status.
+
+    ``options``: ``ArchiveOptions``' fields as the command line names them (``batch_size=8``,
+    ``no_progress=True``). 1 when more than ``max_error_fraction`` of the inputs failed or none
+    could be scored.
+    """
+    run_options = ArchiveOptions.from_arguments(**options)
+    summary = score_archive(c1, c2, input, output, run_options)
+    print(summary.line(), flush=True)
+    return failure_status(summary, run_options.max_error_fraction)

@@ -1,0 +1,106 @@
+"""How a run over an archive runs (``dualcam score``, ``dualcam drift``): its options, defined once.
+
+``ArchiveOptions`` holds them and checks itself when made, so an unusable value stops a command
+(exit status 2) before Ray starts or any output is touched. ``add_alpha`` and ``add_arguments`` put
+its fields on a command's parser as long options (``batch_size`` is ``--batch-size``; ``progress=False`` is
+``--no-progress``), with the defaults given here; ``ArchiveOptions.from_arguments`` turns the parsed
+options, or a job spec's keys, back into one. ``pipeline.score_archive``, ``drift_archive`` and
+``run_archive`` take it. A new run option is a field here, once. No Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from dualcam.kernel import DEFAULT_ALPHA
+
+MAX_ERROR_FRACTION = 0.05
+"""Default for ``max_error_fraction``: a run with more than 5% error rows is reported as failed."""
+ROWS_PER_FILE = 1024
+"""Default rows per Parquet file (the last may hold fewer). A killed run loses at most the files being written."""
+ALPHA_HELP = "ADDK amplification (paper: 5, 15, 50; default 5)"
+
+
+@dataclass(frozen=True)
+class ArchiveOptions:
+    """The options of one pass over an archive; ValueError naming the option for one that cannot be used."""
+
+    alpha: float = DEFAULT_ALPHA
+    """ADDK amplification, finite and >= 0."""
+    batch_size: int = 16
+    """Images per forward pass."""
+    actors: int | None = None
+    """Scoring actors; None: one per GPU, on CPU clusters one per 8 CPUs (``pipeline.plan_placement``)."""
+    gpus_per_actor: float | None = None
+    """None: 1 when the cluster has GPUs, else 0."""
+    cpus_per_actor: float | None = None
+    """None: 1 with GPUs; else up to 8, at most one node's CPUs."""
+    limit: int | None = None
+    """Score at most this many of the inputs not yet scored; None: all."""
+    max_error_fraction: float = MAX_ERROR_FRACTION
+    """The run counts as failed (exit status 1) when a larger share of the inputs failed."""
+    retry_errors: bool = False
+    """Take the error rows of earlier runs out of the output first, so those inputs are tried again."""
+    rows_per_file: int = ROWS_PER_FILE
+    """Rows per Parquet file (Python only; no command-line option)."""
+    progress: bool = True
+    """Ray's progress bars and the line before the run."""
+
+    def __post_init__(self) -> None:
+        _check(self.alpha, "alpha", "a finite number >= 0", float, lambda v: math.isfinite(v) and v >= 0)
+        _check(self.batch_size, "batch_size", "an integer >= 1", int, lambda v: v >= 1)
+        _check(self.actors, "actors", "an integer >= 1", int, lambda v: v >= 1, optional=True)
+        _check(self.gpus_per_actor, "gpus_per_actor", "a number >= 0", float, lambda v: v >= 0, optional=True)
+        _check(self.cpus_per_actor, "cpus_per_actor", "a number > 0", float, lambda v: v > 0, optional=True)
+        _check(self.limit, "limit", "an integer >= 0", int, lambda v: v >= 0, optional=True)
+        _check(self.max_error_fraction, "max_error_fraction", "a share in [0, 1]", float, lambda v: 0 <= v <= 1)
+        _check(self.rows_per_file, "rows_per_file", "an integer >= 1", int, lambda v: v >= 1)
+        for name in ("retry_errors", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_arguments(cls, *, no_progress: bool = False, **fields: Any) -> ArchiveOptions:
+        """The options as a command line or a job spec gives them: ``no_progress`` for ``progress``."""
+        return cls(progress=not no_progress, **fields)
+
+
+def _check(
+    value: Any, name: str, what: str, kind: type, valid: Callable[[Any], bool], optional: bool = False,
+) -> None:
+    """ValueError unless ``value`` is of ``kind`` (an int counts as a float, a bool as neither) and ``valid``."""
+    if value is None and optional:
+        return
+    kinds = (int, float) if kind is float else (int,)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not valid(value):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
+def add_alpha(parser: argparse.ArgumentParser) -> None:
+    """--alpha, default ``DEFAULT_ALPHA``: every command that computes ADDK takes it."""
+    parser.add_argument("--alpha", type=float, default=ArchiveOptions.alpha, help=ALPHA_HELP)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``ArchiveOptions``' fields as long options, with its defaults: all but ``alpha`` (``add_alpha``,
+    which commands put beside their experts) and ``rows_per_file``."""
+    parser.add_argument("--batch-size", type=int, default=ArchiveOptions.batch_size,
+                        help=f"images per forward pass (default {ArchiveOptions.batch_size})")
+    parser.add_argument("--actors", type=int, default=ArchiveOptions.actors,
+                        help="scoring actors (default: one per GPU; on CPU clusters, one per 8 CPUs)")
+    parser.add_argument("--gpus-per-actor", type=float, default=ArchiveOptions.gpus_per_actor,
+                        help="GPUs per actor (default 1 when the cluster has GPUs, else 0)")
+    parser.add_argument("--cpus-per-actor", type=float, default=ArchiveOptions.cpus_per_actor,
+                        help="CPUs per actor (default 1 with GPUs; else up to 8, the cluster's CPUs on a small one)")
+    parser.add_argument("--limit", type=int, default=ArchiveOptions.limit,
+                        help="score at most N of the inputs not yet scored")
+    parser.add_argument("--max-error-fraction", type=float, default=ArchiveOptions.max_error_fraction,
+                        help=f"exit 1 when a larger share of the inputs failed (default {MAX_ERROR_FRACTION})")
+    parser.add_argument("--retry-errors", action="store_true",
+                        help="score again the inputs that failed in earlier runs into this --output "
+                        "(their error rows are replaced)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
