@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dualcam.kernel import DEFAULT_ALPHA
+from dualcam.planning import Cluster, Rates
 
 MAX_ERROR_FRACTION = 0.05
 """Default for ``max_error_fraction``: a run with more than 5% error rows is reported as failed."""
@@ -34,7 +35,7 @@ class ArchiveOptions:
     batch_size: int = 16
     """Images per forward pass."""
     actors: int | None = None
-    """Scoring actors; None: one per GPU, on CPU clusters one per 8 CPUs (``pipeline.plan_placement``)."""
+    """Scoring actors; None: one per GPU, on CPU clusters one per 8 CPUs (``planning.plan_placement``)."""
     gpus_per_actor: float | None = None
     """None: 1 when the cluster has GPUs, else 0."""
     cpus_per_actor: float | None = None
@@ -49,6 +50,12 @@ class ArchiveOptions:
     """Rows per Parquet file (Python only; no command-line option)."""
     progress: bool = True
     """Ray's progress bars and the line before the run."""
+    dry_run: bool = False
+    """Print what the run would do (``pipeline.plan_archive``) instead: nothing started, nothing written."""
+    rates: str | None = None
+    """For the plan's hours: a ``make bench`` JSON report, or ``decode=N,gpu=N,cpu=N`` (``planning.Rates.parse``)."""
+    cluster: str | None = None
+    """For the plan: a cluster to plan on besides the one at hand, ``NODES,CPUS[,GPUS]`` per node."""
 
     def __post_init__(self) -> None:
         _check(self.alpha, "alpha", "a finite number >= 0", float, lambda v: math.isfinite(v) and v >= 0)
@@ -59,9 +66,13 @@ class ArchiveOptions:
         _check(self.limit, "limit", "an integer >= 0", int, lambda v: v >= 0, optional=True)
         _check(self.max_error_fraction, "max_error_fraction", "a share in [0, 1]", float, lambda v: 0 <= v <= 1)
         _check(self.rows_per_file, "rows_per_file", "an integer >= 1", int, lambda v: v >= 1)
-        for name in ("retry_errors", "progress"):
+        for name in ("retry_errors", "progress", "dry_run"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.rates is not None and "=" in str(self.rates):
+            Rates.parse(str(self.rates))  # given numbers are checked now; a report when the plan reads it
+        if self.cluster is not None:
+            Cluster.parse(str(self.cluster))
 
     @classmethod
     def from_arguments(cls, *, no_progress: bool = False, **fields: Any) -> ArchiveOptions:
@@ -104,3 +115,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="score again the inputs that failed in earlier runs into this --output "
                         "(their error rows are replaced)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print what the run would do (inputs found, already done, to score, skipped names, "
+                        "blocks, hours with --rates) and stop: nothing started, nothing written")
+    parser.add_argument("--rates", default=ArchiveOptions.rates, metavar="BENCH.json|decode=N,gpu=N,cpu=N",
+                        help="with --dry-run: images/s to plan from, a make bench JSON report (--json) or numbers: "
+                        "decoding per CPU core, scoring per GPU or per CPU core")
+    parser.add_argument("--cluster", default=ArchiveOptions.cluster, metavar="NODES,CPUS[,GPUS]",
+                        help="with --dry-run: plan on this many nodes alike too, say 8,16,1")

@@ -13,8 +13,10 @@ import numpy as np
 from dualcam import storage
 from dualcam.experts import OUTPUT_STRIDES, CheckpointError
 from dualcam.imaging import DecodeError, decode_image, is_image_name
-from dualcam.pipeline import ScoreSummary
+from dualcam.options import ArchiveOptions
+from dualcam.pipeline import ScoreSummary, plan_archive
 from dualcam.scenario import DEMO_RECIPE
+from dualcam.scoring import PairScorer
 
 USAGE_ERRORS = (CheckpointError, DecodeError, ValueError, OSError)
 """What the library raises for unusable arguments, experts, input or output: exit status 2."""
@@ -45,6 +47,15 @@ def failure_status(summary: ScoreSummary, max_error_fraction: float) -> int:
     if failure:
         print(f"dualcam: run failed: {failure}", file=sys.stderr)
         return 1
+    return 0
+
+
+def dry_run(
+    scorer: type[PairScorer], first: str, second: str, input: str, output: str, options: ArchiveOptions,
+) -> int:
+    """``--dry-run``: print what the run would do (``pipeline.plan_archive``); exit status 0."""
+    for line in plan_archive(scorer, first, second, input, output, options).lines():
+        print(line, flush=True)
     return 0
 
 
