@@ -40,7 +40,7 @@ bench: venv
 	$(BIN)/python -m dualcam.benchmark $(BENCH_ARGS)
 
 # The driver's start-up (inputs, resume, blocks) at 10^4 to 10^6 inputs and listing a 50,000-object
-# moto tree, by one paginator and by storage.list_uris (about 8 minutes here, most of it moto's).
+# moto tree, by one paginator and by storage.list_uris (about 19 minutes on this 2-core VM while other jobs loaded it, most of it moto's).
 SCALE_ARGS ?=
 scale: venv
 	$(BIN)/python -m dualcam.scale_benchmark $(SCALE_ARGS)
