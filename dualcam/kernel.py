@@ -20,7 +20,7 @@ Two guards make the paper's formula total, and both are documented behaviour:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import numpy as np
@@ -37,6 +37,13 @@ EXPONENT_KNEE = 60.0
 EXPONENT_SPAN = 20.0
 
 ArrayLike = TypeVar("ArrayLike", torch.Tensor, np.ndarray)
+
+
+def check_alphas(alphas: Sequence[float], who: str) -> None:
+    """ValueError "``who``: alphas must be finite numbers >= 0" unless there is at least one and each is:
+    what ``render`` and ``evaluate`` check before reading anything."""
+    if not alphas or not all(np.isfinite(a) and a >= 0 for a in alphas):
+        raise ValueError(f"{who}: alphas must be finite numbers >= 0, got {list(alphas)}")
 
 
 def normalize_by_peak(maps: torch.Tensor) -> torch.Tensor:

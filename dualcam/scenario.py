@@ -78,7 +78,7 @@ def run_regime(data: OverlapDataset, chosen: Regime, out: str, recipe: Recipe = 
                             recipe=recipe, log=lambda line: None)
     for e in experts:
         val = e.meta.metrics.get("val", {})
-        log(f"[{chosen.name}]   expert {e.label}: best epoch {e.best_epoch + 1}, val accuracy "
+        log(f"[{chosen.name}]   expert {e.label}: best epoch {e.best_epoch}, val accuracy "
             f"{val.get('accuracy', float('nan')):.3f}, {e.uri}")
     log(f"[{chosen.name}] trained in {time.perf_counter() - started:.0f} s; scoring the test split")
     results = storage.join(out, chosen.name, "results")
@@ -153,9 +153,10 @@ def experiment(out: str, n: int = 200, size: int = 96, seed: int = 0, recipe: Re
     """Run every regime on one data set; returns the comparison tables, also written to
     ``out/experiment.md`` with every evaluation in ``out/experiment.json``."""
     started = time.perf_counter()
+    chosen = [regime(name) for name in regimes]  # an unknown name fails before anything is written
     data = write_overlap_dataset(storage.join(out, "data"), n, size, seed)
     log(f"wrote {data.images} images ({n} per class, {size} px, seed {seed}) to {storage.join(out, 'data')}")
-    evaluations = [run_regime(data, regime(name), out, replace(recipe, seed=seed), log=log) for name in regimes]
+    evaluations = [run_regime(data, r, out, replace(recipe, seed=seed), log=log) for r in chosen]
     tables = comparison_tables(evaluations)
     minutes = (time.perf_counter() - started) / 60
     storage.write_bytes(storage.join(out, "experiment.md"), f"{tables}\n\n(run time {minutes:.1f} min)\n".encode())

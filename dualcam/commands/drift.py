@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from dualcam import options as archive
-from dualcam.commands.common import add_input_output, failure_status
+from dualcam.commands.common import add_input_output, check_output_folder, failure_status
 from dualcam.drift import DRIFT_THRESHOLD, MAX_DRIFT_SHARE, PRIMARY_MEASURE, TOP_K
 from dualcam.options import ArchiveOptions
 from dualcam.pipeline import drift_archive
@@ -57,6 +57,7 @@ def run(
     ``max_drift_share`` of the images drifted.
     """
     run_options = ArchiveOptions.from_arguments(**options)
+    check_output_folder(output, "--output")
     summary = drift_archive(old, new, input, output, run_options, threshold=threshold,
                             max_drift_share=max_drift_share, top_k=top_k)
     print(summary.run.line(), flush=True)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from dualcam.commands.common import add_scenario_run, labels
+from dualcam.commands.common import add_scenario_run, check_output_folder, labels
 from dualcam.raycluster import connect
-from dualcam.scenario import DEMO_RECIPE, REGIMES, experiment
+from dualcam.scenario import DEMO_RECIPE, REGIMES, experiment, regime
+from dualcam.synthetic import check_overlap_arguments
 
 HELP = "compare training regimes on the class-overlap scenario (make experiment)"
 DESCRIPTION = (
@@ -25,6 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(*, out: str, n: int, size: int, seed: int, epochs: int, regimes: str) -> int:
+    recipe = replace(DEMO_RECIPE, epochs=epochs)  # checked here, before Ray starts
+    check_overlap_arguments(n, size, seed)
+    names = [regime(name).name for name in labels(regimes) or []]
+    if not names:
+        raise ValueError("--regimes names no regime")
+    check_output_folder(out, "--out")
     connect(quiet=True)
-    print(experiment(out, n, size, seed, replace(DEMO_RECIPE, epochs=epochs), labels(regimes) or []))
+    print(experiment(out, n, size, seed, recipe, names))
     return 0

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from dualcam import options as archive
-from dualcam.commands.common import add_expert_pair, add_input_output, failure_status
+from dualcam.commands.common import add_expert_pair, add_input_output, check_output_folder, failure_status
 from dualcam.options import ArchiveOptions
 from dualcam.pipeline import score_archive
 
@@ -34,6 +34,7 @@ def run(*, c1: str, c2: str, input: str, output: str, **options: Any) -> int:
     could be scored.
     """
     run_options = ArchiveOptions.from_arguments(**options)
+    check_output_folder(output, "--output")
     summary = score_archive(c1, c2, input, output, run_options)
     print(summary.line(), flush=True)
     return failure_status(summary, run_options.max_error_fraction)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from dualcam.commands.common import check_output_folder
 from dualcam.synthetic import OVERLAP_CLASSES, write_overlap_dataset
 
 HELP = "write the class-overlap scenario: images, manifest and feature boxes"
@@ -23,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(*, out: str, n: int, size: int, seed: int) -> int:
+    check_output_folder(out, "--out")
     data = write_overlap_dataset(out, n, size, seed)
     print(f"wrote {data.images} synthetic {size} px images ({n} each of {', '.join(OVERLAP_CLASSES)}) "
           f"under {out}; manifest {data.manifest}, boxes {data.boxes}")
