@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from dualcam import drift, drift_report, storage
-from dualcam.datasets import read_inputs
+from dualcam.datasets import read_inputs, skipped_files
 from dualcam.experts import ExpertMeta, load_meta, resolve_expert
 from dualcam.options import MAX_ERROR_FRACTION, ArchiveOptions
 from dualcam.raycluster import connect, largest_node_cpus
@@ -53,6 +53,8 @@ class ScoreSummary:
     errors: int
     seconds: float
     first_error: str | None = None
+    skipped: list[str] = field(default_factory=list)
+    """Files under the input folder or prefix left out because their names are not images'."""
 
     @property
     def images_per_second(self) -> float:
@@ -72,9 +74,10 @@ class ScoreSummary:
         return None
 
     def line(self) -> str:
+        skipped = skipped_files(self.skipped)
         return (f"scored {self.scored_now} images in {self.seconds:.1f} s ({self.images_per_second:.2f} images/s); "
-                f"{self.already_done} already done; output holds {self.ok} ok, {self.errors} errors; "
-                f"results in {self.output}")
+                f"{self.already_done} already done; {skipped + '; ' if skipped else ''}"
+                f"output holds {self.ok} ok, {self.errors} errors; results in {self.output}")
 
 
 @dataclass
@@ -191,7 +194,7 @@ def run_archive(
     found = read_inputs(input)
     if found.table.num_rows == 0:
         raise FileNotFoundError(f"{input}: no image files found" + (
-            f" ({len(found.skipped)} files with other names, e.g. {found.skipped[0]})" if found.skipped else ""))
+            f" ({skipped_files(found.skipped)})" if found.skipped else ""))
     check_passthrough(found.table.column_names, scorer.layout)
     _claim_output(output, spec)
     storage.remove_inflight(output)
@@ -204,10 +207,10 @@ def run_archive(
         ray = connect()
         placement = plan_placement(ray.cluster_resources(), largest_node_cpus(ray), options.actors,
                                    options.gpus_per_actor, options.cpus_per_actor)
-        if options.progress:
-            print(f"dualcam: scoring {todo.num_rows} of {found.table.num_rows} inputs "
-                  f"({found.table.num_rows - pending.num_rows} already in {output}) with {placement.actors} actor(s) "
-                  f"of {placement.cpus_per_actor:g} CPU, {placement.gpus_per_actor:g} GPU", file=sys.stderr)
+        # printed with or without progress bars: a log then says what the run set out to do
+        print(f"dualcam: scoring {todo.num_rows} of {found.table.num_rows} inputs "
+              f"({found.table.num_rows - pending.num_rows} already in {output}) with {placement.actors} actor(s) "
+              f"of {placement.cpus_per_actor:g} CPU, {placement.gpus_per_actor:g} GPU", file=sys.stderr)
         ray.data.DataContext.get_current().enable_progress_bars = options.progress
         scored = _scored(ray, todo, scorer, (first, second), meta1, spec.alpha, placement, options.batch_size)
         # Writing is I/O; it must not wait for CPUs the scoring actors hold.
@@ -219,7 +222,7 @@ def run_archive(
         output=output, inputs=found.table.num_rows, already_done=found.table.num_rows - pending.num_rows,
         scored_now=todo.num_rows, ok=status.num_rows - errors.num_rows, errors=errors.num_rows,
         seconds=time.perf_counter() - started,
-        first_error=errors.column("error")[0].as_py() if errors.num_rows else None,
+        first_error=errors.column("error")[0].as_py() if errors.num_rows else None, skipped=found.skipped,
     )
 
 
