@@ -23,15 +23,20 @@ from dualcam import storage
 from dualcam.datasets import read_boxes
 from dualcam.drawing import DEFAULT_SIDE, panel_row
 from dualcam.imaging import DecodeError, decode_image
-from dualcam.kernel import ALPHAS, KERNEL_ORIGIN, get_kernel
+from dualcam.kernel import ALPHAS, KERNEL_ORIGIN, check_alphas, get_kernel
 from dualcam.regions import Box
-from dualcam.report import Report
+from dualcam.report import Report, format_value, short_names
 from dualcam.results import ExpertId, RunSpec, read_results, read_run_spec, to_numpy
 
 DEFAULT_N = 8
 """Rows drawn by default."""
 DEFAULT_KERNEL = "addk"
 """The kernel drawn by default: the paper's."""
+PANEL_NOTE = (
+    "Each panel shows its map upsampled to the image and scaled on its own: the colour bar under it runs from "
+    "that map's minimum (black) to its maximum (yellow), both given. Colours are not comparable across panels; "
+    "the numbers under them are. Stored maps stay raw."
+)
 
 
 @dataclass
@@ -73,8 +78,7 @@ def render_results(
         raise ValueError(f"render: the report is written to a local folder, not {out}")
     if n < 1:
         raise ValueError(f"render: n must be at least 1, got {n}")
-    if not alphas or not all(np.isfinite(a) and a >= 0 for a in alphas):
-        raise ValueError(f"render: alphas must be finite numbers >= 0, got {list(alphas)}")
+    check_alphas(alphas, "render")
     spec = read_run_spec(results)
     if spec is not None and spec.kind != "score":
         raise ValueError(f"{results}: a dualcam {spec.kind} output; render draws dualcam score outputs "
@@ -93,16 +97,18 @@ def render_results(
     report.heading("Run")
     report.table(_run_rows(results, table, ok, spec, kernel, alphas))
     chosen, how = choose_rows(ok, n)
+    names, root = short_names(chosen.column("uri").to_pylist())
     report.heading("Figures")
-    report.paragraph(how)
-    drawn, skipped = _draw(report, chosen, spec, kernel, alphas, boxes_by_uri, side)
+    report.paragraph(how + (f" Image paths are relative to {root}." if root else ""))
+    report.paragraph(PANEL_NOTE)
+    drawn, skipped = _draw(report, chosen, names, spec, kernel, alphas, boxes_by_uri, side)
     if skipped:
         report.paragraph("Skipped: " + "; ".join(skipped))
     report.heading("Scores")
     per_label = ", per label" if "label" in ok.column_names else ""
-    for score in ("p1", "p2"):
+    for score, expert in (("p1", spec.first), ("p2", spec.second)):
         report.histogram(_by_label(ok, score), score, f"{score} of the {ok.num_rows} scored rows{per_label}",
-                         value_range=(0.0, 1.0))
+                         f"{score}: expert's probability of {expert.class_name}", value_range=(0.0, 1.0))
     if evaluated is not None:
         _add_evaluation(report, evaluation, evaluated)
     return Rendered(report.write(), drawn, 2 * drawn + 2, skipped)
@@ -132,10 +138,11 @@ def choose_rows(ok: pa.Table, n: int) -> tuple[pa.Table, str]:
 
 
 def _draw(
-    report: Report, chosen: pa.Table, spec: RunSpec, kernel: str, alphas: Sequence[float],
+    report: Report, chosen: pa.Table, names: Mapping[str, str], spec: RunSpec, kernel: str, alphas: Sequence[float],
     boxes: Mapping[str, list[tuple[str, Box]]], side: int | None,
 ) -> tuple[int, list[str]]:
-    """A triple and an alpha strip per chosen row; (rows drawn, ``uri: reason`` of rows skipped)."""
+    """A triple and an alpha strip per chosen row, captioned with its name in ``names``; (rows drawn,
+    ``uri: reason`` of rows skipped)."""
     kernel_fn = get_kernel(kernel)
     # own copies: Arrow's buffers are read-only, which torch warns about
     cam1, cam2 = (np.array(to_numpy(chosen.column(c))) for c in ("cam1", "cam2"))
@@ -156,7 +163,7 @@ def _draw(
         ]
         strip = [(f"{kernel} alpha={a:g}", kernel_fn(cam1[i], cam2[i], a)) for a in alphas]
         name = f"{drawn + 1:02d}-{uri.rstrip('/').rsplit('/', 1)[-1]}"
-        about = uri + (f" (label {row['label']})" if "label" in row else "")
+        about = names[uri] + (f" (label {row['label']})" if "label" in row else "")
         about += f"; boxes: {', '.join(kind for kind, _ in own)}" if own else ""
         report.figure(panel_row(image, triple, boxes=own, side=side), f"{name}-triple",
                       f"{about}: CAM1, CAM2 and {kernel}(CAM1, CAM2) at the run's alpha {spec.alpha:g}")
@@ -219,18 +226,32 @@ def _read_evaluation(uri: str) -> dict[str, Any]:
 
 
 def _add_evaluation(report: Report, uri: str, data: Mapping[str, Any]) -> None:
-    """Scalars as one key/value table, then a table per list of flat objects; other keys named, not shown."""
+    """Scalars (with lists of scalars, and flat objects one row per key: the CAM1-CAM2 correlation's
+    mean and median) as one key/value table, then a table per list of flat objects; other keys named,
+    not shown."""
     report.heading("Evaluation")
     report.paragraph(f"From {uri}.")
-    scalars = [{"": key, "value": value} for key, value in data.items() if _is_scalar(value)]
+    scalars = [row for key, value in data.items() for row in _summary_rows(key, value)]
     if scalars:
         report.table(scalars, "summary")
     for key, value in data.items():
         if _is_table(value):
             report.table(value, key)
-    left_out = [key for key, value in data.items() if not (_is_scalar(value) or _is_table(value))]
+    left_out = [key for key, value in data.items() if not (_summary_rows(key, value) or _is_table(value))]
     if left_out:
         report.paragraph(f"Not shown (neither a number or text nor a list of flat objects): {', '.join(left_out)}.")
+
+
+def _summary_rows(key: str, value: Any) -> list[dict[str, Any]]:
+    """The summary table's rows for one key: a scalar, a list of scalars on one row, a flat object one
+    row per key (``cam_correlation mean``); none for anything else."""
+    if _is_scalar(value):
+        return [{"": key, "value": value}]
+    if isinstance(value, list) and value and all(_is_scalar(v) for v in value):
+        return [{"": key, "value": ", ".join(format_value(v) for v in value)}]
+    if isinstance(value, dict) and value and all(_is_scalar(v) for v in value.values()):
+        return [{"": f"{key} {name}", "value": v} for name, v in value.items()]
+    return []
 
 
 def _is_table(value: Any) -> bool:

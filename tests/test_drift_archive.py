@@ -174,6 +174,23 @@ def test_different_experts_are_refused_before_any_work(expert, tmp_path, capsys)
     assert "are not two versions of the same expert" in capsys.readouterr().err
 
 
+def test_a_folder_where_nothing_decodes_fails_in_one_line(ray_cluster, expert, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in ("a.png", "b.jpg"):
+        (bad / name).write_bytes(b"junk, not an image")
+    out = tmp_path / "out"
+    code = main(["drift", "--old", expert, "--new", expert, "--input", str(bad), "--output", str(out), "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 1  # as score: a run with nothing scored failed, whatever it says of drift
+    assert captured.err.count("dualcam: run failed: none of the 2 inputs could be scored; first error: ") == 1
+    assert "Traceback" not in captured.err + captured.out
+    assert "drift: 0 of 0 images drifted" in captured.out
+    summary = json.loads((out / "_drift.json").read_text())
+    assert (summary["images"], summary["errors"], summary["top"]) == (0, 2, [])
+    assert (out / "_report" / "index.html").is_file()
+
+
 @pytest.mark.parametrize(("option", "value", "reason"), [
     ("--threshold", "1.5", "threshold is compared with cam_correlation in [-1, 1]"),
     ("--max-drift-share", "-0.1", "max_drift_share is a share of images in [0, 1]"),
