@@ -186,3 +186,16 @@ def test_imagenet_weights_offline_say_what_weights_also_takes(tmp_path):
     assert error.startswith("dualcam: error: could not download torchvision's ImageNet weights for resnet18 (https://")
     assert "--weights also takes a state dict's path or s3:// URI" in error and "Traceback" not in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_a_new_local_ray_keeps_token_authentication_without_warning_about_it():
+    code = ("from dualcam.raycluster import connect\n"
+            "ray = connect(quiet=True)\n"
+            "from ray._raylet import AuthenticationMode, get_authentication_mode\n"
+            "print(get_authentication_mode() == AuthenticationMode.TOKEN)\n"
+            "ray.shutdown()\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"  # on, as Ray 2.60 has it by default
+    assert "Token authentication is enabled" not in result.stderr  # Ray's warning that it turned it on itself
