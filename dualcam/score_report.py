@@ -106,9 +106,9 @@ def render_results(
         report.paragraph("Skipped: " + "; ".join(skipped))
     report.heading("Scores")
     per_label = ", per label" if "label" in ok.column_names else ""
-    for score, expert in (("p1", spec.first), ("p2", spec.second)):
-        report.histogram(_by_label(ok, score), score, f"{score} of the {ok.num_rows} scored rows{per_label}",
-                         f"{score}: expert's probability of {expert.class_name}", value_range=(0.0, 1.0))
+    for i, expert in enumerate((spec.first, spec.second), 1):
+        report.histogram(_by_label(ok, f"p{i}"), f"p{i}", f"p{i} of the {ok.num_rows} scored rows{per_label}",
+                         f"p{i}: expert {i}'s probability of {expert.class_name}", value_range=(0.0, 1.0))
     if evaluated is not None:
         _add_evaluation(report, evaluation, evaluated)
     return Rendered(report.write(), drawn, 2 * drawn + 2, skipped)
