@@ -3,8 +3,9 @@
 No Ray here. The pipeline's two per-batch steps are plain Python on Arrow tables, so tests,
 benchmarks and ``dualcam explain`` run them directly and the Ray layer only wires them up:
 
-* ``load_images``: read each row's ``uri``, decode and preprocess it (CPU; one bad file becomes
-  an error on its row, never an exception);
+* ``load_images``: read each row's ``uri`` and turn its bytes into a model input with
+  ``imaging.model_input``, which decodes only what the model needs (CPU; one bad file becomes an
+  error on its row, never an exception);
 * a ``PairScorer``: a callable class that scores the loaded rows and returns result rows
   (``dualcam.results`` has the schemas). ``DualScorer`` holds experts 1 and 2 and computes the
   ADDK heatmap (``dualcam score``); ``DriftScorer`` holds an old and a new version of one expert
@@ -14,6 +15,7 @@ benchmarks and ``dualcam explain`` run them directly and the Ray layer only wire
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +28,7 @@ import torch
 from dualcam import drift, regions, storage
 from dualcam.cam import forward_with_cams, upsample
 from dualcam.experts import POSITIVE_INDEX, Expert, ExpertMeta, load_expert, resolve_expert
-from dualcam.imaging import MAX_PIXELS, decode_image, preprocess
+from dualcam.imaging import MAX_PIXELS, model_input, preprocess
 from dualcam.kernel import DEFAULT_ALPHA, addk
 from dualcam.options import check_value
 from dualcam.results import DRIFT, SCORE, Layout, RunSpec, result_table, tensor_array, to_numpy
@@ -46,6 +48,11 @@ def check_same_input(meta1: ExpertMeta, meta2: ExpertMeta, uri1: str, uri2: str)
         )
 
 
+_Loaded = tuple[np.ndarray | None, tuple[int, int] | None, str | None]
+"""One row's model input ((3, S, S) float32), image (height, width) and error: (x, size, None) or
+(None, None, reason)."""
+
+
 def load_images(batch: pa.Table, meta: ExpertMeta, max_pixels: int = MAX_PIXELS) -> pa.Table:
     """Add ``pixels`` ((3, S, S) model input, null on error), ``width``, ``height`` and ``error``.
 
@@ -55,8 +62,22 @@ def load_images(batch: pa.Table, meta: ExpertMeta, max_pixels: int = MAX_PIXELS)
     uris = batch.column("uri").to_pylist()
     with ThreadPoolExecutor(min(IO_THREADS, max(1, len(uris)))) as pool:
         loaded = list(pool.map(lambda uri: _load_one(uri, meta, max_pixels), uris))
-    size = meta.input_size
-    pixels = np.zeros((len(uris), 3, size, size), np.float32)
+    return _with_inputs(batch, loaded, meta.input_size)
+
+
+def _load_one(uri: str, meta: ExpertMeta, max_pixels: int) -> _Loaded:
+    try:
+        x, size = model_input(storage.read_bytes(uri), uri, meta, max_pixels)
+        return x.numpy(), size, None
+    except Exception as err:  # any failure is this row's error, never the batch's
+        message = str(err) or type(err).__name__
+        return None, None, message if uri in message else f"{uri}: {message}"
+
+
+def _with_inputs(batch: pa.Table, loaded: Sequence[_Loaded], input_size: int) -> pa.Table:
+    """``batch`` with the columns a scorer reads (``pixels``, ``width``, ``height``, ``error``), one
+    ``_Loaded`` per row, however the rows were loaded."""
+    pixels = np.zeros((len(loaded), 3, input_size, input_size), np.float32)
     ok = np.array([error is None for _, _, error in loaded], dtype=bool)
     for i, (x, _, _) in enumerate(loaded):
         if x is not None:
@@ -68,15 +89,6 @@ def load_images(batch: pa.Table, meta: ExpertMeta, max_pixels: int = MAX_PIXELS)
         .append_column("height", pa.array([s[0] if s else None for s in sizes], pa.int32()))
         .append_column("error", pa.array([error for _, _, error in loaded], pa.string()))
     )
-
-
-def _load_one(uri: str, meta: ExpertMeta, max_pixels: int) -> tuple[np.ndarray | None, tuple | None, str | None]:
-    try:
-        image = decode_image(storage.read_bytes(uri), uri, max_pixels)
-        return preprocess(image, meta).numpy(), image.shape[:2], None
-    except Exception as err:  # any failure is this row's error, never the batch's
-        message = str(err) or type(err).__name__
-        return None, None, message if uri in message else f"{uri}: {message}"
 
 
 def check_same_expert(old: ExpertMeta, new: ExpertMeta, old_uri: str, new_uri: str) -> None:
@@ -119,6 +131,9 @@ class PairScorer:
         size = self.meta.input_size
         # (h, w) of the CAMs, from the network itself (the stride arithmetic differs by arch).
         self.grid: tuple[int, int] = tuple(self.forward(torch.zeros(1, 3, size, size))[1].shape[-2:])
+        # The pipeline runs two calls per actor at once so that one batch loads while another is
+        # scored; two forward passes at once would only share (and oversubscribe) the same threads.
+        self._scoring = threading.Lock()
 
     @staticmethod
     def check_experts(meta1: ExpertMeta, meta2: ExpertMeta, uri1: str, uri2: str) -> None:
@@ -163,7 +178,9 @@ class PairScorer:
             pixels = torch.tensor(to_numpy(batch.column("pixels").filter(pa.array(ok))))
             try:
                 sizes = np.stack([batch.column(c).to_numpy(zero_copy_only=False)[ok] for c in ("width", "height")], 1)
-                scores = self.columns(self.score(pixels), sizes)
+                with self._scoring:
+                    scores = self.score(pixels)
+                scores = self.columns(scores, sizes)
             except Exception as err:  # the batch's rows carry the error instead
                 errors = [e if e is not None else f"scoring failed: {type(err).__name__}: {err}" for e in errors]
                 ok[:] = False

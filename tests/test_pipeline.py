@@ -13,10 +13,9 @@ from PIL import Image
 from dualcam import (
     addk,
     build_expert,
-    decode_image,
     forward_with_cams,
     load_expert,
-    preprocess,
+    model_input,
     save_expert,
     storage,
     upsample,
@@ -97,9 +96,9 @@ def test_a_folder_gives_one_row_per_input_equal_to_a_direct_computation(ray_clus
     ok = table.filter(pa.compute.equal(table.column("status"), "ok"))
     cams1, cams2, heats = (to_numpy(ok.column(c)) for c in ("cam1", "cam2", "heatmap"))
     for i, row in enumerate(ok.to_pylist()):
-        image = decode_image(Path(row["uri"]).read_bytes(), row["uri"])
-        assert (row["width"], row["height"]) == (image.shape[1], image.shape[0])
-        x = preprocess(image, e1.meta)[None]
+        x, (height, width) = model_input(Path(row["uri"]).read_bytes(), row["uri"], e1.meta)
+        assert (row["width"], row["height"]) == (width, height)
+        x = x[None]
         with torch.inference_mode():
             l1, c1 = forward_with_cams(e1.model, x)
             l2, c2 = forward_with_cams(e2.model, x)

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from dualcam import DualScorer, addk, build_expert, decode_image, forward_with_cams, load_expert, load_meta, save_expert
+from dualcam import DualScorer, addk, build_expert, forward_with_cams, load_expert, load_meta, model_input, save_expert
 from dualcam.results import OUTPUT_COLUMNS, to_numpy
 from dualcam.scoring import load_images, score_images
 from dualcam.synthetic import synthetic_xray, write_synthetic_xrays
@@ -79,7 +79,7 @@ def test_the_batch_interface_keeps_every_row_and_its_error(experts, tmp_path):
     assert "missing.png" in table.column("error")[3].as_py()
     heat = to_numpy(table.column("heatmap"))
     assert np.isnan(heat[[1, 3]]).all() and np.isfinite(heat[[0, 2, 4]]).all()
-    direct = scorer.score(scorer.preprocess(decode_image(Path(good[0]).read_bytes(), good[0]))[None])
+    direct = scorer.score(model_input(Path(good[0]).read_bytes(), good[0], scorer.meta)[0][None])
     np.testing.assert_allclose(heat[0], direct["heatmap"][0], rtol=1e-5)
     assert table.column("width").to_pylist() == [70, None, 70, None, 70]
 

@@ -14,6 +14,7 @@ from dualcam.cam import upsample
 from dualcam.commands.common import add_expert_pair, check_output_folder, decoded, input_files
 from dualcam.datasets import skipped_files
 from dualcam.drawing import panel_row
+from dualcam.imaging import model_input
 from dualcam.options import add_alpha
 from dualcam.scoring import DualScorer
 
@@ -48,12 +49,13 @@ def run(*, c1: str, c2: str, alpha: float, out: str, device: str | None, inputs:
           f"{scorer.c2.meta.version}; alpha {scorer.alpha:g}; device {scorer.device}")
     print(f"{'p1':>6} {'p2':>6}  {'peak (x, y)':>12}  file")
     start, failed = time.perf_counter(), 0
-    for uri, image, err in decoded(files):
+    for uri, data, image, err in decoded(files):
         if err:
             failed += 1
             print(f"{'-':>6} {'-':>6}  {'-':>12}  {err}")
             continue
-        result = scorer.score(scorer.preprocess(image)[None])
+        model_x, _ = model_input(data, uri, scorer.meta)  # what `dualcam score` gives the model; overlay: whole image
+        result = scorer.score(model_x[None])
         p1, p2 = float(result["p1"][0]), float(result["p2"][0])
         heat = upsample(result["heatmap"][0], image.shape[:2])
         x, y = (round(v) for v in regions.peak(torch.from_numpy(heat)[None])[0].tolist())
