@@ -4,6 +4,7 @@ and the command lines of "Getting started" are accepted by the command line as w
 import os
 import re
 import shlex
+import subprocess
 
 import numpy as np
 import pytest
@@ -90,3 +91,17 @@ def test_getting_started_commands_are_accepted_as_written():
     parser = build_parser()
     for words in commands:
         parser.parse_args(words)  # argparse exits (a failed test) on anything it does not take
+
+
+def test_the_activation_step_puts_dualcam_on_the_path():
+    """The README's activation line, run by bash from the checkout with .venv off the PATH, finds .venv's dualcam."""
+    (activate,) = set(re.findall(r"`(source \.venv/bin/activate)`", README))
+    if not (ROOT / ".venv" / "bin" / "activate").exists():
+        pytest.skip("no .venv in this checkout (make venv creates it)")
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if not p.startswith(str(ROOT / ".venv")))
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"} | {"PATH": path}
+    found = subprocess.run(["bash", "-c", f"{activate} && command -v dualcam && dualcam --help"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.splitlines()[0] == str(ROOT / ".venv" / "bin" / "dualcam")
+    assert "usage: dualcam" in found.stdout
