@@ -36,6 +36,14 @@ class Inputs:
     """Files under a folder or prefix (or in an inventory) that were not taken because their names are not images'."""
 
 
+def skipped_files(skipped: Sequence[str]) -> str:
+    """How a run says which listed files it left out: "" when none, else how many and one of them."""
+    if not skipped:
+        return ""
+    count = f"{len(skipped)} other file{'s' if len(skipped) > 1 else ''}"
+    return f"{count} skipped (not an image's name), e.g. {skipped[0]}"
+
+
 def is_manifest(uri: str) -> bool:
     return uri.lower().endswith(MANIFEST_SUFFIXES)
 

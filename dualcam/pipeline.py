@@ -17,13 +17,15 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from dualcam import drift, drift_report, planning, storage
-from dualcam.datasets import Inputs, read_inputs, skipped_kinds
+from dualcam.datasets import Inputs, read_inputs, skipped_files, skipped_kinds
 from dualcam.experts import ExpertMeta, load_meta, resolve_expert
 from dualcam.options import MAX_ERROR_FRACTION, ArchiveOptions
 from dualcam.raycluster import connect, largest_node_cpus
@@ -51,6 +53,8 @@ class ScoreSummary:
     errors: int
     seconds: float
     first_error: str | None = None
+    skipped: Sequence[str] | pa.ChunkedArray = ()
+    """Files under the input folder or prefix left out because their names are not images'."""
 
     @property
     def images_per_second(self) -> float:
@@ -70,9 +74,10 @@ class ScoreSummary:
         return None
 
     def line(self) -> str:
+        skipped = skipped_files(self.skipped)
         return (f"scored {self.scored_now} images in {self.seconds:.1f} s ({self.images_per_second:.2f} images/s); "
-                f"{self.already_done} already done; output holds {self.ok} ok, {self.errors} errors; "
-                f"results in {self.output}")
+                f"{self.already_done} already done; {skipped + '; ' if skipped else ''}"
+                f"output holds {self.ok} ok, {self.errors} errors; results in {self.output}")
 
 
 @dataclass
@@ -165,10 +170,10 @@ def run_archive(
         placement = planning.plan_placement(ray.cluster_resources(), largest_node_cpus(ray), options.actors,
                                             options.gpus_per_actor, options.cpus_per_actor)
         rows_per_block = planning.block_rows(len(todo), int(ray.cluster_resources().get("CPU", 1)), options.batch_size)
-        if options.progress:
-            print(f"dualcam: scoring {len(todo)} of {run.inputs.table.num_rows} inputs ({state.done} already in "
-                  f"{output}) with {placement.actors} actor(s) of {placement.cpus_per_actor:g} CPU, "
-                  f"{placement.gpus_per_actor:g} GPU, in blocks of {rows_per_block}", file=sys.stderr)
+        # printed with or without progress bars: a log then says what the run set out to do
+        print(f"dualcam: scoring {len(todo)} of {run.inputs.table.num_rows} inputs ({state.done} already in "
+              f"{output}) with {placement.actors} actor(s) of {placement.cpus_per_actor:g} CPU, "
+              f"{placement.gpus_per_actor:g} GPU, in blocks of {rows_per_block}", file=sys.stderr)
         ray.data.DataContext.get_current().enable_progress_bars = options.progress
         blocks = [ray.put(block) for block in planning.blocks(run.inputs.table, todo, rows_per_block)]
         scored = _scored(ray, blocks, scorer, run.experts, run.meta, run.spec.alpha, placement, options.batch_size)
@@ -181,7 +186,7 @@ def run_archive(
         output=output, inputs=run.inputs.table.num_rows, already_done=state.done,
         scored_now=len(todo), ok=status.num_rows - errors.num_rows, errors=errors.num_rows,
         seconds=time.perf_counter() - started,
-        first_error=errors.column("error")[0].as_py() if errors.num_rows else None,
+        first_error=errors.column("error")[0].as_py() if errors.num_rows else None, skipped=run.inputs.skipped,
     )
 
 
@@ -248,7 +253,7 @@ def _prepare(
     found = read_inputs(input)
     if found.table.num_rows == 0:
         raise FileNotFoundError(f"{input}: no image files found" + (
-            f" ({len(found.skipped)} files with other names, e.g. {found.skipped[0]})" if len(found.skipped) else ""))
+            f" ({skipped_files(found.skipped)})" if len(found.skipped) else ""))
     check_passthrough(found.table.column_names, scorer.layout)
     return _Prepared((first, second), meta1, spec, found, _check_output(output, spec))
 

@@ -85,6 +85,9 @@ def test_a_folder_gives_one_row_per_input_equal_to_a_direct_computation(ray_clus
     expected = sorted(str(p) for p in archive.rglob("*") if p.is_file() and p.name != "notes.txt")
     assert sorted(rows) == expected
     assert (summary.inputs, summary.scored_now, summary.ok, summary.errors) == (13, 13, 7, 6)
+    # the file whose name is not an image's is counted and named, not dropped silently
+    assert summary.skipped == [str(archive / "notes.txt")]
+    assert f"; 1 other file skipped (not an image's name), e.g. {archive / 'notes.txt'};" in summary.line()
     assert "none" not in (summary.failure(0.5) or "") and summary.failure(0.5) is None
     assert "6 of 13 inputs failed" in summary.failure(0.05)
     for name, reason in BAD_REASONS.items():
@@ -212,6 +215,9 @@ def test_cli_exit_codes(ray_cluster, experts, archive, tmp_path, capsys):
     assert main(["score", *c, "--input", str(archive), "--output", str(tmp_path / "o3"), "--limit", "8"]) == 1
     captured = capsys.readouterr()
     assert "scored 8 images" in captured.out and "run failed: 3 of 8 inputs failed" in captured.err
+    # --no-progress turns off the bars, not the line saying what the run sets out to do
+    assert f"dualcam: scoring 8 of 13 inputs (0 already in {tmp_path / 'o3'}) with 1 actor(s)" in captured.err
+    assert "1 other file skipped (not an image's name)" in captured.out
     assert main(["score", *c, "--input", str(archive), "--output", str(tmp_path / "o3"),
                  "--max-error-fraction", "0.5"]) == 0
     assert "scored 5 images" in capsys.readouterr().out
@@ -228,7 +234,7 @@ def test_unusable_outputs_and_inputs_are_refused_before_any_work(experts, archiv
     only_text = tmp_path / "text"
     only_text.mkdir()
     (only_text / "a.txt").write_text("x")
-    with pytest.raises(FileNotFoundError, match=r"no image files found \(1 files with other names"):
+    with pytest.raises(FileNotFoundError, match=r"no image files found \(1 other file skipped"):
         score_archive(*experts, str(only_text), str(tmp_path / "o"))
     clash = tmp_path / "clash.csv"
     clash.write_text(f"uri,status\n{archive / 'synthetic-00000.png'},x\n")

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from dualcam import options as archive
-from dualcam.commands.common import add_input_output, dry_run, failure_status
+from dualcam.commands.common import add_input_output, check_output_folder, dry_run, failure_status
 from dualcam.drift import DRIFT_THRESHOLD, MAX_DRIFT_SHARE, PRIMARY_MEASURE, TOP_K, check_options
 from dualcam.options import ArchiveOptions
 from dualcam.pipeline import drift_archive
@@ -58,6 +58,7 @@ def run(
     ``max_drift_share`` of the images drifted.
     """
     run_options = ArchiveOptions.from_arguments(**options)
+    check_output_folder(output, "--output")
     if run_options.dry_run:
         check_options(threshold, max_drift_share, top_k)
         return dry_run(DriftScorer, old, new, input, output, run_options)

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from dualcam import options as archive
-from dualcam.commands.common import add_expert_pair, add_input_output, dry_run, failure_status
+from dualcam.commands.common import add_expert_pair, add_input_output, check_output_folder, dry_run, failure_status
 from dualcam.options import ArchiveOptions
 from dualcam.pipeline import score_archive
 from dualcam.scoring import DualScorer
@@ -36,6 +36,7 @@ def run(*, c1: str, c2: str, input: str, output: str, **options: Any) -> int:
     could be scored.
     """
     run_options = ArchiveOptions.from_arguments(**options)
+    check_output_folder(output, "--output")
     if run_options.dry_run:
         return dry_run(DualScorer, c1, c2, input, output, run_options)
     summary = score_archive(c1, c2, input, output, run_options)
