@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from dualcam import drift, drift_report, storage
 from dualcam.datasets import read_inputs
 from dualcam.experts import ExpertMeta, load_meta, resolve_expert
+from dualcam.lease import Lease
 from dualcam.options import MAX_ERROR_FRACTION, ArchiveOptions
 from dualcam.raycluster import connect, largest_node_cpus
 from dualcam.results import (
@@ -33,8 +34,10 @@ from dualcam.results import (
     check_passthrough,
     data_files,
     drop_error_rows,
+    duplicate_rows,
     read_results,
     read_run_spec,
+    repeat_message,
 )
 from dualcam.scoring import DriftScorer, DualScorer, PairScorer, load_images
 
@@ -43,7 +46,8 @@ MAX_CPUS_PER_ACTOR = 8
 
 @dataclass
 class ScoreSummary:
-    """What a scoring run did. ``total``/``ok``/``errors`` count the whole output folder."""
+    """What a scoring run did. ``ok``/``errors`` count the rows of the whole output folder; ``repeated``
+    its rows whose input is on another row too (0 unless two runs once wrote into it at the same time)."""
 
     output: str
     inputs: int
@@ -53,6 +57,7 @@ class ScoreSummary:
     errors: int
     seconds: float
     first_error: str | None = None
+    repeated: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -63,7 +68,10 @@ class ScoreSummary:
         return self.errors / max(1, self.ok + self.errors)
 
     def failure(self, max_error_fraction: float = MAX_ERROR_FRACTION) -> str | None:
-        """Why this run counts as failed, or None. Nothing readable at all is always a failure."""
+        """Why this run counts as failed, or None. Nothing readable at all is always a failure, and so
+        is an output that holds an input more than once."""
+        if self.repeated:
+            return repeat_message(self.repeated, self.output)
         if self.errors and not self.ok:
             return f"none of the {self.errors} inputs could be scored; first error: {self.first_error}"
         if self.error_fraction > max_error_fraction:
@@ -72,8 +80,9 @@ class ScoreSummary:
         return None
 
     def line(self) -> str:
+        repeated = f" ({self.repeated} rows repeat an input)" if self.repeated else ""
         return (f"scored {self.scored_now} images in {self.seconds:.1f} s ({self.images_per_second:.2f} images/s); "
-                f"{self.already_done} already done; output holds {self.ok} ok, {self.errors} errors; "
+                f"{self.already_done} already done; output holds {self.ok} ok, {self.errors} errors{repeated}; "
                 f"results in {self.output}")
 
 
@@ -193,33 +202,37 @@ def run_archive(
         raise FileNotFoundError(f"{input}: no image files found" + (
             f" ({len(found.skipped)} files with other names, e.g. {found.skipped[0]})" if found.skipped else ""))
     check_passthrough(found.table.column_names, scorer.layout)
-    _claim_output(output, spec)
-    storage.remove_inflight(output)
-    if options.retry_errors:
-        drop_error_rows(output)
-    done = read_results(output, ["uri"]).column("uri")
-    pending = found.table.filter(pc.invert(pc.is_in(found.table.column("uri"), value_set=done.combine_chunks())))
-    todo = pending if options.limit is None else pending.slice(0, options.limit)
-    if todo.num_rows:
-        ray = connect()
-        placement = plan_placement(ray.cluster_resources(), largest_node_cpus(ray), options.actors,
-                                   options.gpus_per_actor, options.cpus_per_actor)
-        if options.progress:
-            print(f"dualcam: scoring {todo.num_rows} of {found.table.num_rows} inputs "
-                  f"({found.table.num_rows - pending.num_rows} already in {output}) with {placement.actors} actor(s) "
-                  f"of {placement.cpus_per_actor:g} CPU, {placement.gpus_per_actor:g} GPU", file=sys.stderr)
-        ray.data.DataContext.get_current().enable_progress_bars = options.progress
-        scored = _scored(ray, todo, scorer, (first, second), meta1, spec.alpha, placement, options.batch_size)
-        # Writing is I/O; it must not wait for CPUs the scoring actors hold.
-        scored.write_parquet(storage.absolute(output), filesystem=storage.parquet_filesystem(output),
-                             min_rows_per_file=options.rows_per_file, ray_remote_args={"num_cpus": 0})
-    status = read_results(output, ["status", "error"])
-    errors = status.filter(pc.equal(status.column("status"), "error"))
+    storage.check_writable(output)
+    with Lease(output, options.lease_seconds, options.wait_for_lease):  # one writer per output
+        _claim_output(output, spec)
+        storage.remove_inflight(output)
+        if options.retry_errors:
+            drop_error_rows(output)
+        done = read_results(output, ["uri"], warn_duplicates=False).column("uri")
+        pending = found.table.filter(pc.invert(pc.is_in(found.table.column("uri"), value_set=done.combine_chunks())))
+        todo = pending if options.limit is None else pending.slice(0, options.limit)
+        if todo.num_rows:
+            ray = connect()
+            placement = plan_placement(ray.cluster_resources(), largest_node_cpus(ray), options.actors,
+                                       options.gpus_per_actor, options.cpus_per_actor)
+            if options.progress:
+                print(f"dualcam: scoring {todo.num_rows} of {found.table.num_rows} inputs "
+                      f"({found.table.num_rows - pending.num_rows} already in {output}) with {placement.actors} "
+                      f"actor(s) of {placement.cpus_per_actor:g} CPU, {placement.gpus_per_actor:g} GPU",
+                      file=sys.stderr)
+            ray.data.DataContext.get_current().enable_progress_bars = options.progress
+            scored = _scored(ray, todo, scorer, (first, second), meta1, spec.alpha, placement, options)
+            # Writing is I/O; it must not wait for CPUs the scoring actors hold.
+            scored.write_parquet(storage.absolute(output), filesystem=storage.parquet_filesystem(output),
+                                 min_rows_per_file=options.rows_per_file, ray_remote_args={"num_cpus": 0})
+        rows = read_results(output, ["uri", "status", "error"], warn_duplicates=False)
+    errors = rows.filter(pc.equal(rows.column("status"), "error"))
     return ScoreSummary(
         output=output, inputs=found.table.num_rows, already_done=found.table.num_rows - pending.num_rows,
-        scored_now=todo.num_rows, ok=status.num_rows - errors.num_rows, errors=errors.num_rows,
+        scored_now=todo.num_rows, ok=rows.num_rows - errors.num_rows, errors=errors.num_rows,
         seconds=time.perf_counter() - started,
         first_error=errors.column("error")[0].as_py() if errors.num_rows else None,
+        repeated=duplicate_rows(rows),
     )
 
 
@@ -238,9 +251,10 @@ def _claim_output(output: str, spec: RunSpec) -> None:
 
 def _scored(
     ray: Any, todo: pa.Table, scorer: type[PairScorer], experts: tuple[str, str], meta: ExpertMeta, alpha: float,
-    placement: Placement, batch_size: int,
+    placement: Placement, options: ArchiveOptions,
 ) -> Any:
     """The lazy Ray Dataset of result rows for the inputs in ``todo``."""
+    batch_size = options.batch_size
     load_resources = (
         {"num_cpus": 1, "num_gpus": 0} if placement.gpus_per_actor
         else {"num_cpus": placement.cpus_per_actor, "num_gpus": 0}  # same as the actor's: fused into it
@@ -248,7 +262,8 @@ def _scored(
     rows_per_block = batch_size * 4
     ds = ray.data.from_arrow([todo.slice(i, rows_per_block) for i in range(0, todo.num_rows, rows_per_block)])
     ds = ds.map_batches(
-        load_images, fn_kwargs={"meta": meta}, batch_format="pyarrow", batch_size=batch_size,
+        load_images, fn_kwargs={"meta": meta, "read_timeout": options.read_timeout}, batch_format="pyarrow",
+        batch_size=batch_size,
         **load_resources,
     )
     return ds.map_batches(

@@ -45,15 +45,18 @@ def check_same_input(meta1: ExpertMeta, meta2: ExpertMeta, uri1: str, uri2: str)
         )
 
 
-def load_images(batch: pa.Table, meta: ExpertMeta, max_pixels: int = MAX_PIXELS) -> pa.Table:
+def load_images(
+    batch: pa.Table, meta: ExpertMeta, max_pixels: int = MAX_PIXELS, read_timeout: float = storage.READ_TIMEOUT,
+) -> pa.Table:
     """Add ``pixels`` ((3, S, S) model input, null on error), ``width``, ``height`` and ``error``.
 
-    Every row comes back: a file that is missing, unreadable, not an image, too large or
-    undecodable gets its reason in ``error``, so no input is ever dropped.
+    Every row comes back: a file that is missing, unreadable, not a regular file, not read within
+    ``read_timeout`` seconds, not an image, too large or undecodable gets its reason in ``error``,
+    so no input is ever dropped and no input can hold up the others for longer than the timeout.
     """
     uris = batch.column("uri").to_pylist()
     with ThreadPoolExecutor(min(IO_THREADS, max(1, len(uris)))) as pool:
-        loaded = list(pool.map(lambda uri: _load_one(uri, meta, max_pixels), uris))
+        loaded = list(pool.map(lambda uri: _load_one(uri, meta, max_pixels, read_timeout), uris))
     size = meta.input_size
     pixels = np.zeros((len(uris), 3, size, size), np.float32)
     ok = np.array([error is None for _, _, error in loaded], dtype=bool)
@@ -69,9 +72,11 @@ def load_images(batch: pa.Table, meta: ExpertMeta, max_pixels: int = MAX_PIXELS)
     )
 
 
-def _load_one(uri: str, meta: ExpertMeta, max_pixels: int) -> tuple[np.ndarray | None, tuple | None, str | None]:
+def _load_one(
+    uri: str, meta: ExpertMeta, max_pixels: int, read_timeout: float,
+) -> tuple[np.ndarray | None, tuple | None, str | None]:
     try:
-        image = decode_image(storage.read_bytes(uri), uri, max_pixels)
+        image = decode_image(storage.read_bytes(uri, read_timeout), uri, max_pixels)
         return preprocess(image, meta).numpy(), image.shape[:2], None
     except Exception as err:  # any failure is this row's error, never the batch's
         message = str(err) or type(err).__name__

@@ -1,5 +1,10 @@
-"""Scoring archives end to end on the shared local Ray: local folders, S3 (moto), manifests, resume."""
+"""Scoring archives end to end on the shared local Ray: local folders, S3 (moto), manifests, resume, and the
+checks that keep an output whole: one writer at a time, only regular files read, the probe write."""
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +27,7 @@ from dualcam import (
     upsample,
 )
 from dualcam.cli import main
+from dualcam.lease import Lease
 from dualcam.pipeline import plan_placement, score_archive
 from dualcam.results import data_files, read_results, to_numpy
 from dualcam.synthetic import synthetic_xray, write_synthetic_xrays
@@ -171,7 +177,7 @@ def test_a_killed_run_resumes_with_each_input_once(ray_cluster, experts, tmp_pat
         f"score_archive({experts[0]!r}, {experts[1]!r}, {str(images)!r}, {str(out)!r}, batch_size=2, "
         "rows_per_file=2, progress=False)\n"
     )
-    kill_driver_when(code, ray_cluster, lambda: len(data_files(str(out))) >= 2, timeout=120)
+    kill_driver_when(code, ray_cluster, lambda: len(data_files(str(out))) >= 2, timeout=600)
 
     partial = pq.read_table(out)  # a plain reader: finished files only, nothing truncated visible
     assert 0 < partial.num_rows < 80
@@ -243,3 +249,91 @@ def test_placement_defaults():
     assert plan_placement({"CPU": 32.0, "GPU": 4.0}, gpus_per_actor=0.5).actors == 8
     with pytest.raises(ValueError, match="1 GPUs per actor requested, but the cluster has 0 GPUs"):
         plan_placement({"CPU": 8.0}, gpus_per_actor=1)
+
+
+def test_a_named_pipe_among_the_inputs_gets_its_error_row_and_a_rerun_counts_it(ray_cluster, experts, tmp_path):
+    images, out = tmp_path / "images", str(tmp_path / "out")
+    write_synthetic_xrays(images, 6, size=96)
+    os.mkfifo(images / "pipe.png")  # reading it would wait for a writer forever
+    first = score_archive(*experts, str(images), out, batch_size=4, progress=False)
+    assert (first.inputs, first.ok, first.errors) == (7, 6, 1)
+    assert f"{images / 'pipe.png'}: not a regular file but a named pipe" in first.first_error
+    again = score_archive(*experts, str(images), out, batch_size=4, progress=False)
+    assert (again.inputs, again.already_done, again.scored_now) == (7, 7, 0)
+    assert len(by_uri(read_results(out, ["uri"]))) == 7
+
+
+def test_a_second_run_into_an_output_being_written_is_refused_before_any_work(experts, archive, tmp_path):
+    out = str(tmp_path / "out")
+    code = (  # Ray cannot even be imported here: the refusal must come first
+        "import sys\nsys.stderr = sys.stdout\nfrom dualcam.cli import main\n"
+        f"print(main(['score', '--c1', {experts[0]!r}, '--c2', {experts[1]!r}, '--input', {str(archive)!r}, "
+        f"'--output', {out!r}]))\n"
+    )
+    with Lease(out):
+        printed = run_without_ray(code).splitlines()
+    assert printed[-1] == "2"
+    assert printed[0].startswith(f"dualcam: error: {out} is being written by another run (held by host ")
+    assert f"pid {os.getpid()}, started " in printed[0] and "--wait-for-lease" in printed[0]
+    assert not data_files(out)
+
+
+def read_only(path: Path) -> list[str]:
+    """A command prefix under which ``path`` cannot be written: a read-only bind mount in a mount namespace of
+    its own for root (for whom permissions are no obstacle), else the folder's permissions taken away."""
+    if os.geteuid() != 0:
+        for p in [path, *path.rglob("*")]:
+            p.chmod(p.stat().st_mode & ~0o222)
+        return []
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"]).returncode:
+        pytest.skip("running as root, and no mount namespace to make a folder read-only in")
+    script = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+    return ["unshare", "-m", "sh", "-c", script, str(path)]
+
+
+def test_an_existing_output_that_cannot_be_written_is_refused_before_any_work(ray_cluster, experts, tmp_path):
+    images, out = tmp_path / "images", tmp_path / "out"
+    write_synthetic_xrays(images, 6, size=96)
+    score_archive(*experts, str(images), str(out), limit=2, progress=False)
+    before = sorted(p.name for p in out.iterdir())
+    code = (  # no Ray here: the refusal must come before it
+        "import sys\nsys.modules['ray'] = None\nfrom dualcam.cli import main\n"
+        f"sys.exit(main(['score', '--c1', {experts[0]!r}, '--c2', {experts[1]!r}, '--input', {str(images)!r}, "
+        f"'--output', {str(out)!r}]))\n"
+    )
+    result = subprocess.run([*read_only(out), sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (f"dualcam: error: {out}: cannot write results here "
+                                     f"({'Read-only file system' if os.geteuid() == 0 else 'Permission denied'}); "
+                                     "nothing was done")
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_rewritten_files_keep_the_mode_of_the_files_ray_wrote(ray_cluster, experts, archive, tmp_path):
+    out = tmp_path / "out"
+    score_archive(*experts, str(archive), str(out), batch_size=8, rows_per_file=4, progress=False)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir() if not p.name.startswith(".")}
+    score_archive(*experts, str(archive), str(out), batch_size=8, rows_per_file=4, retry_errors=True, progress=False)
+    rewritten = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir() if not p.name.startswith(".")}
+    assert len(set(modes.values())) == 1 and set(rewritten.values()) == set(modes.values())
+    assert modes.keys() <= rewritten.keys()  # error rows went back into files written now
+
+
+def test_an_output_holding_an_input_twice_fails_until_repaired(ray_cluster, experts, tmp_path, capsys):
+    images, out = tmp_path / "images", tmp_path / "out"
+    write_synthetic_xrays(images, 6, size=96)
+    args = ["score", "--c1", experts[0], "--c2", experts[1], "--input", str(images), "--output", str(out),
+            "--no-progress"]
+    assert main(args) == 0
+    capsys.readouterr()
+    first = data_files(str(out))[0]
+    shutil.copy(first, out / "copy-of-a-second-writer.parquet")  # what two runs at once used to leave
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "output holds 12 ok, 0 errors (6 rows repeat an input)" in captured.out
+    assert f"run failed: 6 rows repeat an input that is already in the output (two runs wrote into it at once?); " \
+           f"`dualcam repair {out}` keeps one row per input" in captured.err
+    assert main(["repair", str(out)]) == 0
+    assert f"removed 6 rows that repeated an input; {out} holds 6 rows, one per input" in capsys.readouterr().out
+    assert main(args) == 0
+    assert "output holds 6 ok, 0 errors; results" in capsys.readouterr().out
