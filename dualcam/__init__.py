@@ -16,7 +16,7 @@ from dualcam.experts import (
     load_meta,
     save_expert,
 )
-from dualcam.imaging import MAX_PIXELS, DecodeError, decode_image, preprocess
+from dualcam.imaging import MAX_PIXELS, DecodeError, decode_image, model_input, preprocess
 from dualcam.kernel import addk
 from dualcam.pipeline import DriftSummary, ScoreSummary, drift_archive, score_archive
 from dualcam.results import read_results
@@ -43,6 +43,7 @@ __all__ = [
     "forward_with_cams",
     "load_expert",
     "load_meta",
+    "model_input",
     "preprocess",
     "read_results",
     "save_expert",

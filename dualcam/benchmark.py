@@ -2,19 +2,27 @@
 
 (a) the bare forward of both experts (the limit), (b) the scorer class alone on loaded batches,
 (c) the Ray pipeline from local files to Parquet, (d) the same from S3 (moto's server on
-127.0.0.1). Pipeline rates are steady-state: rows after the first batch over the time between
-the first and last batch's ``scored_at``, so Ray and actor start-up (reported separately, as wall
-time) do not count. Peak memory is the largest resident set of this process and its children
-(the local Ray) seen while a stage ran. (a) and (b) run ``--repeat`` times, alternated, and
-the best of each counts.
+127.0.0.1), all on generated images of the experts' input size; then real sizes: (e) loading
+alone (read, decode, preprocess: ``model_input``), in CPU milliseconds per image on one core,
+beside the exact path it replaced (the whole image decoded to float32, then resized), for
+generated 2500 x 2048 files (8-bit JPEG, 16-bit PNG, 12-bit DICOM) and the sample X-rays when
+present; (f) the pipeline on those files, against what (a) and (e) say it can do.
 
-Run ``python -m dualcam.benchmark --help``; Ray and moto are needed only for (c) and (d).
+Pipeline rates are steady-state: rows after the first batch over the time between the first and
+last batch's ``scored_at``, so Ray and actor start-up (reported separately, as wall time) do not
+count. Peak memory is the largest resident set of this process and its children (the local Ray)
+seen while a stage ran; their CPU time is counted too, process by process, and shown for a
+pipeline that falls short. (a) and (b) run ``--repeat`` times, alternated, and the best of each
+counts.
+
+Run ``python -m dualcam.benchmark --help``; Ray and moto are needed only for (c), (d) and (f).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import logging
 import os
@@ -25,62 +33,146 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
 from dualcam import storage
 from dualcam.experts import META_FILE, ExpertMeta, build_expert, save_expert
+from dualcam.imaging import decode_image, model_input, preprocess
 from dualcam.pipeline import score_archive
 from dualcam.raycluster import connect
 from dualcam.results import read_results, to_numpy
 from dualcam.scoring import DualScorer, load_images
-from dualcam.synthetic import write_synthetic_xrays
+from dualcam.synthetic import synthetic_xray, write_synthetic_xrays
+
+REAL_SIZE = (2500, 2048)
+"""(rows, columns) of the generated real-size inputs: a 43 x 35 cm cassette at 0.17 mm, a common CR/DX size."""
 
 
-def tree_rss(root: int) -> int:
-    """Resident bytes of process ``root`` and all its descendants, from /proc (Linux)."""
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # processes come and go while we look
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    total, todo, page = 0, [root], os.sysconf("SC_PAGE_SIZE")
+def real_size_xray(rng: np.random.Generator, size: tuple[int, int] = REAL_SIZE) -> np.ndarray:
+    """A chest-like float64 image in [0, 1] of ``size`` (rows, columns): the anatomy drawn at a
+    quarter of the size and upsampled, fine noise added at full size, so that files of it
+    compress about as radiographs do (a 2500 x 2048 JPEG at quality 90 is about 1 MB)."""
+    anatomy = torch.from_numpy(synthetic_xray(max(size) // 4, rng))[None, None]
+    image = F.interpolate(anatomy, size=size, mode="bicubic", align_corners=False)[0, 0].numpy()
+    return np.clip(image + 0.01 * rng.standard_normal(size), 0.0, 1.0)
+
+
+def write_real_size_inputs(out_dir: str | Path, seed: int = 0) -> list[Path]:
+    """One ``real_size_xray`` as an 8-bit JPEG (quality 90), a 16-bit PNG (12-bit values scaled to
+    16 bits, as the PNG specification asks) and a 12-bit MONOCHROME2 DICOM (uncompressed, with a
+    window), written to ``out_dir``; same seed, same files."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    image = real_size_xray(np.random.default_rng(seed))
+    twelve = np.round(image * 4095).astype(np.uint16)
+    paths = [out / "real-size-8bit.jpg", out / "real-size-16bit.png", out / "real-size-12bit.dcm"]
+    Image.fromarray(np.round(image * 255).astype(np.uint8)).save(paths[0], quality=90)
+    Image.fromarray(twelve << 4).save(paths[1])
+    paths[2].write_bytes(_dicom_bytes(twelve))
+    return paths
+
+
+def _dicom_bytes(pixels: np.ndarray) -> bytes:
+    """A CR DICOM file of 12-bit ``pixels`` (uint16), explicit VR little endian, windowed over its range."""
+    import pydicom
+    from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    ds = pydicom.Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = ComputedRadiographyImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid(entropy_srcs=["dualcam real-size"])
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.Modality, (ds.Rows, ds.Columns) = "CR", pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _tree(root: int) -> list[int]:
+    """``root`` and all its descendants, from the kernel's per-thread child lists (Linux)."""
+    pids, todo = [], [root]
     while todo:
         pid = todo.pop()
-        todo += parents.get(pid, [])
-        with contextlib.suppress(OSError):  # it may have ended meanwhile
-            total += int((Path("/proc") / str(pid) / "statm").read_text().split()[1]) * page
-    return total
+        pids.append(pid)
+        for children in Path(f"/proc/{pid}/task").glob("*/children"):
+            with contextlib.suppress(OSError):  # processes come and go while we look
+                todo += [int(child) for child in children.read_text().split()]
+    return pids
 
 
-class PeakMemory:
-    """Samples the resident memory of this process tree in the background; ``peak`` in bytes."""
+def _process(pid: int) -> tuple[float, int, str] | None:
+    """(CPU seconds so far, resident bytes, a short name) of one process, or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        args = [arg.decode(errors="replace").strip() for arg in argv if arg.strip()]
+        args = args or [Path(f"/proc/{pid}/comm").read_text().strip()]  # a title being rewritten reads empty
+    except OSError:
+        return None
+    if pid == os.getpid():
+        name = "driver (this process)"
+    elif args and args[0].startswith("ray::"):  # a Ray worker's title: ray::MapWorker(MapBatches(...)).submit
+        name = args[0].split("(")[0]
+    else:  # a program, or the script it runs
+        name = next((Path(arg).name for arg in args if arg.endswith(".py")), Path(args[0]).name if args else "?")
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK"), rss, name
 
-    def __init__(self, every: float = 0.1):
+
+class TreeMonitor:
+    """Samples this process tree (this process and the local Ray it starts) in the background:
+    ``peak`` resident bytes, and CPU seconds spent by each kind of process while it ran."""
+
+    def __init__(self, every: float = 0.5):
         self.every, self.peak = every, 0
+        self._start: dict[int, float] = {}
+        self._last: dict[int, tuple[float, str]] = {}
         self._stop = threading.Event()
 
-    def __enter__(self) -> PeakMemory:
+    def __enter__(self) -> TreeMonitor:
+        self._sample()
+        self._start = {pid: cpu for pid, (cpu, _) in self._last.items()}
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, tree_rss(os.getpid()))
-            time.sleep(self.every)
+        while not self._stop.wait(self.every):
+            self._sample()
+
+    def _sample(self) -> None:
+        rss = 0
+        for pid in _tree(os.getpid()):
+            if (seen := _process(pid)) is not None:
+                self._last[pid] = seen[0], seen[2]
+                rss += seen[1]
+        self.peak = max(self.peak, rss)
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        self._sample()
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds by process name (processes that started meanwhile count from zero), most first."""
+        spent: dict[str, float] = {}
+        for pid, (cpu, name) in self._last.items():
+            spent[name] = spent.get(name, 0.0) + cpu - self._start.get(pid, 0.0)
+        return dict(sorted(spent.items(), key=lambda item: -item[1]))
 
 
 def timed(fn: Callable[[], object], n: int) -> tuple[float, float]:
     """(images/s, peak bytes) of ``fn``, which processes ``n`` images."""
-    with PeakMemory() as memory:
+    with TreeMonitor() as memory:
         start = time.perf_counter()
         fn()
         seconds = time.perf_counter() - start
@@ -131,22 +223,91 @@ def run(args: argparse.Namespace) -> dict:
     report["a_bare_forward"], report["a_bare_forward_peak_bytes"] = max(runs["a"])
     report["b_scorer"], report["b_scorer_peak_bytes"] = max(runs["b"])
     report["b_over_a"] = report["b_scorer"] / report["a_bare_forward"]
+    groups = {} if args.no_real_size else real_size_groups(work / "real-size", args.samples)
+    report["e_load"] = {name: load_costs(paths, scorer.meta, args.repeat + 1) for name, paths in groups.items()}
     if args.no_ray:
         return report
 
     sources = {"c_local": str(work / "images")}
     if not args.no_s3:
         sources["d_s3"] = _stage_on_moto(images)
-    connect()
+    if groups:
+        sources["f_real_size"] = _real_size_archive(work / "real-size-archive", groups, args.copies)
+    ray = connect()
+    report["cpus"] = ray.cluster_resources().get("CPU", 1.0)
     for key, source in sources.items():
         output = str(work / f"out-{key}-{time.time_ns()}")
-        with PeakMemory() as memory:
+        with TreeMonitor() as monitor:
             summary = score_archive(*experts, source, output, batch_size=args.batch_size, progress=False)
         report[key] = steady_rate(output, args.batch_size)
         report[f"{key}_wall"] = summary.images_per_second
-        report[f"{key}_peak_bytes"] = memory.peak
+        report[f"{key}_peak_bytes"] = monitor.peak
         report[f"{key}_over_a"] = report[key] / report["a_bare_forward"]
+        spent = monitor.cpu_seconds()
+        report[f"{key}_cpu_ms"] = {name: 1000 * sec / summary.scored_now for name, sec in spent.items()}
+    if groups:
+        mix = {name: len(paths) * (args.copies if name.startswith("generated") else 1)
+               for name, paths in groups.items()}
+        load_ms = sum(report["e_load"][name]["model_input_ms"] * n for name, n in mix.items())
+        report["f_load_ms"] = load_ms / sum(mix.values())
+        # CPU only: loaders and model share the cores; the bound counts both. With GPUs, min() holds.
+        load_rate = report["cpus"] * 1000 / report["f_load_ms"]
+        report["f_bound"] = min(report["a_bare_forward"], load_rate)
+        report["f_shared_bound"] = 1 / (1 / report["a_bare_forward"] + 1 / load_rate)
+        report["f_real_size_over_bound"] = report["f_real_size"] / report["f_bound"]
     return report
+
+
+def real_size_groups(out_dir: Path, samples: Path | None) -> dict[str, list[Path]]:
+    """The real-size inputs of (e) and (f) by kind: the generated files, and the sample X-rays
+    and DICOMs (by transfer syntax) when ``samples`` holds them."""
+    jpeg, png, dicom = write_real_size_inputs(out_dir)
+    groups = {"generated 2500x2048 8-bit JPEG": [jpeg], "generated 2500x2048 16-bit PNG": [png],
+              "generated 2500x2048 12-bit DICOM": [dicom]}
+    if samples is None or not (samples / "images").is_dir():
+        return groups
+    groups["sample X-rays (PNG, JPEG)"] = sorted((samples / "images").iterdir())
+    import pydicom
+
+    for path in sorted((samples / "dicom").glob("*.dcm")):
+        syntax = pydicom.dcmread(path, stop_before_pixels=True, force=True).file_meta.get("TransferSyntaxUID")
+        kind = syntax.keyword if syntax is not None and syntax.is_compressed else "uncompressed"
+        groups.setdefault(f"sample DICOMs, {kind}", []).append(path)
+    return groups
+
+
+def load_costs(paths: list[Path], meta: ExpertMeta, rounds: int) -> dict[str, float]:
+    """(e) for some files: CPU milliseconds per image on one core to read, decode and preprocess
+    them, by ``model_input`` and by the exact path (the whole image, then ``preprocess``); the
+    best of ``rounds`` passes after a warm-up."""
+    paths_by_name = [(str(p), p) for p in paths]
+    ways = {"model_input_ms": lambda data, name: model_input(data, name, meta),
+            "exact_ms": lambda data, name: preprocess(decode_image(data, name), meta)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        costs = {"files": len(paths)}
+        for key, way in ways.items():
+            passes = []
+            for _ in range(rounds + 1):
+                start = time.process_time()
+                for name, path in paths_by_name:
+                    way(path.read_bytes(), name)
+                passes.append((time.process_time() - start) * 1000 / len(paths))
+            costs[key] = min(passes[1:])
+    finally:
+        torch.set_num_threads(threads)
+    return costs
+
+
+def _real_size_archive(root: Path, groups: dict[str, list[Path]], copies: int) -> str:
+    """A folder for (f): ``copies`` links to each generated file and one to each sample file."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name, paths in groups.items():
+        for path in paths:
+            for i in range(copies if name.startswith("generated") else 1):
+                (root / f"{i:03d}-{path.name}").symlink_to(path.resolve())
+    return str(root)
 
 
 def _stage_on_moto(images: list[str]) -> str:
@@ -175,17 +336,44 @@ def print_report(report: dict) -> None:
     stages = [("a_bare_forward", "(a) bare forward of both experts"), ("b_scorer", "(b) scorer class alone"),
               ("c_local", "(c) pipeline, local files -> Parquet"), ("d_s3", "(d) pipeline, S3 (moto) -> Parquet")]
     for key, label in stages:
-        if key not in report:
-            continue
-        line = f"  {label:40s} {report[key]:7.2f} images/s   peak {report[f'{key}_peak_bytes'] / 2**30:5.2f} GiB"
-        if f"{key}_wall" in report:
-            line += f"   (wall incl. start-up: {report[f'{key}_wall']:.2f} images/s)"
-        print(line)
+        if key in report:
+            _print_stage(report, key, label)
     for key, label in (("b_over_a", "b/a"), ("c_local_over_a", "c/a"), ("d_s3_over_a", "d/a")):
         if key in report:
             print(f"  {label} = {report[key]:.3f}")
+    if report.get("c_local_over_a", 1.0) < 0.9:
+        _print_cpu(report, "c_local")
+    if report.get("e_load"):
+        print(f"(e) load alone at {report['size']} px (read + decode + preprocess), CPU ms per image on one core:")
+        print(f"  {'input':40s} {'files':>5s} {'model_input':>12s} {'exact path':>11s} {'speed-up':>9s}")
+        for name, cost in report["e_load"].items():
+            print(f"  {name:40s} {cost['files']:5d} {cost['model_input_ms']:12.1f} {cost['exact_ms']:11.1f} "
+                  f"{cost['exact_ms'] / cost['model_input_ms']:8.2f}x")
+    if "f_real_size" in report:
+        _print_stage(report, "f_real_size", "(f) pipeline, real-size files -> Parquet")
+        print(f"  f/min(a, {report['cpus']:g} cores x 1000 / {report['f_load_ms']:.1f} ms) = "
+              f"{report['f_real_size']:.2f} / {report['f_bound']:.2f} = {report['f_real_size_over_bound']:.3f}; "
+              f"with loaders and model on the same cores, f/(1 / (1/a + e/cores)) = "
+              f"{report['f_real_size']:.2f} / {report['f_shared_bound']:.2f} = "
+              f"{report['f_real_size'] / report['f_shared_bound']:.3f}")
+        if report["f_real_size_over_bound"] < 0.9:
+            _print_cpu(report, "f_real_size")
 
 
+def _print_stage(report: dict, key: str, label: str) -> None:
+    line = f"  {label:40s} {report[key]:7.2f} images/s   peak {report[f'{key}_peak_bytes'] / 2**30:5.2f} GiB"
+    if f"{key}_wall" in report:
+        line += f"   (wall incl. start-up: {report[f'{key}_wall']:.2f} images/s)"
+    print(line)
+
+
+def _print_cpu(report: dict, key: str) -> None:
+    """Where the CPU time of a pipeline stage went, by process, beside what the model alone needs."""
+    spent = report[f"{key}_cpu_ms"]
+    model = report["torch_threads"] * 1000 / report["a_bare_forward"]
+    print(f"  where the time went in {key[0]}, CPU ms per image (the forward alone needs about {model:.0f} "
+          f"on {report['torch_threads']} threads; total {sum(spent.values()):.0f}):")
+    print("    " + ", ".join(f"{name} {ms:.1f}" for name, ms in list(spent.items())[:8]))
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dualcam.benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=320, help="generated images (default 320)")
@@ -197,6 +385,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="torch device for (a) and (b) (default: cuda if available)")
     parser.add_argument("--no-ray", action="store_true", help="only (a) and (b): for machines without Ray")
     parser.add_argument("--no-s3", action="store_true", help="skip (d)")
+    parser.add_argument("--no-real-size", action="store_true", help="skip (e) and (f)")
+    parser.add_argument("--copies", type=int, default=32,
+                        help="links to each generated real-size file in (f)'s input (default 32)")
+    parser.add_argument("--samples", type=Path,
+                        default=Path(os.environ.get("DUALCAM_XRAY_SAMPLES", "../shared/data/xray")),
+                        help="the sample X-rays, used in (e) and (f) when present (default ../shared/data/xray)")
     parser.add_argument("--workdir", default=None, help="where images, experts and outputs go (default: a temp dir)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)

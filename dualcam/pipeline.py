@@ -270,8 +270,8 @@ def _scored(
         scorer, fn_constructor_args=experts,
         fn_constructor_kwargs={"alpha": alpha, "threads": max(1, round(placement.cpus_per_actor))},
         batch_format="pyarrow", batch_size=batch_size,
-        # two calls in flight per actor: Ray batches the next input and the last output while the
-        # UDF runs (the UDF itself still runs one batch at a time); measured c/a 0.84 -> 1.0 by make bench
+        # two calls in flight per actor (threads): one batch loads, and Ray moves the last output,
+        # while the other is scored; the scorer runs one forward pass at a time
         compute=ray.data.ActorPoolStrategy(size=placement.actors, max_concurrent_calls_per_actor=2),
         num_cpus=placement.cpus_per_actor, num_gpus=placement.gpus_per_actor,
     )

@@ -3,8 +3,9 @@
 No Ray here. The pipeline's two per-batch steps are plain Python on Arrow tables, so tests,
 benchmarks and ``dualcam explain`` run them directly and the Ray layer only wires them up:
 
-* ``load_images``: read each row's ``uri``, decode and preprocess it (CPU; one bad file becomes
-  an error on its row, never an exception);
+* ``load_images``: read each row's ``uri`` and turn its bytes into a model input with
+  ``imaging.model_input``, which decodes only what the model needs (CPU; one bad file becomes an
+  error on its row, never an exception);
 * a ``PairScorer``: a callable class that scores the loaded rows and returns result rows
   (``dualcam.results`` has the schemas). ``DualScorer`` holds experts 1 and 2 and computes the
   ADDK heatmap (``dualcam score``); ``DriftScorer`` holds an old and a new version of one expert
@@ -14,6 +15,7 @@ benchmarks and ``dualcam explain`` run them directly and the Ray layer only wire
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,8 +28,8 @@ import torch
 from dualcam import drift, regions, storage
 from dualcam.cam import forward_with_cams, upsample
 from dualcam.experts import POSITIVE_INDEX, Expert, ExpertMeta, load_expert, resolve_expert
-from dualcam.imaging import MAX_PIXELS, decode_image, preprocess
-from dualcam.kernel import DEFAULT_ALPHA, addk
+from dualcam.imaging import MAX_PIXELS, model_input, preprocess
+from dualcam.kernel import DEFAULT_ALPHA, addk, overlap
 from dualcam.results import DRIFT, SCORE, Layout, RunSpec, result_table, tensor_array, to_numpy
 
 IO_THREADS = 8
@@ -45,6 +47,11 @@ def check_same_input(meta1: ExpertMeta, meta2: ExpertMeta, uri1: str, uri2: str)
         )
 
 
+_Loaded = tuple[np.ndarray | None, tuple[int, int] | None, str | None]
+"""One row's model input ((3, S, S) float32), image (height, width) and error: (x, size, None) or
+(None, None, reason)."""
+
+
 def load_images(
     batch: pa.Table, meta: ExpertMeta, max_pixels: int = MAX_PIXELS, read_timeout: float = storage.READ_TIMEOUT,
 ) -> pa.Table:
@@ -57,8 +64,22 @@ def load_images(
     uris = batch.column("uri").to_pylist()
     with ThreadPoolExecutor(min(IO_THREADS, max(1, len(uris)))) as pool:
         loaded = list(pool.map(lambda uri: _load_one(uri, meta, max_pixels, read_timeout), uris))
-    size = meta.input_size
-    pixels = np.zeros((len(uris), 3, size, size), np.float32)
+    return _with_inputs(batch, loaded, meta.input_size)
+
+
+def _load_one(uri: str, meta: ExpertMeta, max_pixels: int, read_timeout: float) -> _Loaded:
+    try:
+        x, size = model_input(storage.read_bytes(uri, read_timeout), uri, meta, max_pixels)
+        return x.numpy(), size, None
+    except Exception as err:  # any failure is this row's error, never the batch's
+        message = str(err) or type(err).__name__
+        return None, None, message if uri in message else f"{uri}: {message}"
+
+
+def _with_inputs(batch: pa.Table, loaded: Sequence[_Loaded], input_size: int) -> pa.Table:
+    """``batch`` with the columns a scorer reads (``pixels``, ``width``, ``height``, ``error``), one
+    ``_Loaded`` per row, however the rows were loaded."""
+    pixels = np.zeros((len(loaded), 3, input_size, input_size), np.float32)
     ok = np.array([error is None for _, _, error in loaded], dtype=bool)
     for i, (x, _, _) in enumerate(loaded):
         if x is not None:
@@ -70,17 +91,6 @@ def load_images(
         .append_column("height", pa.array([s[0] if s else None for s in sizes], pa.int32()))
         .append_column("error", pa.array([error for _, _, error in loaded], pa.string()))
     )
-
-
-def _load_one(
-    uri: str, meta: ExpertMeta, max_pixels: int, read_timeout: float,
-) -> tuple[np.ndarray | None, tuple | None, str | None]:
-    try:
-        image = decode_image(storage.read_bytes(uri, read_timeout), uri, max_pixels)
-        return preprocess(image, meta).numpy(), image.shape[:2], None
-    except Exception as err:  # any failure is this row's error, never the batch's
-        message = str(err) or type(err).__name__
-        return None, None, message if uri in message else f"{uri}: {message}"
 
 
 def check_same_expert(old: ExpertMeta, new: ExpertMeta, old_uri: str, new_uri: str) -> None:
@@ -122,6 +132,9 @@ class PairScorer:
         size = self.meta.input_size
         # (h, w) of the CAMs, from the network itself (the stride arithmetic differs by arch).
         self.grid: tuple[int, int] = tuple(self.forward(torch.zeros(1, 3, size, size))[1].shape[-2:])
+        # The pipeline runs two calls per actor at once so that one batch loads while another is
+        # scored; two forward passes at once would only share (and oversubscribe) the same threads.
+        self._scoring = threading.Lock()
 
     @staticmethod
     def check_experts(meta1: ExpertMeta, meta2: ExpertMeta, uri1: str, uri2: str) -> None:
@@ -166,7 +179,9 @@ class PairScorer:
             pixels = torch.tensor(to_numpy(batch.column("pixels").filter(pa.array(ok))))
             try:
                 sizes = np.stack([batch.column(c).to_numpy(zero_copy_only=False)[ok] for c in ("width", "height")], 1)
-                scores = self.columns(self.score(pixels), sizes)
+                with self._scoring:
+                    scores = self.score(pixels)
+                scores = self.columns(scores, sizes)
             except Exception as err:  # the batch's rows carry the error instead
                 errors = [e if e is not None else f"scoring failed: {type(err).__name__}: {err}" for e in errors]
                 ok[:] = False
@@ -198,8 +213,9 @@ class DualScorer(PairScorer):
         """Score a (B, 3, S, S) batch; every output is numpy, first axis B.
 
         ``p1``, ``p2``: in-class probabilities. ``cam1``, ``cam2``: raw in-class CAMs (B, h, w)
-        float32. ``heatmap`` = addk(cam1, cam2, alpha), and ``heatmap_max`` its max. ``peak``
-        (B, 2) float (x, y) and ``box`` (B, 4) int (x0, y0, x1, y1, inclusive): the peak and
+        float32. ``heatmap`` = addk(cam1, cam2, alpha), and ``heatmap_max`` its max. ``overlap``
+        (B,): the share of expert 1's positive evidence expert 2 also claims (``kernel.overlap``).
+        ``peak`` (B, 2) float (x, y) and ``box`` (B, 4) int (x0, y0, x1, y1, inclusive): the peak and
         top-region box of the heatmap upsampled to S x S, in input pixels. Everything stays on
         the device until the single copy back at the end.
         """
@@ -210,6 +226,7 @@ class DualScorer(PairScorer):
         out = {
             "p1": p1, "p2": p2, "cam1": cam1, "cam2": cam2, "heatmap": heatmap,
             "heatmap_max": heatmap.flatten(1).max(dim=1).values,
+            "overlap": overlap(cam1, cam2),
             "peak": regions.peak(fine),
             "box": regions.bounding_box(regions.top_region(fine)),
         }

@@ -7,6 +7,7 @@ import zlib
 import numpy as np
 import pydicom
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
@@ -23,6 +24,16 @@ from pydicom.uid import (
 def png_bytes(array: np.ndarray, **kwargs) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array, **kwargs).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png16_bytes(values: np.ndarray, significant_bits: int | None = None) -> bytes:
+    """A 16-bit grayscale PNG holding ``values`` as given, with an sBIT chunk when ``significant_bits`` is set."""
+    info = PngInfo()
+    if significant_bits:
+        info.add(b"sBIT", bytes([significant_bits]))
+    buf = io.BytesIO()
+    Image.fromarray(values.astype(np.uint16)).save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dualcam import DriftScorer, addk, build_expert, decode_image, drift, save_expert
+from dualcam import DriftScorer, addk, build_expert, drift, model_input, save_expert
 from dualcam.results import DRIFT
 from dualcam.scoring import score_images
 from dualcam.synthetic import write_synthetic_xrays
@@ -133,7 +133,7 @@ def test_the_drift_scorer_writes_the_drift_rows(versions, tmp_path):
 
     scorer = DriftScorer(versions["v1"], versions["v2"], device="cpu")
     other = score_images(scorer, uris[:1]).to_pylist()[0]
-    direct = scorer.score(scorer.preprocess(decode_image(Path(uris[0]).read_bytes(), uris[0]))[None])
+    direct = scorer.score(model_input(Path(uris[0]).read_bytes(), uris[0], scorer.meta)[0][None])
     assert other["cam_correlation"] == pytest.approx(float(direct["cam_correlation"][0]), abs=1e-5)
     assert other["cam_correlation"] < 0.99 and other["delta_p"] != 0.0  # two random networks do differ
     assert (other["old_version"], other["new_version"]) == (scorer.old.meta.version, scorer.new.meta.version)

@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from dualcam.experts import ExpertMeta
-from dualcam.imaging import MAX_PIXELS, DecodeError, decode_image, is_image_name, preprocess
+from dualcam.imaging import MAX_PIXELS, DecodeError, decode_image, is_image_name, model_input, preprocess
 
 from conftest import xray_sample_sets
-from samples import dicom_bytes, png_bytes, png_header_only
+from samples import dicom_bytes, png16_bytes, png_bytes, png_header_only
 
 
 def sample_rows(csv_name: str) -> list:
@@ -79,6 +79,20 @@ def test_16_bit_grayscale_png_keeps_its_depth():
     np.testing.assert_allclose(decode_image(data, "ramp16.png"), ramp / 65535.0, atol=1e-7)
 
 
+def test_16_bit_png_holding_12_bit_values_is_not_too_dark():
+    twelve = np.linspace(0, 4095, 600 * 500).round().reshape(600, 500)
+    stored_as_measured = png16_bytes(twelve, 12)
+    scaled_as_the_spec_asks = png16_bytes(np.round(twelve * 65535 / 4095), 12)
+    np.testing.assert_allclose(decode_image(stored_as_measured, "12bit.png"), twelve / 4095, atol=1e-6)
+    np.testing.assert_allclose(decode_image(scaled_as_the_spec_asks, "12bit.png"), twelve / 4095, atol=0.5 / 65535)
+    # the model's input path reads sBIT the same way (it reduces this image 2 x 2 first)
+    meta = ExpertMeta(arch="resnet18", class_name="x", input_size=128, mean=(0.0,) * 3, std=(1.0,) * 3)
+    x, size = model_input(stored_as_measured, "12bit.png", meta)
+    assert size == (600, 500) and x.max() == pytest.approx(1.0, abs=0.01) and x.mean() == pytest.approx(0.5, abs=0.01)
+    # without sBIT nothing says the values are 12-bit: divided by 65535, as stored
+    np.testing.assert_allclose(decode_image(png16_bytes(twelve), "no-sbit.png"), twelve / 65535, atol=1e-6)
+
+
 def test_rgba_png_drops_alpha():
     rgba = np.random.default_rng(0).integers(0, 256, (20, 30, 4), dtype=np.uint8)
     image = decode_image(png_bytes(rgba), "rgba.png")
@@ -126,6 +140,8 @@ def test_decompression_bomb_is_refused_before_decoding():
         decode_image(png_header_only(100_000, 100_000), "bomb.png")
     with pytest.raises(DecodeError, match=r"^big.png: header claims 8000 x 7000 pixels, over the limit of 50000000"):
         decode_image(png_header_only(8000, 7000), "big.png")
+    with pytest.raises(DecodeError, match=r"^big.png: header claims 8000 x 7000 pixels"):
+        model_input(png_header_only(8000, 7000), "big.png", META)
     assert MAX_PIXELS >= 4300 * 4300
 
 

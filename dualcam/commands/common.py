@@ -110,10 +110,11 @@ def input_files(uris: Sequence[str]) -> list[str]:
     return found
 
 
-def decoded(files: Sequence[str]) -> Iterator[tuple[str, np.ndarray | None, Exception | None]]:
-    """(uri, image, None) or (uri, None, error) per file: one bad file never stops the others."""
+def decoded(files: Sequence[str]) -> Iterator[tuple[str, bytes | None, np.ndarray | None, Exception | None]]:
+    """(uri, bytes, image, None) or (uri, None, None, error) per file: one bad file never stops the others."""
     for uri in files:
         try:
-            yield uri, decode_image(storage.read_bytes(uri), uri), None
+            data = storage.read_bytes(uri)
+            yield uri, data, decode_image(data, uri), None
         except (DecodeError, OSError) as err:
-            yield uri, None, err
+            yield uri, None, None, err

@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(*, inputs: Sequence[str]) -> int:
     failed = 0
     files = input_files(inputs)
-    for uri, image, err in decoded(files):
+    for uri, _, image, err in decoded(files):
         if err:
             failed += 1
             print(f"error  {err}")

@@ -13,6 +13,7 @@ from dualcam import regions
 from dualcam.cam import upsample
 from dualcam.commands.common import add_expert_pair, decoded, input_files
 from dualcam.drawing import overlay
+from dualcam.imaging import model_input
 from dualcam.options import add_alpha
 from dualcam.scoring import DualScorer
 
@@ -37,12 +38,13 @@ def run(*, c1: str, c2: str, alpha: float, out: str, device: str | None, inputs:
           f"{scorer.c2.meta.version}; alpha {scorer.alpha}; device {scorer.device}")
     print(f"{'p1':>6} {'p2':>6}  {'peak (x, y)':>12}  file")
     start, failed = time.perf_counter(), 0
-    for uri, image, err in decoded(files):
+    for uri, data, image, err in decoded(files):
         if err:
             failed += 1
             print(f"{'-':>6} {'-':>6}  {'-':>12}  {err}")
             continue
-        result = scorer.score(scorer.preprocess(image)[None])
+        x, _ = model_input(data, uri, scorer.meta)  # what `dualcam score` gives the model; the overlay: the whole image
+        result = scorer.score(x[None])
         heat = upsample(result["heatmap"][0], image.shape[:2])
         x, y = (round(v) for v in regions.peak(torch.from_numpy(heat)[None])[0].tolist())
         overlay(image, heat).save(folder / f"{Path(uri).stem}.addk.png")
