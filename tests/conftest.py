@@ -129,6 +129,21 @@ def ray_cluster(s3_endpoint):
     ray.shutdown()
 
 
+def write_untrained_experts(root: Path, input_size: int) -> tuple[str, str]:
+    """Two untrained resnet18 experts (COVID-19, pneumonia; seed 0) saved under ``root``: their URIs."""
+    import torch
+
+    from dualcam import build_expert, save_expert
+
+    torch.manual_seed(0)
+    uris = []
+    for name in ("COVID-19", "pneumonia"):
+        uri = str(root / name)
+        save_expert(build_expert("resnet18"), uri, {"arch": "resnet18", "class_name": name, "input_size": input_size})
+        uris.append(uri)
+    return uris[0], uris[1]
+
+
 def descendants(pid: int | None = None) -> dict[int, str]:
     """The processes below ``pid`` (default: this one), by pid, with their command lines: the Ray this
     session started (its raylet, workers, actors) and the drivers it ran. Read from /proc (Linux)."""

@@ -28,15 +28,14 @@ import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 from botocore.config import Config
 
-from dualcam import build_expert, load_meta, save_expert
+from dualcam import load_meta
 from dualcam.cli import main
 from dualcam.results import data_files, read_results
 from dualcam.synthetic import write_synthetic_xrays
 
-from conftest import ROOT, _free_port, descendants
+from conftest import ROOT, _free_port, descendants, write_untrained_experts
 from samples import write_labelled_folder
 
 pytestmark = pytest.mark.faults
@@ -48,14 +47,7 @@ N = 48
 
 @pytest.fixture(scope="module")
 def experts(tmp_path_factory) -> tuple[str, str]:
-    root = tmp_path_factory.mktemp("experts")
-    torch.manual_seed(0)
-    uris = []
-    for name in ("COVID-19", "pneumonia"):
-        uri = str(root / name)
-        save_expert(build_expert("resnet18"), uri, {"arch": "resnet18", "class_name": name, "input_size": INPUT_SIZE})
-        uris.append(uri)
-    return uris[0], uris[1]
+    return write_untrained_experts(tmp_path_factory.mktemp("experts"), INPUT_SIZE)
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,10 @@ from PIL import Image
 
 from dualcam import (
     addk,
-    build_expert,
     forward_with_cams,
     load_expert,
     load_meta,
     model_input,
-    save_expert,
     storage,
     upsample,
 )
@@ -33,7 +31,7 @@ from dualcam.pipeline import plan_placement, score_archive
 from dualcam.results import RUN_FILE, SCORE, RunSpec, data_files, read_results, to_numpy
 from dualcam.synthetic import synthetic_xray, write_synthetic_xrays
 
-from conftest import kill_driver_when, run_without_ray
+from conftest import kill_driver_when, run_without_ray, write_untrained_experts
 from samples import bad_inputs, dicom_bytes
 
 INPUT_SIZE = 128  # a 4 x 4 CAM grid for resnet18
@@ -49,14 +47,7 @@ BAD_REASONS = {
 
 @pytest.fixture(scope="module")
 def experts(tmp_path_factory) -> tuple[str, str]:
-    root = tmp_path_factory.mktemp("experts")
-    torch.manual_seed(0)
-    uris = []
-    for name in ("COVID-19", "pneumonia"):
-        uri = str(root / name)
-        save_expert(build_expert("resnet18"), uri, {"arch": "resnet18", "class_name": name, "input_size": INPUT_SIZE})
-        uris.append(uri)
-    return uris[0], uris[1]
+    return write_untrained_experts(tmp_path_factory.mktemp("experts"), INPUT_SIZE)
 
 
 @pytest.fixture(scope="module")
