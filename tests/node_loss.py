@@ -17,6 +17,9 @@ import tempfile
 import threading
 import time
 
+SCORING_A_BATCH = "MapBatches(DualScorer)).submit"
+"""A scoring actor's title while it runs a batch."""
+
 
 def main(c1: str, c2: str, images: str, output: str) -> int:
     # Ray's files (sessions, sockets, the "current cluster" address) in a folder of this run's own
@@ -28,6 +31,8 @@ def main(c1: str, c2: str, images: str, output: str) -> int:
 
     from dualcam.pipeline import score_archive
     from dualcam.results import data_files, read_results
+
+    from conftest import descendants
 
     loopback = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
     cluster = Cluster(initialize_head=True, head_node_args={**loopback, "include_dashboard": False})
@@ -47,13 +52,14 @@ def main(c1: str, c2: str, images: str, output: str) -> int:
         run = threading.Thread(target=score)
         started = time.monotonic()
         run.start()
-        # scoring under way on every node: all three CPUs held by the actors (not "rows written": on a loaded
-        # machine writing lags, and every input can be scored before the first file appears)
+        # scoring under way on every node: all three CPUs held by the actors and one of them running a batch
+        # (not "rows written": on a loaded machine writing lags, and every input can be scored before the
+        # first file appears)
         most_held = 0.0
         while run.is_alive():
             held = 3 - ray.available_resources().get("CPU", 0)
             most_held = max(most_held, held)
-            if held == 3:
+            if held == 3 and any(c.startswith("ray::") and SCORING_A_BATCH in c for c in descendants().values()):
                 break
             time.sleep(0.05)
         if not run.is_alive():
