@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := .demo
 
-.PHONY: venv lint test demo experiment bench scale submit clean
+.PHONY: venv lint test faults demo experiment bench scale submit clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,9 +17,13 @@ venv: $(STAMP)
 lint: venv
 	$(BIN)/ruff check .
 
-# Lint first: CI runs make test.
+# Lint first: CI runs make test, then make faults.
 test: lint
 	$(BIN)/python -m pytest
+
+# The fault suite: drivers, actors, S3 and a Ray node lost mid-run, each scenario's counts printed at the end.
+faults: venv
+	$(BIN)/python -m pytest -m faults
 
 # The class-overlap scenario end to end: synthetic data with known boxes, both experts trained in the
 # paper's regime on Ray Train, the test split scored on Ray Data, localization measured, figures drawn.

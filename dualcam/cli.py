@@ -12,12 +12,25 @@ import re
 import sys
 from collections.abc import Sequence
 
-from dualcam.commands import decode, demo, drift, evaluate, experiment, expert, explain, render, score, synth, train
+from dualcam.commands import (
+    decode,
+    demo,
+    drift,
+    evaluate,
+    experiment,
+    expert,
+    explain,
+    render,
+    repair,
+    score,
+    synth,
+    train,
+)
 from dualcam.commands.common import exit_status
 
 COMMANDS = {
-    "expert": expert, "decode": decode, "explain": explain, "score": score, "drift": drift, "render": render,
-    "train": train, "synth": synth, "evaluate": evaluate, "demo": demo, "experiment": experiment,
+    "expert": expert, "decode": decode, "explain": explain, "score": score, "drift": drift, "repair": repair,
+    "render": render, "train": train, "synth": synth, "evaluate": evaluate, "demo": demo, "experiment": experiment,
 }
 """Command name -> its module (``dualcam.commands``), in the order ``dualcam --help`` lists them."""
 

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from dualcam.kernel import DEFAULT_ALPHA
+from dualcam.lease import LEASE_SECONDS
 from dualcam.planning import Cluster, Rates
+from dualcam.storage import READ_TIMEOUT
 
 MAX_ERROR_FRACTION = 0.05
 """Default for ``max_error_fraction``: a run with more than 5% error rows is reported as failed."""
@@ -50,6 +52,13 @@ class ArchiveOptions:
     """Rows per Parquet file (Python only; no command-line option)."""
     progress: bool = True
     """Ray's progress bars (the line saying what the run will score is printed either way)."""
+    read_timeout: float = READ_TIMEOUT
+    """Seconds one input's read may take; a read still waiting then becomes that input's error row."""
+    wait_for_lease: bool = False
+    """When another run is writing into the output: wait for it to end instead of stopping (exit status 2)."""
+    lease_seconds: float = LEASE_SECONDS
+    """How long the output's lease lasts unless renewed, so how long the output of a killed driver stays
+    locked on S3 (Python only; see ``dualcam.lease``)."""
     dry_run: bool = False
     """Print what the run would do (``pipeline.plan_archive``) instead: nothing started, nothing written."""
     rates: str | None = None
@@ -66,7 +75,9 @@ class ArchiveOptions:
         check_value(self.limit, "limit", "an integer >= 0", int, lambda v: v >= 0, optional=True)
         check_value(self.max_error_fraction, "max_error_fraction", "a share in [0, 1]", float, lambda v: 0 <= v <= 1)
         check_value(self.rows_per_file, "rows_per_file", "an integer >= 1", int, lambda v: v >= 1)
-        for name in ("retry_errors", "progress", "dry_run"):
+        check_value(self.read_timeout, "read_timeout", "a number of seconds > 0", float, lambda v: v > 0)
+        check_value(self.lease_seconds, "lease_seconds", "a number of seconds > 0", float, lambda v: v > 0)
+        for name in ("retry_errors", "progress", "wait_for_lease", "dry_run"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.rates is not None and "=" in str(self.rates):
@@ -101,7 +112,7 @@ def add_alpha(parser: argparse.ArgumentParser) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``ArchiveOptions``' fields as long options, with its defaults: all but ``alpha`` (``add_alpha``,
-    which commands put beside their experts) and ``rows_per_file``."""
+    which commands put beside their experts), ``rows_per_file`` and ``lease_seconds``."""
     parser.add_argument("--batch-size", type=int, default=ArchiveOptions.batch_size,
                         help=f"images per forward pass (default {ArchiveOptions.batch_size})")
     parser.add_argument("--actors", type=int, default=ArchiveOptions.actors,
@@ -117,6 +128,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retry-errors", action="store_true",
                         help="score again the inputs that failed in earlier runs into this --output "
                         "(their error rows are replaced)")
+    parser.add_argument("--read-timeout", type=float, default=ArchiveOptions.read_timeout, metavar="SECONDS",
+                        help="a read of one input that takes longer becomes its error row, and the run goes on "
+                        f"(default {READ_TIMEOUT:g})")
+    parser.add_argument("--wait-for-lease", action="store_true",
+                        help="when another run is writing into --output, wait for it to end (default: stop, "
+                        "exit status 2)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs; the line "
                         "saying what the run will score is still printed)")
     parser.add_argument("--dry-run", action="store_true",

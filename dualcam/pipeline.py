@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from dualcam import drift, drift_report, planning, storage
 from dualcam.datasets import Inputs, read_inputs, skipped_files, skipped_kinds
 from dualcam.experts import ExpertMeta, load_meta, resolve_expert
+from dualcam.lease import Lease
 from dualcam.options import MAX_ERROR_FRACTION, ArchiveOptions
 from dualcam.raycluster import connect, largest_node_cpus
 from dualcam.results import (
@@ -34,15 +35,18 @@ from dualcam.results import (
     check_passthrough,
     data_files,
     drop_error_rows,
+    duplicate_rows,
     read_results,
     read_run_spec,
+    repeat_message,
 )
 from dualcam.scoring import DriftScorer, DualScorer, PairScorer, load_images
 
 
 @dataclass
 class ScoreSummary:
-    """What a scoring run did. ``total``/``ok``/``errors`` count the whole output folder."""
+    """What a scoring run did. ``ok``/``errors`` count the rows of the whole output folder; ``repeated``
+    its rows whose input is on another row too (0 unless two runs once wrote into it at the same time)."""
 
     output: str
     inputs: int
@@ -54,6 +58,7 @@ class ScoreSummary:
     first_error: str | None = None
     skipped: pa.ChunkedArray = field(default_factory=lambda: pa.chunked_array([], pa.string()))
     """Files under the input folder or prefix left out because their names are not images' (``Inputs.skipped``)."""
+    repeated: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -64,7 +69,10 @@ class ScoreSummary:
         return self.errors / max(1, self.ok + self.errors)
 
     def failure(self, max_error_fraction: float = MAX_ERROR_FRACTION) -> str | None:
-        """Why this run counts as failed, or None. Nothing readable at all is always a failure."""
+        """Why this run counts as failed, or None. Nothing readable at all is always a failure, and so
+        is an output that holds an input more than once."""
+        if self.repeated:
+            return repeat_message(self.repeated, self.output)
         if self.errors and not self.ok:
             return f"none of the {self.errors} inputs could be scored; first error: {self.first_error}"
         if self.error_fraction > max_error_fraction:
@@ -74,9 +82,10 @@ class ScoreSummary:
 
     def line(self) -> str:
         skipped = skipped_files(self.skipped)
+        repeated = f" ({self.repeated} rows repeat an input)" if self.repeated else ""
         return (f"scored {self.scored_now} images in {self.seconds:.1f} s ({self.images_per_second:.2f} images/s); "
                 f"{self.already_done} already done; {skipped + '; ' if skipped else ''}"
-                f"output holds {self.ok} ok, {self.errors} errors; results in {self.output}")
+                f"output holds {self.ok} ok, {self.errors} errors{repeated}; results in {self.output}")
 
 
 @dataclass
@@ -157,35 +166,40 @@ def run_archive(
     """
     started = time.perf_counter()
     run = _prepare(scorer, first, second, input, output, options)
-    if run.new_output:
-        storage.write_bytes(storage.join(output, RUN_FILE), run.spec.to_json().encode())
-    storage.remove_inflight(output)
-    if options.retry_errors:
-        drop_error_rows(output)
-    state = planning.progress(run.inputs.table, output)
-    todo = state.pending if options.limit is None else state.pending.slice(0, options.limit)
-    if len(todo):
-        ray = connect()
-        placement = planning.plan_placement(ray.cluster_resources(), largest_node_cpus(ray), options.actors,
-                                            options.gpus_per_actor, options.cpus_per_actor)
-        rows_per_block = planning.block_rows(len(todo), int(ray.cluster_resources().get("CPU", 1)), options.batch_size)
-        # printed with or without progress bars: a log then says what the run set out to do
-        print(f"dualcam: scoring {len(todo)} of {run.inputs.table.num_rows} inputs ({state.done} already in "
-              f"{output}) with {placement.actors} actor(s) of {placement.cpus_per_actor:g} CPU, "
-              f"{placement.gpus_per_actor:g} GPU, in blocks of {rows_per_block}", file=sys.stderr)
-        ray.data.DataContext.get_current().enable_progress_bars = options.progress
-        blocks = [ray.put(block) for block in planning.blocks(run.inputs.table, todo, rows_per_block)]
-        scored = _scored(ray, blocks, scorer, run.experts, run.meta, run.spec.alpha, placement, options.batch_size)
-        # Writing is I/O; it must not wait for CPUs the scoring actors hold.
-        scored.write_parquet(storage.absolute(output), filesystem=storage.parquet_filesystem(output),
-                             min_rows_per_file=options.rows_per_file, ray_remote_args={"num_cpus": 0})
-    status = read_results(output, ["status", "error"])
-    errors = status.filter(pc.equal(status.column("status"), "error"))
+    storage.check_writable(output)  # before any work: a run that cannot write finds out now, not at its end
+    with Lease(output, options.lease_seconds, options.wait_for_lease):  # one writer per output
+        # checked again under the lease: a run that held it until now may have claimed a new output
+        if _check_output(output, run.spec):
+            storage.write_bytes(storage.join(output, RUN_FILE), run.spec.to_json().encode())
+        storage.remove_inflight(output)
+        if options.retry_errors:
+            drop_error_rows(output)
+        state = planning.progress(run.inputs.table, output)
+        todo = state.pending if options.limit is None else state.pending.slice(0, options.limit)
+        if len(todo):
+            ray = connect()
+            placement = planning.plan_placement(ray.cluster_resources(), largest_node_cpus(ray), options.actors,
+                                                options.gpus_per_actor, options.cpus_per_actor)
+            rows_per_block = planning.block_rows(len(todo), int(ray.cluster_resources().get("CPU", 1)),
+                                                 options.batch_size)
+            # printed with or without progress bars: a log then says what the run set out to do
+            print(f"dualcam: scoring {len(todo)} of {run.inputs.table.num_rows} inputs ({state.done} already in "
+                  f"{output}) with {placement.actors} actor(s) of {placement.cpus_per_actor:g} CPU, "
+                  f"{placement.gpus_per_actor:g} GPU, in blocks of {rows_per_block}", file=sys.stderr)
+            ray.data.DataContext.get_current().enable_progress_bars = options.progress
+            blocks = [ray.put(block) for block in planning.blocks(run.inputs.table, todo, rows_per_block)]
+            scored = _scored(ray, blocks, scorer, run.experts, run.meta, run.spec.alpha, placement, options)
+            # Writing is I/O; it must not wait for CPUs the scoring actors hold.
+            scored.write_parquet(storage.absolute(output), filesystem=storage.parquet_filesystem(output),
+                                 min_rows_per_file=options.rows_per_file, ray_remote_args={"num_cpus": 0})
+        rows = read_results(output, ["uri", "status", "error"], warn_duplicates=False)
+    errors = rows.filter(pc.equal(rows.column("status"), "error"))
     return ScoreSummary(
         output=output, inputs=run.inputs.table.num_rows, already_done=state.done,
-        scored_now=len(todo), ok=status.num_rows - errors.num_rows, errors=errors.num_rows,
+        scored_now=len(todo), ok=rows.num_rows - errors.num_rows, errors=errors.num_rows,
         seconds=time.perf_counter() - started,
         first_error=errors.column("error")[0].as_py() if errors.num_rows else None, skipped=run.inputs.skipped,
+        repeated=duplicate_rows(rows),
     )
 
 
@@ -273,17 +287,19 @@ def _check_output(output: str, spec: RunSpec) -> bool:
 
 def _scored(
     ray: Any, blocks: list[Any], scorer: type[PairScorer], experts: tuple[str, str], meta: ExpertMeta,
-    alpha: float, placement: planning.Placement, batch_size: int,
+    alpha: float, placement: planning.Placement, options: ArchiveOptions,
 ) -> Any:
     """The lazy Ray Dataset of result rows for the inputs in ``blocks`` (object refs of ``planning.blocks``,
     put one at a time: what ``from_arrow`` does with a list it holds whole)."""
+    batch_size = options.batch_size
     load_resources = (
         {"num_cpus": 1, "num_gpus": 0} if placement.gpus_per_actor
         else {"num_cpus": placement.cpus_per_actor, "num_gpus": 0}  # same as the actor's: fused into it
     )
     ds = ray.data.from_arrow_refs(blocks)
     ds = ds.map_batches(
-        load_images, fn_kwargs={"meta": meta}, batch_format="pyarrow", batch_size=batch_size,
+        load_images, fn_kwargs={"meta": meta, "read_timeout": options.read_timeout}, batch_format="pyarrow",
+        batch_size=batch_size,
         **load_resources,
     )
     return ds.map_batches(

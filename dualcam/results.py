@@ -293,7 +293,9 @@ READ_WORKERS = 16
 """Result files read at once: a resumed run of 10 million inputs reads about 10,000 of them."""
 
 
-def read_results(output: str, columns: Sequence[str] | None = None, uris: Sequence[str] | None = None) -> pa.Table:
+def read_results(
+    output: str, columns: Sequence[str] | None = None, uris: Sequence[str] | None = None, warn_duplicates: bool = True,
+) -> pa.Table:
     """Every row of an output folder as one Arrow table (only the rows of ``uris`` when given, so
     a few rows' maps can be read without holding the whole folder's in memory).
 
@@ -301,10 +303,17 @@ def read_results(output: str, columns: Sequence[str] | None = None, uris: Sequen
     resume reads the ``uri`` column, a twentieth of a score row), and files are read
     ``READ_WORKERS`` at a time. A file that is not valid Parquet (only a foreign or damaged one:
     dualcam's writes appear whole) is skipped with a warning; a file that cannot be read (S3
-    throttling, say) raises, so a resumed run never mistakes unread rows for missing ones.
+    throttling, say) raises, so a resumed run never mistakes unread rows for missing ones. An
+    input on more than one row (two runs that wrote into one output at once, before leases) is
+    warned about, naming the repair, unless ``warn_duplicates`` is False (or ``uri`` is not read).
     """
     parts = list(read_results_in_parts(output, columns, uris, rows=None))
-    return parts[0] if parts else pa.table({name: pa.array([], pa.string()) for name in (columns or ["uri", "status"])})
+    if not parts:
+        return pa.table({name: pa.array([], pa.string()) for name in (columns or ["uri", "status"])})
+    table = parts[0]
+    if warn_duplicates and "uri" in table.column_names and (repeated := duplicate_rows(table)):
+        warnings.warn(f"{output}: {repeat_message(repeated, output)}", stacklevel=2)
+    return table
 
 
 def read_results_in_parts(
@@ -332,6 +341,17 @@ def read_results_in_parts(
         yield pa.concat_tables(part, promote_options="permissive")
 
 
+def duplicate_rows(table: pa.Table) -> int:
+    """How many rows of ``table`` repeat the ``uri`` of another row: 0 when each input is there once."""
+    return table.num_rows - len(pc.unique(table.column("uri")))
+
+
+def repeat_message(repeated: int, output: str) -> str:
+    """What to say of an output with ``repeated`` rows too many, and how to repair it."""
+    return (f"{repeated} rows repeat an input that is already in the output (two runs wrote into it at once?); "
+            f"`dualcam repair {output}` keeps one row per input")
+
+
 def drop_error_rows(output: str) -> int:
     """Rewrite each file of ``output`` that holds error rows without them; returns how many went.
 
@@ -343,12 +363,47 @@ def drop_error_rows(output: str) -> int:
         status = _read_parquet(uri, columns=["status"]).column("status")
         errors = pc.sum(pc.equal(status, "error")).as_py() or 0
         if errors:
-            table = _read_parquet(uri)
-            buf = pa.BufferOutputStream()
-            pq.write_table(table.filter(pc.equal(table.column("status"), "ok")), buf)
-            storage.write_bytes(uri, buf.getvalue().to_pybytes())
+            _rewrite_keeping(uri, pc.equal(status, "ok"))
             dropped += errors
     return dropped
+
+
+def drop_duplicates(output: str) -> int:
+    """Keep one row per input in ``output``; returns how many rows went.
+
+    The row kept is the input's first ok row, else its first error row (files in name order).
+    Files are rewritten whole, one at a time (a file left with no rows is deleted), and a kept
+    row is never touched, so at every moment each input is in the output at least once.
+    """
+    files = data_files(output)
+    tables = [_read_parquet(uri, columns=["uri", "status"]) for uri in files]
+    if not tables:
+        return 0
+    rows = pa.concat_tables(tables)
+    index = np.arange(rows.num_rows, dtype=np.int64)
+    # an error row ranks after every ok row; then the order of files and rows
+    rank = np.where(pc.equal(rows.column("status"), "ok").to_numpy(zero_copy_only=False), 0, rows.num_rows) + index
+    first = pa.table({"uri": rows.column("uri"), "rank": rank}).group_by("uri").aggregate([("rank", "min")])
+    kept = np.zeros(rows.num_rows, dtype=bool)
+    kept[first.column("rank_min").to_numpy() % rows.num_rows] = True
+    start = 0
+    for uri, table in zip(files, tables):
+        keep = kept[start:start + table.num_rows]
+        start += table.num_rows
+        if not keep.all():
+            _rewrite_keeping(uri, pa.array(keep))
+    return int((~kept).sum())
+
+
+def _rewrite_keeping(uri: str, keep: pa.Array) -> None:
+    """Replace the data file at ``uri`` by its rows where ``keep`` is true, whole; delete it if none are."""
+    table = _read_parquet(uri).filter(keep)
+    if table.num_rows == 0:
+        storage.delete(uri)
+        return
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    storage.write_bytes(uri, buf.getvalue().to_pybytes())
 
 
 def _read_parquet(uri: str, **options: Any) -> pa.Table:

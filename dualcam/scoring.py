@@ -53,21 +53,24 @@ _Loaded = tuple[np.ndarray | None, tuple[int, int] | None, str | None]
 (None, None, reason)."""
 
 
-def load_images(batch: pa.Table, meta: ExpertMeta, max_pixels: int = MAX_PIXELS) -> pa.Table:
+def load_images(
+    batch: pa.Table, meta: ExpertMeta, max_pixels: int = MAX_PIXELS, read_timeout: float = storage.READ_TIMEOUT,
+) -> pa.Table:
     """Add ``pixels`` ((3, S, S) model input, null on error), ``width``, ``height`` and ``error``.
 
-    Every row comes back: a file that is missing, unreadable, not an image, too large or
-    undecodable gets its reason in ``error``, so no input is ever dropped.
+    Every row comes back: a file that is missing, unreadable, not a regular file, not read within
+    ``read_timeout`` seconds, not an image, too large or undecodable gets its reason in ``error``,
+    so no input is ever dropped and no input can hold up the others for longer than the timeout.
     """
     uris = batch.column("uri").to_pylist()
     with ThreadPoolExecutor(min(IO_THREADS, max(1, len(uris)))) as pool:
-        loaded = list(pool.map(lambda uri: _load_one(uri, meta, max_pixels), uris))
+        loaded = list(pool.map(lambda uri: _load_one(uri, meta, max_pixels, read_timeout), uris))
     return _with_inputs(batch, loaded, meta.input_size)
 
 
-def _load_one(uri: str, meta: ExpertMeta, max_pixels: int) -> _Loaded:
+def _load_one(uri: str, meta: ExpertMeta, max_pixels: int, read_timeout: float) -> _Loaded:
     try:
-        x, size = model_input(storage.read_bytes(uri), uri, meta, max_pixels)
+        x, size = model_input(storage.read_bytes(uri, read_timeout), uri, meta, max_pixels)
         return x.numpy(), size, None
     except Exception as err:  # any failure is this row's error, never the batch's
         message = str(err) or type(err).__name__

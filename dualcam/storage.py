@@ -11,11 +11,14 @@ import functools
 import json
 import math
 import os
-import tempfile
+import secrets
+import stat
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 import botocore.config
@@ -25,8 +28,19 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 from botocore.exceptions import BotoCoreError, ClientError
 
+T = TypeVar("T")
+
 LIST_WORKERS = 16
 """List requests in flight at once when listing an s3:// prefix."""
+READ_TIMEOUT = 120.0
+"""Default deadline, in seconds, of one input read (``--read-timeout``): longer than the S3 client's own
+retries take (``S3_CONFIG``), so a read that passes it is one that storage never answered."""
+S3_CONFIG = botocore.config.Config(connect_timeout=10, read_timeout=20, max_pool_connections=LIST_WORKERS,
+                                   retries={"mode": "standard", "total_max_attempts": 5})
+"""Every S3 request: 10 s to connect, 20 s without a byte, 5 attempts with botocore's exponential
+backoff and jitter between them (its "standard" mode); a connection for each of ``LIST_WORKERS``."""
+MAX_STALLED_READS = 64
+"""Reads past their deadline that may hang on in one process; beyond, reads fail at once (storage stalled)."""
 
 
 class StorageError(OSError):
@@ -54,17 +68,17 @@ def join(uri: str, *parts: str) -> str:
 
 @functools.cache
 def s3_client():
-    """One boto3 S3 client per process (clients are thread-safe; creating one costs ~50 ms).
+    """One boto3 S3 client per process (clients are thread-safe; creating one costs ~50 ms), with
+    bounded timeouts and retries (``S3_CONFIG``).
 
     Dates in responses are left as text: nothing here reads them, and botocore spends three quarters
     of its time on a 1,000-key listing page parsing them (143 -> 37 ms a page on this machine), time
-    that no number of threads hides because parsing holds the GIL. The pool has a connection for
-    each of ``LIST_WORKERS``; everything else (credentials, endpoint, retries) is boto3's default.
+    that no number of threads hides because parsing holds the GIL. Everything else (credentials,
+    endpoint) is boto3's default.
     """
     session = botocore.session.get_session()
     session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=lambda text: text)
-    return boto3.session.Session(botocore_session=session).client(
-        "s3", config=botocore.config.Config(max_pool_connections=LIST_WORKERS))
+    return boto3.session.Session(botocore_session=session).client("s3", config=S3_CONFIG)
 
 
 def _s3_error(uri: str, err: Exception) -> Exception:
@@ -78,15 +92,78 @@ def _s3_error(uri: str, err: Exception) -> Exception:
     return StorageError(f"{uri}: S3 unreachable or misconfigured ({type(err).__name__}: {err})")
 
 
-def read_bytes(uri: str) -> bytes:
-    """The whole object or file. Raises FileNotFoundError if absent, StorageError otherwise."""
+def read_bytes(uri: str, timeout: float | None = None) -> bytes:
+    """The whole object or file. Raises FileNotFoundError if absent, StorageError otherwise.
+
+    Only regular files are read: a named pipe, a device or a folder raises StorageError at once
+    (a pipe would otherwise wait for a writer forever). With ``timeout`` (seconds), a read that has
+    not finished by then raises TimeoutError naming the URI and is abandoned (``with_deadline``).
+    """
+    if timeout is not None:
+        return with_deadline(lambda: read_bytes(uri), timeout, uri)
     if not is_s3(uri):
-        return Path(uri).read_bytes()
+        return _read_regular_file(uri)
     bucket, key = split_s3(uri)
     try:
         return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
     except (ClientError, BotoCoreError) as err:
         raise _s3_error(uri, err) from None
+
+
+def _read_regular_file(path: str) -> bytes:
+    # O_NONBLOCK: opening a named pipe returns at once instead of waiting for a writer; fstat then
+    # looks at what was opened, so a file swapped for a pipe after listing is caught too.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise StorageError(f"{path}: not a regular file but {_file_kind(mode)}; only files are read")
+    os.set_blocking(fd, True)
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a named pipe", stat.S_ISSOCK: "a socket",
+             stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device"}
+    return next((name for test, name in kinds.items() if test(mode)), "not a file")
+
+
+_stalled: list[threading.Thread] = []
+_stalled_lock = threading.Lock()
+
+
+def with_deadline(read: Callable[[], T], timeout: float, uri: str) -> T:
+    """``read()``'s result, or TimeoutError naming ``uri`` when it takes longer than ``timeout`` seconds.
+
+    The read runs in a daemon thread; one that passes its deadline is abandoned (nothing can
+    interrupt a read blocked in the kernel or on the network), so the caller goes on and the
+    process can still exit. Once ``MAX_STALLED_READS`` abandoned reads are still hanging, storage
+    is taken to be stalled and further reads fail at once instead of each waiting ``timeout``.
+    """
+    with _stalled_lock:
+        _stalled[:] = [t for t in _stalled if t.is_alive()]
+        if len(_stalled) >= MAX_STALLED_READS:
+            raise TimeoutError(f"{uri}: not read: {len(_stalled)} earlier reads in this process never returned "
+                               "(storage stalled?)")
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = read()
+        except BaseException as err:  # handed to the caller below
+            outcome["error"] = err
+
+    thread = threading.Thread(target=run, name=f"dualcam-read {uri}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        with _stalled_lock:
+            _stalled.append(thread)
+        raise TimeoutError(f"{uri}: no answer within {timeout:g} s (the read timeout); read abandoned")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def exists(uri: str) -> bool:
@@ -107,7 +184,9 @@ def exists(uri: str) -> bool:
 def write_bytes(uri: str, data: bytes) -> None:
     """Write atomically: a reader sees the old content or the new, never a part.
 
-    Locally through a temporary file renamed into place; S3 PUTs are atomic by themselves.
+    Locally through a temporary file renamed into place, created with the mode any new file gets
+    (0666 less the umask, as Ray's and pyarrow's writes), so rewritten files keep the same mode;
+    S3 PUTs are atomic by themselves.
     """
     if is_s3(uri):
         bucket, key = split_s3(uri)
@@ -118,14 +197,68 @@ def write_bytes(uri: str, data: bytes) -> None:
         return
     path = Path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def put_if(uri: str, data: bytes, etag: str | None) -> str | None:
+    """S3 compare-and-swap: PUT ``data`` at ``uri`` only while the object is absent (``etag`` None:
+    ``If-None-Match: *``) or unchanged since it had ``etag`` (``If-Match``). Its new ETag, or None
+    when the condition did not hold (412, 409, or 404 for an object that has gone)."""
+    bucket, key = split_s3(uri)
+    condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+    try:
+        return s3_client().put_object(Bucket=bucket, Key=key, Body=data, **condition)["ETag"]
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code", "") in ("PreconditionFailed", "ConditionalRequestConflict",
+                                                            "NoSuchKey"):
+            return None
+        raise _s3_error(uri, err) from None
+    except BotoCoreError as err:
+        raise _s3_error(uri, err) from None
+
+
+def read_tagged(uri: str) -> tuple[bytes, str] | None:
+    """An S3 object and its ETag (for ``put_if``), or None when it does not exist."""
+    bucket, key = split_s3(uri)
+    try:
+        answer = s3_client().get_object(Bucket=bucket, Key=key)
+        return answer["Body"].read(), answer["ETag"]
+    except (ClientError, BotoCoreError) as err:
+        error = _s3_error(uri, err)
+        if isinstance(error, FileNotFoundError) and "no such object" in str(error):
+            return None
+        raise error from None
+
+
+def delete(uri: str) -> None:
+    """Delete a file or object; one already gone is fine."""
+    if not is_s3(uri):
+        Path(uri).unlink(missing_ok=True)
+        return
+    bucket, key = split_s3(uri)
+    try:
+        s3_client().delete_object(Bucket=bucket, Key=key)
+    except (ClientError, BotoCoreError) as err:
+        raise _s3_error(uri, err) from None
+
+
+def check_writable(folder: str) -> None:
+    """Write a small hidden file into ``folder`` (created if absent) and delete it, the way results
+    are written (a temporary file renamed into place; a PUT on S3); StorageError naming the folder
+    and the reason when that fails, so a run finds out before any work, not at its end."""
+    probe = join(folder, f".dualcam-probe-{secrets.token_hex(6)}")
+    try:
+        write_bytes(probe, b"dualcam checks that it can write here before a run\n")
+        delete(probe)
+    except OSError as err:
+        raise StorageError(f"{folder}: cannot write results here ({err.strerror or err}); nothing was done") from None
 
 
 def list_files(uri: str) -> list[str]:
@@ -175,15 +308,17 @@ _CHUNK = 65_536  # names held as Python strings before they move into Arrow
 
 
 def _list_local(root: str) -> pa.Array:
-    """Files under ``root``, one ``os.scandir`` pass; symlinked folders are not followed, symlinked files are
-    taken. An unreadable folder raises (PermissionError naming it): skipping it would lose inputs unseen."""
+    """Everything under ``root`` but folders, one ``os.scandir`` pass; symlinked folders are not followed,
+    symlinked files are taken. A named pipe or a dangling link is listed too, so that it gets its error
+    row instead of going missing. An unreadable folder raises (PermissionError naming it): skipping it
+    would lose inputs unseen."""
     chunks, names, folders = [], [], [root]
     while folders:
         with os.scandir(folders.pop()) as entries:
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False):
                     folders.append(entry.path)
-                elif entry.is_file():
+                elif not entry.is_dir():
                     names.append(entry.path)
         if len(names) >= _CHUNK:
             chunks.append(pa.array(names, pa.string()))
@@ -339,13 +474,19 @@ class _RenameOnClose:
         self.closed = False
 
     def write(self, data) -> int:
-        return self.file.write(data)
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            raise _naming(err, self.path) from err
 
     def tell(self) -> int:
         return self.file.tell()
 
     def flush(self) -> None:
-        self.file.flush()
+        try:
+            self.file.flush()
+        except OSError as err:
+            raise _naming(err, self.path) from err
 
     def writable(self) -> bool:
         return True
@@ -353,8 +494,12 @@ class _RenameOnClose:
     def close(self) -> None:
         if self.closed:
             return
-        self.file.close()
         self.closed = True
+        try:
+            self.file.close()  # flushes: a full disk may show here first
+        except OSError as err:
+            os.unlink(self.tmp)
+            raise _naming(err, self.path) from err
         with open(self.tmp, "rb") as f:
             f.seek(max(0, os.path.getsize(self.tmp) - len(_PARQUET_MAGIC)))
             whole = f.read() == _PARQUET_MAGIC
@@ -362,6 +507,11 @@ class _RenameOnClose:
             os.replace(self.tmp, self.path)
         else:  # a write that failed part way: never let readers see it
             os.unlink(self.tmp)
+
+
+def _naming(err: OSError, path: str) -> OSError:
+    """``err`` with ``path`` in its message: "No space left on device" alone names no file."""
+    return OSError(err.errno, f"{err.strerror or err} while writing {path}")
 
 
 class _AtomicLocalHandler(pafs.FileSystemHandler):

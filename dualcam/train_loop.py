@@ -5,7 +5,8 @@ and a config: the expert's metadata, the recipe, the checkpoint it starts from, 
 and where each epoch's weights go (``--export-epochs``). Every epoch trains on this worker's shard
 of the train split (DDP when the expert has several workers); then rank 0 evaluates the whole
 validation and test splits, saves the state (``STATE_FILE``: model, optimizer, epoch, history) as
-a Ray Train checkpoint and reports the metrics. A restarted run goes on from its latest checkpoint.
+a Ray Train checkpoint and reports the metrics. A restarted run goes on from its latest checkpoint;
+each epoch's ``resumed_from_epoch`` says from which (None: the run had not been interrupted).
 
 Epochs are counted from 1 everywhere a person or a file sees them: the line printed per epoch
 (``epoch 3/8``), ``epoch`` in the history and in the checkpoint's state (the epochs done),
@@ -91,12 +92,15 @@ def train_loop(config: dict) -> None:
         model = load_expert(config["init_from"]).model
     else:
         model = build_expert(meta.arch, recipe.weights, meta.output_stride)
-    done, optimizer_state, history = 0, None, []
+    done, optimizer_state, history, resumed_from = 0, None, [], None
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint:  # a restarted run goes on after its latest epoch
+    if checkpoint:  # a restarted run (driver rerun, or workers replaced after a failure) goes on after its latest epoch
         state = read_state(checkpoint)
         model.load_state_dict(state["model"])
         done, optimizer_state, history = state["epoch"], state["optimizer"], state["history"]
+        resumed_from = done
+        if rank == 0:
+            print(f"[{meta.class_name}] resumed from the checkpoint of epoch {done}/{recipe.epochs}", flush=True)
         if config["export"] and rank == 0:
             # the epoch training goes on from: exported already, unless the last run stopped in between
             _export_epoch(model, config["export"], history[-1])
@@ -115,7 +119,7 @@ def train_loop(config: dict) -> None:
         train_seconds = time.perf_counter() - started
         loss_sum, images = _all_sum([total_loss, seen], device)
         metrics = {"epoch": epoch, "train_loss": loss_sum / max(images, 1), "train_images": int(images),
-                   "train_images_per_second": seen / max(train_seconds, 1e-9)}
+                   "train_images_per_second": seen / max(train_seconds, 1e-9), "resumed_from_epoch": resumed_from}
         if rank == 0:
             metrics.update(_evaluate(bare, shards, meta, recipe.batch_size, device))
         metrics["epoch_start_time"], metrics["epoch_end_time"] = epoch_start_time, time.time()

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dualcam import storage
+from dualcam import errorlog, storage
 from dualcam.datasets import SPLITS, Labelled, assign_splits, expert_rows, read_labelled, split_counts
 from dualcam.experts import (
     META_FILE,
@@ -208,7 +208,7 @@ def train_experts(
             except Exception as err:  # reported below, after the others are published
                 failed.append((plan.label, err))
     if failed:
-        reasons = "; ".join(f"{label}: {err}" for label, err in failed)
+        reasons = "; ".join(f"{label}: {errorlog.one_line(err)}" for label, err in failed)
         raise RuntimeError(f"training failed for {reasons}") from failed[0][1]
     return sorted(finished + trained, key=lambda e: list(classes).index(e.label))
 

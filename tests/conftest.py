@@ -4,6 +4,7 @@ and a real S3 endpoint (moto's server on loopback)."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import os
 import shutil
@@ -128,6 +129,61 @@ def ray_cluster(s3_endpoint):
     ray.shutdown()
 
 
+def write_untrained_experts(root: Path, input_size: int) -> tuple[str, str]:
+    """Two untrained resnet18 experts (COVID-19, pneumonia; seed 0) saved under ``root``: their URIs."""
+    import torch
+
+    from dualcam import build_expert, save_expert
+
+    torch.manual_seed(0)
+    uris = []
+    for name in ("COVID-19", "pneumonia"):
+        uri = str(root / name)
+        save_expert(build_expert("resnet18"), uri, {"arch": "resnet18", "class_name": name, "input_size": input_size})
+        uris.append(uri)
+    return uris[0], uris[1]
+
+
+def descendants(pid: int | None = None) -> dict[int, str]:
+    """The processes below ``pid`` (default: this one), by pid, with their command lines: the Ray this
+    session started (its raylet, workers, actors) and the drivers it ran. Read from /proc (Linux)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+    below, frontier = {}, [pid or os.getpid()]
+    while frontier:
+        parent = frontier.pop()
+        for child, ppid in parents.items():
+            if ppid == parent and child not in below:
+                with contextlib.suppress(OSError):
+                    below[child] = (Path("/proc") / str(child) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                    frontier.append(child)
+    return below
+
+
+OBSERVED: list[str] = []
+"""Counts the fault scenarios observed, printed at the end of the session."""
+
+
+@pytest.fixture
+def observed(request):
+    """``observed(what, inputs=..., rows=..., unique=..., exit=...)`` records what a scenario saw; the
+    session's summary lists every record, so a CI log shows the figures each promise rests on."""
+    def record(what: str, **counts) -> None:
+        OBSERVED.append(f"{request.node.name}: {what}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if OBSERVED:
+        terminalreporter.section("what the fault scenarios observed")
+        for line in OBSERVED:
+            terminalreporter.write_line(line)
+
+
 def run_without_ray(code: str, timeout: float = 300) -> str:
     """Run Python ``code`` in a fresh interpreter where any ``import ray`` fails; its stdout."""
     import subprocess
@@ -152,10 +208,11 @@ def kill_driver_when(code: str, ray_address: str, ready, timeout: float) -> floa
     driver = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "RAY_ADDRESS": ray_address},
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + timeout
-    while not ready() and driver.poll() is None and time.monotonic() < deadline:
+    while not (was_ready := ready()) and driver.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     killed_at = time.time()
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
     assert driver.returncode == -signal.SIGKILL, driver.stderr.read().decode()[-3000:]
+    assert was_ready, f"the moment to kill the driver did not come within {timeout} s"
     return killed_at

@@ -14,6 +14,7 @@ from PIL import Image
 
 from dualcam import storage
 from dualcam.cli import build_parser, main
+from dualcam.commands.common import exit_status
 from dualcam.commands.explain import OVERLAY_SIDE
 from dualcam.drawing import BACKGROUND, MARK_COLOR, SCALE_HEIGHT, TITLE_HEIGHT
 from dualcam.synthetic import write_synthetic_xrays
@@ -34,7 +35,7 @@ def test_the_installed_command_runs():
 
 
 COMMANDS = [["expert"], ["expert", "init"], ["expert", "show"], ["decode"], ["explain"], ["score"], ["drift"],
-            ["render"], ["train"], ["synth"], ["evaluate"], ["demo"], ["experiment"]]
+            ["repair"], ["render"], ["train"], ["synth"], ["evaluate"], ["demo"], ["experiment"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -169,6 +170,42 @@ def test_expert_show_on_s3(s3_bucket):
     assert result.returncode == 0, result.stderr
     shown = run("expert", "show", uri, env=dict(os.environ))
     assert shown.returncode == 0 and '"class_name": "COVID-19"' in shown.stdout
+
+
+@pytest.mark.parametrize("inside", ["a Ray task", "a Ray Data step"])
+def test_an_error_raised_inside_ray_is_one_line_naming_the_file_with_its_traceback_in_a_log(
+    ray_cluster, tmp_path, capsys, monkeypatch, inside,
+):
+    import ray
+
+    monkeypatch.setenv("DUALCAM_LOG_DIR", str(tmp_path / "logs"))
+    target = tmp_path / "out" / "part-0.parquet"
+    target.parent.mkdir()
+    (target.parent / f".{target.name}.inflight").symlink_to("/dev/full")
+
+    def write_to_full_disk(path: str) -> None:  # defined here, so Ray's workers get it by value
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"x": list(range(100_000))}), path, filesystem=storage.parquet_filesystem(path))
+
+    def run() -> int:
+        if inside == "a Ray task":
+            ray.get(ray.remote(write_to_full_disk).remote(str(target)))
+        else:  # Ray Data wraps it in its own UserCodeException, which keeps only the text of the original
+            ray.data.from_items([{"path": str(target)}]).map_batches(
+                lambda batch: [write_to_full_disk(p) for p in batch["path"]] and batch).materialize()
+        return 0
+
+    assert exit_status(run) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err, err
+    assert err.startswith(f"dualcam: error: OSError: [Errno 28] No space left on device while writing {target} "
+                          "(full traceback: "), err
+    log = Path(err.rsplit("full traceback: ", 1)[1].rstrip(")\n"))
+    assert log.parent == tmp_path / "logs"
+    story = log.read_text()
+    assert "Traceback (most recent call last)" in story and "write_to_full_disk" in story and "\x1b" not in story
 
 
 def test_expert_show_takes_a_folder_of_versions_as_score_does(tmp_path):

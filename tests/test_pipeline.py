@@ -1,6 +1,11 @@
-"""Scoring archives end to end on the shared local Ray: local folders, S3 (moto), manifests, resume; dry runs."""
+"""Scoring archives end to end on the shared local Ray: local folders, S3 (moto), manifests, resume, dry runs,
+and the checks that keep an output whole: one writer at a time, only regular files read, the probe write."""
 
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,22 +18,21 @@ from PIL import Image
 
 from dualcam import (
     addk,
-    build_expert,
     forward_with_cams,
     load_expert,
     load_meta,
     model_input,
-    save_expert,
     storage,
     upsample,
 )
 from dualcam.cli import main
 from dualcam.kernel import overlap
+from dualcam.lease import LOCK_FILE, Lease
 from dualcam.pipeline import score_archive
 from dualcam.results import RUN_FILE, SCORE, RunSpec, data_files, read_results, to_numpy
 from dualcam.synthetic import synthetic_xray, write_synthetic_xrays
 
-from conftest import kill_driver_when, run_without_ray
+from conftest import kill_driver_when, run_without_ray, write_untrained_experts
 from samples import bad_inputs, dicom_bytes
 
 INPUT_SIZE = 128  # a 4 x 4 CAM grid for resnet18
@@ -44,14 +48,7 @@ BAD_REASONS = {
 
 @pytest.fixture(scope="module")
 def experts(tmp_path_factory) -> tuple[str, str]:
-    root = tmp_path_factory.mktemp("experts")
-    torch.manual_seed(0)
-    uris = []
-    for name in ("COVID-19", "pneumonia"):
-        uri = str(root / name)
-        save_expert(build_expert("resnet18"), uri, {"arch": "resnet18", "class_name": name, "input_size": INPUT_SIZE})
-        uris.append(uri)
-    return uris[0], uris[1]
+    return write_untrained_experts(tmp_path_factory.mktemp("experts"), INPUT_SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +174,7 @@ def test_a_killed_run_resumes_with_each_input_once(ray_cluster, experts, tmp_pat
         f"score_archive({experts[0]!r}, {experts[1]!r}, {str(images)!r}, {str(out)!r}, batch_size=2, "
         "rows_per_file=2, progress=False)\n"
     )
-    kill_driver_when(code, ray_cluster, lambda: len(data_files(str(out))) >= 2, timeout=120)
+    kill_driver_when(code, ray_cluster, lambda: len(data_files(str(out))) >= 2, timeout=600)
 
     partial = pq.read_table(out)  # a plain reader: finished files only, nothing truncated visible
     assert 0 < partial.num_rows < 80
@@ -253,7 +250,100 @@ def test_a_schema_1_output_never_receives_schema_2_rows(experts, archive, tmp_pa
         refused = r"another schema \(score: .* alpha 5, schema 1\); choose another --output"
         with pytest.raises(ValueError, match=refused):
             score_archive(*experts, str(archive), str(out), retry_errors=retry_errors)
-    assert sorted(out.iterdir()) == before
+    assert sorted(p for p in out.iterdir() if p.name != LOCK_FILE) == before  # the lease's lock file stays
+
+
+def test_a_named_pipe_among_the_inputs_gets_its_error_row_and_a_rerun_counts_it(ray_cluster, experts, tmp_path):
+    images, out = tmp_path / "images", str(tmp_path / "out")
+    write_synthetic_xrays(images, 6, size=96)
+    os.mkfifo(images / "pipe.png")  # reading it would wait for a writer forever
+    first = score_archive(*experts, str(images), out, batch_size=4, progress=False)
+    assert (first.inputs, first.ok, first.errors) == (7, 6, 1)
+    assert f"{images / 'pipe.png'}: not a regular file but a named pipe" in first.first_error
+    again = score_archive(*experts, str(images), out, batch_size=4, progress=False)
+    assert (again.inputs, again.already_done, again.scored_now) == (7, 7, 0)
+    assert len(by_uri(read_results(out, ["uri"]))) == 7
+
+
+def test_a_second_run_into_an_output_being_written_is_refused_before_any_work(experts, archive, tmp_path):
+    out = str(tmp_path / "out")
+    code = (  # Ray cannot even be imported here: the refusal must come first
+        "import sys\nsys.stderr = sys.stdout\nfrom dualcam.cli import main\n"
+        f"print(main(['score', '--c1', {experts[0]!r}, '--c2', {experts[1]!r}, '--input', {str(archive)!r}, "
+        f"'--output', {out!r}]))\n"
+    )
+    with Lease(out):
+        printed = run_without_ray(code).splitlines()
+    assert printed[-1] == "2"
+    assert printed[0].startswith(f"dualcam: error: {out} is being written by another run (held by host ")
+    assert f"pid {os.getpid()}, started " in printed[0] and "--wait-for-lease" in printed[0]
+    assert not data_files(out)
+
+
+def read_only(path: Path) -> list[str]:
+    """A command prefix under which ``path`` cannot be written: a read-only bind mount in a mount namespace of
+    its own for root (for whom permissions are no obstacle), else the folder's permissions taken away."""
+    if os.geteuid() != 0:
+        for p in [path, *path.rglob("*")]:
+            p.chmod(p.stat().st_mode & ~0o222)
+        return []
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"]).returncode:
+        pytest.skip("running as root, and no mount namespace to make a folder read-only in")
+    script = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+    return ["unshare", "-m", "sh", "-c", script, str(path)]
+
+
+def test_an_existing_output_that_cannot_be_written_is_refused_before_any_work(ray_cluster, experts, tmp_path):
+    images, out = tmp_path / "images", tmp_path / "out"
+    write_synthetic_xrays(images, 6, size=96)
+    score_archive(*experts, str(images), str(out), limit=2, progress=False)
+    before = sorted(p.name for p in out.iterdir())
+    code = (  # no Ray here: the refusal must come before it, from the command and from the library alike
+        "import sys\nsys.modules['ray'] = None\nsys.stderr = sys.stdout\nfrom dualcam.cli import main\n"
+        "from dualcam.commands.common import exit_status\nfrom dualcam.pipeline import score_archive\n"
+        f"print(main(['score', '--c1', {experts[0]!r}, '--c2', {experts[1]!r}, '--input', {str(images)!r}, "
+        f"'--output', {str(out)!r}]))\n"
+        f"print(exit_status(lambda: score_archive({experts[0]!r}, {experts[1]!r}, {str(images)!r}, {str(out)!r}, "
+        "progress=False)))\n"
+    )
+    result = subprocess.run([*read_only(out), sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    reason = "Read-only file system" if os.geteuid() == 0 else "Permission denied"
+    assert result.stdout.splitlines() == [
+        f"dualcam: error: --output {out}: no permission to write in {out}", "2",  # the command's argument check
+        f"dualcam: error: {out}: cannot write results here ({reason}); nothing was done", "2",  # the probe write
+    ], result.stdout + result.stderr
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_rewritten_files_keep_the_mode_of_the_files_ray_wrote(ray_cluster, experts, archive, tmp_path):
+    out = tmp_path / "out"
+    score_archive(*experts, str(archive), str(out), batch_size=8, rows_per_file=4, progress=False)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir() if not p.name.startswith(".")}
+    score_archive(*experts, str(archive), str(out), batch_size=8, rows_per_file=4, retry_errors=True, progress=False)
+    rewritten = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir() if not p.name.startswith(".")}
+    assert len(set(modes.values())) == 1 and set(rewritten.values()) == set(modes.values())
+    assert modes.keys() <= rewritten.keys()  # error rows went back into files written now
+
+
+def test_an_output_holding_an_input_twice_fails_until_repaired(ray_cluster, experts, tmp_path, capsys):
+    images, out = tmp_path / "images", tmp_path / "out"
+    write_synthetic_xrays(images, 6, size=96)
+    args = ["score", "--c1", experts[0], "--c2", experts[1], "--input", str(images), "--output", str(out),
+            "--no-progress"]
+    assert main(args) == 0
+    capsys.readouterr()
+    first = data_files(str(out))[0]
+    shutil.copy(first, out / "copy-of-a-second-writer.parquet")  # what two runs at once used to leave
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "output holds 12 ok, 0 errors (6 rows repeat an input)" in captured.out
+    assert f"run failed: 6 rows repeat an input that is already in the output (two runs wrote into it at once?); " \
+           f"`dualcam repair {out}` keeps one row per input" in captured.err
+    assert main(["repair", str(out)]) == 0
+    assert f"removed 6 rows that repeated an input; {out} holds 6 rows, one per input" in capsys.readouterr().out
+    assert main(args) == 0
+    assert "output holds 6 ok, 0 errors; results" in capsys.readouterr().out
 
 
 def test_a_dry_run_plans_without_ray_and_writes_nothing(experts, archive, tmp_path):

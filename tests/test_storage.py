@@ -1,6 +1,9 @@
 """Listing local folders and s3:// prefixes; Parquet that appears whole on local disk; rewriting result files
-without their error rows."""
+without their error or repeated rows; reading only regular files within a deadline; the probe write before a run."""
 
+import os
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -9,7 +12,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from dualcam import storage
-from dualcam.results import drop_error_rows, read_results, tensor_array, to_numpy
+from dualcam.results import drop_duplicates, drop_error_rows, read_results, tensor_array, to_numpy
+
+
+def new_file_mode() -> int:
+    """The mode a new file gets here: 0666 less the umask (read without changing it)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def test_local_parquet_appears_only_when_complete(tmp_path):
@@ -41,9 +51,92 @@ def test_dropping_error_rows_keeps_the_rest_whole(tmp_path):
     pq.write_table(table, tmp_path / "part-1.parquet")
     pq.write_table(table.slice(0, 1), tmp_path / "part-2.parquet")
     assert drop_error_rows(str(tmp_path)) == 1
-    left = read_results(str(tmp_path))
+    with pytest.warns(UserWarning, match="1 rows repeat an input that is already in the output"):
+        left = read_results(str(tmp_path))
     assert left.column("uri").to_pylist() == ["a", "c", "a"]
     np.testing.assert_array_equal(to_numpy(left.column("heatmap")), heat[[0, 2, 0]])
+    # rewritten files get the mode of any new file (as Ray's writes), not a temporary file's 0600
+    assert {p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {new_file_mode()}
+
+
+def test_repeated_rows_are_found_and_repaired_keeping_one_ok_row_per_input(tmp_path):
+    def part(name: str, uris: list[str], status: list[str]) -> None:
+        pq.write_table(pa.table({"uri": uris, "status": status, "n": [name] * len(uris)}), tmp_path / name)
+
+    # two runs that wrote at once: the second scored b again (ok where the first failed) and all of c, d
+    part("run1-a.parquet", ["a", "b", "c"], ["ok", "error", "ok"])
+    part("run1-b.parquet", ["d"], ["ok"])
+    part("run2-a.parquet", ["b", "c", "d"], ["ok", "ok", "error"])
+    with pytest.warns(UserWarning, match=r"3 rows repeat an input .* `dualcam repair "):
+        assert read_results(str(tmp_path)).num_rows == 7
+    assert drop_duplicates(str(tmp_path)) == 3
+    rows = {r["uri"]: (r["status"], r["n"]) for r in read_results(str(tmp_path)).to_pylist()}
+    assert rows == {"a": ("ok", "run1-a.parquet"), "b": ("ok", "run2-a.parquet"), "c": ("ok", "run1-a.parquet"),
+                    "d": ("ok", "run1-b.parquet")}
+    assert read_results(str(tmp_path)).num_rows == 4  # and no warning left: pytest fails on none here
+    assert drop_duplicates(str(tmp_path)) == 0
+
+
+def test_only_regular_files_are_read_and_every_entry_is_listed(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"data")
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "folder.png").mkdir()
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "gone.png")
+    assert storage.read_bytes(str(tmp_path / "a.png")) == b"data"
+    started = time.monotonic()
+    with pytest.raises(storage.StorageError, match=r"pipe.png: not a regular file but a named pipe"):
+        storage.read_bytes(str(tmp_path / "pipe.png"))  # no writer will ever come: refused, not waited for
+    assert time.monotonic() - started < 5
+    with pytest.raises(storage.StorageError, match=r"folder.png: not a regular file but a folder"):
+        storage.read_bytes(str(tmp_path / "folder.png"))
+    with pytest.raises(storage.StorageError, match=r"not a regular file but a character device"):
+        storage.read_bytes("/dev/zero")
+    with pytest.raises(FileNotFoundError, match="dangling.png"):
+        storage.read_bytes(str(tmp_path / "dangling.png"))
+    # listed, so each gets its error row and a rerun counts it; folders are searched, not listed
+    assert [os.path.basename(u) for u in storage.list_files(str(tmp_path))] == ["a.png", "dangling.png", "pipe.png"]
+
+
+@pytest.fixture
+def silent_s3(monkeypatch):
+    """An S3 endpoint that accepts connections and never answers (a stalled server), for this test's client."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            monkeypatch.setenv(name, "testing")
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        storage.s3_client.cache_clear()
+        yield
+    storage.s3_client.cache_clear()
+
+
+def test_a_read_that_never_returns_is_abandoned_at_its_deadline(silent_s3):
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"s3://bucket/x.png: no answer within 1.5 s \(the read timeout\)"):
+        storage.read_bytes("s3://bucket/x.png", timeout=1.5)
+    assert time.monotonic() - started < 10
+    assert storage.s3_client().meta.config.retries == {"mode": "standard", "total_max_attempts": 5}  # with backoff
+
+
+def test_the_probe_write_leaves_nothing_and_names_the_reason(tmp_path):
+    out = tmp_path / "new" / "out"
+    storage.check_writable(str(out))
+    assert out.is_dir() and list(out.iterdir()) == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(storage.StorageError, match=r"file/out: cannot write results here \(Not a directory\)"):
+        storage.check_writable(str(tmp_path / "file" / "out"))
+
+
+def test_a_full_disk_names_the_file_being_written(tmp_path):
+    target = tmp_path / "part-0.parquet"
+    (tmp_path / f".{target.name}.inflight").symlink_to("/dev/full")  # writes there fail with ENOSPC
+    stream = storage.parquet_filesystem(str(tmp_path)).open_output_stream(str(target))
+    with pytest.raises(OSError, match=rf"No space left on device while writing {target}"):
+        stream.write(b"x" * (1 << 20))
+        stream.close()
+    assert not target.exists()
 
 
 # Keys that sort around "/" ('-' and '.' before it, letters after), a folder of 1,001 keys and one of 1,001

@@ -12,10 +12,11 @@ from types import ModuleType
 
 import numpy as np
 
-from dualcam import storage
+from dualcam import errorlog, storage
 from dualcam.datasets import skipped_files
 from dualcam.experts import OUTPUT_STRIDES, CheckpointError
 from dualcam.imaging import DecodeError, decode_image, is_image_name
+from dualcam.lease import LeaseLost
 from dualcam.options import ArchiveOptions
 from dualcam.pipeline import ScoreSummary, plan_archive
 from dualcam.scenario import DEMO_RECIPE
@@ -28,19 +29,22 @@ USAGE_ERRORS = (CheckpointError, DecodeError, ValueError, OSError)
 def exit_status(run: Callable[[], int]) -> int:
     """``run()``'s exit status; 2, with the reason on stderr, when it raised for unusable input.
 
-    A failure inside Ray's workers (an S3 write that keeps failing, say) is re-raised by Ray as a
-    subclass of the original error, but it is a failed run, not unusable input: exit 1.
+    A failure inside Ray's workers (an S3 write that keeps failing, say; Ray re-raises it as a
+    subclass of the original error) or a lease lost to another run is a failed run, not unusable
+    input: exit 1, with one line on stderr (``errorlog.one_line``) and the full traceback in a
+    log file whose path it names.
     """
     try:
         return run()
-    except USAGE_ERRORS as err:
-        print(f"dualcam: error: {err}", file=sys.stderr)
-        return 1 if _raised_by_ray(err) else 2
-
-
-def _raised_by_ray(err: BaseException) -> bool:
-    exceptions = sys.modules.get("ray.exceptions")  # never imports Ray: loaded only if Ray ran
-    return exceptions is not None and isinstance(err, exceptions.RayError)
+    except Exception as err:
+        if errorlog.raised_by_ray(err) or isinstance(err, LeaseLost):
+            print(f"dualcam: error: {errorlog.one_line(err)} (full traceback: {errorlog.write_log(err)})",
+                  file=sys.stderr)
+            return 1
+        if isinstance(err, USAGE_ERRORS):
+            print(f"dualcam: error: {err}", file=sys.stderr)
+            return 2
+        raise
 
 
 def failure_status(summary: ScoreSummary, max_error_fraction: float) -> int:
@@ -60,6 +64,8 @@ def dry_run(
     for line in plan_archive(scorer, first, second, input, output, options).lines():
         print(line, flush=True)
     return 0
+
+
 def check_output_folder(uri: str, option: str) -> None:
     """ValueError, before any work, for a local output folder that cannot be made or written to: it,
     or a folder above it, is a file, or the nearest folder that exists is not writable. (An s3://

@@ -1,0 +1,118 @@
+"""One writer per output: the lease, held by real processes, locally and on S3 (moto), refused, waited for,
+expired after a SIGKILL, and lost after a pause. No Ray."""
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dualcam import lease, storage
+from dualcam.lease import LEASE_FILE, Holder, Lease, LeaseHeld
+
+HOLD = """
+import sys
+from dualcam.commands.common import exit_status
+from dualcam.lease import Lease
+
+def run():
+    with Lease(sys.argv[1], seconds=float(sys.argv[2])):
+        print("held", flush=True)
+        sys.stdin.read()  # until the test closes it
+    return 0
+
+sys.exit(exit_status(run))
+"""
+
+
+def hold(output: str, seconds: float = 60) -> subprocess.Popen:
+    """A process that takes the lease on ``output`` and holds it until its stdin is closed."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, output, str(seconds)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n", holder.stderr.read()
+    return holder
+
+
+def finish(holder: subprocess.Popen) -> tuple[int, str]:
+    holder.stdin.close()
+    return holder.wait(60), holder.stderr.read()
+
+
+@pytest.fixture(params=["local", "s3"])
+def output(request, tmp_path) -> str:
+    if request.param == "local":
+        return str(tmp_path / "out")
+    return request.getfixturevalue("s3_bucket") + "/out"
+
+
+def test_a_second_run_is_refused_naming_the_holder_until_the_first_ends(output):
+    holder = hold(output)
+    recorded = Holder.from_json(storage.read_bytes(storage.join(output, LEASE_FILE)))
+    assert (recorded.host, recorded.pid) == (socket.gethostname(), holder.pid)
+    pattern = (rf"{output} is being written by another run \(held by host {socket.gethostname()}, pid {holder.pid}, "
+               r"started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC, lease expires .* UTC unless renewed\); .*--wait-for-lease")
+    with pytest.raises(LeaseHeld, match=pattern), Lease(output):
+        pass
+    assert finish(holder) == (0, "")
+    assert not storage.exists(storage.join(output, LEASE_FILE))  # given back
+    with Lease(output) as taken:
+        assert Holder.from_json(storage.read_bytes(storage.join(output, LEASE_FILE))).token == taken.holder.token
+
+
+def test_a_waiting_run_starts_when_the_holder_ends(output, monkeypatch):
+    monkeypatch.setattr(lease, "POLL_SECONDS", 0.2)
+    holder = hold(output)
+    said = []
+    ended = []
+
+    def end_holder_once_waiting(line: str) -> None:
+        said.append(line)
+        ended.append(finish(holder))  # the holder ends while this run waits
+
+    with Lease(output, wait=True, log=end_holder_once_waiting):
+        assert ended == [(0, "")]
+    assert len(said) == 1 and f"waiting for the run writing {output} to end (held by host" in said[0]
+
+
+def test_a_killed_drivers_lease_frees_at_once_locally_and_at_its_expiry_on_s3(output, monkeypatch):
+    monkeypatch.setattr(lease, "POLL_SECONDS", 0.2)
+    holder = hold(output, seconds=3)
+    expires = Holder.from_json(storage.read_bytes(storage.join(output, LEASE_FILE))).expires
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    if not storage.is_s3(output):  # the kernel dropped the lock with the process
+        with Lease(output):
+            return
+    with pytest.raises(LeaseHeld, match=f"pid {holder.pid}"), Lease(output):
+        pass
+    with Lease(output, wait=True, log=lambda line: None) as taken:
+        assert time.time() >= expires  # taken over once it had expired, not before
+        assert storage.read_tagged(storage.join(output, LEASE_FILE))[0] == taken.holder.to_json()
+
+
+def test_a_run_paused_past_its_lease_stops_when_another_has_taken_over(s3_bucket):
+    output = f"{s3_bucket}/out"
+    holder = hold(output, seconds=2)
+    holder.send_signal(signal.SIGSTOP)  # a driver paused (SIGSTOP, a frozen VM) longer than its lease
+    expires = Holder.from_json(storage.read_bytes(storage.join(output, LEASE_FILE))).expires
+    time.sleep(max(0.0, expires - time.time()) + 0.5)
+    with Lease(output, seconds=30) as taken:
+        holder.send_signal(signal.SIGCONT)  # it renews, finds the lease taken, and stops its run
+        status = holder.wait(30)
+        stderr = holder.stderr.read()
+        assert status == 1, stderr
+        assert stderr.startswith(f"dualcam: error: another run took over {output} (held by host "), stderr
+        assert stderr.count("\n") == 1 and "full traceback: " in stderr
+        assert storage.read_tagged(storage.join(output, LEASE_FILE))[0] == taken.holder.to_json()  # untouched
+
+
+def test_conditional_puts_are_compare_and_swap(s3_bucket):
+    uri = f"{s3_bucket}/cas"
+    first = storage.put_if(uri, b"1", None)
+    assert first and storage.put_if(uri, b"2", None) is None  # exists already
+    second = storage.put_if(uri, b"2", first)
+    assert second and storage.put_if(uri, b"3", first) is None  # a stale ETag
+    assert storage.read_tagged(uri) == (b"2", second)
+    assert storage.read_tagged(f"{s3_bucket}/nothing") is None
