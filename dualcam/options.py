@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dualcam.kernel import DEFAULT_ALPHA
+from dualcam.precision import DEFAULT_PRECISION, PRECISIONS, check_precision
 
 MAX_ERROR_FRACTION = 0.05
 """Default for ``max_error_fraction``: a run with more than 5% error rows is reported as failed."""
@@ -33,6 +34,8 @@ class ArchiveOptions:
     """ADDK amplification, finite and >= 0."""
     batch_size: int = 16
     """Images per forward pass."""
+    precision: str = DEFAULT_PRECISION
+    """How the experts compute (``dualcam.precision.PRECISIONS``): float32 unless told otherwise."""
     actors: int | None = None
     """Scoring actors; None: one per GPU, on CPU clusters one per 8 CPUs (``pipeline.plan_placement``)."""
     gpus_per_actor: float | None = None
@@ -53,6 +56,7 @@ class ArchiveOptions:
     def __post_init__(self) -> None:
         _check(self.alpha, "alpha", "a finite number >= 0", float, lambda v: math.isfinite(v) and v >= 0)
         _check(self.batch_size, "batch_size", "an integer >= 1", int, lambda v: v >= 1)
+        check_precision(self.precision)
         _check(self.actors, "actors", "an integer >= 1", int, lambda v: v >= 1, optional=True)
         _check(self.gpus_per_actor, "gpus_per_actor", "a number >= 0", float, lambda v: v >= 0, optional=True)
         _check(self.cpus_per_actor, "cpus_per_actor", "a number > 0", float, lambda v: v > 0, optional=True)
@@ -85,11 +89,19 @@ def add_alpha(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=ArchiveOptions.alpha, help=ALPHA_HELP)
 
 
+def add_precision(parser: argparse.ArgumentParser) -> None:
+    """--precision, default ``DEFAULT_PRECISION``: every command that runs the experts takes it."""
+    parser.add_argument("--precision", choices=PRECISIONS, default=ArchiveOptions.precision,
+                        help=f"how the experts compute (default {DEFAULT_PRECISION}, the same on CPU and GPU; "
+                        "tf32, fp16 and bf16 are faster on GPUs and move heatmaps: README, Precision)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``ArchiveOptions``' fields as long options, with its defaults: all but ``alpha`` (``add_alpha``,
     which commands put beside their experts) and ``rows_per_file``."""
     parser.add_argument("--batch-size", type=int, default=ArchiveOptions.batch_size,
                         help=f"images per forward pass (default {ArchiveOptions.batch_size})")
+    add_precision(parser)
     parser.add_argument("--actors", type=int, default=ArchiveOptions.actors,
                         help="scoring actors (default: one per GPU; on CPU clusters, one per 8 CPUs)")
     parser.add_argument("--gpus-per-actor", type=float, default=ArchiveOptions.gpus_per_actor,

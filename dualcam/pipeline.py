@@ -9,7 +9,10 @@ so that ``import dualcam`` works where Ray is absent. Its options are one ``Arch
                      -> write_parquet(output)
 
 On a CPU-only cluster both map steps take the same resources, so Ray fuses them into one actor
-that gets all of its node's CPUs; with GPUs, loading runs in CPU tasks beside the GPU actors.
+that gets all of its node's CPUs. With GPUs, one actor per GPU holds both experts, and loading
+runs in CPU tasks beside the actors, on every CPU they leave: those tasks only read the JPEGs,
+which each actor decodes in batches on its GPU (``device_decode``), and decode the rest (PNG,
+DICOM, the JPEGs nvJPEG handles badly) with ``imaging.model_input`` as on CPU clusters.
 """
 
 from __future__ import annotations
@@ -187,7 +190,7 @@ def run_archive(
     first, second = (resolve_expert(storage.absolute(e)) for e in (first, second))
     meta1, meta2 = load_meta(first), load_meta(second)
     scorer.check_experts(meta1, meta2, first, second)
-    spec = RunSpec.of(scorer.layout, meta1, meta2, options.alpha)
+    spec = RunSpec.of(scorer.layout, meta1, meta2, options.alpha, options.precision)
     found = read_inputs(input)
     if found.table.num_rows == 0:
         raise FileNotFoundError(f"{input}: no image files found" + (
@@ -207,9 +210,10 @@ def run_archive(
         if options.progress:
             print(f"dualcam: scoring {todo.num_rows} of {found.table.num_rows} inputs "
                   f"({found.table.num_rows - pending.num_rows} already in {output}) with {placement.actors} actor(s) "
-                  f"of {placement.cpus_per_actor:g} CPU, {placement.gpus_per_actor:g} GPU", file=sys.stderr)
+                  f"of {placement.cpus_per_actor:g} CPU, {placement.gpus_per_actor:g} GPU, in {spec.precision}",
+                  file=sys.stderr)
         ray.data.DataContext.get_current().enable_progress_bars = options.progress
-        scored = _scored(ray, todo, scorer, (first, second), meta1, spec.alpha, placement, options.batch_size)
+        scored = _scored(ray, todo, scorer, (first, second), meta1, spec, placement, options.batch_size)
         # Writing is I/O; it must not wait for CPUs the scoring actors hold.
         scored.write_parquet(storage.absolute(output), filesystem=storage.parquet_filesystem(output),
                              min_rows_per_file=options.rows_per_file, ray_remote_args={"num_cpus": 0})
@@ -232,12 +236,12 @@ def _claim_output(output: str, spec: RunSpec) -> None:
                              "choose an empty --output")
         storage.write_bytes(storage.join(output, RUN_FILE), spec.to_json().encode())
     elif existing != spec:
-        raise ValueError(f"{output} holds results of other experts, another alpha or another schema "
+        raise ValueError(f"{output} holds results of other experts, another alpha, precision or schema "
                          f"({existing.describe()}); choose another --output")
 
 
 def _scored(
-    ray: Any, todo: pa.Table, scorer: type[PairScorer], experts: tuple[str, str], meta: ExpertMeta, alpha: float,
+    ray: Any, todo: pa.Table, scorer: type[PairScorer], experts: tuple[str, str], meta: ExpertMeta, spec: RunSpec,
     placement: Placement, batch_size: int,
 ) -> Any:
     """The lazy Ray Dataset of result rows for the inputs in ``todo``."""
@@ -248,12 +252,13 @@ def _scored(
     rows_per_block = batch_size * 4
     ds = ray.data.from_arrow([todo.slice(i, rows_per_block) for i in range(0, todo.num_rows, rows_per_block)])
     ds = ds.map_batches(
-        load_images, fn_kwargs={"meta": meta}, batch_format="pyarrow", batch_size=batch_size,
-        **load_resources,
+        load_images, fn_kwargs={"meta": meta, "device_jpeg": bool(placement.gpus_per_actor)},
+        batch_format="pyarrow", batch_size=batch_size, **load_resources,
     )
     return ds.map_batches(
         scorer, fn_constructor_args=experts,
-        fn_constructor_kwargs={"alpha": alpha, "threads": max(1, round(placement.cpus_per_actor))},
+        fn_constructor_kwargs={"alpha": spec.alpha, "precision": spec.precision,
+                               "threads": max(1, round(placement.cpus_per_actor))},
         batch_format="pyarrow", batch_size=batch_size,
         # two calls in flight per actor (threads): one batch loads, and Ray moves the last output,
         # while the other is scored; the scorer runs one forward pass at a time
