@@ -1,5 +1,6 @@
 """Scoring archives end to end on the shared local Ray: local folders, S3 (moto), manifests, resume."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -212,7 +213,11 @@ def test_cli_exit_codes(ray_cluster, experts, archive, tmp_path, capsys):
                  "--max-error-fraction", "0.5"]) == 0
     assert "scored 5 images" in capsys.readouterr().out
     assert main(["score", *c, "--input", str(archive), "--output", str(tmp_path / "o3"), "--alpha", "50"]) == 2
-    assert "holds results of other experts, another alpha or another schema" in capsys.readouterr().err
+    assert "holds results of other experts, another alpha, precision or schema" in capsys.readouterr().err
+    # the precision is part of the run's identity: float32 rows are not resumed in bf16
+    assert main(["score", *c, "--input", str(archive), "--output", str(tmp_path / "o3"), "--precision", "bf16"]) == 2
+    assert "alpha 5, fp32, schema" in capsys.readouterr().err
+    assert json.loads((tmp_path / "o3" / "_run.json").read_text())["precision"] == "fp32"
 
 
 def test_unusable_outputs_and_inputs_are_refused_before_any_work(experts, archive, tmp_path):
