@@ -27,7 +27,8 @@ demo: venv
 	rm -rf $(DEMO)
 	$(BIN)/dualcam demo --out $(DEMO)
 
-# The four training regimes compared on one data set (8 minutes here, on 2 CPU cores).
+# The four training regimes compared on both data scenarios, overlap and salient-shared (40 minutes
+# here, on 2 CPU cores shared with other jobs).
 EXPERIMENT := .experiment
 experiment: venv
 	rm -rf $(EXPERIMENT)

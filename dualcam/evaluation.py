@@ -21,8 +21,8 @@ import torch
 
 from dualcam import localization
 from dualcam.datasets import read_boxes
-from dualcam.kernel import ALPHAS, KERNEL_ORIGIN, KERNELS, get_kernel, sharpen
-from dualcam.metrics import binary_metrics
+from dualcam.kernel import ALPHAS, KERNEL_ORIGIN, KERNELS, get_kernel, overlap, sharpen
+from dualcam.metrics import binary_metrics, roc_auc
 from dualcam.regions import Box
 from dualcam.results import RUN_FILE, read_results, read_run_spec, to_numpy
 
@@ -102,8 +102,29 @@ def evaluate(results: str, boxes: str, *, alphas: Sequence[float] = ALPHAS,
                                                / stored.abs().amax((-2, -1)).clamp_min(1e-30)).max()),
         "cam_correlation": {"mean": _nan_stat(np.nanmean, correlation), "median": _nan_stat(np.nanmedian, correlation)},
         "localization": [_row(kind, per_image[i]) for i, kind in enumerate(kinds)],
+        "overlap": _overlap_ranking(overlap(cam1, cam2).numpy(), per_image[0]),
         "experts": _experts(table, spec),
     }
+
+
+def _overlap_ranking(scores: np.ndarray, cam1: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Does the overlap score flag the images where CAM1 rests on the shared feature? The scores
+    of the images where CAM1's peak is in the S box and of those where it is in the F1 box, and
+    the AUC of ranking the first above the second (``overlap_auc``)."""
+    at_s = (cam1["pointing_S"] == 1) & (cam1["pointing_F1"] != 1)
+    at_f1 = (cam1["pointing_F1"] == 1) & (cam1["pointing_S"] != 1)
+    ranking = {"scores_at_S": scores[at_s].tolist(), "scores_at_F1": scores[at_f1].tolist()}
+    return {"mean": _nan_stat(np.nanmean, scores), "cam1_points_at_S": int(at_s.sum()),
+            "cam1_points_at_F1": int(at_f1.sum()), "auc_S_over_F1": overlap_auc([ranking]), **ranking}
+
+
+def overlap_auc(rankings: Sequence[dict[str, Any]]) -> float | None:
+    """AUC of the overlap score ranking CAM1-on-S images above CAM1-on-F1 images, pooled over
+    ``rankings`` (evaluations' ``overlap`` entries); None unless both kinds of image occur."""
+    at_s = [v for r in rankings for v in r["scores_at_S"]]
+    at_f1 = [v for r in rankings for v in r["scores_at_F1"]]
+    auc = roc_auc(np.array([True] * len(at_s) + [False] * len(at_f1)), np.array(at_s + at_f1))
+    return None if auc != auc else auc
 
 
 def _localize(c1: pa.Table, known: dict, kinds: list[MapKind], boxes_uri: str) -> list[dict[str, np.ndarray]]:
@@ -177,6 +198,10 @@ def format_table(evaluation: dict[str, Any]) -> str:
         lines.append(f"{row['map']:16s} {alpha:>5s} | {cells}")
     corr = evaluation["cam_correlation"]
     lines.append(f"CAM1-CAM2 correlation: mean {format_number(corr['mean'])}, median {format_number(corr['median'])}")
+    o = evaluation["overlap"]
+    lines.append(f"overlap (share of CAM1's evidence expert 2 also claims): mean {format_number(o['mean'])}; "
+                 f"CAM1 points at S in {o['cam1_points_at_S']} images, at F1 in {o['cam1_points_at_F1']}; "
+                 f"AUC of overlap ranking the S ones first {format_number(o['auc_S_over_F1'])}")
     for e in evaluation["experts"]:
         rates = ", ".join(f"{k.removeprefix('positive_rate_')} {v:.2f}" for k, v in e.items()
                           if k.startswith("positive_rate_"))

@@ -12,7 +12,7 @@ Both kinds share one frame: ``uri, status, error, width, height`` first; then th
 columns (``Layout.computed``); then ``alpha``, ``<role>_class, <role>_version, <role>_sha256``
 for each of the two experts, ``scored_at`` and ``schema_version``; then the manifest's columns.
 
-**Score** (``dualcam score``; experts ``c1``, ``c2``), schema version 1, in column order:
+**Score** (``dualcam score``; experts ``c1``, ``c2``), schema version 2, in column order:
 
 ==================  ==============================  ================================================
 column              type                            meaning
@@ -25,6 +25,11 @@ p1, p2              float32                         in-class probability of expe
 cam1, cam2          fixed_shape_tensor float32      raw in-class CAMs (h, w), before any scaling
 heatmap             fixed_shape_tensor float32      ADDK(cam1, cam2) at ``alpha``, (h, w)
 heatmap_max         float32                         max of ``heatmap`` on its (h, w) grid
+overlap             float32                         how much of expert 1's positive evidence expert
+                                                    2 also claims, 0 to 1: the share of ReLU(cam1)'s
+                                                    mass on the grid cells where cam2's positive part
+                                                    divided by its peak is at least cam1's (0 when
+                                                    cam1 has no positive value; ``kernel.overlap``)
 peak_x, peak_y      int32                           the peak of the upsampled heatmap, image pixels
 box_x, box_y,       int32                           box around the heatmap's top region (see
 box_w, box_h                                        ``dualcam.regions.TOP_REGION``), image pixels
@@ -32,9 +37,13 @@ alpha               float32                         ADDK amplification
 c1_class, c1_version, c1_sha256                     identity of expert 1 (class of interest)
 c2_class, c2_version, c2_sha256                     identity of expert 2 (overlapping class)
 scored_at           timestamp[us, UTC]              when the batch was scored
-schema_version      int16                           1
+schema_version      int16                           2
 ...                                                 manifest columns, passed through unchanged
 ==================  ==============================  ================================================
+
+Version 1 had the same columns but ``overlap``. Its outputs stay readable (``read_results``,
+``dualcam evaluate`` and ``dualcam render`` recompute the overlap from the stored CAMs), but are
+never extended: a rerun into a version-1 folder is refused (its ``_run.json`` names schema 1).
 
 **Drift** (``dualcam drift``; experts ``old``, ``new``: two versions of one expert), schema
 version 1; the measures are defined, with their ranges, in ``dualcam.drift``:
@@ -114,8 +123,8 @@ class Layout:
 
 SCORE = Layout("score", ("c1", "c2"), (
     ("p1", FLOAT), ("p2", FLOAT), ("cam1", TENSOR), ("cam2", TENSOR), ("heatmap", TENSOR), ("heatmap_max", FLOAT),
-    *((name, INT) for name in ("peak_x", "peak_y", "box_x", "box_y", "box_w", "box_h")),
-))
+    ("overlap", FLOAT), *((name, INT) for name in ("peak_x", "peak_y", "box_x", "box_y", "box_w", "box_h")),
+), schema_version=2)
 DRIFT = Layout("drift", ("old", "new"), (
     ("p_old", FLOAT), ("p_new", FLOAT), ("cam_old", TENSOR), ("cam_new", TENSOR), ("gained", TENSOR), ("lost", TENSOR),
     ("cam_correlation", FLOAT), ("peak_shift_px", FLOAT), ("extra_mass_outside_old_top", FLOAT), ("delta_p", FLOAT),

@@ -1,7 +1,8 @@
 """The class-overlap scenario end to end: synthetic data with known boxes, both experts trained
 under a chosen regime on Ray Train, the test split scored on Ray Data, then localization measured.
 
-``make demo`` runs one regime (the paper's); ``make experiment`` compares all of them. Everything
+``make demo`` runs one regime (the paper's) on the ``overlap`` data; ``make experiment`` compares
+all of them on each data scenario (``dualcam.synthetic.SCENARIOS``). Everything
 here calls the same library functions as the CLI commands ``synth``, ``train``, ``score`` and
 ``evaluate``, so each step can be rerun by hand.
 """
@@ -20,11 +21,11 @@ import pyarrow.csv as pacsv
 
 from dualcam import storage
 from dualcam.datasets import read_manifest
-from dualcam.evaluation import DEFAULT_KERNELS, EVALUATION_FILE, evaluate, format_number, format_table
+from dualcam.evaluation import DEFAULT_KERNELS, EVALUATION_FILE, evaluate, format_number, format_table, overlap_auc
 from dualcam.kernel import ALPHAS, PAPER_ALPHAS
 from dualcam.pipeline import score_archive
 from dualcam.score_report import render_results
-from dualcam.synthetic import OverlapDataset, write_overlap_dataset
+from dualcam.synthetic import DEFAULT_SCENARIO, SCENARIOS, OverlapDataset, get_scenario, write_overlap_dataset
 from dualcam.training import Recipe, train_experts
 
 DEMO_RECIPE = Recipe(arch="resnet18", weights="none", epochs=8, lr=0.01, momentum=0.9, batch_size=16,
@@ -88,6 +89,7 @@ def run_regime(data: OverlapDataset, chosen: Regime, out: str, recipe: Recipe = 
         raise RuntimeError(f"scoring the test split failed: {failure}")
     log(f"[{chosen.name}] {summary.line()}")
     evaluation = evaluate(results, data.boxes, alphas=alphas, kernels=kernels)
+    evaluation["scenario"] = data.scenario
     evaluation["regime"] = asdict(chosen)
     evaluation["recipe"] = asdict(recipe)
     storage.write_json(storage.join(results, EVALUATION_FILE), evaluation)
@@ -126,9 +128,11 @@ _COMPARED = [("CAM1", None), ("CAM2", None),
 
 def comparison_tables(evaluations: Sequence[dict[str, Any]]) -> str:
     """Markdown: F1 and S localization per map and regime, then what explains it (correlation,
-    each expert's positive rate on the other class, AUC)."""
+    each expert's positive rate on the other class, AUC). The evaluations are of one scenario."""
     names = [e["regime"]["name"] for e in evaluations]
-    lines = ["Pointing game / energy in box on the C1 test images (F1: C1's own feature; S: the shared one)", "",
+    scenario = evaluations[0].get("scenario", DEFAULT_SCENARIO)
+    lines = [f"Scenario {scenario}: pointing game / energy in box on the C1 test images "
+             "(F1: C1's own feature; S: the shared one)", "",
              "| map | alpha | " + " | ".join(f"{n}: F1" for n in names) + " | "
              + " | ".join(f"{n}: S" for n in names) + " |",
              "|---|---|" + "---|" * (2 * len(names))]
@@ -138,25 +142,41 @@ def comparison_tables(evaluations: Sequence[dict[str, Any]]) -> str:
                 [f"{format_number(r['pointing_S'])} / {format_number(r['energy_S'])}" for r in rows]
         lines.append(f"| {name} | {'' if alpha is None else f'{alpha:g}'} | " + " | ".join(cells) + " |")
     lines += ["", "| regime | C1 test images | CAM1-CAM2 correlation | expert 1 positive on C2 "
-              "| expert 2 positive on C1 "
-              "| expert 1 AUC | expert 2 AUC |", "|---|---|---|---|---|---|---|"]
+              "| expert 2 positive on C1 | expert 1 AUC | expert 2 AUC | mean overlap | CAM1 points at S / F1 "
+              "| overlap AUC, S over F1 |", "|---|---|---|---|---|---|---|---|---|---|"]
     for e in evaluations:
-        one, two = e["experts"]
+        one, two, o = *e["experts"], e["overlap"]
         lines.append(f"| {e['regime']['name']} | {e['images']} | {format_number(e['cam_correlation']['mean'])} | "
                      f"{format_number(one.get('positive_rate_C2'))} | {format_number(two.get('positive_rate_C1'))} | "
-                     f"{format_number(one['auc'])} | {format_number(two['auc'])} |")
+                     f"{format_number(one['auc'])} | {format_number(two['auc'])} | {format_number(o['mean'])} | "
+                     f"{o['cam1_points_at_S']} / {o['cam1_points_at_F1']} | {format_number(o['auc_S_over_F1'])} |")
+    rankings = [e["overlap"] for e in evaluations]
+    lines += ["", f"Overlap score over all {len(evaluations)} regimes of {scenario}: CAM1 points at S in "
+              f"{sum(r['cam1_points_at_S'] for r in rankings)} and at F1 in "
+              f"{sum(r['cam1_points_at_F1'] for r in rankings)} of the C1 test images; AUC of the overlap score "
+              f"ranking the S ones first: {format_number(overlap_auc(rankings))}"]
     return "\n".join(lines)
 
 
 def experiment(out: str, n: int = 200, size: int = 96, seed: int = 0, recipe: Recipe = DEMO_RECIPE,
-               regimes: Sequence[str] = tuple(r.name for r in REGIMES), log: Callable[[str], None] = print) -> str:
-    """Run every regime on one data set; returns the comparison tables, also written to
-    ``out/experiment.md`` with every evaluation in ``out/experiment.json``."""
+               regimes: Sequence[str] = tuple(r.name for r in REGIMES), scenarios: Sequence[str] = tuple(SCENARIOS),
+               log: Callable[[str], None] = print) -> str:
+    """Run every regime on each scenario's data set, under ``out/<scenario>/``; returns the
+    comparison tables, one set per scenario, also written to ``out/experiment.md`` with every
+    evaluation in ``out/experiment.json``."""
+    chosen = [regime(name) for name in regimes]
+    drawn = [get_scenario(name) for name in scenarios]  # unknown names fail before any work
     started = time.perf_counter()
-    data = write_overlap_dataset(storage.join(out, "data"), n, size, seed)
-    log(f"wrote {data.images} images ({n} per class, {size} px, seed {seed}) to {storage.join(out, 'data')}")
-    evaluations = [run_regime(data, regime(name), out, replace(recipe, seed=seed), log=log) for name in regimes]
-    tables = comparison_tables(evaluations)
+    evaluations, tables = [], []
+    for scenario in drawn:
+        root = storage.join(out, scenario.name)
+        data = write_overlap_dataset(storage.join(root, "data"), n, size, seed, scenario.name)
+        log(f"[{scenario.name}] wrote {data.images} images ({n} per class, {size} px, seed {seed}; "
+            f"{scenario.description}) to {storage.join(root, 'data')}")
+        found = [run_regime(data, r, root, replace(recipe, seed=seed), log=log) for r in chosen]
+        evaluations += found
+        tables.append(comparison_tables(found))
+    tables = "\n\n".join(tables)
     minutes = (time.perf_counter() - started) / 60
     storage.write_bytes(storage.join(out, "experiment.md"), f"{tables}\n\n(run time {minutes:.1f} min)\n".encode())
     storage.write_json(storage.join(out, "experiment.json"), evaluations)

@@ -3,7 +3,9 @@
 For a few scored rows it draws the paper's figure triple (CAM1, CAM2 and the kernel over the
 image; Figs. 4-5) and the alpha strip (the kernel at several alphas; Fig. 6), recomputing the
 kernel from the stored raw CAMs, so any kernel and alpha can be shown without scoring again. The
-report adds the run's spec, histograms of p1 and p2 per label, and an evaluation's tables.
+report adds a review list (the images expert 1 calls positive whose evidence expert 2 claims
+most, by ``overlap``, with their triples), the run's spec, histograms of p1 and p2 per label,
+and an evaluation's tables.
 Reads results, boxes and images from local paths or s3://; writes a local folder. No Ray.
 """
 
@@ -23,7 +25,7 @@ from dualcam import storage
 from dualcam.datasets import read_boxes
 from dualcam.drawing import DEFAULT_SIDE, panel_row
 from dualcam.imaging import DecodeError, decode_image
-from dualcam.kernel import ALPHAS, KERNEL_ORIGIN, get_kernel
+from dualcam.kernel import ALPHAS, KERNEL_ORIGIN, get_kernel, overlap
 from dualcam.regions import Box
 from dualcam.report import Report
 from dualcam.results import ExpertId, RunSpec, read_results, read_run_spec, to_numpy
@@ -32,6 +34,10 @@ DEFAULT_N = 8
 """Rows drawn by default."""
 DEFAULT_KERNEL = "addk"
 """The kernel drawn by default: the paper's."""
+DEFAULT_REVIEW = 8
+"""Rows listed for review by default."""
+POSITIVE = 0.5
+"""p1 at or above which expert 1 calls an image its class."""
 
 
 @dataclass
@@ -46,6 +52,8 @@ class Rendered:
     """PNGs written: triples, strips and histograms."""
     skipped: list[str] = field(default_factory=list)
     """``uri: reason`` for each chosen row whose image could not be read or decoded."""
+    reviewed: int = 0
+    """Rows of the review list drawn, each as a triple."""
 
 
 def render_results(
@@ -58,10 +66,12 @@ def render_results(
     boxes: str | None = None,
     evaluation: str | None = None,
     side: int | None = DEFAULT_SIDE,
+    review: int = DEFAULT_REVIEW,
 ) -> Rendered:
     """Write ``out/index.html`` and its images for the results folder ``results``.
 
-    Chooses up to ``n`` ok rows (``choose_rows``). Each figure is a ``drawing.panel_row`` with
+    Chooses up to ``n`` ok rows (``choose_rows``), and lists up to ``review`` rows for review
+    (``review_rows``; 0: no list). Each figure is a ``drawing.panel_row`` with
     panels of longer side ``side``. ``boxes`` is a CSV/Parquet of (uri, x, y, w, h, kind) in image
     pixels, outlined on that image's panels; ``evaluation`` a JSON object whose lists of flat
     objects become tables and whose scalars a key/value table. ValueError/OSError for missing
@@ -73,6 +83,8 @@ def render_results(
         raise ValueError(f"render: the report is written to a local folder, not {out}")
     if n < 1:
         raise ValueError(f"render: n must be at least 1, got {n}")
+    if review < 0:
+        raise ValueError(f"render: review must be at least 0, got {review}")
     if not alphas or not all(np.isfinite(a) and a >= 0 for a in alphas):
         raise ValueError(f"render: alphas must be finite numbers >= 0, got {list(alphas)}")
     spec = read_run_spec(results)
@@ -98,6 +110,18 @@ def render_results(
     drawn, skipped = _draw(report, chosen, spec, kernel, alphas, boxes_by_uri, side)
     if skipped:
         report.paragraph("Skipped: " + "; ".join(skipped))
+    reviewed = 0
+    if review:
+        listed, how = review_rows(ok, review, spec.first.class_name)
+        report.heading(f"Review: {spec.first.class_name} calls that rest on evidence expert 2 also claims")
+        report.paragraph(how)
+        if listed.num_rows:
+            report.table([{"rank": i + 1, **row} for i, row in enumerate(
+                listed.select(["uri", *_optional(listed, "label"), "p1", "p2", "overlap"]).to_pylist())])
+        reviewed, missed = _draw(report, listed, spec, kernel, (), boxes_by_uri, side, prefix="review-")
+        if missed:
+            report.paragraph("Skipped: " + "; ".join(missed))
+        skipped += [line for line in missed if line not in skipped]
     report.heading("Scores")
     per_label = ", per label" if "label" in ok.column_names else ""
     for score in ("p1", "p2"):
@@ -105,7 +129,7 @@ def render_results(
                          value_range=(0.0, 1.0))
     if evaluated is not None:
         _add_evaluation(report, evaluation, evaluated)
-    return Rendered(report.write(), drawn, 2 * drawn + 2, skipped)
+    return Rendered(report.write(), drawn, 2 * drawn + reviewed + 2, skipped, reviewed)
 
 
 def choose_rows(ok: pa.Table, n: int) -> tuple[pa.Table, str]:
@@ -131,17 +155,35 @@ def choose_rows(ok: pa.Table, n: int) -> tuple[pa.Table, str]:
     return chosen, f"The {chosen.num_rows} of the {rows.num_rows} {scope} with the highest p1, in uri order."
 
 
+def review_rows(ok: pa.Table, n: int, class_name: str) -> tuple[pa.Table, str]:
+    """The ``n`` ok rows that expert 1 calls positive (p1 >= ``POSITIVE``) with the highest
+    ``overlap``, highest first (ties by uri), and a sentence saying how they were chosen.
+
+    Results of schema 1 have no ``overlap`` column: it is computed from their stored CAMs.
+    """
+    positive = ok.filter(pc.greater_equal(ok.column("p1"), POSITIVE))
+    if "overlap" not in positive.column_names:
+        cams = (np.array(to_numpy(positive.column(c))) for c in ("cam1", "cam2"))
+        positive = positive.append_column("overlap", pa.array(overlap(*cams), pa.float32()))
+    listed = positive.sort_by([("overlap", "descending"), ("uri", "ascending")]).slice(0, n)
+    return listed, (f"The {listed.num_rows} of the {positive.num_rows} scored rows expert 1 calls {class_name} "
+                    f"(p1 >= {POSITIVE:g}) whose overlap is highest: the share of expert 1's positive evidence "
+                    "that expert 2 also claims, 0 to 1. A high overlap means the call rests on evidence the "
+                    "overlapping class shares; look at these first.")
+
+
 def _draw(
     report: Report, chosen: pa.Table, spec: RunSpec, kernel: str, alphas: Sequence[float],
-    boxes: Mapping[str, list[tuple[str, Box]]], side: int | None,
+    boxes: Mapping[str, list[tuple[str, Box]]], side: int | None, prefix: str = "",
 ) -> tuple[int, list[str]]:
-    """A triple and an alpha strip per chosen row; (rows drawn, ``uri: reason`` of rows skipped)."""
+    """A triple and, with ``alphas``, an alpha strip per chosen row, in its order; (rows drawn,
+    ``uri: reason`` of rows skipped). Figure names start with ``prefix``."""
     kernel_fn = get_kernel(kernel)
     # own copies: Arrow's buffers are read-only, which torch warns about
     cam1, cam2 = (np.array(to_numpy(chosen.column(c))) for c in ("cam1", "cam2"))
     heat = kernel_fn(cam1, cam2, spec.alpha)
     drawn, skipped = 0, []
-    for i, row in enumerate(chosen.select(["uri", "p1", "p2", *_optional(chosen, "label")]).to_pylist()):
+    for i, row in enumerate(chosen.select(["uri", "p1", "p2", *_optional(chosen, "label", "overlap")]).to_pylist()):
         uri = row["uri"]
         try:
             image = decode_image(storage.read_bytes(uri), uri)
@@ -154,14 +196,16 @@ def _draw(
             (f"CAM2 {spec.second.class_name} p2={row['p2']:.3f}", cam2[i]),
             (f"{kernel}(CAM1, CAM2) alpha={spec.alpha:g}", heat[i]),
         ]
-        strip = [(f"{kernel} alpha={a:g}", kernel_fn(cam1[i], cam2[i], a)) for a in alphas]
-        name = f"{drawn + 1:02d}-{uri.rstrip('/').rsplit('/', 1)[-1]}"
+        name = f"{prefix}{drawn + 1:02d}-{uri.rstrip('/').rsplit('/', 1)[-1]}"
         about = uri + (f" (label {row['label']})" if "label" in row else "")
+        about += f"; overlap {row['overlap']:.3f}" if "overlap" in row else ""
         about += f"; boxes: {', '.join(kind for kind, _ in own)}" if own else ""
         report.figure(panel_row(image, triple, boxes=own, side=side), f"{name}-triple",
                       f"{about}: CAM1, CAM2 and {kernel}(CAM1, CAM2) at the run's alpha {spec.alpha:g}")
-        report.figure(panel_row(image, strip, boxes=own, side=side), f"{name}-alphas",
-                      f"{about}: {kernel} at alpha {', '.join(f'{a:g}' for a in alphas)}")
+        if alphas:
+            strip = [(f"{kernel} alpha={a:g}", kernel_fn(cam1[i], cam2[i], a)) for a in alphas]
+            report.figure(panel_row(image, strip, boxes=own, side=side), f"{name}-alphas",
+                          f"{about}: {kernel} at alpha {', '.join(f'{a:g}' for a in alphas)}")
         drawn += 1
     return drawn, skipped
 

@@ -34,7 +34,7 @@ from dualcam import device_decode, drift, regions, storage
 from dualcam.cam import forward_with_cams, upsample
 from dualcam.experts import POSITIVE_INDEX, Expert, ExpertMeta, load_expert, resolve_expert
 from dualcam.imaging import MAX_PIXELS, model_input, preprocess
-from dualcam.kernel import DEFAULT_ALPHA, addk
+from dualcam.kernel import DEFAULT_ALPHA, addk, overlap
 from dualcam.precision import DEFAULT_PRECISION, check_precision, computing_in
 from dualcam.results import DRIFT, SCORE, Layout, RunSpec, result_table, tensor_array, to_numpy
 
@@ -297,8 +297,9 @@ class DualScorer(PairScorer):
         """Score a (B, 3, S, S) batch; every output is numpy, first axis B.
 
         ``p1``, ``p2``: in-class probabilities. ``cam1``, ``cam2``: raw in-class CAMs (B, h, w)
-        float32. ``heatmap`` = addk(cam1, cam2, alpha), and ``heatmap_max`` its max. ``peak``
-        (B, 2) float (x, y) and ``box`` (B, 4) int (x0, y0, x1, y1, inclusive): the peak and
+        float32. ``heatmap`` = addk(cam1, cam2, alpha), and ``heatmap_max`` its max. ``overlap``
+        (B,): the share of expert 1's positive evidence expert 2 also claims (``kernel.overlap``).
+        ``peak`` (B, 2) float (x, y) and ``box`` (B, 4) int (x0, y0, x1, y1, inclusive): the peak and
         top-region box of the heatmap upsampled to S x S, in input pixels. Everything stays on
         the device until the single copy back at the end.
         """
@@ -309,6 +310,7 @@ class DualScorer(PairScorer):
         out = {
             "p1": p1, "p2": p2, "cam1": cam1, "cam2": cam2, "heatmap": heatmap,
             "heatmap_max": heatmap.flatten(1).max(dim=1).values,
+            "overlap": overlap(cam1, cam2),
             "peak": regions.peak(fine),
             "box": regions.bounding_box(regions.top_region(fine)),
         }

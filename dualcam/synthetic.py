@@ -3,7 +3,10 @@
 ``write_overlap_dataset`` builds the paper's situation with known answers: class C1 holds a shared
 feature S and its own feature F1, class C2 holds S and its own F2, normal images hold neither.
 Every class has the same background, texture and distractors, so no class is told apart by
-anything but its features, and the boxes file says where each feature was drawn.
+anything but its features, and the boxes file says where each feature was drawn. A ``Scenario``
+sets how large and bright the features are (``SCENARIOS``): in ``overlap`` S is a faint disc,
+dimmer than the marks; in ``salient-shared`` it is larger and brighter than F1, the situation in
+which an expert trained against normal images leans on the shared feature.
 
 =========  ====================================  =====================================
 feature    drawn as                              stands for
@@ -34,9 +37,6 @@ CLASS_FEATURES = {"C1": ("S", "F1"), "C2": ("S", "F2"), "normal": ()}
 MANIFEST_FILE = "manifest.csv"
 BOXES_FILE = "boxes.csv"
 
-# Feature geometry as fractions of the image side; intensities add to a background in [0, 1].
-_S_RADIUS, _S_GAIN = (0.085, 0.11), 0.30
-_MARK_RADIUS, _MARK_WIDTH, _MARK_GAIN = (0.06, 0.075), 0.028, 0.38
 _DISTRACTORS = (3, 6)
 LUNG_FIELDS = ((0.3, 0.5, 0.17, 0.33), (0.7, 0.5, 0.17, 0.33))
 """The two dark lung fields as ellipses (centre x, centre y, half-width, half-height), in image fractions."""
@@ -80,6 +80,36 @@ def write_synthetic_xrays(out_dir: str | Path, n: int, size: int = 256, seed: in
 # --- The class-overlap scenario ----------------------------------------------------------------
 
 @dataclass(frozen=True)
+class Scenario:
+    """How large and bright the features are drawn. Radii are fractions of the image side, drawn
+    per image from their range; gains are intensities added to a background in [0, 1]."""
+
+    name: str
+    description: str
+    s_radius: tuple[float, float]
+    s_gain: float
+    mark_radius: tuple[float, float] = (0.06, 0.075)
+    """Radius of the F1 ring and half-length of the F2 cross's arms."""
+    mark_width: float = 0.028
+    mark_gain: float = 0.38
+
+
+SCENARIOS = {s.name: s for s in (
+    Scenario("overlap", "S a faint blurred disc, dimmer than the marks F1 and F2", (0.085, 0.11), 0.30),
+    Scenario("salient-shared", "S a large bright blurred disc, larger and brighter than F1", (0.12, 0.15), 0.55),
+)}
+DEFAULT_SCENARIO = "overlap"
+
+
+def get_scenario(name: str) -> Scenario:
+    """The scenario called ``name``; ValueError naming the known ones otherwise."""
+    try:
+        return SCENARIOS[name]
+    except KeyError:
+        raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}") from None
+
+
+@dataclass(frozen=True)
 class Feature:
     """Where one feature was drawn, in image pixels: columns x..x+w-1, rows y..y+h-1."""
 
@@ -97,10 +127,13 @@ class OverlapDataset:
     manifest: str
     boxes: str
     images: int
+    scenario: str = DEFAULT_SCENARIO
 
 
-def overlap_image(label: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, list[Feature]]:
-    """One (size, size) float32 image in [0, 1] of class ``label`` and the boxes of its features.
+def overlap_image(label: str, size: int, rng: np.random.Generator,
+                  drawn: Scenario = SCENARIOS[DEFAULT_SCENARIO]) -> tuple[np.ndarray, list[Feature]]:
+    """One (size, size) float32 image in [0, 1] of class ``label`` and the boxes of its features,
+    drawn as the scenario ``drawn`` says.
 
     Features sit inside the lung fields and never overlap each other; distractors (small blobs,
     squares and bars, in every class) never touch a feature's box.
@@ -113,19 +146,19 @@ def overlap_image(label: str, size: int, rng: np.random.Generator) -> tuple[np.n
     image = _chest(xx / size, yy / size, rng) + _texture(size, rng)
     boxes: list[Feature] = []
     for kind in CLASS_FEATURES[label]:
-        cx, cy, radius = _place(kind, size, boxes, rng)
+        cx, cy, radius = _place(drawn.s_radius if kind == "S" else drawn.mark_radius, kind, size, boxes, rng)
         distance = np.hypot(xx - cx, yy - cy)
         if kind == "S":
-            image += _S_GAIN * _smoothstep(radius + 0.02 * size, radius - 0.02 * size, distance)
+            image += drawn.s_gain * _smoothstep(radius + 0.02 * size, radius - 0.02 * size, distance)
             half = radius + 0.02 * size
         else:
-            width = _MARK_WIDTH * size
+            width = drawn.mark_width * size
             if kind == "F1":
-                image += _MARK_GAIN * _smoothstep(width / 2 + 0.5, width / 2 - 0.5, np.abs(distance - radius))
+                image += drawn.mark_gain * _smoothstep(width / 2 + 0.5, width / 2 - 0.5, np.abs(distance - radius))
             else:
                 bar = np.minimum(np.abs(xx - cx), np.abs(yy - cy))
                 inside = np.maximum(np.abs(xx - cx), np.abs(yy - cy)) <= radius + width / 2
-                image += _MARK_GAIN * inside * _smoothstep(width / 2 + 0.5, width / 2 - 0.5, bar)
+                image += drawn.mark_gain * inside * _smoothstep(width / 2 + 0.5, width / 2 - 0.5, bar)
             half = radius + width / 2
         boxes.append(_box(kind, cx, cy, half, size))
     image = _distractors(image, xx, yy, boxes, rng)
@@ -145,9 +178,11 @@ def _smoothstep(outer: float, inner: float, d: np.ndarray) -> np.ndarray:
     return t * t * (3 - 2 * t)
 
 
-def _place(kind: str, size: int, taken: list[Feature], rng: np.random.Generator) -> tuple[float, float, float]:
-    """A centre inside a lung field and a radius, clear of the boxes already taken."""
-    low, high = _S_RADIUS if kind == "S" else _MARK_RADIUS
+def _place(radii: tuple[float, float], kind: str, size: int, taken: list[Feature],
+           rng: np.random.Generator) -> tuple[float, float, float]:
+    """A centre inside a lung field and a radius in ``radii`` (fractions of the side), clear of the
+    boxes already taken."""
+    low, high = radii
     for _ in range(200):
         radius = rng.uniform(low, high) * size
         cx = (rng.choice([f[0] for f in LUNG_FIELDS]) + rng.uniform(-0.06, 0.06)) * size
@@ -204,28 +239,31 @@ def _splits(n: int) -> Iterator[str]:
         yield SPLITS[int(np.searchsorted(bounds, i, side="right"))]
 
 
-def write_overlap_dataset(out: str, n: int, size: int = 96, seed: int = 0) -> OverlapDataset:
-    """Write ``n`` images per class (C1, C2, normal) under ``out/images/<label>/``, plus
-    ``out/manifest.csv`` (uri, label, split: 60/20/20 per class) and ``out/boxes.csv`` (uri, x,
-    y, w, h, kind: one row per drawn F1, F2 and S). URIs in both files are relative to ``out``.
+def write_overlap_dataset(out: str, n: int, size: int = 96, seed: int = 0,
+                          scenario: str = DEFAULT_SCENARIO) -> OverlapDataset:
+    """Write ``n`` images per class (C1, C2, normal) of the scenario called ``scenario`` under
+    ``out/images/<label>/``, plus ``out/manifest.csv`` (uri, label, split: 60/20/20 per class)
+    and ``out/boxes.csv`` (uri, x, y, w, h, kind: one row per drawn F1, F2 and S). URIs in both
+    files are relative to ``out``.
 
     Same seed, same files: image i of a class depends only on (seed, class, i), so a larger
     ``n`` adds images without changing the first ones. ``out`` may be a folder or an s3:// prefix.
     """
+    drawn = get_scenario(scenario)
     if n < 5:
         raise ValueError(f"n must be at least 5 images per class (for 60/20/20 splits), got {n}")
     manifest: dict[str, list] = {"uri": [], "label": [], "split": []}
     boxes: dict[str, list] = {c: [] for c in BOX_COLUMNS}
     for c, label in enumerate(OVERLAP_CLASSES):
         for i, split in zip(range(n), _splits(n)):
-            image, drawn = overlap_image(label, size, np.random.default_rng([seed, c, i]))
+            image, features = overlap_image(label, size, np.random.default_rng([seed, c, i]), drawn)
             uri = f"images/{label}/{label}-{i:05d}.png"
             buf = io.BytesIO()
             Image.fromarray(_to_uint8(image)).save(buf, format="PNG")
             storage.write_bytes(storage.join(out, uri), buf.getvalue())
             for column, value in zip(("uri", "label", "split"), (uri, label, split)):
                 manifest[column].append(value)
-            for box in drawn:
+            for box in features:
                 for column, value in zip(BOX_COLUMNS, (uri, box.x, box.y, box.w, box.h, box.kind)):
                     boxes[column].append(value)
     paths = storage.join(out, MANIFEST_FILE), storage.join(out, BOXES_FILE)
@@ -233,4 +271,4 @@ def write_overlap_dataset(out: str, n: int, size: int = 96, seed: int = 0) -> Ov
         buf = io.BytesIO()
         pacsv.write_csv(pa.table(columns), buf)
         storage.write_bytes(path, buf.getvalue())
-    return OverlapDataset(*paths, images=3 * n)
+    return OverlapDataset(*paths, images=3 * n, scenario=drawn.name)

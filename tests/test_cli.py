@@ -64,9 +64,18 @@ def test_import_and_score_without_ray(tmp_path):
 
 def test_synth_writes_the_overlap_scenario(tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path), "--n", "5", "--size", "48", "--seed", "2"]) == 0
-    assert "wrote 15 synthetic 48 px images (5 each of C1, C2, normal)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "wrote 15 synthetic 48 px images of the overlap scenario (5 each of C1, C2, normal)" in out
     assert (tmp_path / "manifest.csv").is_file() and (tmp_path / "boxes.csv").is_file()
     assert len(list(tmp_path.glob("images/*/*.png"))) == 15
+    salient = tmp_path / "salient"
+    args = ["--n", "5", "--size", "48", "--seed", "2", "--scenario", "salient-shared"]
+    assert main(["synth", "--out", str(salient), *args]) == 0
+    assert "of the salient-shared scenario" in capsys.readouterr().out
+    assert (salient / "images/C1/C1-00000.png").read_bytes() != (tmp_path / "images/C1/C1-00000.png").read_bytes()
+    with pytest.raises(SystemExit):
+        main(["synth", "--out", str(tmp_path / "x"), "--scenario", "nope"])
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
 
 
 def test_init_explain_end_to_end(tmp_path, capsys):

@@ -4,7 +4,19 @@ import numpy as np
 import pytest
 import torch
 
-from dualcam.kernel import EXPONENT_KNEE, EXPONENT_SPAN, PEAK_FLOOR, addk, gated, get_kernel, normalize_by_peak, sharpen
+from dualcam.kernel import (
+    EXPONENT_KNEE,
+    EXPONENT_SPAN,
+    PEAK_FLOOR,
+    addk,
+    evidence,
+    gated,
+    get_kernel,
+    normalize_by_peak,
+    overlap,
+    sharpen,
+    unshared,
+)
 
 
 def paper_addk(x, xp, alpha):
@@ -176,6 +188,95 @@ def test_gated_of_a_map_without_positive_values_is_zero():
 
 
 def test_kernels_by_name():
-    assert get_kernel("addk") is addk and get_kernel("gated") is gated
-    with pytest.raises(ValueError, match="unknown kernel 'nope'.*addk, gated"):
+    assert get_kernel("addk") is addk and get_kernel("gated") is gated and get_kernel("unshared") is unshared
+    with pytest.raises(ValueError, match="unknown kernel 'nope'.*addk, gated, unshared"):
         get_kernel("nope")
+
+
+def test_evidence_is_the_positive_part_over_its_peak():
+    x = torch.tensor([[[4.0, 2.0], [1.0, -1.0]], [[-1.0, -2.0], [-3.0, -4.0]]], dtype=torch.float64)
+    expected = torch.tensor([[[1.0, 0.5], [0.25, 0.0]], [[0.0, 0.0], [0.0, 0.0]]], dtype=torch.float64)
+    assert torch.equal(evidence(x), expected)
+
+
+def test_overlap_on_hand_made_maps():
+    x = np.array([[4.0, 2.0], [1.0, -1.0]])   # ReLU mass 7; evidence [1, .5; .25, 0]
+    xp = np.array([[1.0, 2.0], [0.5, 3.0]])   # evidence [1/3, 2/3; 1/6, 1]
+    # expert 2 claims the cells (0, 1) and (1, 1): CAM1 mass 2 + 0 of 7
+    assert overlap(x, xp) == 2.0 / 7.0
+    # the other way round: ReLU(x') mass 6.5; x claims (0, 0) (1 >= 1/3) and (1, 0) (1/4 >= 1/6): 1 + 0.5
+    assert overlap(xp, x) == 1.5 / 6.5
+    # a tie counts as claimed: both maps peak in the same cell, nothing else of CAM1's is claimed
+    assert overlap(np.array([[2.0, 1.0], [0.0, 0.0]]), np.array([[5.0, 0.0], [0.0, 0.0]])) == 2.0 / 3.0
+
+
+def test_overlap_limits():
+    x = torch.rand(3, 6, 6, dtype=torch.float64) - 0.2
+    assert torch.equal(overlap(x, x.clone()), torch.ones(3, dtype=torch.float64))  # all of it claimed
+    assert torch.equal(overlap(x, 7.3 * x), torch.ones(3, dtype=torch.float64))  # scale-free, rounding aside
+    assert torch.equal(overlap(x.float(), 0.37 * x.float()), torch.ones(3))
+    none = -torch.rand(3, 6, 6, dtype=torch.float64)
+    assert torch.equal(overlap(x, none), torch.zeros(3, dtype=torch.float64))  # expert 2 claims nothing
+    assert torch.equal(overlap(none, x), torch.zeros(3, dtype=torch.float64))  # no evidence of expert 1's to share
+    assert torch.equal(overlap(torch.zeros(6, 6), torch.zeros(6, 6)), torch.tensor(0.0))
+
+
+def test_overlap_range_shapes_and_types():
+    rng = np.random.default_rng(4)
+    x, xp = rng.normal(size=(2, 50, 7, 7)), rng.normal(size=(2, 50, 7, 7))
+    out = overlap(x, xp)
+    assert isinstance(out, np.ndarray) and out.shape == (2, 50)
+    assert (out >= 0).all() and (out <= 1).all() and 0 < out.mean() < 1
+    t = overlap(torch.from_numpy(x).half(), torch.from_numpy(xp).half())
+    assert t.dtype == torch.float32 and t.shape == (2, 50)
+    for i in np.ndindex(2, 50):  # per map, never per batch
+        assert overlap(x[i], xp[i]) == out[i]
+    with pytest.raises(ValueError, match="overlap: maps must have the same shape"):
+        overlap(np.ones((4, 4)), np.ones((4, 5)))
+    with pytest.raises(ValueError, match="overlap: x_prime holds NaN"):
+        overlap(np.ones((4, 4)), np.full((4, 4), np.nan))
+
+
+def test_unshared_on_hand_made_maps():
+    x = np.array([[4.0, 3.0], [1.0, -1.0]])   # evidence [1, .75; .25, 0]
+    xp = np.array([[2.0, 0.0], [0.0, -5.0]])  # expert 2 claims CAM1's peak only: evidence [1, 0; 0, 0]
+    # strongest unclaimed evidence t = .75; exponent x/4 - t * min(e, e') = [1 - .75, .75; .25, -.25]
+    np.testing.assert_allclose(unshared(x, xp, 2.0), np.exp(2.0 * np.array([[0.25, 0.75], [0.25, -0.25]])), rtol=1e-12)
+    assert unshared(x, xp, 2.0).argmax() == 1  # the claimed peak gave way to CAM1's own evidence
+    assert sharpen(x, 2.0).argmax() == 0
+
+
+def test_unshared_falls_back_to_cam1_where_nothing_is_unclaimed():
+    x = torch.rand(4, 6, 6, dtype=torch.float64) - 0.3
+    raised = torch.maximum(x, 0.5 * x.amax((-2, -1), keepdim=True))  # same peak, more claimed elsewhere
+    for claims_all in (x.clone(), 8.0 * x, raised):
+        assert (evidence(claims_all) >= evidence(x)).all()
+        torch.testing.assert_close(unshared(x, claims_all, 5.0), sharpen(x, 5.0), rtol=0, atol=0)
+    # a second map with no positive value claims nothing: CAM1 sharpened, as addk(x, 0)
+    claims_nothing = -torch.rand(4, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(unshared(x, claims_nothing, 5.0), sharpen(x, 5.0), rtol=0, atol=0)
+    torch.testing.assert_close(unshared(x, 7.3 * x, 15.0), sharpen(x, 15.0))  # rounding aside
+
+
+def test_unshared_only_takes_out_and_by_at_most_alpha_times_t():
+    rng = np.random.default_rng(5)
+    x, xp = rng.normal(size=(200, 6, 6)), rng.normal(size=(200, 6, 6))
+    k, ref = unshared(x, xp, 5.0), sharpen(x, 5.0)
+    e, e_prime = evidence(torch.tensor(x)).numpy(), evidence(torch.tensor(xp)).numpy()
+    t = np.clip(e - e_prime, 0, None).max(axis=(1, 2), keepdims=True)
+    assert (k <= ref * (1 + 1e-12)).all()  # never above CAM1 sharpened
+    assert (k >= ref * np.exp(-5.0 * t) * (1 - 1e-12)).all()
+    unclaimed = np.broadcast_to(e_prime == 0, k.shape)
+    np.testing.assert_allclose(k[unclaimed], ref[unclaimed], rtol=1e-12)
+    assert (k < ref * (1 - 1e-9)).any()  # and it does take out somewhere
+
+
+def test_unshared_guards_like_addk():
+    big = torch.tensor(np.random.default_rng(6).normal(size=(8, 7, 7)) * 1e6, dtype=torch.float32)
+    out = unshared(big, -big, 100.0)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    np.testing.assert_array_equal(unshared(-np.ones((3, 3)), np.ones((3, 3)), 5.0), sharpen(-np.ones((3, 3)), 5.0))
+    with pytest.raises(ValueError, match="unshared: x holds NaN"):
+        unshared(np.full((4, 4), np.inf), np.ones((4, 4)))
+    with pytest.raises(ValueError, match="unshared: alpha"):
+        unshared(np.ones((4, 4)), np.ones((4, 4)), alpha=-1.0)

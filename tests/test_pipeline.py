@@ -16,14 +16,16 @@ from dualcam import (
     build_expert,
     forward_with_cams,
     load_expert,
+    load_meta,
     model_input,
     save_expert,
     storage,
     upsample,
 )
 from dualcam.cli import main
+from dualcam.kernel import overlap
 from dualcam.pipeline import plan_placement, score_archive
-from dualcam.results import data_files, read_results, to_numpy
+from dualcam.results import RUN_FILE, SCORE, RunSpec, data_files, read_results, to_numpy
 from dualcam.synthetic import synthetic_xray, write_synthetic_xrays
 
 from conftest import kill_driver_when, run_without_ray
@@ -106,6 +108,7 @@ def test_a_folder_gives_one_row_per_input_equal_to_a_direct_computation(ray_clus
         assert row["p1"] == pytest.approx(l1.softmax(-1)[0, 1].item(), rel=1e-4)
         assert row["p2"] == pytest.approx(l2.softmax(-1)[0, 1].item(), rel=1e-4)
         assert row["heatmap_max"] == pytest.approx(heats[i].max(), rel=1e-6)
+        assert row["overlap"] == overlap(cams1[i], cams2[i]) and row["schema_version"] == 2
         assert (row["alpha"], row["c1_class"], row["c2_version"]) == (15.0, "COVID-19", e2.meta.version)
         # the peak (centre of the tied maxima: upsampling makes plateaus at the borders), against
         # the heatmap upsampled to the image itself, within one input pixel
@@ -235,6 +238,20 @@ def test_unusable_outputs_and_inputs_are_refused_before_any_work(experts, archiv
     clash.write_text(f"uri,status\n{archive / 'synthetic-00000.png'},x\n")
     with pytest.raises(ValueError, match="manifest columns status clash"):
         score_archive(*experts, str(clash), str(tmp_path / "o"))
+
+
+def test_a_schema_1_output_never_receives_schema_2_rows(experts, archive, tmp_path):
+    out = tmp_path / "v1"
+    out.mkdir()
+    same_experts = RunSpec.of(SCORE, load_meta(experts[0]), load_meta(experts[1]), 5.0)
+    assert same_experts.schema_version == 2
+    (out / RUN_FILE).write_text(RunSpec(same_experts.first, same_experts.second, 5.0, schema_version=1).to_json())
+    before = sorted(out.iterdir())
+    for retry_errors in (False, True):  # refused before error rows would be taken out, too
+        refused = r"another schema \(score: .* alpha 5, schema 1\); choose another --output"
+        with pytest.raises(ValueError, match=refused):
+            score_archive(*experts, str(archive), str(out), retry_errors=retry_errors)
+    assert sorted(out.iterdir()) == before
 
 
 def test_placement_defaults():

@@ -24,10 +24,10 @@ from dualcam.drawing import (
     panel_row,
     panel_size,
 )
-from dualcam.kernel import get_kernel
+from dualcam.kernel import get_kernel, overlap
 from dualcam.report import Report, format_value
 from dualcam.results import RUN_FILE, read_results, to_numpy
-from dualcam.score_report import render_results
+from dualcam.score_report import render_results, review_rows
 from dualcam.scoring import load_images
 from dualcam.synthetic import synthetic_xray
 
@@ -238,12 +238,14 @@ def test_render_command(scored, tmp_path, capsys):
     root, _ = scored
     results = str(root / "results")
     assert main(["render", "--results", results, "--out", str(tmp_path / "r"), "--n", "1", "--alphas", "5,15"]) == 0
-    assert f"1 images drawn (4 figures, 0 skipped); report: {tmp_path / 'r' / 'index.html'}" in capsys.readouterr().out
+    assert f"1 images drawn, 0 listed for review (4 figures, 0 skipped); report: {tmp_path / 'r' / 'index.html'}" \
+        in capsys.readouterr().out  # the untrained expert 1 calls none positive
     for args, message in [
         (["--results", str(tmp_path / "nothing")], "no results"),
         (["--results", results, "--kernel", "nope"], "unknown kernel 'nope'"),
         (["--results", results, "--alphas", "1,x"], "expected comma-separated numbers, got '1,x'"),
         (["--results", results, "--alphas", "-1"], "alphas must be finite numbers >= 0"),
+        (["--results", results, "--review", "-1"], "review must be at least 0"),
         (["--results", results, "--evaluation", str(tmp_path / "missing.json")], "missing.json"),
     ]:
         assert main(["render", "--out", str(tmp_path / "bad"), *args]) == 2, args
@@ -267,3 +269,54 @@ def test_render_reads_results_and_images_from_s3(scored, s3_bucket, tmp_path):
     assert rendered.images == 1 and rendered.skipped == []
     triple = next(p for p in referenced_files(rendered.report) if p.name.endswith("-triple.png"))
     assert Image.open(triple).size == (3 * 64 + 2 * GAP, TITLE_HEIGHT + 64 + LEGEND_HEIGHT)
+
+
+def _with(table, **columns):
+    """``table`` with these float32 columns replaced."""
+    for name, values in columns.items():
+        table = table.set_column(table.schema.get_field_index(name), name, pa.array(values, pa.float32()))
+    return table
+
+
+def test_review_lists_c1_calls_by_overlap_with_their_triples(scored, tmp_path):
+    root, uris = scored
+    table = _with(pq.read_table(root / "results" / "part-0.parquet"),
+                  p1=[0.9, 0.8, 0.2, 0.7, 0.95, 0.6], overlap=[0.1, 0.9, 0.99, 0.5, 0.3, 0.7])
+    (tmp_path / "results").mkdir()
+    pq.write_table(table, tmp_path / "results" / "part-0.parquet")
+    (tmp_path / "results" / RUN_FILE).write_bytes((root / "results" / RUN_FILE).read_bytes())
+
+    listed, how = review_rows(table, 3, "COVID-19")
+    # x2 has the highest overlap, but expert 1 does not call it (p1 0.2)
+    assert listed.column("uri").to_pylist() == [uris[1], uris[5], uris[3]]
+    assert "The 3 of the 5 scored rows expert 1 calls COVID-19 (p1 >= 0.5)" in how
+    rendered = render_results(str(tmp_path / "results"), tmp_path / "report", n=1, alphas=(5,), review=3, side=64)
+    assert (rendered.images, rendered.reviewed, rendered.figures) == (1, 3, 2 * 1 + 3 + 2)
+    names = sorted(p.name for p in referenced_files(rendered.report))
+    assert [n for n in names if n.startswith("review-")] == [
+        "review-01-x1.png-triple.png", "review-02-x5.png-triple.png", "review-03-x3.png-triple.png"]
+    page = rendered.report.read_text(encoding="utf-8")
+    assert "Review: COVID-19 calls that rest on evidence expert 2 also claims" in page
+    rows = [page.index(f"<td>{uris[i]}</td>") for i in (1, 5, 3)]
+    assert rows == sorted(rows) and f"<td>{uris[2]}</td>" not in page
+    assert f"{uris[1]} (label pneumonia); overlap 0.900" in page
+    off = render_results(str(tmp_path / "results"), tmp_path / "off", n=1, alphas=(5,), review=0, side=64)
+    assert off.reviewed == 0 and "Review:" not in off.report.read_text(encoding="utf-8")
+
+
+def test_review_of_schema_1_results_computes_the_overlap_from_the_cams(scored, tmp_path):
+    root, uris = scored
+    table = pq.read_table(root / "results" / "part-0.parquet")
+    stored = table.column("overlap").to_numpy()
+    cams = [np.array(to_numpy(table.column(c))) for c in ("cam1", "cam2")]
+    np.testing.assert_array_equal(stored, overlap(*cams))
+    assert len(set(stored.tolist())) == 6  # a strict order to find again
+    v1 = _with(table.drop_columns(["overlap"]), p1=[0.9] * 6)
+    listed, _ = review_rows(v1, 6, "COVID-19")
+    expected = sorted(range(6), key=lambda i: (-stored[i], uris[i]))
+    assert listed.column("uri").to_pylist() == [uris[i] for i in expected]
+    np.testing.assert_array_equal(listed.column("overlap").to_numpy(), stored[expected])
+    (tmp_path / "results").mkdir()
+    pq.write_table(v1, tmp_path / "results" / "part-0.parquet")  # no _run.json: spec from the rows
+    rendered = render_results(str(tmp_path / "results"), tmp_path / "report", n=1, alphas=(5,), review=2, side=64)
+    assert rendered.reviewed == 2

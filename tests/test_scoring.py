@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dualcam import DualScorer, addk, build_expert, forward_with_cams, load_expert, load_meta, model_input, save_expert
+from dualcam.kernel import overlap
 from dualcam.results import OUTPUT_COLUMNS, to_numpy
 from dualcam.scoring import load_images, score_images
 from dualcam.synthetic import synthetic_xray, write_synthetic_xrays
@@ -35,9 +36,10 @@ def test_scores_match_a_direct_computation(experts):
     out = scorer.score(batch)
     assert {k: v.shape for k, v in out.items()} == {
         "p1": (2,), "p2": (2,), "cam1": (2, 2, 2), "cam2": (2, 2, 2), "heatmap": (2, 2, 2),
-        "heatmap_max": (2,), "peak": (2, 2), "box": (2, 4),
+        "heatmap_max": (2,), "overlap": (2,), "peak": (2, 2), "box": (2, 4),
     }
-    assert all(out[k].dtype == np.float32 for k in ("p1", "p2", "cam1", "cam2", "heatmap", "heatmap_max"))
+    assert all(out[k].dtype == np.float32 for k in ("p1", "p2", "cam1", "cam2", "heatmap", "heatmap_max", "overlap"))
+    np.testing.assert_array_equal(out["overlap"], overlap(out["cam1"], out["cam2"]))
     e1, e2 = load_expert(experts[0]), load_expert(experts[1])
     with torch.inference_mode():
         l1, c1 = forward_with_cams(e1.model, batch)

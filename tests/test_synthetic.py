@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from dualcam import storage
-from dualcam.synthetic import CLASS_FEATURES, lung_mask, overlap_image, write_overlap_dataset
+from dualcam.synthetic import CLASS_FEATURES, SCENARIOS, get_scenario, lung_mask, overlap_image, write_overlap_dataset
 
 
 def _files(root):
@@ -92,3 +92,40 @@ def test_rejects_bad_arguments(tmp_path):
         overlap_image("C1", 32, np.random.default_rng(0))
     with pytest.raises(ValueError, match="at least 5 images per class"):
         write_overlap_dataset(str(tmp_path), 2)
+    with pytest.raises(ValueError, match="unknown scenario 'x'; known: overlap, salient-shared"):
+        write_overlap_dataset(str(tmp_path), 5, scenario="x")
+    assert not list(tmp_path.iterdir())  # refused before writing anything
+
+
+def _contrast(image, box, size):
+    """Mean of the feature's bright part minus the lung just around its box."""
+    xx, yy, cx, cy, distance, half = _geometry((box.x, box.y, box.w, box.h), size)
+    if box.kind == "S":
+        bright = distance < half / 2
+    else:
+        radius = half - 0.028 * size / 2
+        bright = np.abs(distance - radius) < 0.028 * size / 3
+    around = lung_mask(xx / size, yy / size) & (distance > half + 2) & (distance < half + 6)
+    return image[bright].mean() - image[around].mean()
+
+
+def test_salient_shared_draws_s_larger_and_brighter_than_f1():
+    size, salient = 96, get_scenario("salient-shared")
+    sides, contrasts = {"S": [], "F1": []}, {"S": [], "F1": [], "faint S": []}
+    for seed in range(40):
+        image, boxes = overlap_image("C1", size, np.random.default_rng(seed), salient)
+        for box in boxes:
+            sides[box.kind].append(box.w)
+            contrasts[box.kind].append(_contrast(image, box, size))
+        image, boxes = overlap_image("C1", size, np.random.default_rng(seed))
+        contrasts["faint S"] += [_contrast(image, b, size) for b in boxes if b.kind == "S"]
+    assert min(sides["S"]) > 1.3 * max(sides["F1"])
+    s, f1 = np.array(contrasts["S"]), np.array(contrasts["F1"])
+    assert np.mean(s > f1) > 0.9 and s.mean() > f1.mean() + 0.1 and f1.mean() > np.mean(contrasts["faint S"])
+
+
+def test_scenarios_by_name(tmp_path):
+    assert list(SCENARIOS) == ["overlap", "salient-shared"]
+    data = write_overlap_dataset(str(tmp_path), 5, 48, scenario="salient-shared")
+    assert data.scenario == "salient-shared" and data.images == 15
+    assert write_overlap_dataset(str(tmp_path / "b"), 5, 48).scenario == "overlap"

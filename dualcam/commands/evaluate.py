@@ -15,7 +15,8 @@ DESCRIPTION = (
     "Measure, on expert 1's class in the test split, how well CAM1, CAM2 and each kernel at each "
     "alpha point at the F1 box and at the shared S box (pointing game, energy in box, IoU of the top region), "
     "next to references (uniform map, the true box pooled to the CAM grid, CAM1 sharpened alone), plus the "
-    "CAM1-CAM2 correlation and each expert's accuracy. Maps are recomputed from the stored raw CAMs."
+    "CAM1-CAM2 correlation, the overlap score and how well it flags the images where CAM1 points at S, and "
+    "each expert's accuracy. Maps are recomputed from the stored raw CAMs."
 )
 
 
@@ -27,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated alphas (default 1,5,15,50)")
     parser.add_argument("--kernel", default=",".join(DEFAULT_KERNELS),
                         help=f"comma-separated kernels of {', '.join(KERNELS)} (default: all): addk is the paper's, "
-                        "gated is dualcam's own, ReLU(CAM1)/max * ADDK")
+                        "gated (ReLU(CAM1)/max * ADDK) and unshared (CAM1 sharpened less what CAM2 claims) "
+                        "dualcam's own")
     parser.add_argument("--split", default="test", help="the split measured when results have a split column "
                         "(default test; '' for all)")
     parser.add_argument("--json", help=f"where the JSON goes (default <results>/{EVALUATION_FILE})")

@@ -1,5 +1,5 @@
-"""``dualcam experiment`` (``make experiment``): the training regimes compared on the class-overlap
-scenario (``scenario.experiment``)."""
+"""``dualcam experiment`` (``make experiment``): the training regimes compared on each data scenario
+of the class-overlap setting (``scenario.experiment``)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from dataclasses import replace
 from dualcam.commands.common import add_scenario_run, labels
 from dualcam.raycluster import connect
 from dualcam.scenario import DEMO_RECIPE, REGIMES, experiment
+from dualcam.synthetic import SCENARIOS
 
-HELP = "compare training regimes on the class-overlap scenario (make experiment)"
+HELP = "compare training regimes on the class-overlap scenarios (make experiment)"
 DESCRIPTION = (
-    "Generate the class-overlap scenario, then for each regime train both experts, score the test "
-    "split and evaluate; print tables comparing CAM1, CAM2, the kernels and the references across regimes. "
-    "Experts are reused across regimes when their data and recipe match."
+    "For each data scenario (overlap, salient-shared), generate its data, then for each regime train both experts, "
+    "score the test split and evaluate; print tables comparing CAM1, CAM2, the kernels and the references across "
+    "regimes, one set per scenario. Experts are reused across regimes when their data and recipe match."
 )
 
 
@@ -22,9 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="folder or s3:// prefix for data, experts, results and tables")
     add_scenario_run(parser, n=200)
     parser.add_argument("--regimes", default=",".join(r.name for r in REGIMES), help="comma-separated (default: all)")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help="comma-separated data scenarios (default: all)")
 
 
-def run(*, out: str, n: int, size: int, seed: int, epochs: int, regimes: str) -> int:
+def run(*, out: str, n: int, size: int, seed: int, epochs: int, regimes: str, scenarios: str) -> int:
     connect(quiet=True)
-    print(experiment(out, n, size, seed, replace(DEMO_RECIPE, epochs=epochs), labels(regimes) or []))
+    print(experiment(out, n, size, seed, replace(DEMO_RECIPE, epochs=epochs), labels(regimes) or [],
+                     labels(scenarios) or []))
     return 0

@@ -7,12 +7,13 @@ import argparse
 
 from dualcam.commands.common import floats
 from dualcam.kernel import ALPHAS, KERNELS
-from dualcam.score_report import DEFAULT_KERNEL, DEFAULT_N, render_results
+from dualcam.score_report import DEFAULT_KERNEL, DEFAULT_N, DEFAULT_REVIEW, render_results
 
 HELP = "the paper's figures for a few scored rows, and a static HTML report of a results folder"
 DESCRIPTION = (
     "Draw, for up to N scored rows, the figure triple (CAM1, CAM2 and the kernel over the image) and "
-    "an alpha strip, recomputing the kernel from the stored CAMs, and write them with the run's spec, histograms "
+    "an alpha strip, recomputing the kernel from the stored CAMs, and write them with a review list (the rows "
+    "expert 1 calls positive whose overlap is highest, with their triples), the run's spec, histograms "
     "of p1 and p2 per label and an evaluation's tables to DIR/index.html (opens from disk). Rows: the test split "
     "when there is one; those labelled as expert 1's class, first by uri, when there is a label column, else the "
     "highest p1. Exit status: 0 done; 2 unusable arguments, results, boxes or evaluation."
@@ -24,6 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "s3:// prefix")
     parser.add_argument("--out", required=True, metavar="DIR", help="local folder for index.html and images/")
     parser.add_argument("--n", type=int, default=DEFAULT_N, help=f"rows to draw (default {DEFAULT_N})")
+    parser.add_argument("--review", type=int, default=DEFAULT_REVIEW, metavar="N",
+                        help=f"list for review the N rows expert 1 calls positive whose overlap (the share of its "
+                        f"evidence expert 2 also claims) is highest, with their triples; 0: no list (default "
+                        f"{DEFAULT_REVIEW})")
     parser.add_argument("--alphas", default=",".join(f"{a:g}" for a in ALPHAS),
                         help="comma-separated alphas of the alpha strip (default %(default)s)")
     parser.add_argument("--kernel", default=DEFAULT_KERNEL, help=f"kernel recomputed from the CAMs: "
@@ -35,12 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(*, results: str, out: str, n: int, alphas: str, kernel: str, boxes: str | None,
-        evaluation: str | None) -> int:
+        evaluation: str | None, review: int) -> int:
     """Write the report; print each skipped image and where the report is. ``alphas``: comma-separated."""
     rendered = render_results(results, out, n=n, alphas=floats(alphas), kernel=kernel, boxes=boxes,
-                              evaluation=evaluation)
+                              evaluation=evaluation, review=review)
     for line in rendered.skipped:
         print(f"skipped  {line}")
-    print(f"{rendered.images} images drawn ({rendered.figures} figures, {len(rendered.skipped)} skipped); "
-          f"report: {rendered.report}")
+    print(f"{rendered.images} images drawn, {rendered.reviewed} listed for review ({rendered.figures} figures, "
+          f"{len(rendered.skipped)} skipped); report: {rendered.report}")
     return 0
