@@ -41,7 +41,7 @@ FORWARD_PRECISIONS = ("fp32", "fp16", "bf16")
 def forward_rates(root: Path, batch_size: int, seconds: float) -> dict[tuple[str, str], tuple[float, float]]:
     """(arch, precision) -> (image pairs/s, peak GPU GiB) of the bare forward at 224 px."""
     out = {}
-    x = torch.randn(batch_size, 3, 224, 224)
+    x = torch.randn(batch_size, 3, 224, 224, device="cuda")  # on the GPU already: the forward alone is timed
     for arch in ARCHS:
         experts = random_experts(root / arch, arch)
         for precision in FORWARD_PRECISIONS:
