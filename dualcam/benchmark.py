@@ -6,7 +6,8 @@
 alone (read, decode, preprocess: ``model_input``), in CPU milliseconds per image on one core,
 beside the exact path it replaced (the whole image decoded to float32, then resized), for
 generated 2500 x 2048 files (8-bit JPEG, 16-bit PNG, 12-bit DICOM) and the sample X-rays when
-present; (f) the pipeline on those files, against what (a) and (e) say it can do.
+present; (f) the pipeline on those files, against what (a) and (e) say it can do. (b) and (e)
+give the rates ``dualcam score --dry-run --rates`` plans a run from (``--json`` writes them).
 
 Pipeline rates are steady-state: rows after the first batch over the time between the first and
 last batch's ``scored_at``, so Ray and actor start-up (reported separately, as wall time) do not
@@ -51,6 +52,8 @@ from dualcam.scoring import DualScorer, load_images
 from dualcam.synthetic import synthetic_xray, write_synthetic_xrays
 
 REAL_SIZE = (2500, 2048)
+RATE_GROUPS = ("sample X-rays (PNG, JPEG)", "generated 2500x2048 8-bit JPEG")
+"""(e) groups the loading rate of ``rates`` comes from, the first present."""
 """(rows, columns) of the generated real-size inputs: a 43 x 35 cm cassette at 0.17 mm, a common CR/DX size."""
 
 
@@ -225,6 +228,8 @@ def run(args: argparse.Namespace) -> dict:
     report["b_over_a"] = report["b_scorer"] / report["a_bare_forward"]
     groups = {} if args.no_real_size else real_size_groups(work / "real-size", args.samples)
     report["e_load"] = {name: load_costs(paths, scorer.meta, args.repeat + 1) for name, paths in groups.items()}
+    if rates := planning_rates(report):
+        report["rates"] = rates
     if args.no_ray:
         return report
 
@@ -311,6 +316,22 @@ def _real_size_archive(root: Path, groups: dict[str, list[Path]], copies: int) -
     return str(root)
 
 
+def planning_rates(report: dict) -> dict | None:
+    """The rates ``dualcam score --dry-run --rates`` reads: loading per CPU core (``model_input`` on the
+    sample X-rays when present, else on the generated 2500 x 2048 JPEG), and the scorer per GPU (measured
+    on one) or per CPU core (the scorer's rate over its torch threads: an upper bound, as threads do not
+    scale perfectly). None without (e)."""
+    load = report.get("e_load", {})
+    group = next((name for name in RATE_GROUPS if name in load), None)
+    if group is None:
+        return None
+    model = ("model_per_gpu", report["b_scorer"]) if report["device"].startswith("cuda") else (
+        "model_per_cpu", report["b_scorer"] / report["torch_threads"])
+    return {"decode_per_cpu": 1000 / load[group]["model_input_ms"], model[0]: model[1],
+            "measured": f"make bench: {report['arch']} pair at {report['size']} px on {report['device']}, "
+                        f"loading {group}"}
+
+
 def _stage_on_moto(images: list[str]) -> str:
     """Start moto's S3 server on loopback, point the AWS settings at it and upload the images."""
     import socket
@@ -351,6 +372,12 @@ def print_report(report: dict) -> None:
         for name, cost in report["e_load"].items():
             print(f"  {name:40s} {cost['files']:5d} {cost['model_input_ms']:12.1f} {cost['exact_ms']:11.1f} "
                   f"{cost['exact_ms'] / cost['model_input_ms']:8.2f}x")
+    if "rates" in report:
+        rates = report["rates"]
+        model = ", ".join(f"scoring {rates[key]:.1f} images/s per {unit}"
+                          for key, unit in (("model_per_gpu", "GPU"), ("model_per_cpu", "CPU core")) if key in rates)
+        print(f"  rates for --dry-run --rates: loading {rates['decode_per_cpu']:.1f} images/s per CPU core, {model} "
+              f"({rates['measured']})")
     if "f_real_size" in report:
         _print_stage(report, "f_real_size", "(f) pipeline, real-size files -> Parquet")
         print(f"  f/min(a, {report['cpus']:g} cores x 1000 / {report['f_load_ms']:.1f} ms) = "
@@ -376,6 +403,8 @@ def _print_cpu(report: dict, key: str) -> None:
     print(f"  where the time went in {key[0]}, CPU ms per image (the forward alone needs about {model:.0f} "
           f"on {report['torch_threads']} threads; total {sum(spent.values()):.0f}):")
     print("    " + ", ".join(f"{name} {ms:.1f}" for name, ms in list(spent.items())[:8]))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dualcam.benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=320, help="generated images (default 320)")

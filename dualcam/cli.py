@@ -8,6 +8,7 @@ job specs.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 
@@ -21,8 +22,26 @@ COMMANDS = {
 """Command name -> its module (``dualcam.commands``), in the order ``dualcam --help`` lists them."""
 
 
+NEGATIVE_VALUE = re.compile(r"^-(\d|\.\d|inf|nan)", re.IGNORECASE)
+"""What a value that starts with '-' looks like: a number or a list of numbers (``-1,nan``, ``-inf``)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with any word that starts with a minus and a number taken as a value, not an option.
+
+    argparse takes only a plain negative number (``-1``, ``-.5``) as an option's value, and anything
+    else that starts with '-' as an option, so ``--alphas -1,nan`` or ``--alpha -inf`` would stop
+    with "expected one argument" instead of being read and refused with a reason. No option of
+    dualcam starts with a minus and a digit, so nothing else changes. (Sub-parsers are of the same class.)
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = NEGATIVE_VALUE  # argparse's own test, widened (same name since 3.2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dualcam", description="Dual-expert CAMs and the ADDK kernel for X-ray "
+    parser = Parser(prog="dualcam", description="Dual-expert CAMs and the ADDK kernel for X-ray "
                                      "classifiers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():

@@ -2,14 +2,17 @@
 
 ``panel_row`` lays out the paper's figures: the triple (CAM1, CAM2 and the kernel, each over the
 image; Figs. 4-5) and the alpha strip (the kernel at several alphas; Fig. 6). Only pictures are
-scaled: every map is min-max scaled per panel for display, stored arrays stay raw.
+scaled: every map is min-max scaled per panel for display, stored arrays stay raw; under each panel
+its colour scale runs from that panel's own minimum (black) to its maximum (yellow), numbers given,
+so colours are never compared across panels by mistake. A constant map (ADDK of two maps with no
+positive evidence in either, say) has no scale to show: its panel is dark and says "constant".
 
 Output size of ``panel_row`` with n panels, for an image of H x W pixels:
 
 * each panel is the image resized, aspect kept, so that its longer side is ``side`` pixels
   (``side=None`` keeps the image's own size): pw x ph with ``max(pw, ph) == side``;
 * width  ``n * pw + (n - 1) * GAP``;
-* height ``TITLE_HEIGHT + ph``, plus ``LEGEND_HEIGHT`` when boxes are drawn.
+* height ``TITLE_HEIGHT + ph + SCALE_HEIGHT``, plus ``LEGEND_HEIGHT`` when boxes are drawn.
 """
 
 from __future__ import annotations
@@ -27,8 +30,12 @@ DEFAULT_SIDE = 320
 """Longer side of each panel in pixels: 50 triples render in seconds, whatever the X-rays' size."""
 GAP = 4
 TITLE_HEIGHT = 20
+SCALE_HEIGHT = 22
+"""Under each panel: its colour bar (from its min to its max) and those two numbers."""
 LEGEND_HEIGHT = 18
 BOX_WIDTH = 2
+MARK_COLOR = (0, 255, 0)
+"""A marked point (the heatmap's peak): green, which inferno lacks."""
 BACKGROUND = (17, 17, 17)
 TEXT = (235, 235, 235)
 BOX_COLORS = ((0, 255, 255), (0, 255, 0), (255, 0, 255), (255, 255, 255), (0, 128, 255), (255, 255, 0))
@@ -68,35 +75,67 @@ def panel_row(
     panels: Sequence[tuple[str, np.ndarray]],
     *,
     boxes: Sequence[tuple[str, Box]] = (),
+    marks: Sequence[tuple[float, float] | None] = (),
     side: int | None = DEFAULT_SIDE,
     opacity: float = 0.45,
 ) -> Image.Image:
-    """The image with each (title, map) overlaid, side by side, each title above its panel.
+    """The image with each (title, map) overlaid, side by side, each title above its panel and its
+    colour scale (min to max of that map) below it.
 
     ``image`` is (H, W) or (H, W, 3) in [0, 1]; maps are on any grid (a 7 x 7 CAM, the image's
     own size) and upsampled bilinearly to the panel. ``boxes`` are (label, (x, y, w, h)) in image
-    pixels, outlined on every panel in one colour per label and named in a legend below. Size:
-    see the module docstring.
+    pixels, outlined on every panel in one colour per label and named in a legend below.
+    ``marks``, one per panel or fewer, are (x, y) image pixels (a peak, as ``peak_x``, ``peak_y``)
+    marked with a green ring, or None. Size: see the module docstring.
     """
     if not panels:
         raise ValueError("panel_row: no panels")
+    if len(marks) > len(panels):
+        raise ValueError(f"panel_row: {len(marks)} marks for {len(panels)} panels")
     gray = image.mean(axis=2) if image.ndim == 3 else image
     pw, ph = panel_size(*gray.shape, side)
     small = np.asarray(Image.fromarray(gray.astype(np.float32), mode="F").resize((pw, ph), Image.Resampling.BILINEAR))
     colors = _label_colors(boxes)
     scale = (pw / gray.shape[1], ph / gray.shape[0])
     width = len(panels) * pw + (len(panels) - 1) * GAP
-    canvas = Image.new("RGB", (width, TITLE_HEIGHT + ph + (LEGEND_HEIGHT if boxes else 0)), BACKGROUND)
+    height = TITLE_HEIGHT + ph + SCALE_HEIGHT + (LEGEND_HEIGHT if boxes else 0)
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw, font = ImageDraw.Draw(canvas), _font()
     for i, (title, values) in enumerate(panels):
         left = i * (pw + GAP)
-        canvas.paste(overlay(small, upsample(np.asarray(values, np.float32), (ph, pw)), opacity), (left, TITLE_HEIGHT))
+        values = np.asarray(values, np.float32)
+        canvas.paste(overlay(small, upsample(values, (ph, pw)), opacity), (left, TITLE_HEIGHT))
         for label, box in boxes:
             draw.rectangle(_scaled(box, scale, left, pw, ph), outline=colors[label], width=BOX_WIDTH)
+        if i < len(marks) and marks[i] is not None:
+            _mark(draw, left + (marks[i][0] + 0.5) * scale[0], TITLE_HEIGHT + (marks[i][1] + 0.5) * scale[1])
         text = _fit(draw, font, title, pw)
         draw.text((left + (pw - draw.textlength(text, font=font)) / 2, 3), text, fill=TEXT, font=font)
-    _legend(draw, font, colors, TITLE_HEIGHT + ph)
+        _scale_bar(canvas, draw, font, values, left, TITLE_HEIGHT + ph, pw)
+    _legend(draw, font, colors, TITLE_HEIGHT + ph + SCALE_HEIGHT)
     return canvas
+
+
+def _scale_bar(canvas: Image.Image, draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont, values: np.ndarray,
+               left: int, top: int, width: int) -> None:
+    """The panel's colour bar, from its map's min (left, black) to its max (right, yellow), numbers below."""
+    lo, hi = float(values.min()), float(values.max())
+    if hi > lo:
+        ramp = (colorize(np.tile(np.linspace(0.0, 1.0, width), (6, 1))) * 255).round().astype(np.uint8)
+        canvas.paste(Image.fromarray(ramp), (left, top + 3))
+        low, high = f"{lo:.3g}", f"{hi:.3g}"
+        draw.text((left + 2, top + 9), low, fill=TEXT, font=font)
+        draw.text((left + width - 2 - draw.textlength(high, font=font), top + 9), high, fill=TEXT, font=font)
+        return
+    text = _fit(draw, font, f"constant {lo:.3g}: no colour scale", width)
+    draw.text((left + (width - draw.textlength(text, font=font)) / 2, top + 9), text, fill=TEXT, font=font)
+
+
+def _mark(draw: ImageDraw.ImageDraw, x: float, y: float, radius: int = 7) -> None:
+    """A green ring with a dot at its centre, outlined in black so it shows on any colour."""
+    for width, color in ((4, (0, 0, 0)), (2, MARK_COLOR)):
+        draw.ellipse((x - radius, y - radius, x + radius, y + radius), outline=color, width=width)
+    draw.ellipse((x - 1.5, y - 1.5, x + 1.5, y + 1.5), fill=MARK_COLOR)
 
 
 def _label_colors(boxes: Sequence[tuple[str, Box]]) -> dict[str, tuple[int, int, int]]:

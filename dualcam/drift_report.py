@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from dualcam import drift, storage
 from dualcam.drawing import panel_row
 from dualcam.imaging import DecodeError, decode_image
-from dualcam.report import Report
+from dualcam.report import Report, short_names
 from dualcam.results import DRIFT, RunSpec, read_results, read_run_spec, to_numpy
 
 SUMMARY_FILE = "_drift.json"
@@ -28,6 +28,12 @@ PAGE_DIR = "_report"
 LISTED = ("p_old", "p_new", "gained_peak_x", "gained_peak_y")
 """Per-image values listed with the measures for each of the most drifted images."""
 _RANGES = {"cam_correlation": (-1.0, 1.0), "extra_mass_outside_old_top": (-1.0, 1.0), "delta_p": (-1.0, 1.0)}
+_AXES = {
+    "cam_correlation": "cam_correlation: Pearson correlation of the old and new CAM (1: unchanged)",
+    "peak_shift_px": "peak_shift_px: distance between the two CAMs' peaks, image pixels",
+    "extra_mass_outside_old_top": "extra_mass_outside_old_top: share of positive mass (0: unchanged)",
+    "delta_p": "delta_p: p_new - p_old",
+}
 
 
 def summarize(
@@ -95,21 +101,32 @@ def _page(output: str, summary: dict[str, Any], spec: RunSpec, rows: dict[str, n
     report.table([{"measure": name, **summary["measures"][name]} for name in drift.MEASURES])
     for name in drift.MEASURES:
         report.histogram({"images": rows[name]}, name, f"{name} of the {summary['images']} scored images",
-                         value_range=_RANGES.get(name))
-    report.heading(f"The {len(summary['top'])} most drifted images")
-    report.paragraph(f"Lowest {drift.PRIMARY_MEASURE} first. Each figure: the old version's CAM, the new "
-                     f"version's CAM and ADDK(new, old) at alpha {summary['alpha']:g} (where the new version "
-                     "gained attention), over the image; maps min-max scaled per panel for display only.")
-    report.table(summary["top"])
-    skipped = _figures(report, output, summary, spec)
+                         _AXES[name], value_range=_RANGES.get(name))
+    top = summary["top"]
+    names, root = short_names([row["uri"] for row in top])
+    report.heading(f"The {len(top)} most drifted images")
+    report.paragraph(f"Lowest {drift.PRIMARY_MEASURE} first" + (f"; image paths relative to {root}" if root else "")
+                     + f". Each figure: the old version's CAM, the new version's CAM and ADDK(new, old) at alpha "
+                     f"{summary['alpha']:g} over the image: ADDK of the two CAMs' positive parts, bright where the "
+                     "new version gained attention. Each map is scaled on its own for display: the colour bar "
+                     "under it runs from its minimum (black) to its maximum (yellow), both given. An ADDK panel "
+                     "marked constant has nothing to show: neither version has positive evidence anywhere on that "
+                     "image (both CAMs <= 0), so no attention was gained or lost.")
+    report.table([{**row, "uri": names[row["uri"]]} for row in top])
+    skipped = _figures(report, output, summary, spec, names)
     if skipped:
         report.paragraph("Skipped: " + "; ".join(skipped))
     report.write()
 
 
-def _figures(report: Report, output: str, summary: dict[str, Any], spec: RunSpec) -> list[str]:
-    """The figure triple of each top image, in rank order; ``uri: reason`` of images that could not be read."""
+def _figures(
+    report: Report, output: str, summary: dict[str, Any], spec: RunSpec, names: dict[str, str],
+) -> list[str]:
+    """The figure triple of each top image, in rank order, captioned with its name in ``names``;
+    ``uri: reason`` of images that could not be read."""
     top = [row["uri"] for row in summary["top"]]
+    if not top:  # nothing scored ok: no figures (and no rows to read)
+        return []
     maps = read_results(output, ["uri", "cam_old", "cam_new", "gained"], uris=top)
     index = {uri: i for i, uri in enumerate(maps.column("uri").to_pylist())}
     cam_old, cam_new, gained = (to_numpy(maps.column(c)) for c in ("cam_old", "cam_new", "gained"))
@@ -124,9 +141,11 @@ def _figures(report: Report, output: str, summary: dict[str, Any], spec: RunSpec
         panels = [(f"old {spec.first.version} p={row['p_old']:.3f}", cam_old[i]),
                   (f"new {spec.second.version} p={row['p_new']:.3f}", cam_new[i]),
                   (f"ADDK(new, old) alpha={summary['alpha']:g}", gained[i])]
-        caption = (f"{rank}. {uri}: cam_correlation {row['cam_correlation']:.3f}, peak shift "
+        caption = (f"{rank}. {names[uri]}: cam_correlation {row['cam_correlation']:.3f}, peak shift "
                    f"{row['peak_shift_px']:.1f} px, extra mass outside the old top region "
                    f"{row['extra_mass_outside_old_top']:.3f}, delta_p {row['delta_p']:+.3f}"
-                   + ("; drifted" if row["drifted"] else ""))
+                   + ("; drifted" if row["drifted"] else "")
+                   + ("; ADDK(new, old) is constant: neither version has positive evidence on this image"
+                      if np.ptp(gained[i]) == 0 else ""))
         report.figure(panel_row(image, panels), f"{rank:02d}-{PurePosixPath(uri).stem}", caption)
     return skipped

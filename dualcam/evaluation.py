@@ -21,7 +21,7 @@ import torch
 
 from dualcam import localization
 from dualcam.datasets import read_boxes
-from dualcam.kernel import ALPHAS, KERNEL_ORIGIN, KERNELS, get_kernel, overlap, sharpen
+from dualcam.kernel import ALPHAS, KERNEL_ORIGIN, KERNELS, check_alphas, get_kernel, overlap, sharpen
 from dualcam.metrics import binary_metrics, roc_auc
 from dualcam.regions import Box
 from dualcam.results import RUN_FILE, read_results, read_run_spec, to_numpy
@@ -66,6 +66,9 @@ def evaluate(results: str, boxes: str, *, alphas: Sequence[float] = ALPHAS,
     Localization is measured on expert 1's class (the ``label`` column equal to the run's C1
     class) in ``split`` (when the results have a ``split`` column), on the rows scored ok.
     """
+    check_alphas(alphas, "evaluate")
+    for kernel in kernels:
+        get_kernel(kernel)  # an unknown name fails before anything is read
     spec = read_run_spec(results)
     if spec is None or spec.kind != "score":
         what = f"a dualcam {spec.kind} output" if spec else f"without {results.rstrip('/')}/{RUN_FILE}"

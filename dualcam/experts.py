@@ -25,6 +25,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.error import URLError
 
 import torch
 from torch import nn
@@ -136,7 +137,7 @@ def build_expert(arch: str, weights: str | None = None, output_stride: int = 32)
     if weights in (None, "none"):
         return _with_binary_head(_model(arch, output_stride, weights=None))
     if weights == "imagenet":
-        return _with_binary_head(_model(arch, output_stride, weights=imagenet_weights(arch)))
+        return _with_binary_head(_imagenet_model(arch, output_stride))
     state = _read_state_dict(weights)
     head = _head_name(arch)
     n_out = state[f"{head}.weight"].shape[0] if f"{head}.weight" in state else None
@@ -272,6 +273,21 @@ def _check_output_stride(arch: str, output_stride: int) -> None:
         raise ValueError(f"output_stride must be one of {', '.join(map(str, OUTPUT_STRIDES))}, got {output_stride!r}")
     if output_stride != 32 and not arch.startswith("resnet"):
         raise ValueError(f"output_stride {output_stride} is supported for ResNets only, not {arch!r}")
+
+
+def _imagenet_model(arch: str, output_stride: int) -> nn.Module:
+    """``_model`` with torchvision's ImageNet weights (from torch's hub cache, else downloaded); an
+    OSError that says what to do where there is no internet."""
+    weights = imagenet_weights(arch)
+    try:
+        return _model(arch, output_stride, weights=weights)
+    except URLError as err:  # no internet, no DNS, a proxy: torch.hub could not download them
+        raise OSError(
+            f"could not download torchvision's ImageNet weights for {arch} ({weights.url}: "
+            f"{getattr(err, 'reason', err)}). --weights also takes a state dict's path or s3:// URI: download that "
+            f"file where there is internet (or copy it from {torch.hub.get_dir()}/checkpoints/ of a machine "
+            "that has it) and give its path"
+        ) from None
 
 
 def _model(arch: str, output_stride: int, **kwargs: Any) -> nn.Module:

@@ -34,12 +34,15 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import struct
 import warnings
 from pathlib import PurePosixPath
 from typing import NamedTuple
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
@@ -122,7 +125,15 @@ def _may_be_dicom_name(name: str) -> bool:
     """DICOM files are often named by UID (1.2.840...), with no suffix, or with .dcm/.dicom/.ima."""
     path = PurePosixPath(name)
     suffix = path.suffix.lower()
-    return suffix in _DICOM_SUFFIXES or suffix[1:].isdigit() or (suffix == "" and not path.name.startswith("."))
+    digits = suffix[1:].isascii() and suffix[1:].isdigit()
+    return suffix in _DICOM_SUFFIXES or digits or (suffix == "" and not path.name.startswith("."))
+
+
+# The last part of a name that is an input: it does not start with "." (hidden files, macOS's "._name"
+# companions) and its suffix (from its last ".", as pathlib reads it) is an image suffix, digits (DICOM UIDs),
+# or none at all (DICOM-like names such as IM0001). One pattern for Python's re and Arrow's RE2 alike.
+_IMAGE_NAME = r"(?:.*/)?[^/.](?:[^/]*\.(?:" + "|".join(s[1:] for s in IMAGE_SUFFIXES) + r"|[0-9]+|)|[^/.]*)"
+_IMAGE_NAME_RE = re.compile(_IMAGE_NAME, re.IGNORECASE | re.DOTALL)
 
 
 def is_image_name(name: str) -> bool:
@@ -130,10 +141,12 @@ def is_image_name(name: str) -> bool:
 
     Hidden files (``.name``, including macOS's ``._name`` AppleDouble companions) never are.
     """
-    path = PurePosixPath(name)
-    if path.name.startswith("."):
-        return False
-    return path.suffix.lower() in IMAGE_SUFFIXES or _may_be_dicom_name(name)
+    return _IMAGE_NAME_RE.fullmatch(name) is not None
+
+
+def image_names(uris: pa.Array | pa.ChunkedArray) -> pa.BooleanArray:
+    """``is_image_name`` of every URI at once, in Arrow (millions a second)."""
+    return pc.match_substring_regex(uris, f"(?is)^{_IMAGE_NAME}$")
 
 
 def _check_size(name: str, width: int, height: int, max_pixels: int) -> None:

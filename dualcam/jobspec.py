@@ -20,6 +20,7 @@ too many images drifted.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import sys
 from collections.abc import Sequence
@@ -76,7 +77,35 @@ def load_spec(uri: str) -> JobSpec:
     if missing:
         plural = "s" if len(missing) > 1 else ""
         raise ValueError(f"{uri}: missing option{plural} {', '.join(map(repr, missing))} for {job}")
+    for key, value in spec.items():
+        problem = _type_problem(options[key], key, value)
+        if problem:
+            raise ValueError(f"{uri}: {key} must be {problem}, got {value!r}")
     return JobSpec(uri, job, spec)
+
+
+LIST_OPTIONS = frozenset({"c1_negatives", "c2_negatives", "views", "init_from"})
+"""Options a spec may give as a YAML list (the command line: comma-separated, or repeated)."""
+
+
+def _type_problem(action: argparse.Action, key: str, value: Any) -> str | None:
+    """What ``value`` should be for the option ``action`` takes (its type, choices, a flag), or None
+    when it is that: the command line's own checks, which a spec's YAML values never pass through.
+    Ranges (alpha >= 0...) are checked by the command itself, for both."""
+    if value is None and not action.required and action.default is None:
+        return None  # the default: "not given"
+    if action.nargs == 0:  # a flag: --retry-errors, --no-progress
+        return None if isinstance(value, bool) else "true or false"
+    if action.choices is not None:
+        choices = ", ".join(map(str, action.choices))
+        return None if value in action.choices and not isinstance(value, bool) else f"one of {choices}"
+    if action.type is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if action.type is float:
+        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
+    if key in LIST_OPTIONS and isinstance(value, list):
+        return None if all(isinstance(v, str) for v in value) else "a string or a list of strings"
+    return None if isinstance(value, str) else "a string"
 
 
 def run_job(job: str, argv: Sequence[str]) -> int:

@@ -24,7 +24,7 @@ that expert 2 also claims (a column of ``dualcam score``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import numpy as np
@@ -43,6 +43,13 @@ CLAIM_TOLERANCE = 1e-6
 """``overlap``: expert 2 claims a cell where its evidence is at least expert 1's, less this (rounding)."""
 
 ArrayLike = TypeVar("ArrayLike", torch.Tensor, np.ndarray)
+
+
+def check_alphas(alphas: Sequence[float], who: str) -> None:
+    """ValueError "``who``: alphas must be finite numbers >= 0" unless there is at least one and each is:
+    what ``render`` and ``evaluate`` check before reading anything."""
+    if not alphas or not all(np.isfinite(a) and a >= 0 for a in alphas):
+        raise ValueError(f"{who}: alphas must be finite numbers >= 0, got {list(alphas)}")
 
 
 def normalize_by_peak(maps: torch.Tensor) -> torch.Tensor:

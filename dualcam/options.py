@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dualcam.kernel import DEFAULT_ALPHA
+from dualcam.planning import Cluster, Rates
 from dualcam.precision import DEFAULT_PRECISION, PRECISIONS, check_precision
 
 MAX_ERROR_FRACTION = 0.05
@@ -37,7 +38,7 @@ class ArchiveOptions:
     precision: str = DEFAULT_PRECISION
     """How the experts compute (``dualcam.precision.PRECISIONS``): float32 unless told otherwise."""
     actors: int | None = None
-    """Scoring actors; None: one per GPU, on CPU clusters one per 8 CPUs (``pipeline.plan_placement``)."""
+    """Scoring actors; None: one per GPU, on CPU clusters one per 8 CPUs (``planning.plan_placement``)."""
     gpus_per_actor: float | None = None
     """None: 1 when the cluster has GPUs, else 0."""
     cpus_per_actor: float | None = None
@@ -51,21 +52,31 @@ class ArchiveOptions:
     rows_per_file: int = ROWS_PER_FILE
     """Rows per Parquet file (Python only; no command-line option)."""
     progress: bool = True
-    """Ray's progress bars and the line before the run."""
+    """Ray's progress bars (the line saying what the run will score is printed either way)."""
+    dry_run: bool = False
+    """Print what the run would do (``pipeline.plan_archive``) instead: nothing started, nothing written."""
+    rates: str | None = None
+    """For the plan's hours: a ``make bench`` JSON report, or ``decode=N,gpu=N,cpu=N`` (``planning.Rates.parse``)."""
+    cluster: str | None = None
+    """For the plan: a cluster to plan on besides the one at hand, ``NODES,CPUS[,GPUS]`` per node."""
 
     def __post_init__(self) -> None:
-        _check(self.alpha, "alpha", "a finite number >= 0", float, lambda v: math.isfinite(v) and v >= 0)
-        _check(self.batch_size, "batch_size", "an integer >= 1", int, lambda v: v >= 1)
+        check_value(self.alpha, "alpha", "a finite number >= 0", float, lambda v: v >= 0)
+        check_value(self.batch_size, "batch_size", "an integer >= 1", int, lambda v: v >= 1)
         check_precision(self.precision)
-        _check(self.actors, "actors", "an integer >= 1", int, lambda v: v >= 1, optional=True)
-        _check(self.gpus_per_actor, "gpus_per_actor", "a number >= 0", float, lambda v: v >= 0, optional=True)
-        _check(self.cpus_per_actor, "cpus_per_actor", "a number > 0", float, lambda v: v > 0, optional=True)
-        _check(self.limit, "limit", "an integer >= 0", int, lambda v: v >= 0, optional=True)
-        _check(self.max_error_fraction, "max_error_fraction", "a share in [0, 1]", float, lambda v: 0 <= v <= 1)
-        _check(self.rows_per_file, "rows_per_file", "an integer >= 1", int, lambda v: v >= 1)
-        for name in ("retry_errors", "progress"):
+        check_value(self.actors, "actors", "an integer >= 1", int, lambda v: v >= 1, optional=True)
+        check_value(self.gpus_per_actor, "gpus_per_actor", "a number >= 0", float, lambda v: v >= 0, optional=True)
+        check_value(self.cpus_per_actor, "cpus_per_actor", "a number > 0", float, lambda v: v > 0, optional=True)
+        check_value(self.limit, "limit", "an integer >= 0", int, lambda v: v >= 0, optional=True)
+        check_value(self.max_error_fraction, "max_error_fraction", "a share in [0, 1]", float, lambda v: 0 <= v <= 1)
+        check_value(self.rows_per_file, "rows_per_file", "an integer >= 1", int, lambda v: v >= 1)
+        for name in ("retry_errors", "progress", "dry_run"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.rates is not None and "=" in str(self.rates):
+            Rates.parse(str(self.rates))  # given numbers are checked now; a report when the plan reads it
+        if self.cluster is not None:
+            Cluster.parse(str(self.cluster))
 
     @classmethod
     def from_arguments(cls, *, no_progress: bool = False, **fields: Any) -> ArchiveOptions:
@@ -73,14 +84,17 @@ class ArchiveOptions:
         return cls(progress=not no_progress, **fields)
 
 
-def _check(
+def check_value(
     value: Any, name: str, what: str, kind: type, valid: Callable[[Any], bool], optional: bool = False,
 ) -> None:
-    """ValueError unless ``value`` is of ``kind`` (an int counts as a float, a bool as neither) and ``valid``."""
+    """ValueError "``name`` must be ``what``, got ``value``" unless ``value`` is of ``kind`` (an int
+    counts as a float, a bool as neither; a float must be finite) and ``valid``; None passes when
+    ``optional``. How every run option with a range is checked (``ArchiveOptions``, ``Recipe``...)."""
     if value is None and optional:
         return
     kinds = (int, float) if kind is float else (int,)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not valid(value):
+    if (isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value)
+            or not valid(value)):
         raise ValueError(f"{name} must be {what}, got {value!r}")
 
 
@@ -115,4 +129,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retry-errors", action="store_true",
                         help="score again the inputs that failed in earlier runs into this --output "
                         "(their error rows are replaced)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs; the line "
+                        "saying what the run will score is still printed)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print what the run would do (inputs found, already done, to score, skipped names, "
+                        "blocks, hours with --rates) and stop: nothing started, nothing written")
+    parser.add_argument("--rates", default=ArchiveOptions.rates, metavar="BENCH.json|decode=N,gpu=N,cpu=N",
+                        help="with --dry-run: images/s to plan from, a make bench JSON report (--json) or numbers: "
+                        "decoding per CPU core, scoring per GPU or per CPU core")
+    parser.add_argument("--cluster", default=ArchiveOptions.cluster, metavar="NODES,CPUS[,GPUS]",
+                        help="with --dry-run: plan on this many nodes alike too, say 8,16,1")

@@ -17,16 +17,18 @@ DICOM, the JPEGs nvJPEG handles badly) with ``imaging.model_input`` as on CPU cl
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dualcam import drift, drift_report, storage
-from dualcam.datasets import read_inputs
+from dualcam import drift, drift_report, planning, storage
+from dualcam.datasets import Inputs, read_inputs, skipped_files, skipped_kinds
 from dualcam.experts import ExpertMeta, load_meta, resolve_expert
 from dualcam.options import MAX_ERROR_FRACTION, ArchiveOptions
 from dualcam.raycluster import connect, largest_node_cpus
@@ -41,8 +43,6 @@ from dualcam.results import (
 )
 from dualcam.scoring import DriftScorer, DualScorer, PairScorer, load_images
 
-MAX_CPUS_PER_ACTOR = 8
-
 
 @dataclass
 class ScoreSummary:
@@ -56,6 +56,8 @@ class ScoreSummary:
     errors: int
     seconds: float
     first_error: str | None = None
+    skipped: Sequence[str] | pa.ChunkedArray = ()
+    """Files under the input folder or prefix left out because their names are not images'."""
 
     @property
     def images_per_second(self) -> float:
@@ -75,9 +77,10 @@ class ScoreSummary:
         return None
 
     def line(self) -> str:
+        skipped = skipped_files(self.skipped)
         return (f"scored {self.scored_now} images in {self.seconds:.1f} s ({self.images_per_second:.2f} images/s); "
-                f"{self.already_done} already done; output holds {self.ok} ok, {self.errors} errors; "
-                f"results in {self.output}")
+                f"{self.already_done} already done; {skipped + '; ' if skipped else ''}"
+                f"output holds {self.ok} ok, {self.errors} errors; results in {self.output}")
 
 
 @dataclass
@@ -105,36 +108,6 @@ class DriftSummary:
                 f"{r['drifted_when']}), {'more' if self.alert else 'not more'} than the allowed "
                 f"{r['max_drift_share']:.1%}; medians: {medians or 'none'}; "
                 f"summary in {storage.join(self.run.output, drift_report.SUMMARY_FILE)}, page {r['page']}")
-
-
-@dataclass(frozen=True)
-class Placement:
-    """How many scoring actors run, and what each holds."""
-
-    actors: int
-    cpus_per_actor: float
-    gpus_per_actor: float
-
-
-def plan_placement(
-    resources: dict[str, float], node_cpus: float | None = None, actors: int | None = None,
-    gpus_per_actor: float | None = None, cpus_per_actor: float | None = None,
-) -> Placement:
-    """Defaults: one actor per GPU when the cluster has GPUs; else actors of up to 8 CPUs (and at
-    most one node's CPUs) each."""
-    gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 1.0)
-    node_cpus = cpus if node_cpus is None else node_cpus
-    if gpus_per_actor is None:
-        gpus_per_actor = 1.0 if gpus else 0.0
-    if gpus_per_actor > 0 and gpus < gpus_per_actor:
-        raise ValueError(f"{gpus_per_actor} GPUs per actor requested, but the cluster has {gpus:g} GPUs")
-    if cpus_per_actor is None:
-        cpus_per_actor = 1.0 if gpus_per_actor else float(max(1.0, min(node_cpus, MAX_CPUS_PER_ACTOR)))
-    if actors is None:
-        actors = int(gpus // gpus_per_actor) if gpus_per_actor else int(max(1, cpus // cpus_per_actor))
-    if actors < 1:
-        raise ValueError(f"actors must be at least 1, got {actors}")
-    return Placement(actors, cpus_per_actor, gpus_per_actor)
 
 
 def score_archive(
@@ -187,6 +160,96 @@ def run_archive(
     resume, placement, Parquet writing and the summary of the whole output folder.
     """
     started = time.perf_counter()
+    run = _prepare(scorer, first, second, input, output, options)
+    if run.new_output:
+        storage.write_bytes(storage.join(output, RUN_FILE), run.spec.to_json().encode())
+    storage.remove_inflight(output)
+    if options.retry_errors:
+        drop_error_rows(output)
+    state = planning.progress(run.inputs.table, output)
+    todo = state.pending if options.limit is None else state.pending.slice(0, options.limit)
+    if len(todo):
+        ray = connect()
+        placement = planning.plan_placement(ray.cluster_resources(), largest_node_cpus(ray), options.actors,
+                                            options.gpus_per_actor, options.cpus_per_actor)
+        rows_per_block = planning.block_rows(len(todo), int(ray.cluster_resources().get("CPU", 1)), options.batch_size)
+        # printed with or without progress bars: a log then says what the run set out to do
+        print(f"dualcam: scoring {len(todo)} of {run.inputs.table.num_rows} inputs ({state.done} already in "
+              f"{output}) with {placement.actors} actor(s) of {placement.cpus_per_actor:g} CPU, "
+              f"{placement.gpus_per_actor:g} GPU, in {run.spec.precision}, in blocks of {rows_per_block}",
+              file=sys.stderr)
+        ray.data.DataContext.get_current().enable_progress_bars = options.progress
+        blocks = [ray.put(block) for block in planning.blocks(run.inputs.table, todo, rows_per_block)]
+        scored = _scored(ray, blocks, scorer, run.experts, run.meta, run.spec, placement, options.batch_size)
+        # Writing is I/O; it must not wait for CPUs the scoring actors hold.
+        scored.write_parquet(storage.absolute(output), filesystem=storage.parquet_filesystem(output),
+                             min_rows_per_file=options.rows_per_file, ray_remote_args={"num_cpus": 0})
+    status = read_results(output, ["status", "error"])
+    errors = status.filter(pc.equal(status.column("status"), "error"))
+    return ScoreSummary(
+        output=output, inputs=run.inputs.table.num_rows, already_done=state.done,
+        scored_now=len(todo), ok=status.num_rows - errors.num_rows, errors=errors.num_rows,
+        seconds=time.perf_counter() - started,
+        first_error=errors.column("error")[0].as_py() if errors.num_rows else None, skipped=run.inputs.skipped,
+    )
+
+
+def plan_archive(
+    scorer: type[PairScorer], first: str, second: str, input: str, output: str, options: ArchiveOptions,
+) -> planning.RunPlan:
+    """What ``run_archive`` would do, with nothing started and nothing written (``--dry-run``).
+
+    The same checks, the same inputs and the same set difference against the output (its error
+    rows counted as to retry with ``retry_errors``), then the placement and blocks on the cluster at
+    hand (``cluster_at_hand``) and on ``options.cluster``, with hours from ``options.rates``.
+    """
+    started = time.perf_counter()
+    run = _prepare(scorer, first, second, input, output, options)
+    read_seconds = time.perf_counter() - started
+    state = planning.progress(run.inputs.table, output, options.retry_errors)
+    clusters = [cluster_at_hand()] + ([planning.Cluster.parse(options.cluster)] if options.cluster else [])
+    return planning.RunPlan(
+        kind=scorer.layout.kind, input=input, output=output, inputs=run.inputs.table.num_rows,
+        read_seconds=read_seconds, skipped=skipped_kinds(run.inputs.skipped), done=state.done,
+        retried=state.retried if options.retry_errors else None, pending=len(state.pending), limit=options.limit,
+        batch_size=options.batch_size,
+        clusters=[(c, planning.plan_placement({"CPU": c.cpus, "GPU": c.gpus}, c.largest_node_cpus, options.actors,
+                                              options.gpus_per_actor, options.cpus_per_actor)) for c in clusters],
+        rates=planning.Rates.parse(options.rates) if options.rates else None,
+    )
+
+
+def cluster_at_hand() -> planning.Cluster:
+    """The Ray cluster this process has joined, or the one at ``RAY_ADDRESS`` (joined to read its nodes,
+    nothing started on it); else this machine, as a new local Ray would have it. Never starts Ray."""
+    joined = sys.modules.get("ray") is not None and sys.modules["ray"].is_initialized()
+    if joined or os.environ.get("RAY_ADDRESS"):
+        ray = connect(quiet=True)
+        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+        return planning.Cluster(tuple((n.get("CPU", 0.0), n.get("GPU", 0.0)) for n in nodes),
+                                f"the Ray cluster ({len(nodes)} node{'s' if len(nodes) > 1 else ''})")
+    import torch
+
+    return planning.Cluster(((float(len(os.sched_getaffinity(0))), float(torch.cuda.device_count())),),
+                            "this machine")
+
+
+@dataclass
+class _Prepared:
+    """A run's experts, checked, its ``RunSpec``, its inputs, and whether its output is new."""
+
+    experts: tuple[str, str]
+    meta: ExpertMeta
+    spec: RunSpec
+    inputs: Inputs
+    new_output: bool
+
+
+def _prepare(
+    scorer: type[PairScorer], first: str, second: str, input: str, output: str, options: ArchiveOptions,
+) -> _Prepared:
+    """Every check before any work, reading only: the experts, the inputs (some images, no clashing
+    columns) and the output (new, or holding rows of this very run)."""
     first, second = (resolve_expert(storage.absolute(e)) for e in (first, second))
     meta1, meta2 = load_meta(first), load_meta(second)
     scorer.check_experts(meta1, meta2, first, second)
@@ -194,63 +257,36 @@ def run_archive(
     found = read_inputs(input)
     if found.table.num_rows == 0:
         raise FileNotFoundError(f"{input}: no image files found" + (
-            f" ({len(found.skipped)} files with other names, e.g. {found.skipped[0]})" if found.skipped else ""))
+            f" ({skipped_files(found.skipped)})" if len(found.skipped) else ""))
     check_passthrough(found.table.column_names, scorer.layout)
-    _claim_output(output, spec)
-    storage.remove_inflight(output)
-    if options.retry_errors:
-        drop_error_rows(output)
-    done = read_results(output, ["uri"]).column("uri")
-    pending = found.table.filter(pc.invert(pc.is_in(found.table.column("uri"), value_set=done.combine_chunks())))
-    todo = pending if options.limit is None else pending.slice(0, options.limit)
-    if todo.num_rows:
-        ray = connect()
-        placement = plan_placement(ray.cluster_resources(), largest_node_cpus(ray), options.actors,
-                                   options.gpus_per_actor, options.cpus_per_actor)
-        if options.progress:
-            print(f"dualcam: scoring {todo.num_rows} of {found.table.num_rows} inputs "
-                  f"({found.table.num_rows - pending.num_rows} already in {output}) with {placement.actors} actor(s) "
-                  f"of {placement.cpus_per_actor:g} CPU, {placement.gpus_per_actor:g} GPU, in {spec.precision}",
-                  file=sys.stderr)
-        ray.data.DataContext.get_current().enable_progress_bars = options.progress
-        scored = _scored(ray, todo, scorer, (first, second), meta1, spec, placement, options.batch_size)
-        # Writing is I/O; it must not wait for CPUs the scoring actors hold.
-        scored.write_parquet(storage.absolute(output), filesystem=storage.parquet_filesystem(output),
-                             min_rows_per_file=options.rows_per_file, ray_remote_args={"num_cpus": 0})
-    status = read_results(output, ["status", "error"])
-    errors = status.filter(pc.equal(status.column("status"), "error"))
-    return ScoreSummary(
-        output=output, inputs=found.table.num_rows, already_done=found.table.num_rows - pending.num_rows,
-        scored_now=todo.num_rows, ok=status.num_rows - errors.num_rows, errors=errors.num_rows,
-        seconds=time.perf_counter() - started,
-        first_error=errors.column("error")[0].as_py() if errors.num_rows else None,
-    )
+    return _Prepared((first, second), meta1, spec, found, _check_output(output, spec))
 
 
-def _claim_output(output: str, spec: RunSpec) -> None:
-    """Record ``spec`` in a new output folder, or check that an existing one was scored the same way."""
+def _check_output(output: str, spec: RunSpec) -> bool:
+    """Whether ``output`` is new; raises unless it is, or was scored the same way (its ``_run.json``)."""
     existing = read_run_spec(output)
     if existing is None:
         if data_files(output):
             raise ValueError(f"{output} holds Parquet files that dualcam did not write ({RUN_FILE} is missing); "
                              "choose an empty --output")
-        storage.write_bytes(storage.join(output, RUN_FILE), spec.to_json().encode())
-    elif existing != spec:
+        return True
+    if existing != spec:
         raise ValueError(f"{output} holds results of other experts, another alpha, precision or schema "
                          f"({existing.describe()}); choose another --output")
+    return False
 
 
 def _scored(
-    ray: Any, todo: pa.Table, scorer: type[PairScorer], experts: tuple[str, str], meta: ExpertMeta, spec: RunSpec,
-    placement: Placement, batch_size: int,
+    ray: Any, blocks: list[Any], scorer: type[PairScorer], experts: tuple[str, str], meta: ExpertMeta,
+    spec: RunSpec, placement: planning.Placement, batch_size: int,
 ) -> Any:
-    """The lazy Ray Dataset of result rows for the inputs in ``todo``."""
+    """The lazy Ray Dataset of result rows for the inputs in ``blocks`` (object refs of ``planning.blocks``,
+    put one at a time: what ``from_arrow`` does with a list it holds whole)."""
     load_resources = (
         {"num_cpus": 1, "num_gpus": 0} if placement.gpus_per_actor
         else {"num_cpus": placement.cpus_per_actor, "num_gpus": 0}  # same as the actor's: fused into it
     )
-    rows_per_block = batch_size * 4
-    ds = ray.data.from_arrow([todo.slice(i, rows_per_block) for i in range(0, todo.num_rows, rows_per_block)])
+    ds = ray.data.from_arrow_refs(blocks)
     ds = ds.map_batches(
         load_images, fn_kwargs={"meta": meta, "device_jpeg": bool(placement.gpus_per_actor)},
         batch_format="pyarrow", batch_size=batch_size, **load_resources,

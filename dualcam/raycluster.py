@@ -20,10 +20,15 @@ def connect(quiet: bool = False) -> Any:
     """
     # A new local Ray binds to loopback only with this set before ray is imported.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    address = os.environ.get("RAY_ADDRESS")
+    if not address:
+        # What a new local Ray does by default in Ray 2.60 (token authentication, ~/.ray/auth_token),
+        # said explicitly: Ray then no longer warns on every run that it turned it on.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
+        ray.init(address=address or "local", include_dashboard=False,
                  **({"log_to_driver": False, "logging_level": logging.WARNING} if quiet else {}))
         if quiet:
             import ray.data  # configures its own loggers on import: quiet them after that

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,13 +18,15 @@ import numpy as np
 from PIL import Image
 
 IMAGE_DIR = "images"
+_LINE_STYLES = ("solid", "dashed", "dotted", "dashdot")
+"""Histogram outlines differ in style as well as colour, so equal counts stay tellable apart."""
 MISSING = "–"
 """How None and NaN are shown in tables."""
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; padding: 0 1em; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; display: block; max-width: 100%; overflow-x: auto; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; overflow-wrap: anywhere; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 caption { caption-side: top; text-align: left; font-weight: bold; padding: 0.3em 0; }
 figure { margin: 1em 0; }
@@ -83,10 +86,12 @@ class Report:
         return path
 
     def histogram(
-        self, values: Mapping[str, np.ndarray], name: str, title: str,
+        self, values: Mapping[str, np.ndarray], name: str, title: str, xlabel: str,
         bins: int = 20, value_range: tuple[float, float] | None = None,
     ) -> Path:
-        """Overlaid histograms, one per group (e.g. p1 per label), on shared bins; NaN left out."""
+        """Histograms, one per group (e.g. p1 per label), on shared bins, drawn as outlines so that no
+        group hides another (filled bars blend into colours no legend names); NaN left out.
+        ``xlabel`` says what the values are, with their unit."""
         from matplotlib.figure import Figure  # lazy, and no pyplot: no global state, Agg via savefig
 
         groups = {str(k): np.asarray(v, np.float64)[np.isfinite(v)] for k, v in values.items()}
@@ -94,10 +99,12 @@ class Report:
         edges = np.histogram_bin_edges(every, bins=bins, range=value_range or _span(every))
         fig = Figure(figsize=(6.0, 3.2), dpi=100, layout="constrained")
         ax = fig.add_subplot()
-        for label, v in groups.items():
-            ax.hist(v, bins=edges, alpha=0.5, label=f"{label} (n={len(v)})")
+        for i, (label, v) in enumerate(groups.items()):
+            ax.hist(v, bins=edges, histtype="step", linewidth=1.8, linestyle=_LINE_STYLES[i % len(_LINE_STYLES)],
+                    label=f"{label} (n={len(v)})")
         ax.set_title(title)
-        ax.set_ylabel("count")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("images")
         if groups:
             ax.legend(fontsize="small")
         path = self._image_path(name)
@@ -133,6 +140,17 @@ class Report:
         src = html.escape(f"{IMAGE_DIR}/{path.name}")
         alt = html.escape(caption)
         self._parts.append(f'<figure><img src="{src}" alt="{alt}"><figcaption>{alt}</figcaption></figure>')
+
+
+def short_names(uris: Sequence[str]) -> tuple[dict[str, str], str | None]:
+    """How a page names images: each local path relative to the folder all of them share, which is
+    returned to be named once (absolute paths say more of one machine than of an image); s3:// URIs
+    as they are. ({uri: name}, the shared folder or None when no path is local)."""
+    local = [u for u in uris if "://" not in u]
+    if not local:
+        return {u: u for u in uris}, None
+    root = os.path.commonpath([os.path.dirname(u) for u in local])
+    return {u: u if "://" in u else os.path.relpath(u, root) for u in uris}, root
 
 
 def _cell(value: Any) -> str:

@@ -79,7 +79,7 @@ def run_regime(data: OverlapDataset, chosen: Regime, out: str, recipe: Recipe = 
                             recipe=recipe, log=lambda line: None)
     for e in experts:
         val = e.meta.metrics.get("val", {})
-        log(f"[{chosen.name}]   expert {e.label}: best epoch {e.best_epoch + 1}, val accuracy "
+        log(f"[{chosen.name}]   expert {e.label}: best epoch {e.best_epoch}, val accuracy "
             f"{val.get('accuracy', float('nan')):.3f}, {e.uri}")
     log(f"[{chosen.name}] trained in {time.perf_counter() - started:.0f} s; scoring the test split")
     results = storage.join(out, chosen.name, "results")

@@ -25,9 +25,9 @@ from dualcam import storage
 from dualcam.datasets import read_boxes
 from dualcam.drawing import DEFAULT_SIDE, panel_row
 from dualcam.imaging import DecodeError, decode_image
-from dualcam.kernel import ALPHAS, KERNEL_ORIGIN, get_kernel, overlap
+from dualcam.kernel import ALPHAS, KERNEL_ORIGIN, check_alphas, get_kernel, overlap
 from dualcam.regions import Box
-from dualcam.report import Report
+from dualcam.report import Report, format_value, short_names
 from dualcam.results import ExpertId, RunSpec, read_results, read_run_spec, to_numpy
 
 DEFAULT_N = 8
@@ -38,6 +38,11 @@ DEFAULT_REVIEW = 8
 """Rows listed for review by default."""
 POSITIVE = 0.5
 """p1 at or above which expert 1 calls an image its class."""
+PANEL_NOTE = (
+    "Each panel shows its map upsampled to the image and scaled on its own: the colour bar under it runs from "
+    "that map's minimum (black) to its maximum (yellow), both given. Colours are not comparable across panels; "
+    "the numbers under them are. Stored maps stay raw."
+)
 
 
 @dataclass
@@ -85,8 +90,7 @@ def render_results(
         raise ValueError(f"render: n must be at least 1, got {n}")
     if review < 0:
         raise ValueError(f"render: review must be at least 0, got {review}")
-    if not alphas or not all(np.isfinite(a) and a >= 0 for a in alphas):
-        raise ValueError(f"render: alphas must be finite numbers >= 0, got {list(alphas)}")
+    check_alphas(alphas, "render")
     spec = read_run_spec(results)
     if spec is not None and spec.kind != "score":
         raise ValueError(f"{results}: a dualcam {spec.kind} output; render draws dualcam score outputs "
@@ -105,9 +109,11 @@ def render_results(
     report.heading("Run")
     report.table(_run_rows(results, table, ok, spec, kernel, alphas))
     chosen, how = choose_rows(ok, n)
+    names, root = short_names(chosen.column("uri").to_pylist())
     report.heading("Figures")
-    report.paragraph(how)
-    drawn, skipped = _draw(report, chosen, spec, kernel, alphas, boxes_by_uri, side)
+    report.paragraph(how + (f" Image paths are relative to {root}." if root else ""))
+    report.paragraph(PANEL_NOTE)
+    drawn, skipped = _draw(report, chosen, names, spec, kernel, alphas, boxes_by_uri, side)
     if skipped:
         report.paragraph("Skipped: " + "; ".join(skipped))
     reviewed = 0
@@ -118,15 +124,17 @@ def render_results(
         if listed.num_rows:
             report.table([{"rank": i + 1, **row} for i, row in enumerate(
                 listed.select(["uri", *_optional(listed, "label"), "p1", "p2", "overlap"]).to_pylist())])
-        reviewed, missed = _draw(report, listed, spec, kernel, (), boxes_by_uri, side, prefix="review-")
+        uris = listed.column("uri").to_pylist()  # as in the table above
+        reviewed, missed = _draw(report, listed, dict(zip(uris, uris)), spec, kernel, (), boxes_by_uri, side,
+                                 prefix="review-")
         if missed:
             report.paragraph("Skipped: " + "; ".join(missed))
         skipped += [line for line in missed if line not in skipped]
     report.heading("Scores")
     per_label = ", per label" if "label" in ok.column_names else ""
-    for score in ("p1", "p2"):
-        report.histogram(_by_label(ok, score), score, f"{score} of the {ok.num_rows} scored rows{per_label}",
-                         value_range=(0.0, 1.0))
+    for i, expert in enumerate((spec.first, spec.second), 1):
+        report.histogram(_by_label(ok, f"p{i}"), f"p{i}", f"p{i} of the {ok.num_rows} scored rows{per_label}",
+                         f"p{i}: expert {i}'s probability of {expert.class_name}", value_range=(0.0, 1.0))
     if evaluated is not None:
         _add_evaluation(report, evaluation, evaluated)
     return Rendered(report.write(), drawn, 2 * drawn + reviewed + 2, skipped, reviewed)
@@ -173,11 +181,11 @@ def review_rows(ok: pa.Table, n: int, class_name: str) -> tuple[pa.Table, str]:
 
 
 def _draw(
-    report: Report, chosen: pa.Table, spec: RunSpec, kernel: str, alphas: Sequence[float],
+    report: Report, chosen: pa.Table, names: Mapping[str, str], spec: RunSpec, kernel: str, alphas: Sequence[float],
     boxes: Mapping[str, list[tuple[str, Box]]], side: int | None, prefix: str = "",
 ) -> tuple[int, list[str]]:
-    """A triple and, with ``alphas``, an alpha strip per chosen row, in its order; (rows drawn,
-    ``uri: reason`` of rows skipped). Figure names start with ``prefix``."""
+    """A triple and, with ``alphas``, an alpha strip per chosen row, in its order, captioned with its name
+    in ``names``; (rows drawn, ``uri: reason`` of rows skipped). Figure names start with ``prefix``."""
     kernel_fn = get_kernel(kernel)
     # own copies: Arrow's buffers are read-only, which torch warns about
     cam1, cam2 = (np.array(to_numpy(chosen.column(c))) for c in ("cam1", "cam2"))
@@ -197,7 +205,7 @@ def _draw(
             (f"{kernel}(CAM1, CAM2) alpha={spec.alpha:g}", heat[i]),
         ]
         name = f"{prefix}{drawn + 1:02d}-{uri.rstrip('/').rsplit('/', 1)[-1]}"
-        about = uri + (f" (label {row['label']})" if "label" in row else "")
+        about = names[uri] + (f" (label {row['label']})" if "label" in row else "")
         about += f"; overlap {row['overlap']:.3f}" if "overlap" in row else ""
         about += f"; boxes: {', '.join(kind for kind, _ in own)}" if own else ""
         report.figure(panel_row(image, triple, boxes=own, side=side), f"{name}-triple",
@@ -263,18 +271,32 @@ def _read_evaluation(uri: str) -> dict[str, Any]:
 
 
 def _add_evaluation(report: Report, uri: str, data: Mapping[str, Any]) -> None:
-    """Scalars as one key/value table, then a table per list of flat objects; other keys named, not shown."""
+    """Scalars (with lists of scalars, and flat objects one row per key: the CAM1-CAM2 correlation's
+    mean and median) as one key/value table, then a table per list of flat objects; other keys named,
+    not shown."""
     report.heading("Evaluation")
     report.paragraph(f"From {uri}.")
-    scalars = [{"": key, "value": value} for key, value in data.items() if _is_scalar(value)]
+    scalars = [row for key, value in data.items() for row in _summary_rows(key, value)]
     if scalars:
         report.table(scalars, "summary")
     for key, value in data.items():
         if _is_table(value):
             report.table(value, key)
-    left_out = [key for key, value in data.items() if not (_is_scalar(value) or _is_table(value))]
+    left_out = [key for key, value in data.items() if not (_summary_rows(key, value) or _is_table(value))]
     if left_out:
         report.paragraph(f"Not shown (neither a number or text nor a list of flat objects): {', '.join(left_out)}.")
+
+
+def _summary_rows(key: str, value: Any) -> list[dict[str, Any]]:
+    """The summary table's rows for one key: a scalar, a list of scalars on one row, a flat object one
+    row per key (``cam_correlation mean``); none for anything else."""
+    if _is_scalar(value):
+        return [{"": key, "value": value}]
+    if isinstance(value, list) and value and all(_is_scalar(v) for v in value):
+        return [{"": key, "value": ", ".join(format_value(v) for v in value)}]
+    if isinstance(value, dict) and value and all(_is_scalar(v) for v in value.values()):
+        return [{"": f"{key} {name}", "value": v} for name, v in value.items()]
+    return []
 
 
 def _is_table(value: Any) -> bool:

@@ -35,6 +35,7 @@ from dualcam.cam import forward_with_cams, upsample
 from dualcam.experts import POSITIVE_INDEX, Expert, ExpertMeta, load_expert, resolve_expert
 from dualcam.imaging import MAX_PIXELS, model_input, preprocess
 from dualcam.kernel import DEFAULT_ALPHA, addk, overlap
+from dualcam.options import check_value
 from dualcam.precision import DEFAULT_PRECISION, check_precision, computing_in
 from dualcam.results import DRIFT, SCORE, Layout, RunSpec, result_table, tensor_array, to_numpy
 
@@ -150,6 +151,7 @@ class PairScorer:
         self, first: Expert | str, second: Expert | str, alpha: float = DEFAULT_ALPHA,
         device: str | None = None, threads: int | None = None, precision: str = DEFAULT_PRECISION,
     ):
+        check_value(alpha, "alpha", "a finite number >= 0", float, lambda v: v >= 0)  # before the experts load
         if threads:
             # Ray sets OMP_NUM_THREADS=1 in its workers; give torch the CPUs this actor was given.
             torch.set_num_threads(threads)

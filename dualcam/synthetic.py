@@ -239,6 +239,16 @@ def _splits(n: int) -> Iterator[str]:
         yield SPLITS[int(np.searchsorted(bounds, i, side="right"))]
 
 
+def check_overlap_arguments(n: int, size: int, seed: int) -> None:
+    """ValueError for a scenario that cannot be drawn or split, before anything is written (or Ray started)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 5:
+        raise ValueError(f"n must be at least 5 images per class (for 60/20/20 splits), got {n!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 48:
+        raise ValueError(f"size must be at least 48 pixels for the features to be drawn, got {size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+
+
 def write_overlap_dataset(out: str, n: int, size: int = 96, seed: int = 0,
                           scenario: str = DEFAULT_SCENARIO) -> OverlapDataset:
     """Write ``n`` images per class (C1, C2, normal) of the scenario called ``scenario`` under
@@ -250,8 +260,7 @@ def write_overlap_dataset(out: str, n: int, size: int = 96, seed: int = 0,
     ``n`` adds images without changing the first ones. ``out`` may be a folder or an s3:// prefix.
     """
     drawn = get_scenario(scenario)
-    if n < 5:
-        raise ValueError(f"n must be at least 5 images per class (for 60/20/20 splits), got {n}")
+    check_overlap_arguments(n, size, seed)
     manifest: dict[str, list] = {"uri": [], "label": [], "split": []}
     boxes: dict[str, list] = {c: [] for c in BOX_COLUMNS}
     for c, label in enumerate(OVERLAP_CLASSES):

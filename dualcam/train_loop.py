@@ -6,6 +6,11 @@ and where each epoch's weights go (``--export-epochs``). Every epoch trains on t
 of the train split (DDP when the expert has several workers); then rank 0 evaluates the whole
 validation and test splits, saves the state (``STATE_FILE``: model, optimizer, epoch, history) as
 a Ray Train checkpoint and reports the metrics. A restarted run goes on from its latest checkpoint.
+
+Epochs are counted from 1 everywhere a person or a file sees them: the line printed per epoch
+(``epoch 3/8``), ``epoch`` in the history and in the checkpoint's state (the epochs done),
+``best_epoch`` in ``expert.json``, the table ``dualcam train`` ends with and the exported
+``epoch-003``.
 Ray is imported inside ``train_loop`` only, so importing this module never imports Ray.
 """
 
@@ -29,6 +34,7 @@ from dualcam import storage
 from dualcam.datasets import SPLITS
 from dualcam.experts import META_FILE, POSITIVE_INDEX, ExpertMeta, build_expert, load_expert, save_expert
 from dualcam.metrics import binary_metrics
+from dualcam.options import check_value
 from dualcam.results import to_numpy
 from dualcam.scoring import load_images
 
@@ -54,10 +60,21 @@ class Recipe:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        """ValueError naming the field for a value no training can use, before any work."""
+        check_value(self.epochs, "epochs", "an integer >= 1", int, lambda v: v >= 1)
+        check_value(self.lr, "lr", "a number > 0", float, lambda v: v > 0)
+        check_value(self.momentum, "momentum", "a number in [0, 1)", float, lambda v: 0 <= v < 1)
+        check_value(self.batch_size, "batch_size", "an integer >= 1", int, lambda v: v >= 1)
+        check_value(self.image_size, "image_size", "an integer >= 32 (pixels)", int, lambda v: v >= 32)
+        check_value(self.seed, "seed", "an integer >= 0", int, lambda v: v >= 0)
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+        if not isinstance(self.weights, str) or not self.weights:
+            raise ValueError(f"weights must be imagenet, none or a state dict's path or s3:// URI, "
+                             f"got {self.weights!r}")
+        # arch, colour mode and output stride as an expert's metadata takes them (densenet has no stride 16)
+        ExpertMeta(arch=self.arch, class_name="recipe", input_size=self.image_size, color_mode=self.color_mode,
+                   output_stride=self.output_stride)
 
 
 def train_loop(config: dict) -> None:
@@ -74,12 +91,12 @@ def train_loop(config: dict) -> None:
         model = load_expert(config["init_from"]).model
     else:
         model = build_expert(meta.arch, recipe.weights, meta.output_stride)
-    start_epoch, optimizer_state, history = 0, None, []
+    done, optimizer_state, history = 0, None, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # a restarted run goes on after its latest epoch
         state = read_state(checkpoint)
         model.load_state_dict(state["model"])
-        start_epoch, optimizer_state, history = state["epoch"] + 1, state["optimizer"], state["history"]
+        done, optimizer_state, history = state["epoch"], state["optimizer"], state["history"]
         if config["export"] and rank == 0:
             # the epoch training goes on from: exported already, unless the last run stopped in between
             _export_epoch(model, config["export"], history[-1])
@@ -92,7 +109,7 @@ def train_loop(config: dict) -> None:
         optimizer.load_state_dict(optimizer_state)
     shards = {split: ray.train.get_dataset_shard(split) for split in SPLITS}  # val, test: whole
 
-    for epoch in range(start_epoch, recipe.epochs):
+    for epoch in range(done + 1, recipe.epochs + 1):
         started, epoch_start_time = time.perf_counter(), time.time()
         total_loss, seen = _train_epoch(model, optimizer, shards["train"], recipe, epoch, meta, device)
         train_seconds = time.perf_counter() - started
@@ -106,7 +123,7 @@ def train_loop(config: dict) -> None:
         with tempfile.TemporaryDirectory() as directory:
             saved = None
             if rank == 0:
-                print(f"[{meta.class_name}] epoch {epoch + 1}/{recipe.epochs}: train loss {metrics['train_loss']:.4f}, "
+                print(f"[{meta.class_name}] epoch {epoch}/{recipe.epochs}: train loss {metrics['train_loss']:.4f}, "
                       f"val accuracy {metrics['val_accuracy']:.3f}, AUC {metrics['val_auc']:.3f}; "
                       f"{metrics['train_images_per_second']:.1f} images/s per worker", flush=True)
                 torch.save({"model": bare.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
@@ -121,12 +138,13 @@ def _train_epoch(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, shard: Any, recipe: Recipe, epoch: int,
     meta: ExpertMeta, device: torch.device,
 ) -> tuple[float, int]:
-    """One pass over this worker's shard of the train split; (summed loss, images) on this worker."""
+    """One pass over this worker's shard of the train split (``epoch`` counted from 1); (summed loss,
+    images) on this worker."""
     model.train()
     total_loss, seen = 0.0, 0
     batches = shard.iter_batches(batch_size=recipe.batch_size, batch_format="pyarrow",
                                  local_shuffle_buffer_size=max(64, 4 * recipe.batch_size),
-                                 local_shuffle_seed=recipe.seed * 1000 + epoch)
+                                 local_shuffle_seed=recipe.seed * 1000 + epoch - 1)
     for x, y in _loaded(batches, meta, device):
         if _all_sum([float(len(y) == 0)], device)[0]:
             continue  # a worker's images all failed to load: every worker skips the step, so DDP stays in step

@@ -39,6 +39,7 @@ from dualcam.experts import (
     load_meta,
     save_expert_version,
 )
+from dualcam.options import check_value
 from dualcam.raycluster import connect, largest_node_cpus
 from dualcam.train_loop import Recipe, read_state, train_loop
 
@@ -165,10 +166,17 @@ def train_experts(
     checkpoint; rerunning after success finds the finished expert and trains nothing.
 
     ``export_epochs`` also writes every epoch's weights as an expert checkpoint,
-    ``<output>/<class>/_epochs/<run>/epoch-<NNN>/`` (NNN from 000, as ``epoch`` in the history), so
-    that two epochs of one run can be compared (``dualcam drift``). Ray Train's own checkpoints
-    keep only the best and the latest epoch.
+    ``<output>/<class>/_epochs/<run>/epoch-<NNN>/`` (NNN from 001, as ``epoch`` in the history and
+    ``best_epoch``), so that two epochs of one run can be compared (``dualcam drift``). Ray Train's
+    own checkpoints keep only the best and the latest epoch.
+
+    Unusable arguments raise ValueError before any data is read or Ray starts.
     """
+    check_value(workers_per_expert, "workers_per_expert", "an integer >= 1", int, lambda v: v >= 1)
+    check_value(gpus_per_worker, "gpus_per_worker", "a number >= 0", float, lambda v: v >= 0, optional=True)
+    check_value(cpus_per_worker, "cpus_per_worker", "a number > 0", float, lambda v: v > 0, optional=True)
+    check_value(max_failures, "max_failures", "an integer >= 0", int, lambda v: v >= 0)
+    _check_weights(recipe.weights)
     todo, finished = [], []
     for plan in _planned(classes, data, negatives, per_expert_data, recipe.seed, views, init_from, log):
         done = _finished_version(output, plan, recipe)
@@ -203,6 +211,14 @@ def train_experts(
         reasons = "; ".join(f"{label}: {err}" for label, err in failed)
         raise RuntimeError(f"training failed for {reasons}") from failed[0][1]
     return sorted(finished + trained, key=lambda e: list(classes).index(e.label))
+
+
+def _check_weights(weights: str) -> None:
+    """FileNotFoundError for a state dict that is not there (``--weights`` other than imagenet or none)."""
+    if weights in ("imagenet", "none") or storage.exists(weights):
+        return
+    raise FileNotFoundError(f"--weights {weights}: no such state dict (weights are imagenet, none, or a state "
+                            "dict's path or s3:// URI)")
 
 
 def _worker_resources(
@@ -279,6 +295,10 @@ def _fit(ray: Any, plan: ExpertPlan, recipe: Recipe, workers: int, gpus_per_work
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    # Ray Train sends a worker's print() both to stdout and, through its logger, to stderr: the
+    # epoch lines then showed twice in a terminal. Off, print() is print (the driver's environment
+    # reaches the workers); the lines still go to the workers' log files.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     meta = _expert_meta(plan, recipe)
     datasets = {
         split: ray.data.from_arrow(plan.rows.filter(pc.equal(plan.rows.column("split"), split))
@@ -321,8 +341,10 @@ def _described(plan: ExpertPlan, recipe: Recipe) -> ExpertMeta:
     """The expert's metadata with its provenance (recipe, data, fingerprint); metrics still empty."""
     meta = _expert_meta(plan, recipe)
     meta.data_fingerprint = plan.data_fingerprint()
-    meta.recipe = {**asdict(recipe), "arch": meta.arch, "image_size": meta.input_size, "data": plan.data,
-                   "negatives": plan.negatives, "init_from": plan.init_from, "training_key": plan.training_key(recipe)}
+    # weights: what training started from; a warm start's checkpoint, not the unused --weights
+    meta.recipe = {**asdict(recipe), "arch": meta.arch, "image_size": meta.input_size,
+                   "weights": plan.init_from or recipe.weights, "data": plan.data, "negatives": plan.negatives,
+                   "init_from": plan.init_from, "training_key": plan.training_key(recipe)}
     return meta
 
 
@@ -347,7 +369,7 @@ def _publish(output: str, plan: ExpertPlan, recipe: Recipe, result: Any, export_
 
 
 def results_table(experts: Sequence[TrainedExpert]) -> str:
-    """The short table printed at the end: test metrics of each expert's best epoch."""
+    """The short table printed at the end: test metrics of each expert's best epoch (counted from 1)."""
     lines = [f"{'expert':20s} {'epoch':>5s} {'val acc':>8s} {'test acc':>8s} {'sens':>6s} {'spec':>6s} {'AUC':>6s}  "
              "checkpoint"]
     for e in experts:

@@ -1,14 +1,21 @@
 """The installed command, end to end, and the promise that dualcam works without Ray."""
 
 import argparse
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
+from dualcam import storage
 from dualcam.cli import build_parser, main
+from dualcam.commands.explain import OVERLAY_SIDE
+from dualcam.drawing import BACKGROUND, MARK_COLOR, SCALE_HEIGHT, TITLE_HEIGHT
 from dualcam.synthetic import write_synthetic_xrays
 
 from conftest import run_without_ray
@@ -90,10 +97,20 @@ def test_init_explain_end_to_end(tmp_path, capsys):
     code = main(["explain", "--c1", str(tmp_path / "COVID-19"), "--c2", str(tmp_path / "pneumonia"),
                  "--alpha", "15", "--out", str(out), str(images)])
     printed = capsys.readouterr().out
-    assert code == 0
+    assert code == 1  # as decode: any file that cannot be explained fails the command, after the others
     assert sorted(p.name for p in out.iterdir()) == [f"synthetic-0000{i}.addk.png" for i in range(3)]
     assert "broken.png: corrupt or truncated PNG" in printed
-    assert "3 explained, 1 failed" in printed and "labels.csv" not in printed
+    assert "3 explained, 1 failed" in printed
+    assert f"1 other file skipped (not an image's name), e.g. {images / 'labels.csv'}" in printed
+    # each overlay: a title, the image (longer side OVERLAY_SIDE), its colour scale; the peak ringed in green
+    with Image.open(out / "synthetic-00000.addk.png") as overlay:
+        assert overlay.size == (OVERLAY_SIDE, TITLE_HEIGHT + OVERLAY_SIDE + SCALE_HEIGHT)
+        pixels = np.asarray(overlay)
+    peak = re.search(r"\(\s*(\d+), (\d+)\)\s+\S*synthetic-00000.png", printed)
+    x, y = (int(v) * OVERLAY_SIDE / 96 for v in peak.groups())  # image pixels to overlay pixels
+    ys, xs = np.nonzero((pixels == MARK_COLOR).all(axis=2))
+    assert abs(xs.mean() - x) < 8 and abs(ys.mean() - TITLE_HEIGHT - y) < 8
+    assert (pixels[:TITLE_HEIGHT] != BACKGROUND).any()  # the title
 
 
 def test_decode_reports_each_file_and_fails_on_any_error(tmp_path, capsys):
@@ -103,9 +120,43 @@ def test_decode_reports_each_file_and_fails_on_any_error(tmp_path, capsys):
     assert main(["decode", str(tmp_path)]) == 1
     printed = capsys.readouterr().out
     assert "empty.dcm: empty file (0 bytes)" in printed and "2 decoded, 1 failed, of 3 files" in printed
+    (tmp_path / "empty.dcm").unlink()
+    (tmp_path / "dicom.csv").write_text("file,patient\n")  # as beside the shared DICOMs: counted, not dropped
+    assert main(["decode", str(tmp_path)]) == 0
+    assert f"2 decoded, 0 failed, of 2 files; 1 other file skipped (not an image's name), e.g. " \
+           f"{tmp_path / 'dicom.csv'}" in capsys.readouterr().out
+
+
+def test_decode_and_explain_exit_as_score_does(tmp_path, capsys):
+    """2 when there is nothing to look at (as score), 1 when any file named fails (after the others)."""
+    (tmp_path / "empty").mkdir()
+    assert main(["decode", str(tmp_path / "empty")]) == 2
+    assert f"dualcam: error: {tmp_path / 'empty'}: no image files found" in capsys.readouterr().err
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"junk")
+    assert main(["decode", str(bad)]) == 1
+    for name in ("a", "b"):
+        main(["expert", "init", "--arch", "resnet18", "--class-name", name, "--input-size", "64",
+              "--out", str(tmp_path / name)])
+    pair = ["--c1", str(tmp_path / "a"), "--c2", str(tmp_path / "b"), "--out", str(tmp_path / "overlays")]
+    capsys.readouterr()
+    assert main(["explain", *pair, str(bad)]) == 1  # all failed
+    assert "0 explained, 1 failed" in capsys.readouterr().out
+    assert main(["explain", *pair, str(tmp_path / "empty")]) == 2
+
+
+def test_decode_counts_what_it_skips_under_an_s3_prefix(s3_bucket, tmp_path):
+    write_synthetic_xrays(tmp_path, 1, size=40)
+    storage.write_bytes(f"{s3_bucket}/x/1.png", (tmp_path / "synthetic-00000.png").read_bytes())
+    storage.write_bytes(f"{s3_bucket}/x/labels.csv", b"uri,label\n")
+    result = run("decode", f"{s3_bucket}/x", env=dict(os.environ))
+    assert result.returncode == 0, result.stderr
+    assert f"1 decoded, 0 failed, of 1 files; 1 other file skipped (not an image's name), e.g. " \
+           f"{s3_bucket}/x/labels.csv" in result.stdout
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    write_synthetic_xrays(tmp_path, 1, size=40)
     result = run("explain", "--c1", str(tmp_path / "nope"), "--c2", str(tmp_path / "nope"), str(tmp_path))
     assert result.returncode == 2
     assert f"dualcam: error: {tmp_path / 'nope'}: no expert.json" in result.stderr
@@ -118,3 +169,42 @@ def test_expert_show_on_s3(s3_bucket):
     assert result.returncode == 0, result.stderr
     shown = run("expert", "show", uri, env=dict(os.environ))
     assert shown.returncode == 0 and '"class_name": "COVID-19"' in shown.stdout
+
+
+def test_expert_show_takes_a_folder_of_versions_as_score_does(tmp_path):
+    from dualcam import build_expert
+    from dualcam.experts import save_expert_version
+
+    for _ in range(2):
+        uri, meta = save_expert_version(build_expert("resnet18"), str(tmp_path / "COVID-19"),
+                                        {"arch": "resnet18", "class_name": "COVID-19", "input_size": 64})
+    shown = run("expert", "show", f"{tmp_path / 'COVID-19'}/")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["version"] == meta.version  # the latest; stdout stays JSON
+    assert f"is a folder of 2 versions; its latest: {uri}" in shown.stderr
+
+
+def test_imagenet_weights_offline_say_what_weights_also_takes(tmp_path):
+    # no download can succeed: no cached weights, and every request goes to a closed port on loopback
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "https_proxy": "http://127.0.0.1:9",
+           "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": "", "NO_PROXY": ""}
+    result = run("expert", "init", "--arch", "resnet18", "--class-name", "x", "--weights", "imagenet",
+                 "--out", str(tmp_path / "x"), env=env)
+    assert result.returncode == 2
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("dualcam: error: could not download torchvision's ImageNet weights for resnet18 (https://")
+    assert "--weights also takes a state dict's path or s3:// URI" in error and "Traceback" not in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_new_local_ray_keeps_token_authentication_without_warning_about_it():
+    code = ("from dualcam.raycluster import connect\n"
+            "ray = connect(quiet=True)\n"
+            "from ray._raylet import AuthenticationMode, get_authentication_mode\n"
+            "print(get_authentication_mode() == AuthenticationMode.TOKEN)\n"
+            "ray.shutdown()\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"  # on, as Ray 2.60 has it by default
+    assert "Token authentication is enabled" not in result.stderr  # Ray's warning that it turned it on itself

@@ -1,11 +1,13 @@
 """Every YAML in cluster/ and jobs/examples/ parses and holds what its consumer requires.
 
 Required keys come from the consumers' own definitions, cited at each check: Ray's cluster launcher
-schema (ray/autoscaler/ray-schema.json, applied by Ray's own validator), Ray's RuntimeEnv, KubeRay's
-v1 API types (ray-operator/apis/ray/v1/raycluster_types.go, rayjob_types.go) and the Kubernetes
-batch/v1 and rbac/v1 APIs. Nothing here talks to AWS or Kubernetes.
+schema (ray/autoscaler/ray-schema.json, applied by Ray's own validator), Ray's RuntimeEnv and
+KubeRay's own CRD schema (tests/kuberay/), applied strictly: a field Kubernetes would silently drop
+fails. Nothing here talks to AWS or Kubernetes.
 """
 
+import copy
+import functools
 import importlib.metadata
 import re
 from pathlib import Path
@@ -130,30 +132,117 @@ def test_rayjob_runs_the_score_job_on_gpu_workers():
     assert head_container["image"] == worker["image"]
 
 
-def test_nightly_cronjob_creates_the_rayjob():
-    objects = documents(KUBERAY / "nightly-score.yaml")
-    cron = objects["CronJob"]
-    assert cron["apiVersion"] == "batch/v1"
-    assert len(cron["spec"]["schedule"].split()) == 5
-    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
-    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    assert pod["restartPolicy"] in ("Never", "OnFailure")  # batch/v1 Jobs allow only these
-    (container,) = pod["containers"]
-    assert container["command"][:3] == ["kubectl", "create", "-f"]
-    manifest = Path(container["command"][3])
-    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
-    config_map = {v["name"]: v for v in pod["volumes"]}[mounts[str(manifest.parent)]]["configMap"]["name"]
-    assert (KUBERAY / manifest.name).is_file()
-    assert f"configmap {config_map} --from-file=cluster/kuberay/{manifest.name}" in (ROOT / "README.md").read_text()
-    # its ServiceAccount may create RayJobs
-    account = pod["serviceAccountName"]
-    assert objects["ServiceAccount"]["metadata"]["name"] == account
-    binding, role = objects["RoleBinding"], objects["Role"]
-    assert {"kind": "ServiceAccount", "name": account} in binding["subjects"]
-    role_name = role["metadata"]["name"]
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role_name}
-    assert any("ray.io" in r["apiGroups"] and "rayjobs" in r["resources"] and "create" in r["verbs"]
-               for r in role["rules"])
+def test_nightly_raycronjob_runs_the_rayjob_every_night():
+    (cron,) = yaml.safe_load_all((KUBERAY / "nightly-score.yaml").read_text())  # no RBAC: the operator creates them
+    assert (cron["apiVersion"], cron["kind"]) == ("ray.io/v1", "RayCronJob")
+    # what the nightly RayJob runs is exactly the one-off RayJob's spec
+    assert cron["spec"]["jobTemplate"] == load(KUBERAY / "rayjob-score.yaml")["spec"]
+    # robfig/cron's ParseStandard (KubeRay's parser): an optional CRON_TZ= prefix, then five fields
+    zone, minute, hour, *days = cron["spec"]["schedule"].split()
+    assert (zone, minute, hour, days) == ("CRON_TZ=UTC", "0", "1", ["*", "*", "*"])
+    # the operator runs RayCronJobs only with their feature gate on, as the README installs it
+    gates = {gate["name"]: gate["enabled"] for gate in load(KUBERAY / "operator-values.yaml")["featureGates"]}
+    assert gates["RayCronJob"] is True
+    readme = (ROOT / "README.md").read_text()
+    assert "kubectl apply -f cluster/kuberay/nightly-score.yaml" in readme
+    assert "helm install kuberay-operator kuberay/kuberay-operator --version 1.6.0 -f " \
+           "cluster/kuberay/operator-values.yaml" in readme
+
+
+KUBERAY_CRD = ROOT / "tests" / "kuberay" / "ray.io_raycronjobs.yaml"
+"""KubeRay 1.6.0's RayCronJob CRD (see tests/kuberay/README.md): its jobTemplate is a RayJob's spec."""
+OBJECT_META = {"type": "object", "additionalProperties": False, "properties": {
+    "name": {"type": "string"}, "generateName": {"type": "string"}, "namespace": {"type": "string"},
+    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+    "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+}}
+"""The ObjectMeta fields a manifest here may set (the CRD leaves a root's metadata to Kubernetes)."""
+
+
+def strict(schema: dict) -> dict:
+    """A CRD's structural schema as JSON Schema that fails on every field the API server would prune.
+
+    Kubernetes keeps only the fields a CRD's schema names and drops the rest silently (a misspelt
+    ``shutdownAfterJobFinish`` would just vanish), so every object gets ``additionalProperties:
+    false`` unless it says what its other keys hold (a map) or keeps unknown fields.
+    """
+    out = {k: v for k, v in schema.items() if not k.startswith("x-kubernetes-")}
+    if "properties" in schema:
+        out["properties"] = {name: strict(sub) for name, sub in schema["properties"].items()}
+    if isinstance(schema.get("items"), dict):
+        out["items"] = strict(schema["items"])
+    if isinstance(schema.get("additionalProperties"), dict):
+        out["additionalProperties"] = strict(schema["additionalProperties"])
+    elif schema.get("type") == "object" and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out
+
+
+@functools.cache
+def kuberay_schemas() -> dict[str, dict]:
+    """Strict JSON Schemas of a RayCronJob and of a RayJob (its jobTemplate's schema), by kind."""
+    crd = yaml.safe_load(KUBERAY_CRD.read_text())
+    assert crd["spec"]["names"]["kind"] == "RayCronJob"
+    (version,) = (v for v in crd["spec"]["versions"] if v["name"] == "v1")
+    cron = copy.deepcopy(version["schema"]["openAPIV3Schema"])
+    cron["properties"]["metadata"] = OBJECT_META
+    job = {"type": "object", "required": ["apiVersion", "kind", "spec"], "properties": {
+        "apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": OBJECT_META,
+        "spec": cron["properties"]["spec"]["properties"]["jobTemplate"]}}
+    return {"RayCronJob": strict(cron), "RayJob": strict(job)}
+
+
+def kuberay_errors(manifest: dict) -> list[str]:
+    """Every way ``manifest`` breaks its kind's schema: unknown fields, types, enums, required fields."""
+    import jsonschema
+
+    validator = jsonschema.Draft7Validator(kuberay_schemas()[manifest["kind"]])
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(manifest)]
+
+
+def cel_rule_paths(schema: dict, path: tuple = ()) -> list[tuple]:
+    """Where the CRD has CEL rules (x-kubernetes-validations), which JSON Schema cannot check."""
+    found = [path] if "x-kubernetes-validations" in schema else []
+    for name, sub in schema.get("properties", {}).items():
+        found += cel_rule_paths(sub, (*path, name))
+    return found
+
+
+@pytest.mark.parametrize("name", ["rayjob-score.yaml", "nightly-score.yaml"])
+def test_kuberay_manifests_follow_kuberays_crd_strictly(name):
+    manifest = load(KUBERAY / name)
+    assert manifest["apiVersion"] == "ray.io/v1" and manifest["kind"] in ("RayJob", "RayCronJob")
+    assert kuberay_errors(manifest) == []
+    # the CRD's CEL rules guard fields these manifests do not set, so nothing above went unchecked
+    crd = yaml.safe_load(KUBERAY_CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    spec = manifest["spec"].get("jobTemplate", manifest["spec"])
+    for path in cel_rule_paths(crd["properties"]["spec"]["properties"]["jobTemplate"]):
+        node = spec
+        for key in path[:-1]:
+            node = node.get(key, {})
+        assert path[-1] not in node, f"{name} sets {'.'.join(path)}, which KubeRay checks by a CEL rule"
+
+
+def test_the_strict_check_finds_what_kubernetes_would_drop_or_refuse():
+    job = load(KUBERAY / "rayjob-score.yaml")
+    misspelt = copy.deepcopy(job)
+    misspelt["spec"]["shutdownAfterJobFinish"] = misspelt["spec"].pop("shutdownAfterJobFinishes")
+    deep = copy.deepcopy(job)
+    deep["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["gpus"] = 1
+    wrong_type = copy.deepcopy(job)
+    wrong_type["spec"]["activeDeadlineSeconds"] = "20h"
+    unknown_meta = copy.deepcopy(load(KUBERAY / "nightly-score.yaml"))
+    unknown_meta["metadata"]["label"] = {"a": "b"}
+    missing = copy.deepcopy(unknown_meta)
+    del missing["metadata"]["label"], missing["spec"]["schedule"]
+    assert kuberay_errors(misspelt) == ["spec: Additional properties are not allowed ('shutdownAfterJobFinish' was "
+                                        "unexpected)"]
+    (error,) = kuberay_errors(deep)
+    assert error.startswith("spec.rayClusterSpec.workerGroupSpecs.0.template.spec.containers.0: Additional") and \
+        "'gpus' was unexpected" in error
+    assert kuberay_errors(wrong_type) == ["spec.activeDeadlineSeconds: '20h' is not of type 'integer'"]
+    assert len(kuberay_errors(unknown_meta)) == 1 and "'label' was unexpected" in kuberay_errors(unknown_meta)[0]
+    assert kuberay_errors(missing) == ["spec: 'schedule' is a required property"]
 
 
 def test_every_image_runs_the_same_ray():

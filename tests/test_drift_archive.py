@@ -14,6 +14,7 @@ from PIL import Image
 from dualcam import build_expert, preprocess, save_expert, storage
 from dualcam.cli import main
 from dualcam.commands.drift import DRIFT_EXIT
+from dualcam.drawing import DEFAULT_SIDE, GAP, SCALE_HEIGHT, TITLE_HEIGHT
 from dualcam.experts import ExpertMeta
 from dualcam.results import read_results, to_numpy
 from dualcam.synthetic import write_synthetic_xrays
@@ -111,8 +112,12 @@ def test_a_planted_marker_is_flagged(ray_cluster, planted, tmp_path, capsys):
     page = (out / "_report" / "index.html").read_text()
     figures = sorted((out / "_report" / "images").glob("[0-9][0-9]-*.png"))
     assert len(figures) == 12 and all(f"images/{f.name}" in page for f in figures)
-    assert Image.open(figures[0]).size == (3 * 320 + 2 * 4, 20 + 320)  # the triple: old, new, ADDK(new, old)
-    assert "ADDK(new, old) at alpha 5" in page and summary["top"][0]["uri"] in page
+    # the triple: old, new, ADDK(new, old), each titled and over its colour bar
+    assert Image.open(figures[0]).size == (3 * DEFAULT_SIDE + 2 * GAP, TITLE_HEIGHT + DEFAULT_SIDE + SCALE_HEIGHT)
+    assert "ADDK(new, old) at alpha 5" in page
+    # images named relative to the folder they share, which is named once: no machine's absolute paths
+    top = Path(summary["top"][0]["uri"])
+    assert f"relative to {images}" in page and f">{top.relative_to(images)}<" in page and str(top) not in page
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +177,23 @@ def test_different_experts_are_refused_before_any_work(expert, tmp_path, capsys)
     args = ["--input", str(images), "--output", str(tmp_path / "o")]
     assert main(["drift", "--old", expert, "--new", other, *args]) == 2
     assert "are not two versions of the same expert" in capsys.readouterr().err
+
+
+def test_a_folder_where_nothing_decodes_fails_in_one_line(ray_cluster, expert, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in ("a.png", "b.jpg"):
+        (bad / name).write_bytes(b"junk, not an image")
+    out = tmp_path / "out"
+    code = main(["drift", "--old", expert, "--new", expert, "--input", str(bad), "--output", str(out), "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 1  # as score: a run with nothing scored failed, whatever it says of drift
+    assert captured.err.count("dualcam: run failed: none of the 2 inputs could be scored; first error: ") == 1
+    assert "Traceback" not in captured.err + captured.out
+    assert "drift: 0 of 0 images drifted" in captured.out
+    summary = json.loads((out / "_drift.json").read_text())
+    assert (summary["images"], summary["errors"], summary["top"]) == (0, 2, [])
+    assert (out / "_report" / "index.html").is_file()
 
 
 @pytest.mark.parametrize(("option", "value", "reason"), [

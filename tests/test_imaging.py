@@ -2,15 +2,26 @@
 
 import csv
 import io
+from pathlib import PurePosixPath
 
 import numpy as np
+import pyarrow as pa
 import pydicom
 import pytest
 import torch
 from PIL import Image
 
 from dualcam.experts import ExpertMeta
-from dualcam.imaging import MAX_PIXELS, DecodeError, decode_image, is_image_name, model_input, preprocess
+from dualcam.imaging import (
+    IMAGE_SUFFIXES,
+    MAX_PIXELS,
+    DecodeError,
+    decode_image,
+    image_names,
+    is_image_name,
+    model_input,
+    preprocess,
+)
 
 from conftest import xray_sample_sets
 from samples import dicom_bytes, png16_bytes, png_bytes, png_header_only
@@ -218,6 +229,21 @@ def test_image_names():
     assert is_image_name("a/b.PNG") and is_image_name("s3://b/x.dcm") and is_image_name("dicom/IM0001")
     assert not is_image_name("a/metadata.csv") and not is_image_name("a/.hidden")
     assert not is_image_name("a/._x.png") and not is_image_name("s3://b/.cache/.x.dcm")
+
+
+def test_image_names_in_arrow_follow_the_suffix_as_pathlib_reads_it():
+    def by_pathlib(name: str) -> bool:  # the rule as it was written before names were matched in Arrow
+        path = PurePosixPath(name)
+        suffix = path.suffix.lower()
+        return not path.name.startswith(".") and (suffix in IMAGE_SUFFIXES or suffix[1:].isdigit() or suffix == "")
+
+    names = ["b.png", "s/a.JPG", "s/IM0001", "s/1.2.840.1", "notes.txt", "x/.hidden", "x/._a.png", "a.", "a..", "a.b.",
+             "x.tar.png", "x.png.txt", "s3://b/k/x.Dicom", "x.IMA", "a", "/d.d/file", "/d.png/f.txt", "ü/ß.dcm",
+             "sp ace.jpeg", "x.JpEg", "x.jpe", "x.0", "x.0a", "dir/..", "x.png\n", "new\nline.png", "x.1234567890"]
+    expected = [by_pathlib(name) for name in names]
+    assert [is_image_name(name) for name in names] == expected
+    assert image_names(pa.array(names)).to_pylist() == expected
+    assert expected.count(True) == 18
 
 
 META = ExpertMeta(arch="resnet18", class_name="COVID-19", input_size=64)

@@ -24,6 +24,12 @@ from conftest import run_without_ray
     ("rows_per_file", 0, "rows_per_file must be an integer >= 1, got 0"),
     ("retry_errors", "yes", "retry_errors must be true or false, got 'yes'"),
     ("progress", 1, "progress must be true or false, got 1"),
+    ("dry_run", "no", "dry_run must be true or false, got 'no'"),
+    ("rates", "decode=fast", "rates 'decode=fast': expected decode=N[,gpu=N][,cpu=N] (images/s)"),
+    ("rates", "gpu=1000", "rates 'gpu=1000': decode=N (images/s per CPU core) is needed"),
+    ("rates", "decode=0", "rates: decode_per_cpu must be a positive number of images/s, got 0.0"),
+    ("cluster", "8", "cluster '8': expected NODES,CPUS[,GPUS] per node, say 8,16,1"),
+    ("cluster", "0,8", "a cluster needs at least one node of at least one CPU, got 0 of 8 CPU, 0 GPU"),
 ])
 def test_unusable_options_are_refused_naming_the_option(field, value, reason):
     with pytest.raises(ValueError, match=re.escape(reason)):

@@ -1,6 +1,7 @@
-"""Scoring archives end to end on the shared local Ray: local folders, S3 (moto), manifests, resume."""
+"""Scoring archives end to end on the shared local Ray: local folders, S3 (moto), manifests, resume; dry runs."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from dualcam import (
 )
 from dualcam.cli import main
 from dualcam.kernel import overlap
-from dualcam.pipeline import plan_placement, score_archive
+from dualcam.pipeline import score_archive
 from dualcam.results import RUN_FILE, SCORE, RunSpec, data_files, read_results, to_numpy
 from dualcam.synthetic import synthetic_xray, write_synthetic_xrays
 
@@ -85,6 +86,9 @@ def test_a_folder_gives_one_row_per_input_equal_to_a_direct_computation(ray_clus
     expected = sorted(str(p) for p in archive.rglob("*") if p.is_file() and p.name != "notes.txt")
     assert sorted(rows) == expected
     assert (summary.inputs, summary.scored_now, summary.ok, summary.errors) == (13, 13, 7, 6)
+    # the file whose name is not an image's is counted and named, not dropped silently
+    assert summary.skipped == [str(archive / "notes.txt")]
+    assert f"; 1 other file skipped (not an image's name), e.g. {archive / 'notes.txt'};" in summary.line()
     assert "none" not in (summary.failure(0.5) or "") and summary.failure(0.5) is None
     assert "6 of 13 inputs failed" in summary.failure(0.05)
     for name, reason in BAD_REASONS.items():
@@ -212,6 +216,9 @@ def test_cli_exit_codes(ray_cluster, experts, archive, tmp_path, capsys):
     assert main(["score", *c, "--input", str(archive), "--output", str(tmp_path / "o3"), "--limit", "8"]) == 1
     captured = capsys.readouterr()
     assert "scored 8 images" in captured.out and "run failed: 3 of 8 inputs failed" in captured.err
+    # --no-progress turns off the bars, not the line saying what the run sets out to do
+    assert f"dualcam: scoring 8 of 13 inputs (0 already in {tmp_path / 'o3'}) with 1 actor(s)" in captured.err
+    assert "1 other file skipped (not an image's name)" in captured.out
     assert main(["score", *c, "--input", str(archive), "--output", str(tmp_path / "o3"),
                  "--max-error-fraction", "0.5"]) == 0
     assert "scored 5 images" in capsys.readouterr().out
@@ -232,7 +239,7 @@ def test_unusable_outputs_and_inputs_are_refused_before_any_work(experts, archiv
     only_text = tmp_path / "text"
     only_text.mkdir()
     (only_text / "a.txt").write_text("x")
-    with pytest.raises(FileNotFoundError, match=r"no image files found \(1 files with other names"):
+    with pytest.raises(FileNotFoundError, match=r"no image files found \(1 other file skipped"):
         score_archive(*experts, str(only_text), str(tmp_path / "o"))
     clash = tmp_path / "clash.csv"
     clash.write_text(f"uri,status\n{archive / 'synthetic-00000.png'},x\n")
@@ -248,19 +255,40 @@ def test_a_schema_1_output_never_receives_schema_2_rows(experts, archive, tmp_pa
     (out / RUN_FILE).write_text(RunSpec(same_experts.first, same_experts.second, 5.0, schema_version=1).to_json())
     before = sorted(out.iterdir())
     for retry_errors in (False, True):  # refused before error rows would be taken out, too
-        refused = r"another schema \(score: .* alpha 5, schema 1\); choose another --output"
+        refused = r"another alpha, precision or schema \(score: .* alpha 5, fp32, schema 1\); choose another --output"
         with pytest.raises(ValueError, match=refused):
             score_archive(*experts, str(archive), str(out), retry_errors=retry_errors)
     assert sorted(out.iterdir()) == before
 
 
-def test_placement_defaults():
-    assert plan_placement({"CPU": 2.0}) == plan_placement({"CPU": 2.0}, actors=1, cpus_per_actor=2.0, gpus_per_actor=0)
-    assert plan_placement({"CPU": 64.0}).actors == 8
-    small_nodes = plan_placement({"CPU": 16.0}, node_cpus=4.0)  # four 4-CPU nodes: an 8-CPU actor fits nowhere
-    assert (small_nodes.actors, small_nodes.cpus_per_actor) == (4, 4.0)
-    gpu = plan_placement({"CPU": 32.0, "GPU": 4.0})
-    assert (gpu.actors, gpu.cpus_per_actor, gpu.gpus_per_actor) == (4, 1.0, 1.0)
-    assert plan_placement({"CPU": 32.0, "GPU": 4.0}, gpus_per_actor=0.5).actors == 8
-    with pytest.raises(ValueError, match="1 GPUs per actor requested, but the cluster has 0 GPUs"):
-        plan_placement({"CPU": 8.0}, gpus_per_actor=1)
+def test_a_dry_run_plans_without_ray_and_writes_nothing(experts, archive, tmp_path):
+    out = tmp_path / "out"  # an output this very run wrote some rows to: two ok, one error
+    out.mkdir()
+    (out / RUN_FILE).write_text(RunSpec.of(SCORE, load_meta(experts[0]), load_meta(experts[1]), 5.0).to_json())
+    images = [str(p) for p in sorted(archive.rglob("*")) if p.is_file() and p.name != "notes.txt"]
+    pq.write_table(pa.table({"uri": images[:3], "status": ["ok", "ok", "error"]}), out / "part-0.parquet")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    score = ["score", "--c1", experts[0], "--c2", experts[1], "--input", str(archive), "--dry-run"]
+    code = (  # Ray cannot even be imported here
+        "import os\nos.environ.pop('RAY_ADDRESS', None)\nfrom dualcam.cli import main\n"
+        f"assert main({score!r} + ['--output', {str(out)!r}, '--retry-errors', '--limit', '5', "
+        "'--rates', 'decode=40,cpu=4', '--cluster', '2,8']) == 0\n"
+        f"assert main({score!r} + ['--output', {str(tmp_path / 'new')!r}]) == 0\n"
+        # the precision is part of the run's identity in a dry run too: fp32 rows are not planned in bf16
+        f"assert main({score!r} + ['--output', {str(out)!r}, '--precision', 'bf16']) == 2\n"
+    )
+    printed = run_without_ray(code)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before and not (tmp_path / "new").exists()
+
+    first, second = printed.split("dualcam: dry run")[1:]
+    assert re.search(rf"inputs +{len(images)} ", first)
+    assert re.search(r"skipped +1 +files with other names: \.txt 1", first)
+    assert re.search(r"already done +2 ", first) and re.search(r"to retry +1 ", first)
+    assert re.search(rf"to score +5 +of {len(images) - 2:,} not yet scored \(--limit 5\)", first)
+    assert "rates         decoding 40.0 images/s per CPU, scoring 4.0 per CPU (given)" in first
+    # 2 nodes of 8 CPUs: two actors of 8 CPUs, each decoding then scoring: 2 * 8 / (1/40 + 1/4) images/s
+    assert "2 nodes of 8 CPU, 0 GPU: 16 CPUs, 0 GPUs: 2 actor(s) of 8 CPU, 0 GPU; 1 block(s) of up to 16" in first
+    rate = 2 * 8 / (1 / 40 + 1 / 4)
+    assert f"{rate:,.1f} images/s (the actors' CPUs, decoding and scoring in turn): {5 / rate:.0f} s to score" in first
+    assert "this machine:" in first and re.search(r"already done +0 ", second) and re.search(r"to score +13\b", second)
+    assert "hours: give --rates" in second

@@ -15,9 +15,12 @@ from PIL import Image
 from dualcam import DualScorer, build_expert, save_expert, storage
 from dualcam.cli import main
 from dualcam.drawing import (
+    BACKGROUND,
     BOX_COLORS,
     GAP,
     LEGEND_HEIGHT,
+    MARK_COLOR,
+    SCALE_HEIGHT,
     TITLE_HEIGHT,
     colorize,
     overlay,
@@ -70,10 +73,35 @@ def test_panel_row_has_the_documented_size(grid):
     maps = [(f"map {i}", np.random.default_rng(i).random(grid)) for i in range(3)]
     pw, ph = panel_size(300, 200)
     assert (pw, ph) == (213, 320)
-    assert panel_row(image, maps).size == (3 * pw + 2 * GAP, TITLE_HEIGHT + ph)
-    assert panel_row(image, maps[:1], side=None).size == (200, TITLE_HEIGHT + 300)
+    assert panel_row(image, maps).size == (3 * pw + 2 * GAP, TITLE_HEIGHT + ph + SCALE_HEIGHT)
+    assert panel_row(image, maps[:1], side=None).size == (200, TITLE_HEIGHT + 300 + SCALE_HEIGHT)
     boxed = panel_row(image, maps[:2], boxes=[("F1", (0, 0, 10, 10))], side=64)
-    assert boxed.size == (2 * 43 + GAP, TITLE_HEIGHT + 64 + LEGEND_HEIGHT)
+    assert boxed.size == (2 * 43 + GAP, TITLE_HEIGHT + 64 + SCALE_HEIGHT + LEGEND_HEIGHT)
+
+
+def test_each_panel_has_its_own_colour_scale_and_a_constant_map_says_so():
+    image = np.zeros((40, 50))
+    out = np.asarray(panel_row(image, [("ramp", np.arange(12.0).reshape(3, 4)), ("flat", np.full((3, 4), 2.0))],
+                               side=None)).astype(int)
+    bar = out[TITLE_HEIGHT + 40 + 3: TITLE_HEIGHT + 40 + 9]  # the 6-pixel colour bar under the panels
+    ramp, flat = bar[:, :50], bar[:, 50 + GAP:]
+    expected = np.round(colorize(np.linspace(0, 1, 50)) * 255).astype(int)
+    np.testing.assert_array_equal(ramp[0], expected)  # from the map's min (black) to its max (yellow)
+    assert (ramp == ramp[0]).all()
+    assert (flat == BACKGROUND).all()  # a constant map has no bar...
+    text = out[TITLE_HEIGHT + 40 + 9:]
+    assert (text[:, 50 + GAP:] != BACKGROUND).any(axis=2).any()  # ...but says so
+
+
+def test_a_mark_rings_a_point_of_its_panel_only():
+    image = np.zeros((100, 100))
+    out = np.asarray(panel_row(image, [("a", np.eye(5)), ("b", np.eye(5))], marks=[None, (30, 60)], side=None))
+    green = (out == MARK_COLOR).all(axis=2)
+    ys, xs = np.nonzero(green)
+    assert xs.min() > 100 + GAP  # on the second panel only
+    assert abs(xs.mean() - (100 + GAP + 30.5)) < 1 and abs(ys.mean() - (TITLE_HEIGHT + 60.5)) < 1  # centred
+    with pytest.raises(ValueError, match="3 marks for 2 panels"):
+        panel_row(image, [("a", np.eye(5)), ("b", np.eye(5))], marks=[None, None, None])
 
 
 def test_boxes_are_outlined_on_every_panel_in_one_colour_per_label():
@@ -88,7 +116,7 @@ def test_boxes_are_outlined_on_every_panel_in_one_colour_per_label():
         assert tuple(out[top + 40, left + 25]) != BOX_COLORS[0]  # inside, not filled
         assert tuple(out[top + 70, left + 60]) == BOX_COLORS[1]  # S: the second colour
         assert tuple(out[top + 5, left + 79]) == BOX_COLORS[0]  # the second F1 box, same colour
-    legend = out[TITLE_HEIGHT + 100:]
+    legend = out[TITLE_HEIGHT + 100 + SCALE_HEIGHT:]
     assert legend.shape[0] == LEGEND_HEIGHT
     assert (legend == BOX_COLORS[0]).all(axis=2).any() and (legend == BOX_COLORS[1]).all(axis=2).any()
 
@@ -122,7 +150,8 @@ def test_report_writes_pngs_it_links_and_escapes_text(tmp_path):
     report.table([{"name": "<i>x</i>", "auc": 0.912345, "n": 12}, {"name": "y", "auc": float("nan"), "extra": None}],
                  caption="metrics & more")
     report.figure(Image.new("RGB", (30, 20), (255, 0, 0)), "a figure/with odd name", "cap <tion>")
-    report.histogram({"COVID-19": np.array([0.1, 0.2, np.nan]), "normal": np.array([0.8])}, "p1", "p1 per label")
+    report.histogram({"COVID-19": np.array([0.1, 0.2, np.nan]), "normal": np.array([0.8])}, "p1", "p1 per label",
+                     "p1: probability")
     with pytest.raises(ValueError, match="used twice"):
         report.figure(Image.new("RGB", (2, 2)), "p1", "again")
     index = report.write()
@@ -181,7 +210,8 @@ def test_render_results_writes_the_report_with_figures_of_the_documented_size(sc
     root, uris = scored
     (root / "boxes.csv").write_text("uri,x,y,w,h,kind\nimages/x3.png,10,20,30,40,F1\nimages/x3.png,50,60,20,20,S\n")
     evaluation = {"localization": [{"kind": "F1", "iou": 0.41234, "hit": float("nan")}],
-                  "experts": [{"expert": "COVID-19", "auc": 0.5}], "cam_correlation": 0.9, "nested": {"a": 1}}
+                  "experts": [{"expert": "COVID-19", "auc": 0.5}], "cam_correlation": {"mean": 0.875, "median": 0.9},
+                  "cam_grid": [6, 6], "nested": {"a": {"b": 1}}}
     (tmp_path / "evaluation.json").write_text(json.dumps(evaluation))
     rendered = render_results(str(root / "results"), tmp_path / "report", n=2, alphas=(1, 5, 50),
                               boxes=str(root / "boxes.csv"), evaluation=str(tmp_path / "evaluation.json"), side=64)
@@ -193,12 +223,18 @@ def test_render_results_writes_the_report_with_figures_of_the_documented_size(sc
     assert names == ["01-x0.png-alphas.png", "01-x0.png-triple.png", "02-x3.png-alphas.png",
                      "02-x3.png-triple.png", "p1.png", "p2.png"]
     sizes = {p.name: Image.open(p).size for p in files}
-    assert sizes["01-x0.png-triple.png"] == (3 * 64 + 2 * GAP, TITLE_HEIGHT + 64)
-    assert sizes["01-x0.png-alphas.png"] == (3 * 64 + 2 * GAP, TITLE_HEIGHT + 64)
-    assert sizes["02-x3.png-triple.png"] == (3 * 43 + 2 * GAP, TITLE_HEIGHT + 64 + LEGEND_HEIGHT)  # 100 x 150, boxes
+    height = TITLE_HEIGHT + 64 + SCALE_HEIGHT
+    assert sizes["01-x0.png-triple.png"] == (3 * 64 + 2 * GAP, height)
+    assert sizes["01-x0.png-alphas.png"] == (3 * 64 + 2 * GAP, height)
+    assert sizes["02-x3.png-triple.png"] == (3 * 43 + 2 * GAP, height + LEGEND_HEIGHT)  # 100 x 150, boxes
     page = rendered.report.read_text(encoding="utf-8")
-    for text in ("paper (ADDK)", "localization", "0.4123", "cam_correlation", "boxes: F1, S"):
+    for text in ("paper (ADDK)", "localization", "0.4123", "boxes: F1, S", "its maximum (yellow)",
+                 "<td>cam_correlation mean</td><td class=\"num\">0.875</td>",
+                 "<td>cam_correlation median</td><td class=\"num\">0.9</td>", "<td>cam_grid</td><td>6, 6</td>"):
         assert text in page, text
+    # images named relative to the folder they share, which is named once
+    assert f"Image paths are relative to {root / 'images'}." in page
+    assert "x0.png (label COVID-19): CAM1" in page and f"{root / 'images' / 'x0.png'}" not in page
     assert "<caption>nested" not in page
     assert "Not shown (neither a number or text nor a list of flat objects): nested." in page
 
@@ -209,7 +245,7 @@ def test_render_results_writes_the_report_with_figures_of_the_documented_size(sc
     image = np.asarray(Image.open(uris[0]), np.float32) / 255
     alone = np.asarray(panel_row(image, [("stored", stored[0])], side=64))[TITLE_HEIGHT:].astype(int)
     drawn = np.asarray(Image.open(rendered.report.parent / "images" / "01-x0.png-triple.png"))
-    third = drawn[TITLE_HEIGHT:, 2 * (64 + GAP):].astype(int)
+    third = drawn[TITLE_HEIGHT:, 2 * (64 + GAP):].astype(int)  # the panel, then its colour scale
     assert np.abs(third - alone).max() <= 1
 
 
@@ -268,7 +304,9 @@ def test_render_reads_results_and_images_from_s3(scored, s3_bucket, tmp_path):
                               boxes=f"{s3_bucket}/boxes.csv", side=64)
     assert rendered.images == 1 and rendered.skipped == []
     triple = next(p for p in referenced_files(rendered.report) if p.name.endswith("-triple.png"))
-    assert Image.open(triple).size == (3 * 64 + 2 * GAP, TITLE_HEIGHT + 64 + LEGEND_HEIGHT)
+    assert Image.open(triple).size == (3 * 64 + 2 * GAP, TITLE_HEIGHT + 64 + SCALE_HEIGHT + LEGEND_HEIGHT)
+    page = rendered.report.read_text(encoding="utf-8")
+    assert f"{s3_uris[0]} (label COVID-19)" in page and "relative to" not in page  # URIs as they are
 
 
 def _with(table, **columns):

@@ -55,13 +55,29 @@ def test_both_experts_train_concurrently_and_score(trained, labelled):
     assert history_a[0]["epoch_start_time"] < history_b[-1]["epoch_end_time"]
     assert history_b[0]["epoch_start_time"] < history_a[-1]["epoch_end_time"]
     assert all(h["train_images_per_second"] > 0 and h["train_images"] == 42 for h in meta_a.metrics["history"])
+    # epochs counted from 1 everywhere: the history, best_epoch, and the table the command ends with
+    assert [h["epoch"] for h in history_a] == [1, 2, 3]
     best = meta_a.metrics["best_epoch"]
     assert meta_a.metrics["val"]["accuracy"] == max(h["val_accuracy"] for h in meta_a.metrics["history"])
-    assert meta_a.metrics["test"]["auc"] == meta_a.metrics["history"][best]["test_auc"]
+    assert meta_a.metrics["test"]["auc"] == meta_a.metrics["history"][best - 1]["test_auc"]
+    (row,) = [line.split() for line in printed.splitlines() if line.startswith("A ") and a in line]
+    assert int(row[1]) == best
     scorer = DualScorer(a, b, device="cpu")
     image = torch.zeros(1, 3, 64, 64)
     assert scorer.score(image)["heatmap"].shape == (1, 2, 2)
     assert load_expert(a).meta.data_fingerprint == meta_a.data_fingerprint
+
+
+def test_each_epoch_line_is_printed_once(trained):
+    """Ray Train's print patch sent a worker's print() to stdout and, through its logger, to stderr too:
+    each epoch's line showed twice in a terminal. With it off, the line is in the workers' stdout only."""
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    lines = {suffix: [line for path in logs.glob(f"worker-*{suffix}") for line in path.read_text().splitlines()
+                      if line.startswith(("[A] epoch ", "[B] epoch "))] for suffix in (".out", ".err")}
+    assert sum(line.startswith("[A] epoch 3/3: ") for line in lines[".out"]) >= 1
+    assert lines[".err"] == []
 
 
 def test_every_epoch_is_exported_as_an_expert_for_drift(trained):
@@ -69,7 +85,7 @@ def test_every_epoch_is_exported_as_an_expert_for_drift(trained):
     published = load_expert(latest_version(str(out / "A")))
     root = Path(published.meta.recipe["exported_epochs"])
     assert f"A: every epoch's weights go to {root}/epoch-NNN" in printed
-    assert sorted(p.name for p in root.iterdir()) == ["epoch-000", "epoch-001", "epoch-002"]
+    assert sorted(p.name for p in root.iterdir()) == ["epoch-001", "epoch-002", "epoch-003"]
     assert list_versions(str(out / "A")) == [published.uri]  # exported epochs are not versions
     best_epoch = published.meta.metrics["best_epoch"]
     best = load_expert(str(root / f"epoch-{best_epoch:03d}"))
@@ -79,7 +95,7 @@ def test_every_epoch_is_exported_as_an_expert_for_drift(trained):
     assert best.meta.metrics["val_accuracy"] == published.meta.metrics["val"]["accuracy"]
     assert best.meta.data_fingerprint == published.meta.data_fingerprint
     # two epochs of one run are two versions of one expert: drift compares them
-    scorer = DriftScorer(str(root / "epoch-000"), str(root / "epoch-002"), device="cpu")
+    scorer = DriftScorer(str(root / "epoch-001"), str(root / "epoch-003"), device="cpu")
     assert scorer.score(torch.zeros(1, 3, 64, 64))["gained"].shape == (1, 2, 2)
 
 
@@ -103,6 +119,7 @@ def test_warm_start_from_an_earlier_version_yields_a_new_version(trained, labell
     retrained = train_experts(str(out), ["A"], data=str(labelled), recipe=dataclasses.replace(TINY, epochs=1),
                               init_from=[str(out)])
     assert retrained[0].uri != previous and retrained[0].meta.recipe["init_from"] == previous
+    assert retrained[0].meta.recipe["weights"] == previous  # what it started from, not TINY's unused "none"
     assert latest_version(str(out / "A")) == retrained[0].uri
     again = train_experts(str(out), ["A"], data=str(labelled), recipe=dataclasses.replace(TINY, epochs=1),
                           init_from=[str(out)])  # the same retraining command, rerun: nothing new
@@ -128,8 +145,8 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(ray_cluster, labell
     done = train_experts(str(out), ["B"], data=str(labelled),
                          recipe=Recipe(arch="resnet18", weights="none", epochs=3, batch_size=8, image_size=64, seed=5))
     history = done[0].meta.metrics["history"]
-    assert [h["epoch"] for h in history] == [0, 1, 2]
-    assert history[0]["epoch_end_time"] < killed_at < history[-1]["epoch_end_time"]  # epoch 0 came from the first run
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[0]["epoch_end_time"] < killed_at < history[-1]["epoch_end_time"]  # epoch 1 came from the first run
 
 
 def test_two_workers_train_one_expert_with_ddp(ray_cluster, labelled, tmp_path):

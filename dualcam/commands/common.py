@@ -4,17 +4,22 @@ and of an archive's input and output, and the files named on a command line."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 
 from dualcam import storage
+from dualcam.datasets import skipped_files
 from dualcam.experts import OUTPUT_STRIDES, CheckpointError
 from dualcam.imaging import DecodeError, decode_image, is_image_name
-from dualcam.pipeline import ScoreSummary
+from dualcam.options import ArchiveOptions
+from dualcam.pipeline import ScoreSummary, plan_archive
 from dualcam.scenario import DEMO_RECIPE
+from dualcam.scoring import PairScorer
 
 USAGE_ERRORS = (CheckpointError, DecodeError, ValueError, OSError)
 """What the library raises for unusable arguments, experts, input or output: exit status 2."""
@@ -46,6 +51,28 @@ def failure_status(summary: ScoreSummary, max_error_fraction: float) -> int:
         print(f"dualcam: run failed: {failure}", file=sys.stderr)
         return 1
     return 0
+
+
+def dry_run(
+    scorer: type[PairScorer], first: str, second: str, input: str, output: str, options: ArchiveOptions,
+) -> int:
+    """``--dry-run``: print what the run would do (``pipeline.plan_archive``); exit status 0."""
+    for line in plan_archive(scorer, first, second, input, output, options).lines():
+        print(line, flush=True)
+    return 0
+def check_output_folder(uri: str, option: str) -> None:
+    """ValueError, before any work, for a local output folder that cannot be made or written to: it,
+    or a folder above it, is a file, or the nearest folder that exists is not writable. (An s3://
+    prefix is never a file; access to it shows when the run writes.)"""
+    if storage.is_s3(uri):
+        return
+    path = Path(uri).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"lies under {existing}, which is a file"
+        raise ValueError(f"{option} {uri} {where}, not a folder; give a folder (it is created if missing)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {uri}: no permission to write in {existing}")
 
 
 def options_of(command: ModuleType) -> dict[str, argparse.Action]:
@@ -97,13 +124,22 @@ def add_scenario_run(parser: argparse.ArgumentParser, n: int) -> None:
     parser.add_argument("--epochs", type=int, default=DEMO_RECIPE.epochs, help=f"default {DEMO_RECIPE.epochs}")
 
 
-def input_files(uris: Sequence[str]) -> list[str]:
-    """Files named directly, plus the image files found under named folders or s3:// prefixes."""
-    found = []
+def input_files(uris: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(files named directly plus the image files found under named folders or s3:// prefixes, the
+    other files found there). FileNotFoundError when there is nothing to read: exit status 2, as
+    for ``dualcam score``."""
+    found, skipped = [], []
     for uri in uris:
         listed = storage.list_files(uri)
-        found += listed if listed == [uri] else [u for u in listed if is_image_name(u)]
-    return found
+        if listed == [uri]:
+            found.append(uri)
+            continue
+        found += [u for u in listed if is_image_name(u)]
+        skipped += [u for u in listed if not is_image_name(u)]
+    if not found:
+        detail = f" ({skipped_files(skipped)})" if skipped else ""
+        raise FileNotFoundError(f"{', '.join(uris)}: no image files found{detail}")
+    return found, skipped
 
 
 def decoded(files: Sequence[str]) -> Iterator[tuple[str, bytes | None, np.ndarray | None, Exception | None]]:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from dualcam.commands.common import add_scenario_run
+from dualcam.commands.common import add_scenario_run, check_output_folder
 from dualcam.raycluster import connect
 from dualcam.scenario import DEMO_RECIPE, demo
+from dualcam.synthetic import check_overlap_arguments
 
 HELP = "the class-overlap scenario end to end in the paper's regime (make demo)"
 DESCRIPTION = (
@@ -23,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(*, out: str, n: int, size: int, seed: int, epochs: int) -> int:
+    recipe = replace(DEMO_RECIPE, epochs=epochs)  # checked here, before Ray starts
+    check_overlap_arguments(n, size, seed)
+    check_output_folder(out, "--out")
     connect(quiet=True)
-    demo(out, n, size, seed, replace(DEMO_RECIPE, epochs=epochs))
+    demo(out, n, size, seed, recipe)
     return 0

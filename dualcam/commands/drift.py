@@ -7,10 +7,11 @@ import sys
 from typing import Any
 
 from dualcam import options as archive
-from dualcam.commands.common import add_input_output, failure_status
-from dualcam.drift import DRIFT_THRESHOLD, MAX_DRIFT_SHARE, PRIMARY_MEASURE, TOP_K
+from dualcam.commands.common import add_input_output, check_output_folder, dry_run, failure_status
+from dualcam.drift import DRIFT_THRESHOLD, MAX_DRIFT_SHARE, PRIMARY_MEASURE, TOP_K, check_options
 from dualcam.options import ArchiveOptions
 from dualcam.pipeline import drift_archive
+from dualcam.scoring import DriftScorer
 
 DRIFT_EXIT = 3
 """Exit status of ``dualcam drift`` when more than ``max_drift_share`` of the images drifted."""
@@ -57,6 +58,10 @@ def run(
     ``max_drift_share`` of the images drifted.
     """
     run_options = ArchiveOptions.from_arguments(**options)
+    check_output_folder(output, "--output")
+    if run_options.dry_run:
+        check_options(threshold, max_drift_share, top_k)
+        return dry_run(DriftScorer, old, new, input, output, run_options)
     summary = drift_archive(old, new, input, output, run_options, threshold=threshold,
                             max_drift_share=max_drift_share, top_k=top_k)
     print(summary.run.line(), flush=True)

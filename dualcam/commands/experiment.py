@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from dualcam.commands.common import add_scenario_run, labels
+from dualcam.commands.common import add_scenario_run, check_output_folder, labels
 from dualcam.raycluster import connect
-from dualcam.scenario import DEMO_RECIPE, REGIMES, experiment
-from dualcam.synthetic import SCENARIOS
+from dualcam.scenario import DEMO_RECIPE, REGIMES, experiment, regime
+from dualcam.synthetic import SCENARIOS, check_overlap_arguments, get_scenario
 
 HELP = "compare training regimes on the class-overlap scenarios (make experiment)"
 DESCRIPTION = (
@@ -28,7 +28,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(*, out: str, n: int, size: int, seed: int, epochs: int, regimes: str, scenarios: str) -> int:
+    recipe = replace(DEMO_RECIPE, epochs=epochs)  # checked here, before Ray starts
+    check_overlap_arguments(n, size, seed)
+    names = [regime(name).name for name in labels(regimes) or []]
+    if not names:
+        raise ValueError("--regimes names no regime")
+    drawn = [get_scenario(name).name for name in labels(scenarios) or []]
+    if not drawn:
+        raise ValueError("--scenarios names no scenario")
+    check_output_folder(out, "--out")
     connect(quiet=True)
-    print(experiment(out, n, size, seed, replace(DEMO_RECIPE, epochs=epochs), labels(regimes) or [],
-                     labels(scenarios) or []))
+    print(experiment(out, n, size, seed, recipe, names, drawn))
     return 0

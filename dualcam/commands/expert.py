@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
-from dualcam.commands.common import add_output_stride
-from dualcam.experts import SUPPORTED_ARCHS, ExpertMeta, build_expert, load_meta, save_expert
+from dualcam.commands.common import add_output_stride, check_output_folder
+from dualcam.experts import (
+    SUPPORTED_ARCHS,
+    ExpertMeta,
+    build_expert,
+    list_versions,
+    load_meta,
+    resolve_expert,
+    save_expert,
+)
 from dualcam.train_loop import Recipe
 
 HELP = "create and inspect expert checkpoints"
@@ -26,10 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="L: grayscale on 3 channels (default)")
     add_output_stride(init, ExpertMeta.output_stride)
     init.add_argument("--weights", default="none",
-                      help="none, imagenet (torchvision download) or a path/s3:// URI to a state dict (default none)")
+                      help="none, imagenet (torchvision's, downloaded on first use: needs internet) or a state dict's "
+                      "path or s3:// URI, e.g. torchvision's ImageNet file copied from where there is internet "
+                      "(default none)")
     init.add_argument("--out", required=True, help="checkpoint directory: a path or s3:// prefix")
     show = sub.add_parser("show", help="print a checkpoint's expert.json")
-    show.add_argument("uri", help="checkpoint directory: a path or s3:// prefix")
+    show.add_argument("uri", help="checkpoint directory, or a folder of versions (latest shown): a path or s3:// "
+                      "prefix")
 
 
 def run(*, expert_command: str, **options: Any) -> int:
@@ -39,6 +51,7 @@ def run(*, expert_command: str, **options: Any) -> int:
 def init(*, arch: str, class_name: str, input_size: int, color_mode: str, output_stride: int, weights: str,
          out: str) -> int:
     """``dualcam expert init``: write an expert checkpoint to ``out``, initialized from ``weights``."""
+    check_output_folder(out, "--out")
     model = build_expert(arch, weights, output_stride)
     meta = ExpertMeta(arch=arch, class_name=class_name, input_size=input_size, color_mode=color_mode,
                       output_stride=output_stride, recipe={"init_weights": weights})
@@ -49,6 +62,12 @@ def init(*, arch: str, class_name: str, input_size: int, color_mode: str, output
 
 
 def show(*, uri: str) -> int:
-    """``dualcam expert show``: print a checkpoint's ``expert.json``."""
-    print(json.dumps(load_meta(uri).to_dict(), indent=2))
+    """``dualcam expert show``: print a checkpoint's ``expert.json``; of a folder of versions (``train``'s
+    ``<output>/<class>/``), its latest version's, saying which on stderr (stdout stays JSON)."""
+    checkpoint = resolve_expert(uri)
+    meta = load_meta(checkpoint)
+    if checkpoint != uri:
+        print(f"dualcam: {uri} is a folder of {len(list_versions(uri))} versions; its latest: {checkpoint}",
+              file=sys.stderr)
+    print(json.dumps(meta.to_dict(), indent=2))
     return 0

@@ -11,14 +11,24 @@ import torch
 
 from dualcam import regions
 from dualcam.cam import upsample
-from dualcam.commands.common import add_expert_pair, decoded, input_files
-from dualcam.drawing import overlay
+from dualcam.commands.common import add_expert_pair, check_output_folder, decoded, input_files
+from dualcam.datasets import skipped_files
+from dualcam.drawing import panel_row
 from dualcam.imaging import model_input
 from dualcam.options import add_alpha, add_precision
 from dualcam.scoring import DualScorer
 
 HELP = "score a few images with both experts and write ADDK overlays"
-DESCRIPTION = None
+DESCRIPTION = (
+    "Score each image with both experts on this machine (no Ray) and print p1, p2 and the peak of the ADDK "
+    "heatmap in image pixels; write the heatmap over the image to OUT/<name>.addk.png, titled with alpha, p1 and "
+    "p2, its colour scale (that map's own min to max) below it and the peak ringed in green. Folders and s3:// "
+    "prefixes are searched for image names, as dualcam score does; other files there are counted as skipped. "
+    "Exit status: 0 every image explained; 1 any image could not be read or decoded (each is named); 2 unusable "
+    "arguments, experts or --out, or nothing to explain (no image files found)."
+)
+OVERLAY_SIDE = 640
+"""Longer side of an overlay in pixels: X-rays of any size give overlays whose titles can be read."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,12 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(
     *, c1: str, c2: str, alpha: float, out: str, device: str | None, precision: str, inputs: Sequence[str],
 ) -> int:
+    check_output_folder(out, "--out")
+    files, skipped = input_files(inputs)
     scorer = DualScorer(c1, c2, alpha=alpha, device=device, precision=precision)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    files = input_files(inputs)
     print(f"expert 1: {scorer.c1.meta.class_name} {scorer.c1.meta.version}; expert 2: {scorer.c2.meta.class_name} "
-          f"{scorer.c2.meta.version}; alpha {scorer.alpha}; device {scorer.device}, {scorer.precision}")
+          f"{scorer.c2.meta.version}; alpha {scorer.alpha:g}; device {scorer.device}, {scorer.precision}")
     print(f"{'p1':>6} {'p2':>6}  {'peak (x, y)':>12}  file")
     start, failed = time.perf_counter(), 0
     for uri, data, image, err in decoded(files):
@@ -46,12 +57,15 @@ def run(
             failed += 1
             print(f"{'-':>6} {'-':>6}  {'-':>12}  {err}")
             continue
-        x, _ = model_input(data, uri, scorer.meta)  # what `dualcam score` gives the model; the overlay: the whole image
-        result = scorer.score(x[None])
+        model_x, _ = model_input(data, uri, scorer.meta)  # what `dualcam score` gives the model; overlay: whole image
+        result = scorer.score(model_x[None])
+        p1, p2 = float(result["p1"][0]), float(result["p2"][0])
         heat = upsample(result["heatmap"][0], image.shape[:2])
         x, y = (round(v) for v in regions.peak(torch.from_numpy(heat)[None])[0].tolist())
-        overlay(image, heat).save(folder / f"{Path(uri).stem}.addk.png")
-        print(f"{result['p1'][0]:6.3f} {result['p2'][0]:6.3f}  {f'({x}, {y})':>12}  {uri}")
+        title = f"ADDK(CAM1, CAM2) alpha={scorer.alpha:g}  p1={p1:.3f} p2={p2:.3f}  peak ({x}, {y})"
+        panel_row(image, [(title, heat)], marks=[(x, y)], side=OVERLAY_SIDE).save(folder / f"{Path(uri).stem}.addk.png")
+        print(f"{p1:6.3f} {p2:6.3f}  {f'({x}, {y})':>12}  {uri}")
     elapsed = time.perf_counter() - start
-    print(f"{len(files) - failed} explained, {failed} failed, in {elapsed:.1f} s; overlays in {folder}/")
-    return 1 if failed and failed == len(files) else 0
+    skipped_note = f"; {skipped_files(skipped)}" if skipped else ""
+    print(f"{len(files) - failed} explained, {failed} failed, in {elapsed:.1f} s; overlays in {folder}/{skipped_note}")
+    return 1 if failed else 0

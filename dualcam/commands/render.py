@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from dualcam.commands.common import floats
+from dualcam.commands.common import check_output_folder, floats
 from dualcam.kernel import ALPHAS, KERNELS
 from dualcam.score_report import DEFAULT_KERNEL, DEFAULT_N, DEFAULT_REVIEW, render_results
 
@@ -42,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(*, results: str, out: str, n: int, alphas: str, kernel: str, boxes: str | None,
         evaluation: str | None, review: int) -> int:
     """Write the report; print each skipped image and where the report is. ``alphas``: comma-separated."""
+    check_output_folder(out, "--out")
     rendered = render_results(results, out, n=n, alphas=floats(alphas), kernel=kernel, boxes=boxes,
                               evaluation=evaluation, review=review)
     for line in rendered.skipped:

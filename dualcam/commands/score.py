@@ -6,14 +6,16 @@ import argparse
 from typing import Any
 
 from dualcam import options as archive
-from dualcam.commands.common import add_expert_pair, add_input_output, failure_status
+from dualcam.commands.common import add_expert_pair, add_input_output, check_output_folder, dry_run, failure_status
 from dualcam.options import ArchiveOptions
 from dualcam.pipeline import score_archive
+from dualcam.scoring import DualScorer
 
 HELP = "score an archive on Ray: CAMs, ADDK heatmaps and scores to Parquet"
 DESCRIPTION = (
     "Score every image of an archive with both experts on Ray (the cluster at RAY_ADDRESS, "
-    "else a local one) and write one Parquet row per input. Rerunning the same command resumes. "
+    "else a local one) and write one Parquet row per input. Rerunning the same command resumes; "
+    "--dry-run says what it would do and how long it would take, and starts nothing. "
     "Exit status: 0 done; 1 too many inputs failed (--max-error-fraction) or none could be scored; "
     "2 unusable arguments, experts, input or output."
 )
@@ -34,6 +36,9 @@ def run(*, c1: str, c2: str, input: str, output: str, **options: Any) -> int:
     could be scored.
     """
     run_options = ArchiveOptions.from_arguments(**options)
+    check_output_folder(output, "--output")
+    if run_options.dry_run:
+        return dry_run(DualScorer, c1, c2, input, output, run_options)
     summary = score_archive(c1, c2, input, output, run_options)
     print(summary.line(), flush=True)
     return failure_status(summary, run_options.max_error_fraction)

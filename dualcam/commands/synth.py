@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from dualcam.commands.common import check_output_folder
 from dualcam.synthetic import DEFAULT_SCENARIO, OVERLAP_CLASSES, SCENARIOS, write_overlap_dataset
 
 HELP = "write the class-overlap scenario: images, manifest and feature boxes"
@@ -26,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(*, out: str, n: int, size: int, seed: int, scenario: str) -> int:
+    check_output_folder(out, "--out")
     data = write_overlap_dataset(out, n, size, seed, scenario)
     print(f"wrote {data.images} synthetic {size} px images of the {data.scenario} scenario ({n} each of "
           f"{', '.join(OVERLAP_CLASSES)}) under {out}; manifest {data.manifest}, boxes {data.boxes}")

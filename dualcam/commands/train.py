@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from dualcam.commands.common import add_output_stride, labels
+from dualcam.commands.common import add_output_stride, check_output_folder, labels
 from dualcam.experts import SUPPORTED_ARCHS
 from dualcam.train_loop import AUGMENTATIONS, Recipe
 from dualcam.training import results_table, train_experts
@@ -16,7 +16,10 @@ DESCRIPTION = (
     "Fine-tune one binary expert per class (C1, and C2 when given) concurrently on Ray (the cluster "
     "at RAY_ADDRESS, else a local one) and write each as <output>/<class>/<version>/. Defaults are the paper's "
     "recipe: ImageNet-pretrained ResNet-152, 2 outputs, SGD lr 0.001 momentum 0.9, 30 epochs, the epoch with the "
-    "best validation accuracy kept, 60/20/20 splits. Rerunning the same command resumes an interrupted run."
+    "best validation accuracy kept, 60/20/20 splits. Rerunning the same command resumes an interrupted run. "
+    "Epochs are counted from 1 in the lines printed per epoch, best_epoch in expert.json, the final table and "
+    "exported epoch-NNN names. Exit status: 0 done; 1 an expert's training failed; 2 unusable arguments, data "
+    "or output, before Ray starts."
 )
 
 
@@ -38,8 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--views", default="PA", help="views kept from the COVID-19 collection, comma-separated "
                         "(default PA)")
     parser.add_argument("--arch", choices=SUPPORTED_ARCHS, default=Recipe.arch, help=f"default {Recipe.arch}")
-    parser.add_argument("--weights", default=Recipe.weights, help="starting weights: imagenet (torchvision), none, "
-                        f"or a state dict path/s3:// URI (default {Recipe.weights})")
+    parser.add_argument("--weights", default=Recipe.weights, help="starting weights: imagenet (torchvision's, "
+                        "downloaded: needs internet), none, or a state dict's path or s3:// URI; not used with "
+                        f"--init-from (default {Recipe.weights})")
     parser.add_argument("--init-from", action="append", default=[], metavar="URI",
                         help="warm start from an earlier version: an expert checkpoint (for the expert of its class) "
                         "or an earlier --output (each expert's latest version); repeatable")
@@ -68,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "on clusters")
     parser.add_argument("--export-epochs", action="store_true",
                         help="also write every epoch's weights as an expert checkpoint, <output>/<class>/_epochs/<run>/"
-                        "epoch-NNN/ (from 000), to compare epochs of one run with dualcam drift")
+                        "epoch-NNN/ (epoch-001 is the first), to compare epochs of one run with dualcam drift")
 
 
 def run(
@@ -85,9 +89,11 @@ def run(
     fails (a non-zero exit); labels are comma-separated strings or lists.
     """
     classes = [c1] + ([c2] if c2 else [])
+    how = Recipe(**recipe)  # checked before anything is read
+    check_output_folder(output, "--output")
     experts = train_experts(
         output, classes, data=data, negatives=[labels(c1_negatives), labels(c2_negatives)][: len(classes)],
-        per_expert_data=[c1_data, c2_data][: len(classes)], recipe=Recipe(**recipe),
+        per_expert_data=[c1_data, c2_data][: len(classes)], recipe=how,
         init_from=[init_from] if isinstance(init_from, str) else list(init_from),
         workers_per_expert=workers_per_expert, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
         max_failures=max_failures, views=labels(views) or ["PA"], storage_path=storage_path,
