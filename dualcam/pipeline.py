@@ -20,8 +20,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
@@ -56,8 +55,8 @@ class ScoreSummary:
     errors: int
     seconds: float
     first_error: str | None = None
-    skipped: Sequence[str] | pa.ChunkedArray = ()
-    """Files under the input folder or prefix left out because their names are not images'."""
+    skipped: pa.ChunkedArray = field(default_factory=lambda: pa.chunked_array([], pa.string()))
+    """Files under the input folder or prefix left out because their names are not images' (``Inputs.skipped``)."""
 
     @property
     def images_per_second(self) -> float:

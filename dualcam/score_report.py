@@ -109,7 +109,9 @@ def render_results(
     report.heading("Run")
     report.table(_run_rows(results, table, ok, spec, kernel, alphas))
     chosen, how = choose_rows(ok, n)
-    names, root = short_names(chosen.column("uri").to_pylist())
+    listed, review_how = review_rows(ok, review, spec.first.class_name) if review else (None, "")
+    # one naming for the whole page: figures and review list alike
+    names, root = short_names(chosen.column("uri").to_pylist() + (listed.column("uri").to_pylist() if review else []))
     report.heading("Figures")
     report.paragraph(how + (f" Image paths are relative to {root}." if root else ""))
     report.paragraph(PANEL_NOTE)
@@ -118,15 +120,12 @@ def render_results(
         report.paragraph("Skipped: " + "; ".join(skipped))
     reviewed = 0
     if review:
-        listed, how = review_rows(ok, review, spec.first.class_name)
         report.heading(f"Review: {spec.first.class_name} calls that rest on evidence expert 2 also claims")
-        report.paragraph(how)
+        report.paragraph(review_how)
         if listed.num_rows:
-            report.table([{"rank": i + 1, **row} for i, row in enumerate(
+            report.table([{"rank": i + 1, **row, "uri": names[row["uri"]]} for i, row in enumerate(
                 listed.select(["uri", *_optional(listed, "label"), "p1", "p2", "overlap"]).to_pylist())])
-        uris = listed.column("uri").to_pylist()  # as in the table above
-        reviewed, missed = _draw(report, listed, dict(zip(uris, uris)), spec, kernel, (), boxes_by_uri, side,
-                                 prefix="review-")
+        reviewed, missed = _draw(report, listed, names, spec, kernel, (), boxes_by_uri, side, prefix="review-")
         if missed:
             report.paragraph("Skipped: " + "; ".join(missed))
         skipped += [line for line in missed if line not in skipped]

@@ -87,7 +87,7 @@ def test_a_folder_gives_one_row_per_input_equal_to_a_direct_computation(ray_clus
     assert sorted(rows) == expected
     assert (summary.inputs, summary.scored_now, summary.ok, summary.errors) == (13, 13, 7, 6)
     # the file whose name is not an image's is counted and named, not dropped silently
-    assert summary.skipped == [str(archive / "notes.txt")]
+    assert summary.skipped.to_pylist() == [str(archive / "notes.txt")]
     assert f"; 1 other file skipped (not an image's name), e.g. {archive / 'notes.txt'};" in summary.line()
     assert "none" not in (summary.failure(0.5) or "") and summary.failure(0.5) is None
     assert "6 of 13 inputs failed" in summary.failure(0.05)
