@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := .demo
 
-.PHONY: venv lint test faults demo experiment bench scale submit clean
+.PHONY: venv lint test faults demo experiment bench scale precision gpu-check submit clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,17 @@ bench: venv
 SCALE_ARGS ?=
 scale: venv
 	$(BIN)/python -m dualcam.scale_benchmark $(SCALE_ARGS)
+
+# The error each precision causes against float32 (README: Precision); on CPU, autocast emulates the GPU.
+PRECISION_ARGS ?=
+precision: venv
+	$(BIN)/python -m dualcam.precision_table $(PRECISION_ARGS)
+
+# On a GPU machine: the GPU tests, then forward, decode and pipeline rates and GPU-against-CPU heatmaps
+# (README: GPU). Without CUDA both say so and skip.
+gpu-check: venv
+	$(BIN)/python -m pytest -m gpu -rs tests/test_gpu.py
+	$(BIN)/python -m dualcam.gpu_check $(GPU_CHECK_ARGS)
 
 # A job spec to a Ray cluster: make submit JOB=jobs/examples/score.yaml RAY_ADDRESS=http://HEAD:8265
 # The spec's `job:` key picks the entrypoint, jobs/<job>.py; the spec is checked here before upload.

@@ -45,6 +45,7 @@ from dualcam import storage
 from dualcam.experts import META_FILE, ExpertMeta, build_expert, save_expert
 from dualcam.imaging import decode_image, model_input, preprocess
 from dualcam.pipeline import score_archive
+from dualcam.precision import DEFAULT_PRECISION, PRECISIONS, computing_in
 from dualcam.raycluster import connect
 from dualcam.results import read_results, to_numpy
 from dualcam.scoring import DualScorer, load_images
@@ -183,9 +184,8 @@ def timed(fn: Callable[[], object], n: int) -> tuple[float, float]:
 
 
 def bare_forward(scorer: DualScorer, batches: list[torch.Tensor]) -> None:
-    """Both experts' plain forward, as in the scorer (same device, layout, autocast): nothing else."""
-    autocast = torch.autocast(scorer.device.type, dtype=torch.bfloat16, enabled=scorer.device.type == "cuda")
-    with torch.inference_mode(), autocast:
+    """Both experts' plain forward, as in the scorer (same device, layout, precision): nothing else."""
+    with torch.inference_mode(), computing_in(scorer.precision, scorer.device):
         for x in batches:
             x = x.to(scorer.device).contiguous(memory_format=torch.channels_last)
             scorer.c1.model(x)
@@ -211,12 +211,12 @@ def run(args: argparse.Namespace) -> dict:
             save_expert(build_expert(args.arch), uri, ExpertMeta(arch=args.arch, class_name=name, input_size=args.size))
         experts.append(uri)
     images = [str(p) for p in write_synthetic_xrays(work / "images", args.n, size=args.size)]
-    scorer = DualScorer(*experts, device=args.device)
+    scorer = DualScorer(*experts, device=args.device, precision=args.precision)
     table = pa.table({"uri": images})
     loaded = [load_images(table.slice(i, args.batch_size), scorer.meta) for i in range(0, args.n, args.batch_size)]
     batches = [torch.tensor(to_numpy(b.column("pixels"))) for b in loaded]
     report = {"arch": args.arch, "images": args.n, "size": args.size, "batch_size": args.batch_size,
-              "device": str(scorer.device), "torch_threads": torch.get_num_threads()}
+              "device": str(scorer.device), "precision": args.precision, "torch_threads": torch.get_num_threads()}
 
     bare_forward(scorer, batches[:1])  # warm-up: first-call allocations and kernel selection
     runs = {"a": [], "b": []}
@@ -243,7 +243,8 @@ def run(args: argparse.Namespace) -> dict:
     for key, source in sources.items():
         output = str(work / f"out-{key}-{time.time_ns()}")
         with TreeMonitor() as monitor:
-            summary = score_archive(*experts, source, output, batch_size=args.batch_size, progress=False)
+            summary = score_archive(*experts, source, output, batch_size=args.batch_size, precision=args.precision,
+                                    progress=False)
         report[key] = steady_rate(output, args.batch_size)
         report[f"{key}_wall"] = summary.images_per_second
         report[f"{key}_peak_bytes"] = monitor.peak
@@ -353,7 +354,8 @@ def _stage_on_moto(images: list[str]) -> str:
 
 def print_report(report: dict) -> None:
     print(f"dualcam bench: {report['images']} images, {report['arch']} pair at {report['size']} px, "
-          f"batch {report['batch_size']}, {report['device']}, {report['torch_threads']} torch threads")
+          f"batch {report['batch_size']}, {report['device']}, {report['precision']}, "
+          f"{report['torch_threads']} torch threads")
     stages = [("a_bare_forward", "(a) bare forward of both experts"), ("b_scorer", "(b) scorer class alone"),
               ("c_local", "(c) pipeline, local files -> Parquet"), ("d_s3", "(d) pipeline, S3 (moto) -> Parquet")]
     for key, label in stages:
@@ -412,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=2,
                         help="runs of (a) and (b), alternated; the best counts (default 2)")
     parser.add_argument("--device", default=None, help="torch device for (a) and (b) (default: cuda if available)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
+                        help=f"how the experts compute (default {DEFAULT_PRECISION})")
     parser.add_argument("--no-ray", action="store_true", help="only (a) and (b): for machines without Ray")
     parser.add_argument("--no-s3", action="store_true", help="skip (d)")
     parser.add_argument("--no-real-size", action="store_true", help="skip (e) and (f)")

@@ -5,13 +5,15 @@ One decoder, two ways out:
 * ``decode_image(data, name)``: the whole image as float32 in [0, 1], shape (H, W) or (H, W, 3),
   for overlays, figures and anyone who wants the pixels.
 * ``model_input(data, name, meta)``: the (3, S, S) model input and the image's (H, W), decoding
-  only what the model needs, so that its cost follows S rather than the file. A JPEG is decoded
-  by libjpeg at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides at least 2 S (only
-  its luma for grayscale experts); any image is then box-averaged by integer factors, in its own
-  sample type (8-bit, 16-bit, or the DICOM display values), down to no less than 2 S a side; and
+  only what the model needs, so that its cost follows S rather than the file. A JPEG's luma
+  alone is decoded for grayscale experts; PNG and JPEG pixels are then box-averaged by integer
+  factors (``box_factors``), in their own sample type, down to no less than 2 S a side; and
   ``preprocess`` makes the one antialiased resize to S. Training, scoring and ``dualcam explain``
-  all take this path; it differs from resizing the whole decoded image by about 0.002 on average
-  in normalized units (README: Images; bounded by ``tests/test_faithfulness.py``).
+  all take this path, and the GPU's (``device_decode``) computes the same for JPEGs; it differs
+  from resizing the whole decoded image by about 0.002 on average in normalized units (README:
+  Images; bounded by ``tests/test_faithfulness.py``). JPEGs are decoded at full scale, not at
+  libjpeg's reduced DCT scales, which nvJPEG does not have: a GPU and a CPU run must agree, and
+  ADDK amplifies the small differences those scales make into visibly different heatmaps.
 
 Values, the same both ways:
 
@@ -159,18 +161,14 @@ def _check_size(name: str, width: int, height: int, max_pixels: int) -> None:
 
 
 def _decode_pil(data: bytes, name: str, max_pixels: int, min_side: int | None, grey: bool) -> _Decoded:
-    scale = 1
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data), formats=("PNG", "JPEG"))
             _check_size(name, im.width, im.height, max_pixels)
             size = (im.height, im.width)
-            if min_side and im.format == "JPEG":
-                # libjpeg scales in the DCT domain, keeping both sides >= min_side; asked for "L" it
-                # decodes a colour file's luma channel only
-                drafted = im.draft("L" if grey else im.mode, (min_side, min_side))
-                scale = round(size[1] / drafted[1][2]) if drafted else 1  # its box: the image in drafted pixels
+            if min_side and grey and im.format == "JPEG":
+                im.draft("L", im.size)  # libjpeg decodes a colour file's luma channel only, at full scale
             im.load()
     except DecodeError:
         raise
@@ -188,8 +186,8 @@ def _decode_pil(data: bytes, name: str, max_pixels: int, min_side: int | None, g
             im = im.convert("L")
         elif im.mode not in ("L", "RGB"):
             im = im.convert("RGB")
-    im, (ky, kx) = _box_reduce(im, min_side)
-    return _Decoded((np.asarray(im, dtype=np.float32) / top).clip(0.0, 1.0), size, (scale * ky, scale * kx))
+    im, factors = _box_reduce(im, min_side)
+    return _Decoded((np.asarray(im, dtype=np.float32) / top).clip(0.0, 1.0), size, factors)
 
 
 def _grey16_max(im: Image.Image, data: bytes) -> float:
@@ -220,11 +218,16 @@ def _png_significant_bits(data: bytes) -> int | None:
     return None
 
 
+def box_factors(size: tuple[int, int], min_side: int | None) -> tuple[int, int]:
+    """(rows, columns) per box for an image of ``size`` (H, W): the largest integers that keep each
+    side at least ``min_side`` pixels; (1, 1) for None."""
+    return (max(1, size[0] // min_side), max(1, size[1] // min_side)) if min_side else (1, 1)
+
+
 def _box_reduce(im: Image.Image, min_side: int | None) -> tuple[Image.Image, tuple[int, int]]:
-    """``im`` averaged over boxes of (rows, columns) = the returned factors, the largest integers
-    that keep each side at least ``min_side`` (the last row and column average what is left), in
-    its own sample type (16-bit samples as 32-bit integers). None: ``im``, (1, 1)."""
-    kx, ky = (max(1, im.width // min_side), max(1, im.height // min_side)) if min_side else (1, 1)
+    """``im`` averaged over boxes of ``box_factors`` (the last row and column average what is
+    left), in its own sample type (16-bit samples as 32-bit integers); and those factors."""
+    ky, kx = box_factors((im.height, im.width), min_side)
     if (kx, ky) == (1, 1):
         return im, (1, 1)
     if im.mode.startswith("I;16"):  # Pillow reduces 32-bit integers, not 16-bit ones
@@ -332,9 +335,16 @@ def preprocess(image: np.ndarray, meta: ExpertMeta, extent: tuple[float, float] 
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
         raise ValueError(f"preprocess expects (H, W) or (H, W, 3), got shape {image.shape}")
     t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-    t = t.permute(2, 0, 1) if t.ndim == 3 else t[None]
+    return input_tensor(t.permute(2, 0, 1) if t.ndim == 3 else t[None], meta, extent)
+
+
+def input_tensor(image: torch.Tensor, meta: ExpertMeta, extent: tuple[float, float] | None = None) -> torch.Tensor:
+    """``preprocess`` for a (C, H, W) float32 image in [0, 1] (C = 1 or 3) on any device: the
+    (3, S, S) model input, on that device. The one resize and normalization of every path
+    (``model_input`` on CPU, ``device_decode`` on the scorer's device)."""
+    t = image
     if meta.color_mode == "L" and t.shape[0] == 3:
-        t = torch.einsum("c,chw->hw", torch.tensor(_LUMA), t)[None]
+        t = torch.einsum("c,chw->hw", torch.tensor(_LUMA, device=t.device), t)[None]
     size = (meta.input_size, meta.input_size)
     if extent is None or tuple(extent) == t.shape[1:]:
         t = F.interpolate(t[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
@@ -343,8 +353,8 @@ def preprocess(image: np.ndarray, meta: ExpertMeta, extent: tuple[float, float] 
         t = F.interpolate(t[None], scale_factor=scales, recompute_scale_factor=False,
                           mode="bilinear", antialias=True, align_corners=False)[0]
     t = t.expand(3, *size)
-    mean = torch.tensor(meta.mean, dtype=torch.float32)[:, None, None]
-    std = torch.tensor(meta.std, dtype=torch.float32)[:, None, None]
+    mean = torch.tensor(meta.mean, dtype=torch.float32, device=t.device)[:, None, None]
+    std = torch.tensor(meta.std, dtype=torch.float32, device=t.device)[:, None, None]
     return ((t - mean) / std).contiguous()
 
 

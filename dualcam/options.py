@@ -19,6 +19,7 @@ from typing import Any
 from dualcam.kernel import DEFAULT_ALPHA
 from dualcam.lease import LEASE_SECONDS
 from dualcam.planning import Cluster, Rates
+from dualcam.precision import DEFAULT_PRECISION, PRECISIONS, check_precision
 from dualcam.storage import READ_TIMEOUT
 
 MAX_ERROR_FRACTION = 0.05
@@ -36,6 +37,8 @@ class ArchiveOptions:
     """ADDK amplification, finite and >= 0."""
     batch_size: int = 16
     """Images per forward pass."""
+    precision: str = DEFAULT_PRECISION
+    """How the experts compute (``dualcam.precision.PRECISIONS``): float32 unless told otherwise."""
     actors: int | None = None
     """Scoring actors; None: one per GPU, on CPU clusters one per 8 CPUs (``planning.plan_placement``)."""
     gpus_per_actor: float | None = None
@@ -69,6 +72,7 @@ class ArchiveOptions:
     def __post_init__(self) -> None:
         check_value(self.alpha, "alpha", "a finite number >= 0", float, lambda v: v >= 0)
         check_value(self.batch_size, "batch_size", "an integer >= 1", int, lambda v: v >= 1)
+        check_precision(self.precision)
         check_value(self.actors, "actors", "an integer >= 1", int, lambda v: v >= 1, optional=True)
         check_value(self.gpus_per_actor, "gpus_per_actor", "a number >= 0", float, lambda v: v >= 0, optional=True)
         check_value(self.cpus_per_actor, "cpus_per_actor", "a number > 0", float, lambda v: v > 0, optional=True)
@@ -110,11 +114,19 @@ def add_alpha(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=ArchiveOptions.alpha, help=ALPHA_HELP)
 
 
+def add_precision(parser: argparse.ArgumentParser) -> None:
+    """--precision, default ``DEFAULT_PRECISION``: every command that runs the experts takes it."""
+    parser.add_argument("--precision", choices=PRECISIONS, default=ArchiveOptions.precision,
+                        help=f"how the experts compute (default {DEFAULT_PRECISION}, the same on CPU and GPU; "
+                        "tf32, fp16 and bf16 are faster on GPUs and move heatmaps: README, Precision)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``ArchiveOptions``' fields as long options, with its defaults: all but ``alpha`` (``add_alpha``,
     which commands put beside their experts), ``rows_per_file`` and ``lease_seconds``."""
     parser.add_argument("--batch-size", type=int, default=ArchiveOptions.batch_size,
                         help=f"images per forward pass (default {ArchiveOptions.batch_size})")
+    add_precision(parser)
     parser.add_argument("--actors", type=int, default=ArchiveOptions.actors,
                         help="scoring actors (default: one per GPU; on CPU clusters, one per 8 CPUs)")
     parser.add_argument("--gpus-per-actor", type=float, default=ArchiveOptions.gpus_per_actor,

@@ -9,7 +9,10 @@ so that ``import dualcam`` works where Ray is absent. Its options are one ``Arch
                      -> write_parquet(output)
 
 On a CPU-only cluster both map steps take the same resources, so Ray fuses them into one actor
-that gets all of its node's CPUs; with GPUs, loading runs in CPU tasks beside the GPU actors.
+that gets all of its node's CPUs. With GPUs, one actor per GPU holds both experts, and loading
+runs in CPU tasks beside the actors, on every CPU they leave: those tasks only read the JPEGs,
+which each actor decodes in batches on its GPU (``device_decode``), and decode the rest (PNG,
+DICOM, the JPEGs nvJPEG handles badly) with ``imaging.model_input`` as on CPU clusters.
 """
 
 from __future__ import annotations
@@ -185,10 +188,11 @@ def run_archive(
             # printed with or without progress bars: a log then says what the run set out to do
             print(f"dualcam: scoring {len(todo)} of {run.inputs.table.num_rows} inputs ({state.done} already in "
                   f"{output}) with {placement.actors} actor(s) of {placement.cpus_per_actor:g} CPU, "
-                  f"{placement.gpus_per_actor:g} GPU, in blocks of {rows_per_block}", file=sys.stderr)
+                  f"{placement.gpus_per_actor:g} GPU, in {run.spec.precision}, in blocks of {rows_per_block}",
+                  file=sys.stderr)
             ray.data.DataContext.get_current().enable_progress_bars = options.progress
             blocks = [ray.put(block) for block in planning.blocks(run.inputs.table, todo, rows_per_block)]
-            scored = _scored(ray, blocks, scorer, run.experts, run.meta, run.spec.alpha, placement, options)
+            scored = _scored(ray, blocks, scorer, run.experts, run.meta, run.spec, placement, options)
             # Writing is I/O; it must not wait for CPUs the scoring actors hold.
             scored.write_parquet(storage.absolute(output), filesystem=storage.parquet_filesystem(output),
                                  min_rows_per_file=options.rows_per_file, ray_remote_args={"num_cpus": 0})
@@ -262,7 +266,7 @@ def _prepare(
     first, second = (resolve_expert(storage.absolute(e)) for e in (first, second))
     meta1, meta2 = load_meta(first), load_meta(second)
     scorer.check_experts(meta1, meta2, first, second)
-    spec = RunSpec.of(scorer.layout, meta1, meta2, options.alpha)
+    spec = RunSpec.of(scorer.layout, meta1, meta2, options.alpha, options.precision)
     found = read_inputs(input)
     if found.table.num_rows == 0:
         raise FileNotFoundError(f"{input}: no image files found" + (
@@ -280,14 +284,14 @@ def _check_output(output: str, spec: RunSpec) -> bool:
                              "choose an empty --output")
         return True
     if existing != spec:
-        raise ValueError(f"{output} holds results of other experts, another alpha or another schema "
+        raise ValueError(f"{output} holds results of other experts, another alpha, precision or schema "
                          f"({existing.describe()}); choose another --output")
     return False
 
 
 def _scored(
     ray: Any, blocks: list[Any], scorer: type[PairScorer], experts: tuple[str, str], meta: ExpertMeta,
-    alpha: float, placement: planning.Placement, options: ArchiveOptions,
+    spec: RunSpec, placement: planning.Placement, options: ArchiveOptions,
 ) -> Any:
     """The lazy Ray Dataset of result rows for the inputs in ``blocks`` (object refs of ``planning.blocks``,
     put one at a time: what ``from_arrow`` does with a list it holds whole)."""
@@ -298,13 +302,13 @@ def _scored(
     )
     ds = ray.data.from_arrow_refs(blocks)
     ds = ds.map_batches(
-        load_images, fn_kwargs={"meta": meta, "read_timeout": options.read_timeout}, batch_format="pyarrow",
-        batch_size=batch_size,
-        **load_resources,
+        load_images, batch_format="pyarrow", batch_size=batch_size, **load_resources,
+        fn_kwargs={"meta": meta, "read_timeout": options.read_timeout, "device_jpeg": bool(placement.gpus_per_actor)},
     )
     return ds.map_batches(
         scorer, fn_constructor_args=experts,
-        fn_constructor_kwargs={"alpha": alpha, "threads": max(1, round(placement.cpus_per_actor))},
+        fn_constructor_kwargs={"alpha": spec.alpha, "precision": spec.precision,
+                               "threads": max(1, round(placement.cpus_per_actor))},
         batch_format="pyarrow", batch_size=batch_size,
         # two calls in flight per actor (threads): one batch loads, and Ray moves the last output,
         # while the other is scored; the scorer runs one forward pass at a time

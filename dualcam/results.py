@@ -1,10 +1,12 @@
 """Run results: their Parquet schemas (versioned), building result tables, reading them back.
 
 An output folder (local or s3://) holds Parquet files, one row per input, plus ``_run.json``, which
-records the kind of run (``score`` or ``drift``), its two experts, alpha and schema version that
-every row was computed with (a rerun of another kind, with other experts or another alpha into
-the same folder is refused). Files whose names start with ``_`` or ``.`` are not data; pyarrow,
-pandas and DuckDB skip them by default.
+records the kind of run (``score`` or ``drift``), its two experts, alpha, precision and schema
+version that every row was computed with (a rerun of another kind, with other experts, another
+alpha or another precision into the same folder is refused). A ``_run.json`` written before
+precision was recorded reads as ``fp32``: what dualcam computed before then, on CPU (on CUDA it
+used bf16 autocast; such a folder should not be resumed with this version). Files whose names
+start with ``_`` or ``.`` are not data; pyarrow, pandas and DuckDB skip them by default.
 
 Both kinds share one frame: ``uri, status, error, width, height`` first; then the kind's own
 columns (``Layout.computed``); then ``alpha``, ``<role>_class, <role>_version, <role>_sha256``
@@ -89,6 +91,7 @@ import pyarrow.parquet as pq
 
 from dualcam import storage
 from dualcam.experts import ExpertMeta
+from dualcam.precision import DEFAULT_PRECISION, check_precision
 
 RUN_FILE = "_run.json"
 FLOAT, INT, TENSOR = "float32", "int32", "tensor"
@@ -161,10 +164,15 @@ class RunSpec:
     alpha: float
     schema_version: int = SCHEMA_VERSION
     kind: str = SCORE.kind
+    precision: str = DEFAULT_PRECISION
+    """How the forward passes computed (``dualcam.precision``)."""
 
     @classmethod
-    def of(cls, layout: Layout, meta1: ExpertMeta, meta2: ExpertMeta, alpha: float) -> RunSpec:
-        return cls(ExpertId.of(meta1), ExpertId.of(meta2), float(alpha), layout.schema_version, layout.kind)
+    def of(
+        cls, layout: Layout, meta1: ExpertMeta, meta2: ExpertMeta, alpha: float, precision: str = DEFAULT_PRECISION,
+    ) -> RunSpec:
+        return cls(ExpertId.of(meta1), ExpertId.of(meta2), float(alpha), layout.schema_version, layout.kind,
+                   check_precision(precision))
 
     @property
     def layout(self) -> Layout:
@@ -176,7 +184,8 @@ class RunSpec:
 
     def to_json(self) -> str:
         roles = dict(zip(self.layout.roles, map(asdict, self.experts)))
-        spec = {"kind": self.kind, **roles, "alpha": self.alpha, "schema_version": self.schema_version}
+        spec = {"kind": self.kind, **roles, "alpha": self.alpha, "precision": self.precision,
+                "schema_version": self.schema_version}
         return json.dumps(spec, indent=2)
 
     @classmethod
@@ -186,12 +195,13 @@ class RunSpec:
         if kind not in LAYOUTS:
             raise ValueError(f"{RUN_FILE} names an unknown kind of run {kind!r}; upgrade dualcam")
         first, second = (ExpertId(**data[role]) for role in LAYOUTS[kind].roles)
-        return cls(first, second, float(data["alpha"]), int(data["schema_version"]), kind)
+        precision = data.get("precision", DEFAULT_PRECISION)  # folders scored before precision was recorded
+        return cls(first, second, float(data["alpha"]), int(data["schema_version"]), kind, precision)
 
     def describe(self) -> str:
-        """One line for messages: the kind, both experts, alpha and schema."""
+        """One line for messages: the kind, both experts, alpha, precision and schema."""
         pair = " / ".join(f"{role} {e.class_name} {e.version}" for role, e in zip(self.layout.roles, self.experts))
-        return f"{self.kind}: {pair}, alpha {self.alpha:g}, schema {self.schema_version}"
+        return f"{self.kind}: {pair}, alpha {self.alpha:g}, {self.precision}, schema {self.schema_version}"
 
     def constant_columns(self) -> dict[str, Any]:
         ids = {f"{role}_{field}": getattr(e, "class_name" if field == "class" else field)
@@ -259,7 +269,7 @@ def result_table(
 
 
 _CONSTANT_TYPES = {"alpha": pa.float32(), "schema_version": pa.int16()}  # expert ids: strings
-_LOADER_COLUMNS = ("pixels", "width", "height", "error")
+_LOADER_COLUMNS = ("pixels", "width", "height", "error", "data")
 
 
 def _scatter(values: np.ndarray, ok: np.ndarray, dtype: pa.DataType) -> pa.Array:

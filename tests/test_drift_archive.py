@@ -157,7 +157,7 @@ def test_identical_versions_show_no_drift_on_s3(ray_cluster, expert, s3_bucket, 
     assert len(figures) == 5 and all(f"images/{u.rsplit('/', 1)[1]}" in page for u in figures)
 
     assert main([*args, "--alpha", "15"]) == 2  # one output, one configuration: as score
-    assert "holds results of other experts, another alpha or another schema (drift: old" in capsys.readouterr().err
+    assert "holds results of other experts, another alpha, precision or schema (drift: old" in capsys.readouterr().err
     assert main(["score", "--c1", version, "--c2", version, "--input", f"{s3_bucket}/archive", "--output", out]) == 2
     assert "holds results of other experts" in capsys.readouterr().err
 

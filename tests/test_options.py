@@ -15,6 +15,7 @@ from conftest import run_without_ray
     ("batch_size", 0, "batch_size must be an integer >= 1, got 0"),
     ("batch_size", "16", "batch_size must be an integer >= 1, got '16'"),
     ("batch_size", 2.5, "batch_size must be an integer >= 1, got 2.5"),
+    ("precision", "fp64", "precision must be one of fp32, tf32, fp16, bf16, got 'fp64'"),
     ("actors", 0, "actors must be an integer >= 1, got 0"),
     ("gpus_per_actor", -1, "gpus_per_actor must be a number >= 0, got -1"),
     ("cpus_per_actor", 0, "cpus_per_actor must be a number > 0, got 0"),

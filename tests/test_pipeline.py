@@ -1,6 +1,7 @@
 """Scoring archives end to end on the shared local Ray: local folders, S3 (moto), manifests, resume, dry runs,
 and the checks that keep an output whole: one writer at a time, only regular files read, the probe write."""
 
+import json
 import os
 import re
 import shutil
@@ -219,7 +220,11 @@ def test_cli_exit_codes(ray_cluster, experts, archive, tmp_path, capsys):
                  "--max-error-fraction", "0.5"]) == 0
     assert "scored 5 images" in capsys.readouterr().out
     assert main(["score", *c, "--input", str(archive), "--output", str(tmp_path / "o3"), "--alpha", "50"]) == 2
-    assert "holds results of other experts, another alpha or another schema" in capsys.readouterr().err
+    assert "holds results of other experts, another alpha, precision or schema" in capsys.readouterr().err
+    # the precision is part of the run's identity: float32 rows are not resumed in bf16
+    assert main(["score", *c, "--input", str(archive), "--output", str(tmp_path / "o3"), "--precision", "bf16"]) == 2
+    assert "alpha 5, fp32, schema" in capsys.readouterr().err
+    assert json.loads((tmp_path / "o3" / "_run.json").read_text())["precision"] == "fp32"
 
 
 def test_unusable_outputs_and_inputs_are_refused_before_any_work(experts, archive, tmp_path):
@@ -247,7 +252,7 @@ def test_a_schema_1_output_never_receives_schema_2_rows(experts, archive, tmp_pa
     (out / RUN_FILE).write_text(RunSpec(same_experts.first, same_experts.second, 5.0, schema_version=1).to_json())
     before = sorted(out.iterdir())
     for retry_errors in (False, True):  # refused before error rows would be taken out, too
-        refused = r"another schema \(score: .* alpha 5, schema 1\); choose another --output"
+        refused = r"another alpha, precision or schema \(score: .* alpha 5, fp32, schema 1\); choose another --output"
         with pytest.raises(ValueError, match=refused):
             score_archive(*experts, str(archive), str(out), retry_errors=retry_errors)
     assert sorted(p for p in out.iterdir() if p.name != LOCK_FILE) == before  # the lease's lock file stays
@@ -359,6 +364,8 @@ def test_a_dry_run_plans_without_ray_and_writes_nothing(experts, archive, tmp_pa
         f"assert main({score!r} + ['--output', {str(out)!r}, '--retry-errors', '--limit', '5', "
         "'--rates', 'decode=40,cpu=4', '--cluster', '2,8']) == 0\n"
         f"assert main({score!r} + ['--output', {str(tmp_path / 'new')!r}]) == 0\n"
+        # the precision is part of the run's identity in a dry run too: fp32 rows are not planned in bf16
+        f"assert main({score!r} + ['--output', {str(out)!r}, '--precision', 'bf16']) == 2\n"
     )
     printed = run_without_ray(code)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before and not (tmp_path / "new").exists()

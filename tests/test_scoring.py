@@ -99,3 +99,34 @@ def test_a_batch_that_fails_whole_becomes_error_rows(experts, tmp_path, monkeypa
     assert table.column("status").to_pylist() == ["error", "error"]
     assert table.column("error").to_pylist() == ["scoring failed: RuntimeError: CUDA out of memory"] * 2
     assert table.column("width").to_pylist() == [64, 64]
+
+
+def test_out_of_device_memory_halves_the_forward_passes(experts, tmp_path, monkeypatch):
+    # A simulated device that fits at most 2 images per forward pass: the batch of 5 is scored in
+    # halves (same rows as without the failure), and later batches start at the size that fitted.
+    scorer = DualScorer(*experts, device="cpu")
+    uris = [str(p) for p in write_synthetic_xrays(tmp_path, 5, size=64)]
+    loaded = load_images(pa.table({"uri": uris}), scorer.meta)
+    expected = scorer(loaded)
+    score, passes = scorer.score, []
+
+    def small_device(batch):
+        passes.append(len(batch))
+        if len(batch) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return score(batch)
+
+    monkeypatch.setattr(scorer, "score", small_device)
+    first = scorer(loaded)
+    assert passes == [5, 2, 2, 1] and scorer.max_rows == 2
+    assert first.column("status").to_pylist() == ["ok"] * 5
+    for column in ("p1", "p2", "peak_x", "peak_y", "box_w"):
+        np.testing.assert_allclose(first.column(column).to_numpy(), expected.column(column).to_numpy(), rtol=1e-5)
+    passes.clear()
+    scorer(loaded)
+    assert passes == [2, 2, 1]
+
+    monkeypatch.setattr(scorer, "score", lambda batch: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("no memory")))
+    failed = scorer(loaded)  # not even one image fits: that batch's rows carry the error, the actor lives on
+    assert failed.column("status").to_pylist() == ["error"] * 5 and scorer.max_rows == 1
+    assert failed.column("error")[0].as_py() == "scoring failed: OutOfMemoryError: no memory"

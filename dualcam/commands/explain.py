@@ -15,7 +15,7 @@ from dualcam.commands.common import add_expert_pair, check_output_folder, decode
 from dualcam.datasets import skipped_files
 from dualcam.drawing import panel_row
 from dualcam.imaging import model_input
-from dualcam.options import add_alpha
+from dualcam.options import add_alpha, add_precision
 from dualcam.scoring import DualScorer
 
 HELP = "score a few images with both experts and write ADDK overlays"
@@ -36,17 +36,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_alpha(parser)
     parser.add_argument("--out", default="explain", help="folder for the overlay PNGs (default ./explain)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_precision(parser)
     parser.add_argument("inputs", nargs="+", help="files, folders or s3:// prefixes")
 
 
-def run(*, c1: str, c2: str, alpha: float, out: str, device: str | None, inputs: Sequence[str]) -> int:
+def run(
+    *, c1: str, c2: str, alpha: float, out: str, device: str | None, precision: str, inputs: Sequence[str],
+) -> int:
     check_output_folder(out, "--out")
     files, skipped = input_files(inputs)
-    scorer = DualScorer(c1, c2, alpha=alpha, device=device)
+    scorer = DualScorer(c1, c2, alpha=alpha, device=device, precision=precision)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     print(f"expert 1: {scorer.c1.meta.class_name} {scorer.c1.meta.version}; expert 2: {scorer.c2.meta.class_name} "
-          f"{scorer.c2.meta.version}; alpha {scorer.alpha:g}; device {scorer.device}")
+          f"{scorer.c2.meta.version}; alpha {scorer.alpha:g}; device {scorer.device}, {scorer.precision}")
     print(f"{'p1':>6} {'p2':>6}  {'peak (x, y)':>12}  file")
     start, failed = time.perf_counter(), 0
     for uri, data, image, err in decoded(files):
