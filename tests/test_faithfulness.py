@@ -17,10 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-from dualcam import DualScorer, ExpertMeta, build_expert, decode_image, model_input, preprocess, save_expert
+from dualcam import DualScorer, ExpertMeta, decode_image, model_input, preprocess
 from dualcam.benchmark import real_size_xray, write_real_size_inputs
 
-from conftest import shared_xrays
+from conftest import shared_xrays, write_untrained_experts
 from samples import dicom_bytes, png16_bytes
 
 INPUT_SIZE = 224
@@ -68,12 +68,8 @@ def inputs(tmp_path_factory) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def scorer(tmp_path_factory) -> DualScorer:
-    root = tmp_path_factory.mktemp("faithful-experts")
-    torch.manual_seed(0)
-    for name in ("c1", "c2"):
-        meta = {"arch": "resnet18", "class_name": name, "input_size": INPUT_SIZE}
-        save_expert(build_expert("resnet18"), str(root / name), meta)
-    return DualScorer(str(root / "c1"), str(root / "c2"), device="cpu")
+    first, second = write_untrained_experts(tmp_path_factory.mktemp("faithful-experts"), INPUT_SIZE)
+    return DualScorer(first, second, device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from dualcam import DualScorer, ExpertMeta, build_expert, forward_with_cams, model_input, save_expert
+from dualcam import DualScorer, ExpertMeta, build_expert, forward_with_cams, model_input
 from dualcam.benchmark import real_size_xray
 from dualcam.device_decode import DeviceDecoder, takes
 from dualcam.precision import deviation
 from dualcam.results import to_numpy
 from dualcam.scoring import load_images, score_images
+
+from conftest import write_untrained_experts
 
 CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device (torch.cuda.is_available() is False)")])
@@ -46,14 +48,7 @@ def jpegs() -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def experts(tmp_path_factory) -> tuple[str, str]:
-    root = tmp_path_factory.mktemp("device-experts")
-    uris = []
-    for seed, name in enumerate(("c1", "c2")):
-        torch.manual_seed(seed)
-        uri = str(root / name)
-        save_expert(build_expert("resnet18"), uri, ExpertMeta(arch="resnet18", class_name=name, input_size=INPUT_SIZE))
-        uris.append(uri)
-    return uris[0], uris[1]
+    return write_untrained_experts(tmp_path_factory.mktemp("device-experts"), INPUT_SIZE)
 
 
 @pytest.mark.parametrize("device", DEVICES)
