@@ -38,7 +38,8 @@ experiment: venv
 	rm -rf $(EXPERIMENT)
 	$(BIN)/dualcam experiment --out $(EXPERIMENT)
 
-# Images/s of the bare forward, the scorer, and the pipeline from local files and from S3 (moto).
+# Images/s of the bare forward, the scorer, and the pipeline from local files and from S3 (moto); then
+# loading costs and the pipeline on real-size files (README: Speed, Actors on CPUs).
 BENCH_ARGS ?=
 bench: venv
 	$(BIN)/python -m dualcam.benchmark $(BENCH_ARGS)

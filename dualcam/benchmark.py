@@ -9,11 +9,12 @@ generated 2500 x 2048 files (8-bit JPEG, 16-bit PNG, 12-bit DICOM) and the sampl
 present; (f) the pipeline on those files, against what (a) and (e) say it can do. (b) and (e)
 give the rates ``dualcam score --dry-run --rates`` plans a run from (``--json`` writes them).
 
-Pipeline rates are steady-state: rows after the first batch over the time between the first and
-last batch's ``scored_at``, so Ray and actor start-up (reported separately, as wall time) do not
-count. Peak memory is the largest resident set of this process and its children (the local Ray)
-seen while a stage ran; their CPU time is counted too, process by process, and shown for a
-pipeline that falls short. (a) and (b) run ``--repeat`` times, alternated, and the best of each
+Pipeline rates are steady-state: the rows scored between the times when a tenth and nine tenths
+of them were (``scored_at``), over that time, so neither Ray's and the actors' start-up (reported
+separately, as wall time) nor the last batches, which leave actors idle, count. Peak memory is the
+largest resident set of this process and its children (the local Ray) seen while a stage ran;
+their CPU time in the same window is counted too, process by process, and shown for a pipeline
+that falls short. (a) and (b) run ``--repeat`` times, alternated, and the best of each
 counts.
 
 Run ``python -m dualcam.benchmark --help``; Ray and moto are needed only for (c), (d) and (f).
@@ -36,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -134,17 +134,15 @@ def _process(pid: int) -> tuple[float, int, str] | None:
 
 class TreeMonitor:
     """Samples this process tree (this process and the local Ray it starts) in the background:
-    ``peak`` resident bytes, and CPU seconds spent by each kind of process while it ran."""
+    ``peak`` resident bytes, and CPU seconds spent by each kind of process in a time window."""
 
     def __init__(self, every: float = 0.5):
         self.every, self.peak = every, 0
-        self._start: dict[int, float] = {}
-        self._last: dict[int, tuple[float, str]] = {}
+        self._samples: list[tuple[float, dict[int, tuple[float, str]]]] = []
         self._stop = threading.Event()
 
     def __enter__(self) -> TreeMonitor:
         self._sample()
-        self._start = {pid: cpu for pid, (cpu, _) in self._last.items()}
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -154,11 +152,12 @@ class TreeMonitor:
             self._sample()
 
     def _sample(self) -> None:
-        rss = 0
+        rss, cpu = 0, {}
         for pid in _tree(os.getpid()):
             if (seen := _process(pid)) is not None:
-                self._last[pid] = seen[0], seen[2]
+                cpu[pid] = seen[0], seen[2]
                 rss += seen[1]
+        self._samples.append((time.time(), cpu))
         self.peak = max(self.peak, rss)
 
     def __exit__(self, *exc) -> None:
@@ -166,11 +165,13 @@ class TreeMonitor:
         self._thread.join()
         self._sample()
 
-    def cpu_seconds(self) -> dict[str, float]:
-        """CPU seconds by process name (processes that started meanwhile count from zero), most first."""
+    def cpu_seconds(self, start: float, end: float) -> dict[str, float]:
+        """CPU seconds by process name between the samples nearest to ``start`` and ``end`` (Unix
+        times; processes that started meanwhile count from zero, those that ended are left out), most first."""
+        (_, first), (_, last) = (min(self._samples, key=lambda s: abs(s[0] - t)) for t in (start, end))
         spent: dict[str, float] = {}
-        for pid, (cpu, name) in self._last.items():
-            spent[name] = spent.get(name, 0.0) + cpu - self._start.get(pid, 0.0)
+        for pid, (cpu, name) in last.items():
+            spent[name] = spent.get(name, 0.0) + cpu - first.get(pid, (0.0, name))[0]
         return dict(sorted(spent.items(), key=lambda item: -item[1]))
 
 
@@ -194,11 +195,18 @@ def bare_forward(scorer: DualScorer, batches: list[torch.Tensor]) -> None:
         torch.cuda.synchronize()
 
 
-def steady_rate(output: str, batch_size: int) -> float:
-    """Rows per second between the first and the last batch of a pipeline run (start-up excluded)."""
-    times = read_results(output, ["scored_at"]).column("scored_at")
-    first, last = pc.min(times).value, pc.max(times).value  # microseconds
-    return (len(times) - batch_size) / max(1e-6, (last - first) / 1e6)
+STEADY = (0.1, 0.9)
+"""The steady part of a pipeline run: from when a tenth of its rows were scored to when nine tenths
+were. Start-up (Ray, actors, the experts) comes before it, and the drain after it, where the last
+batches leave actors idle; an archive of millions of images is all steady part."""
+
+
+def steady_window(output: str) -> tuple[float, float, int]:
+    """(start, end) Unix times of the steady part (``STEADY``) of the run that wrote ``output``, and
+    the rows scored within it (each batch carries one ``scored_at``)."""
+    times = np.sort(read_results(output, ["scored_at"]).column("scored_at").to_numpy().astype("int64")) / 1e6
+    start, end = (times[int(q * (len(times) - 1))] for q in STEADY)
+    return start, end, int(np.sum((times > start) & (times <= end)))
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -239,27 +247,32 @@ def run(args: argparse.Namespace) -> dict:
     if groups:
         sources["f_real_size"] = _real_size_archive(work / "real-size-archive", groups, args.copies)
     ray = connect()
-    report["cpus"] = ray.cluster_resources().get("CPU", 1.0)
+    report["cpus"], report["cpus_per_actor"] = ray.cluster_resources().get("CPU", 1.0), args.cpus_per_actor
     for key, source in sources.items():
         output = str(work / f"out-{key}-{time.time_ns()}")
         with TreeMonitor() as monitor:
             summary = score_archive(*experts, source, output, batch_size=args.batch_size, precision=args.precision,
-                                    progress=False)
-        report[key] = steady_rate(output, args.batch_size)
+                                    cpus_per_actor=args.cpus_per_actor, progress=False)
+        start, end, rows = steady_window(output)
+        report[key] = rows / max(1e-6, end - start)
         report[f"{key}_wall"] = summary.images_per_second
         report[f"{key}_peak_bytes"] = monitor.peak
         report[f"{key}_over_a"] = report[key] / report["a_bare_forward"]
-        spent = monitor.cpu_seconds()
-        report[f"{key}_cpu_ms"] = {name: 1000 * sec / summary.scored_now for name, sec in spent.items()}
+        spent = monitor.cpu_seconds(start, end)
+        report[f"{key}_cpu_ms"] = {name: 1000 * sec / rows for name, sec in spent.items()}
     if groups:
         mix = {name: len(paths) * (args.copies if name.startswith("generated") else 1)
                for name, paths in groups.items()}
         load_ms = sum(report["e_load"][name]["model_input_ms"] * n for name, n in mix.items())
         report["f_load_ms"] = load_ms / sum(mix.values())
-        # CPU only: loaders and model share the cores; the bound counts both. With GPUs, min() holds.
+        # With a GPU, the loaders have the cores the actor leaves and the slower side sets the pace:
+        # min(a, loading). On CPUs, loaders and model take turns on the same cores: every image costs
+        # a core 1/a_per_core + e, so no split of the cores does better than 1 / (1/a + e/cores).
         load_rate = report["cpus"] * 1000 / report["f_load_ms"]
-        report["f_bound"] = min(report["a_bare_forward"], load_rate)
-        report["f_shared_bound"] = 1 / (1 / report["a_bare_forward"] + 1 / load_rate)
+        report["f_min_bound"] = min(report["a_bare_forward"], load_rate)
+        report["f_bound"] = (min(report["a_bare_forward"], (report["cpus"] - 1) * 1000 / report["f_load_ms"])
+                             if report["device"].startswith("cuda")
+                             else 1 / (1 / report["a_bare_forward"] + 1 / load_rate))
         report["f_real_size_over_bound"] = report["f_real_size"] / report["f_bound"]
     return report
 
@@ -355,7 +368,8 @@ def _stage_on_moto(images: list[str]) -> str:
 def print_report(report: dict) -> None:
     print(f"dualcam bench: {report['images']} images, {report['arch']} pair at {report['size']} px, "
           f"batch {report['batch_size']}, {report['device']}, {report['precision']}, "
-          f"{report['torch_threads']} torch threads")
+          f"{report['torch_threads']} torch threads" + (
+              f"; pipeline actors of {report['cpus_per_actor']:g} CPUs" if report.get("cpus_per_actor") else ""))
     stages = [("a_bare_forward", "(a) bare forward of both experts"), ("b_scorer", "(b) scorer class alone"),
               ("c_local", "(c) pipeline, local files -> Parquet"), ("d_s3", "(d) pipeline, S3 (moto) -> Parquet")]
     for key, label in stages:
@@ -380,11 +394,12 @@ def print_report(report: dict) -> None:
               f"({rates['measured']})")
     if "f_real_size" in report:
         _print_stage(report, "f_real_size", "(f) pipeline, real-size files -> Parquet")
-        print(f"  f/min(a, {report['cpus']:g} cores x 1000 / {report['f_load_ms']:.1f} ms) = "
-              f"{report['f_real_size']:.2f} / {report['f_bound']:.2f} = {report['f_real_size_over_bound']:.3f}; "
-              f"with loaders and model on the same cores, f/(1 / (1/a + e/cores)) = "
-              f"{report['f_real_size']:.2f} / {report['f_shared_bound']:.2f} = "
-              f"{report['f_real_size'] / report['f_shared_bound']:.3f}")
+        cores, e = f"{report['cpus']:g} cores", f"{report['f_load_ms']:.1f} ms"
+        bound = (f"min(a, ({cores} - 1) x 1000 / {e})" if report["device"].startswith("cuda")
+                 else f"1 / (1/a + {e} / {cores}), loaders and model taking turns on the same cores")
+        print(f"  f / {bound} = {report['f_real_size']:.2f} / {report['f_bound']:.2f} = "
+              f"{report['f_real_size_over_bound']:.3f}   (f / min(a, {cores} x 1000 / {e}) = "
+              f"{report['f_real_size'] / report['f_min_bound']:.3f})")
         if report["f_real_size_over_bound"] < 0.9:
             _print_cpu(report, "f_real_size")
 
@@ -400,8 +415,9 @@ def _print_cpu(report: dict, key: str) -> None:
     """Where the CPU time of a pipeline stage went, by process, beside what the model alone needs."""
     spent = report[f"{key}_cpu_ms"]
     model = report["torch_threads"] * 1000 / report["a_bare_forward"]
-    print(f"  where the time went in {key[0]}, CPU ms per image (the forward alone needs about {model:.0f} "
-          f"on {report['torch_threads']} threads; total {sum(spent.values()):.0f}):")
+    load = f" and loading about {report['f_load_ms']:.0f}" if key == "f_real_size" else ""
+    print(f"  where the time went in {key[0]}'s steady part, CPU ms per image (the forward alone needs about "
+          f"{model:.0f} on {report['torch_threads']} threads{load}; total {sum(spent.values()):.0f}):")
     print("    " + ", ".join(f"{name} {ms:.1f}" for name, ms in list(spent.items())[:8]))
 
 
@@ -416,11 +432,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="torch device for (a) and (b) (default: cuda if available)")
     parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
                         help=f"how the experts compute (default {DEFAULT_PRECISION})")
+    parser.add_argument("--cpus-per-actor", type=float, default=None,
+                        help="CPUs and torch threads per scoring actor in (c), (d), (f) (default: the pipeline's, 1)")
     parser.add_argument("--no-ray", action="store_true", help="only (a) and (b): for machines without Ray")
     parser.add_argument("--no-s3", action="store_true", help="skip (d)")
     parser.add_argument("--no-real-size", action="store_true", help="skip (e) and (f)")
-    parser.add_argument("--copies", type=int, default=32,
-                        help="links to each generated real-size file in (f)'s input (default 32)")
+    parser.add_argument("--copies", type=int, default=64,
+                        help="links to each generated real-size file in (f)'s input (default 64)")
     parser.add_argument("--samples", type=Path,
                         default=Path(os.environ.get("DUALCAM_XRAY_SAMPLES", "../shared/data/xray")),
                         help="the sample X-rays, used in (e) and (f) when present (default ../shared/data/xray)")

@@ -40,11 +40,11 @@ class ArchiveOptions:
     precision: str = DEFAULT_PRECISION
     """How the experts compute (``dualcam.precision.PRECISIONS``): float32 unless told otherwise."""
     actors: int | None = None
-    """Scoring actors; None: one per GPU, on CPU clusters one per 8 CPUs (``planning.plan_placement``)."""
+    """Scoring actors; None: one per GPU, on CPU clusters one per CPU (``planning.plan_placement``)."""
     gpus_per_actor: float | None = None
     """None: 1 when the cluster has GPUs, else 0."""
     cpus_per_actor: float | None = None
-    """None: 1 with GPUs; else up to 8, at most one node's CPUs."""
+    """None: 1 (one torch thread per actor on CPU clusters)."""
     limit: int | None = None
     """Score at most this many of the inputs not yet scored; None: all."""
     max_error_fraction: float = MAX_ERROR_FRACTION
@@ -128,11 +128,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"images per forward pass (default {ArchiveOptions.batch_size})")
     add_precision(parser)
     parser.add_argument("--actors", type=int, default=ArchiveOptions.actors,
-                        help="scoring actors (default: one per GPU; on CPU clusters, one per 8 CPUs)")
+                        help="scoring actors (default: one per GPU; on CPU clusters, one per CPU)")
     parser.add_argument("--gpus-per-actor", type=float, default=ArchiveOptions.gpus_per_actor,
                         help="GPUs per actor (default 1 when the cluster has GPUs, else 0)")
     parser.add_argument("--cpus-per-actor", type=float, default=ArchiveOptions.cpus_per_actor,
-                        help="CPUs per actor (default 1 with GPUs; else up to 8, the cluster's CPUs on a small one)")
+                        help="CPUs per actor, and its torch threads on CPU clusters (default 1; more for "
+                             "fewer actors where memory is short)")
     parser.add_argument("--limit", type=int, default=ArchiveOptions.limit,
                         help="score at most N of the inputs not yet scored")
     parser.add_argument("--max-error-fraction", type=float, default=ArchiveOptions.max_error_fraction,

@@ -9,10 +9,11 @@ so that ``import dualcam`` works where Ray is absent. Its options are one ``Arch
                      -> write_parquet(output)
 
 On a CPU-only cluster both map steps take the same resources, so Ray fuses them into one actor
-that gets all of its node's CPUs. With GPUs, one actor per GPU holds both experts, and loading
-runs in CPU tasks beside the actors, on every CPU they leave: those tasks only read the JPEGs,
-which each actor decodes in batches on its GPU (``device_decode``), and decode the rest (PNG,
-DICOM, the JPEGs nvJPEG handles badly) with ``imaging.model_input`` as on CPU clusters.
+per CPU, each loading and scoring on one torch thread (``planning.plan_placement`` says why). With
+GPUs, one actor per GPU holds both experts, and loading runs in CPU tasks beside the actors, on
+every CPU they leave: those tasks only read the JPEGs, which each actor decodes in batches on its
+GPU (``device_decode``), and decode the rest (PNG, DICOM, the JPEGs nvJPEG handles badly) with
+``imaging.model_input`` as on CPU clusters.
 """
 
 from __future__ import annotations

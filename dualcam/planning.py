@@ -20,7 +20,6 @@ import pyarrow.compute as pc
 from dualcam import storage
 from dualcam.results import read_results_in_parts
 
-MAX_CPUS_PER_ACTOR = 8
 MAX_ROWS_PER_BLOCK = 1024
 PART_ROWS = 65_536
 """Fewest output rows set against the inputs at once when resuming (``progress``)."""
@@ -78,8 +77,11 @@ def plan_placement(
     resources: dict[str, float], node_cpus: float | None = None, actors: int | None = None,
     gpus_per_actor: float | None = None, cpus_per_actor: float | None = None,
 ) -> Placement:
-    """Defaults: one actor per GPU when the cluster has GPUs; else actors of up to 8 CPUs (and at
-    most one node's CPUs) each."""
+    """Defaults: one actor per GPU when the cluster has GPUs; else one actor per CPU, each scoring on one
+    torch thread. Many one-thread actors beat fewer many-thread ones on CPUs: a forward pass split over
+    threads waits at every layer for its slowest thread, and any other process on the node (the driver,
+    Ray's own) stalls it (``make bench`` on 2 cores, real-size files: two 1-CPU actors 17.2 images/s, one
+    2-CPU actor 14.2). Each actor holds its own copy of both experts (README: Actors on CPUs)."""
     gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 1.0)
     node_cpus = cpus if node_cpus is None else node_cpus
     if gpus_per_actor is None:
@@ -87,7 +89,9 @@ def plan_placement(
     if gpus_per_actor > 0 and gpus < gpus_per_actor:
         raise ValueError(f"{gpus_per_actor} GPUs per actor requested, but the cluster has {gpus:g} GPUs")
     if cpus_per_actor is None:
-        cpus_per_actor = 1.0 if gpus_per_actor else float(max(1.0, min(node_cpus, MAX_CPUS_PER_ACTOR)))
+        cpus_per_actor = 1.0
+    if cpus_per_actor > node_cpus:
+        raise ValueError(f"{cpus_per_actor:g} CPUs per actor requested, but the largest node has {node_cpus:g} CPUs")
     if actors is None:
         actors = int(gpus // gpus_per_actor) if gpus_per_actor else int(max(1, cpus // cpus_per_actor))
     if actors < 1:

@@ -13,11 +13,13 @@ session's Ray, or to a Ray of their own where the scenario needs other S3 settin
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -149,10 +151,37 @@ def assert_whole(rows: pa.Table, expected_uris, errors: int = 0) -> None:
 
 # --- the driver killed ------------------------------------------------------------------------------
 
+class Created:
+    """The names created in a folder so far, from Linux's inotify queue: a file that lives a
+    millisecond between two looks (a small Parquet file being written) is still seen."""
+
+    def __init__(self, folder: Path):
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.fd < 0 or libc.inotify_add_watch(self.fd, str(folder).encode(), 0x100) < 0:  # IN_CREATE
+            raise OSError(ctypes.get_errno(), f"inotify on {folder}")
+        self.names: list[str] = []
+
+    def __call__(self) -> list[str]:
+        try:
+            events = os.read(self.fd, 1 << 16)
+        except BlockingIOError:
+            return self.names
+        while events:  # struct inotify_event: int wd; uint32 mask, cookie, len; char name[len]
+            length = struct.unpack_from("iIII", events)[3]
+            self.names.append(events[16:16 + length].rstrip(b"\0").decode())
+            events = events[16 + length:]
+        return self.names
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 MOMENTS = {
-    "while its actor starts": lambda driver, out: "dualcam: scoring" in driver.stderr(),
-    "as the first hidden .inflight file appears": lambda driver, out: any(out.glob(".*.inflight")),
-    "half way": lambda driver, out: len(data_files(str(out))) >= 3,
+    "while its actor starts": lambda driver, out, created: "dualcam: scoring" in driver.stderr(),
+    "as the first hidden .inflight file appears":
+        lambda driver, out, created: any(name.endswith(".inflight") for name in created()),
+    "half way": lambda driver, out, created: len(data_files(str(out))) >= 3,
 }
 
 
@@ -161,9 +190,12 @@ def test_a_driver_killed_then_rerun_leaves_every_input_once(
     ray_cluster, experts, images, tmp_path, drivers, observed, moment,
 ):
     out = tmp_path / "out"
+    out.mkdir()  # empty: a new output, watched from the start
+    created = Created(out)
     killed = drivers("killed", joined(ray_cluster), **score_options(experts, images, out))
-    killed.wait_until(lambda: MOMENTS[moment](killed, out), moment)
+    killed.wait_until(lambda: MOMENTS[moment](killed, out, created), moment)
     killed.kill()
+    created.close()
     left = folder_rows(out)
     observed(f"driver SIGKILLed {moment}", **counts(left, N), exit="SIGKILL")
 

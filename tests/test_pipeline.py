@@ -214,7 +214,7 @@ def test_cli_exit_codes(ray_cluster, experts, archive, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "scored 8 images" in captured.out and "run failed: 3 of 8 inputs failed" in captured.err
     # --no-progress turns off the bars, not the line saying what the run sets out to do
-    assert f"dualcam: scoring 8 of 13 inputs (0 already in {tmp_path / 'o3'}) with 1 actor(s)" in captured.err
+    assert f"dualcam: scoring 8 of 13 inputs (0 already in {tmp_path / 'o3'}) with 2 actor(s) of 1 CPU" in captured.err
     assert "1 other file skipped (not an image's name)" in captured.out
     assert main(["score", *c, "--input", str(archive), "--output", str(tmp_path / "o3"),
                  "--max-error-fraction", "0.5"]) == 0
@@ -376,9 +376,9 @@ def test_a_dry_run_plans_without_ray_and_writes_nothing(experts, archive, tmp_pa
     assert re.search(r"already done +2 ", first) and re.search(r"to retry +1 ", first)
     assert re.search(rf"to score +5 +of {len(images) - 2:,} not yet scored \(--limit 5\)", first)
     assert "rates         decoding 40.0 images/s per CPU, scoring 4.0 per CPU (given)" in first
-    # 2 nodes of 8 CPUs: two actors of 8 CPUs, each decoding then scoring: 2 * 8 / (1/40 + 1/4) images/s
-    assert "2 nodes of 8 CPU, 0 GPU: 16 CPUs, 0 GPUs: 2 actor(s) of 8 CPU, 0 GPU; 1 block(s) of up to 16" in first
-    rate = 2 * 8 / (1 / 40 + 1 / 4)
+    # 2 nodes of 8 CPUs: 16 actors of 1 CPU, each decoding then scoring: 16 / (1/40 + 1/4) images/s
+    assert "2 nodes of 8 CPU, 0 GPU: 16 CPUs, 0 GPUs: 16 actor(s) of 1 CPU, 0 GPU; 1 block(s) of up to 16" in first
+    rate = 16 / (1 / 40 + 1 / 4)
     assert f"{rate:,.1f} images/s (the actors' CPUs, decoding and scoring in turn): {5 / rate:.0f} s to score" in first
     assert "this machine:" in first and re.search(r"already done +0 ", second) and re.search(r"to score +13\b", second)
     assert "hours: give --rates" in second

@@ -84,7 +84,8 @@ def test_hours_come_from_the_slower_of_decoding_and_scoring(tmp_path):
     cpu_nodes = planning.Cluster.alike(4, cpus=8)
     placement = plan_placement({"CPU": cpu_nodes.cpus}, cpu_nodes.largest_node_cpus)
     rate, _ = planning.images_per_second(cpu_nodes, placement, rates)
-    assert rate == pytest.approx(4 * 8 / (1 / 50 + 1 / 5))  # each actor decodes, then scores, on its 8 CPUs
+    assert placement.actors == 32  # one per CPU, each decoding, then scoring
+    assert rate == pytest.approx(32 / (1 / 50 + 1 / 5))
 
     (tmp_path / "bench.json").write_text('{"rates": {"decode_per_cpu": 40, "model_per_cpu": 3.5, "measured": "here"}}')
     read = planning.Rates.read(str(tmp_path / "bench.json"))
@@ -99,10 +100,11 @@ def test_hours_come_from_the_slower_of_decoding_and_scoring(tmp_path):
 
 
 def test_placement_defaults():
-    assert plan_placement({"CPU": 2.0}) == plan_placement({"CPU": 2.0}, actors=1, cpus_per_actor=2.0, gpus_per_actor=0)
-    assert plan_placement({"CPU": 64.0}).actors == 8
-    small_nodes = plan_placement({"CPU": 16.0}, node_cpus=4.0)  # four 4-CPU nodes: an 8-CPU actor fits nowhere
-    assert (small_nodes.actors, small_nodes.cpus_per_actor) == (4, 4.0)
+    assert plan_placement({"CPU": 2.0}) == plan_placement({"CPU": 2.0}, actors=2, cpus_per_actor=1.0, gpus_per_actor=0)
+    assert plan_placement({"CPU": 64.0}).actors == 64
+    assert plan_placement({"CPU": 64.0}, cpus_per_actor=4).actors == 16
+    with pytest.raises(ValueError, match="^8 CPUs per actor requested, but the largest node has 4 CPUs$"):
+        plan_placement({"CPU": 16.0}, node_cpus=4.0, cpus_per_actor=8)  # four 4-CPU nodes: it would fit nowhere
     gpu = plan_placement({"CPU": 32.0, "GPU": 4.0})
     assert (gpu.actors, gpu.cpus_per_actor, gpu.gpus_per_actor) == (4, 1.0, 1.0)
     assert plan_placement({"CPU": 32.0, "GPU": 4.0}, gpus_per_actor=0.5).actors == 8
