@@ -201,12 +201,28 @@ were. Start-up (Ray, actors, the experts) comes before it, and the drain after i
 batches leave actors idle; an archive of millions of images is all steady part."""
 
 
-def steady_window(output: str) -> tuple[float, float, int]:
-    """(start, end) Unix times of the steady part (``STEADY``) of the run that wrote ``output``, and
-    the rows scored within it (each batch carries one ``scored_at``)."""
-    times = np.sort(read_results(output, ["scored_at"]).column("scored_at").to_numpy().astype("int64")) / 1e6
+def steady_window(scored_at: np.ndarray) -> tuple[float, float, int]:
+    """(start, end) of the steady part (``STEADY``) of a run whose rows were scored at ``scored_at``
+    (seconds; each batch's rows share one time), and the rows scored after start, up to end."""
+    times = np.sort(scored_at)
     start, end = (times[int(q * (len(times) - 1))] for q in STEADY)
-    return start, end, int(np.sum((times > start) & (times <= end)))
+    if end <= start:
+        raise ValueError(f"{len(times)} rows in too few batches for a steady part: score more images")
+    return float(start), float(end), int(np.sum((times > start) & (times <= end)))
+
+
+def pipeline_bounds(a: float, load_ms: float, cpus: float, gpu: bool) -> tuple[float, float]:
+    """(the most images/s a pipeline can score, min(a, cores x 1000 / load_ms)), given the bare forward's
+    rate ``a`` and ``load_ms`` of CPU per image to load it.
+
+    With a GPU, the loaders have the cores the (one) actor leaves, and the slower side sets the pace:
+    min(a, loading). On CPUs, loaders and model take turns on the same cores: every image costs them
+    cpus / a core-seconds of forward and load_ms of loading, so no split of the cores beats
+    1 / (1/a + load_ms / 1000 / cpus), below min(a, loading) whenever loading costs anything.
+    """
+    loading = cpus * 1000 / load_ms
+    bound = min(a, (cpus - 1) * 1000 / load_ms) if gpu else 1 / (1 / a + 1 / loading)
+    return bound, min(a, loading)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -253,8 +269,9 @@ def run(args: argparse.Namespace) -> dict:
         with TreeMonitor() as monitor:
             summary = score_archive(*experts, source, output, batch_size=args.batch_size, precision=args.precision,
                                     cpus_per_actor=args.cpus_per_actor, progress=False)
-        start, end, rows = steady_window(output)
-        report[key] = rows / max(1e-6, end - start)
+        scored_at = read_results(output, ["scored_at"]).column("scored_at").to_numpy().astype("int64") / 1e6
+        start, end, rows = steady_window(scored_at)
+        report[key] = rows / (end - start)
         report[f"{key}_wall"] = summary.images_per_second
         report[f"{key}_peak_bytes"] = monitor.peak
         report[f"{key}_over_a"] = report[key] / report["a_bare_forward"]
@@ -265,14 +282,8 @@ def run(args: argparse.Namespace) -> dict:
                for name, paths in groups.items()}
         load_ms = sum(report["e_load"][name]["model_input_ms"] * n for name, n in mix.items())
         report["f_load_ms"] = load_ms / sum(mix.values())
-        # With a GPU, the loaders have the cores the actor leaves and the slower side sets the pace:
-        # min(a, loading). On CPUs, loaders and model take turns on the same cores: every image costs
-        # a core 1/a_per_core + e, so no split of the cores does better than 1 / (1/a + e/cores).
-        load_rate = report["cpus"] * 1000 / report["f_load_ms"]
-        report["f_min_bound"] = min(report["a_bare_forward"], load_rate)
-        report["f_bound"] = (min(report["a_bare_forward"], (report["cpus"] - 1) * 1000 / report["f_load_ms"])
-                             if report["device"].startswith("cuda")
-                             else 1 / (1 / report["a_bare_forward"] + 1 / load_rate))
+        report["f_bound"], report["f_min_bound"] = pipeline_bounds(
+            report["a_bare_forward"], report["f_load_ms"], report["cpus"], report["device"].startswith("cuda"))
         report["f_real_size_over_bound"] = report["f_real_size"] / report["f_bound"]
     return report
 
@@ -445,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None, help="where images, experts and outputs go (default: a temp dir)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
+    if args.n < 2 * args.batch_size:
+        parser.error(f"--n must be at least two batches ({2 * args.batch_size}) for the pipelines' steady part")
     report = run(args)
     print_report(report)
     if args.json:
