@@ -32,7 +32,7 @@ from dualcam.datasets import Inputs, read_inputs, skipped_files, skipped_kinds
 from dualcam.experts import ExpertMeta, load_meta, resolve_expert
 from dualcam.lease import Lease
 from dualcam.options import MAX_ERROR_FRACTION, ArchiveOptions
-from dualcam.raycluster import connect, largest_node_cpus
+from dualcam.raycluster import connect
 from dualcam.results import (
     RUN_FILE,
     RunSpec,
@@ -182,8 +182,8 @@ def run_archive(
         todo = state.pending if options.limit is None else state.pending.slice(0, options.limit)
         if len(todo):
             ray = connect()
-            placement = planning.plan_placement(ray.cluster_resources(), largest_node_cpus(ray), options.actors,
-                                                options.gpus_per_actor, options.cpus_per_actor)
+            placement = planning.plan_placement(ray.cluster_resources(), options.actors, options.gpus_per_actor,
+                                                options.cpus_per_actor)
             rows_per_block = planning.block_rows(len(todo), int(ray.cluster_resources().get("CPU", 1)),
                                                  options.batch_size)
             # printed with or without progress bars: a log then says what the run set out to do
@@ -227,7 +227,7 @@ def plan_archive(
         read_seconds=read_seconds, skipped=skipped_kinds(run.inputs.skipped), done=state.done,
         retried=state.retried if options.retry_errors else None, pending=len(state.pending), limit=options.limit,
         batch_size=options.batch_size,
-        clusters=[(c, planning.plan_placement({"CPU": c.cpus, "GPU": c.gpus}, c.largest_node_cpus, options.actors,
+        clusters=[(c, planning.plan_placement({"CPU": c.cpus, "GPU": c.gpus}, options.actors,
                                               options.gpus_per_actor, options.cpus_per_actor)) for c in clusters],
         rates=planning.Rates.parse(options.rates) if options.rates else None,
     )

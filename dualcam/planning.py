@@ -74,8 +74,8 @@ class Placement:
 
 
 def plan_placement(
-    resources: dict[str, float], node_cpus: float | None = None, actors: int | None = None,
-    gpus_per_actor: float | None = None, cpus_per_actor: float | None = None,
+    resources: dict[str, float], actors: int | None = None, gpus_per_actor: float | None = None,
+    cpus_per_actor: float | None = None,
 ) -> Placement:
     """Defaults: one actor per GPU when the cluster has GPUs; else one actor per CPU, each scoring on one
     torch thread. Many one-thread actors beat fewer many-thread ones on CPUs: a forward pass split over
@@ -83,15 +83,12 @@ def plan_placement(
     Ray's own) stalls it (``make bench`` on 2 cores, real-size files: two 1-CPU actors 17.2 images/s, one
     2-CPU actor 14.2). Each actor holds its own copy of both experts (README: Actors on CPUs)."""
     gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 1.0)
-    node_cpus = cpus if node_cpus is None else node_cpus
     if gpus_per_actor is None:
         gpus_per_actor = 1.0 if gpus else 0.0
     if gpus_per_actor > 0 and gpus < gpus_per_actor:
         raise ValueError(f"{gpus_per_actor} GPUs per actor requested, but the cluster has {gpus:g} GPUs")
     if cpus_per_actor is None:
         cpus_per_actor = 1.0
-    if cpus_per_actor > node_cpus:
-        raise ValueError(f"{cpus_per_actor:g} CPUs per actor requested, but the largest node has {node_cpus:g} CPUs")
     if actors is None:
         actors = int(gpus // gpus_per_actor) if gpus_per_actor else int(max(1, cpus // cpus_per_actor))
     if actors < 1:
@@ -221,10 +218,6 @@ class Cluster:
     @property
     def gpus(self) -> float:
         return sum(gpus for _, gpus in self.nodes)
-
-    @property
-    def largest_node_cpus(self) -> float:
-        return max(cpus for cpus, _ in self.nodes)
 
     def describe(self) -> str:
         return f"{self.name}: {self.cpus:g} CPUs, {self.gpus:g} GPUs"
