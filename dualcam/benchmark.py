@@ -211,6 +211,11 @@ def steady_window(scored_at: np.ndarray) -> tuple[float, float, int]:
     return float(start), float(end), int(np.sum((times > start) & (times <= end)))
 
 
+def steady_part(output: str) -> tuple[float, float, int]:
+    """``steady_window`` of the pipeline run that wrote ``output``."""
+    return steady_window(read_results(output, ["scored_at"]).column("scored_at").to_numpy().astype("int64") / 1e6)
+
+
 def pipeline_bounds(a: float, load_ms: float, cpus: float, gpu: bool) -> tuple[float, float]:
     """(the most images/s a pipeline can score, min(a, cores x 1000 / load_ms)), given the bare forward's
     rate ``a`` and ``load_ms`` of CPU per image to load it.
@@ -269,8 +274,7 @@ def run(args: argparse.Namespace) -> dict:
         with TreeMonitor() as monitor:
             summary = score_archive(*experts, source, output, batch_size=args.batch_size, precision=args.precision,
                                     cpus_per_actor=args.cpus_per_actor, progress=False)
-        scored_at = read_results(output, ["scored_at"]).column("scored_at").to_numpy().astype("int64") / 1e6
-        start, end, rows = steady_window(scored_at)
+        start, end, rows = steady_part(output)
         report[key] = rows / (end - start)
         report[f"{key}_wall"] = summary.images_per_second
         report[f"{key}_peak_bytes"] = monitor.peak

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dualcam.benchmark import bare_forward, real_size_xray, steady_rate
+from dualcam.benchmark import bare_forward, real_size_xray, steady_part
 from dualcam.device_decode import DeviceDecoder
 from dualcam.experts import ExpertMeta
 from dualcam.imaging import model_input
@@ -92,7 +92,8 @@ def pipeline_rate(experts: tuple[str, str], folder: Path, output: Path, batch_si
     from dualcam.pipeline import score_archive
 
     score_archive(*experts, str(folder), str(output), batch_size=batch_size, precision=precision, progress=False)
-    return steady_rate(str(output), batch_size)
+    start, end, rows = steady_part(str(output))
+    return rows / (end - start)
 
 
 def gpu_against_cpu(experts: tuple[str, str], files: list[Path], alpha: float = 50.0) -> tuple[float, float]:

@@ -250,13 +250,12 @@ def cluster_at_hand() -> planning.Cluster:
 
 @dataclass
 class _Prepared:
-    """A run's experts, checked, its ``RunSpec``, its inputs, and whether its output is new."""
+    """A run's experts, checked, its ``RunSpec`` and its inputs."""
 
     experts: tuple[str, str]
     meta: ExpertMeta
     spec: RunSpec
     inputs: Inputs
-    new_output: bool
 
 
 def _prepare(
@@ -273,7 +272,8 @@ def _prepare(
         raise FileNotFoundError(f"{input}: no image files found" + (
             f" ({skipped_files(found.skipped)})" if len(found.skipped) else ""))
     check_passthrough(found.table.column_names, scorer.layout)
-    return _Prepared((first, second), meta1, spec, found, _check_output(output, spec))
+    _check_output(output, spec)
+    return _Prepared((first, second), meta1, spec, found)
 
 
 def _check_output(output: str, spec: RunSpec) -> bool:

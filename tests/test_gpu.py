@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dualcam import DualScorer, ExpertMeta, build_expert, forward_with_cams, model_input
+from dualcam import DualScorer, ExpertMeta, build_expert, forward_with_cams, gpu_check, model_input
 from dualcam.benchmark import real_size_xray
 from dualcam.device_decode import DeviceDecoder, takes
 from dualcam.precision import deviation
@@ -115,3 +115,9 @@ def test_scoring_from_bytes_agrees_with_scoring_decoded_files(device, experts, j
             for way, t in (("device", on_device), ("cpu", on_cpu))}
     print(deviation(maps["cpu"], maps["device"], alphas=(5.0,)))
     assert deviation(maps["cpu"], maps["device"], alphas=(5.0,))["cam1"].max() < 0.05
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA it runs the whole check: make gpu-check")
+def test_gpu_check_without_cuda_says_so_and_exits_0(capsys):
+    assert gpu_check.main([]) == 0
+    assert capsys.readouterr().out == "gpu-check: skipped: no CUDA device (torch.cuda.is_available() is False)\n"
