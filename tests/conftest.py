@@ -80,7 +80,7 @@ def s3_endpoint():
     """
     from moto.server import ThreadedMotoServer
 
-    from dualcam import storage
+    from dualcam.io import storage
 
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
@@ -107,7 +107,7 @@ def s3_endpoint():
 @pytest.fixture
 def s3_bucket(s3_endpoint, request) -> str:
     """A fresh bucket for one test; returns its s3:// URI."""
-    from dualcam import storage
+    from dualcam.io import storage
 
     name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50].strip("-")
     storage.s3_client().create_bucket(Bucket=name)

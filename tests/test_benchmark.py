@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dualcam.benchmark import main, pipeline_bounds, steady_window
+from dualcam.bench.speed import main, pipeline_bounds, steady_window
 
 
 def test_the_steady_part_leaves_out_start_up_and_the_drain():

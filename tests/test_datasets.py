@@ -11,19 +11,9 @@ import pyarrow.orc as orc
 import pyarrow.parquet as pq
 import pytest
 
-from dualcam import storage
-from dualcam.datasets import (
-    SPLIT_FRACTIONS,
-    SPLITS,
-    _resolve,
-    assign_splits,
-    expert_rows,
-    read_inputs,
-    read_labelled,
-    resolve_uris,
-    skipped_kinds,
-    split_counts,
-)
+from dualcam.io import storage
+from dualcam.io.inputs import _resolve, read_inputs, resolve_uris, skipped_kinds
+from dualcam.io.labelled import SPLIT_FRACTIONS, SPLITS, assign_splits, expert_rows, read_labelled, split_counts
 
 
 def test_a_folder_lists_image_names_recursively_and_reports_the_rest(tmp_path):

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torchvision.models import DenseNet121_Weights, ResNet18_Weights, ResNet152_Weights, get_model
 
-from dualcam import storage
-from dualcam.experts import (
+from dualcam.io import storage
+from dualcam.io.checkpoints import (
     CheckpointError,
     ExpertMeta,
     build_expert,
@@ -252,7 +252,7 @@ def test_refuses_a_missing_s3_checkpoint(s3_bucket):
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
 def test_output_stride_16_doubles_the_cam_grid_with_the_same_weights(arch, tmp_path):
-    from dualcam.cam import forward_with_cams
+    from dualcam.maps.cam import forward_with_cams
 
     torch.manual_seed(0)
     coarse = build_expert(arch).eval()
@@ -280,7 +280,7 @@ def test_output_stride_is_checked():
 
 
 def test_resolve_expert_takes_a_folder_of_versions_to_its_latest(tmp_path):
-    from dualcam.experts import resolve_expert, save_expert_version
+    from dualcam.io.checkpoints import resolve_expert, save_expert_version
 
     meta = ExpertMeta(arch="resnet18", class_name="C1", input_size=64)
     first, _ = save_expert_version(build_expert("resnet18"), str(tmp_path / "C1"), meta)

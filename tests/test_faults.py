@@ -34,8 +34,8 @@ from botocore.config import Config
 
 from dualcam import load_meta
 from dualcam.cli import main
-from dualcam.results import data_files, read_results
-from dualcam.synthetic import write_synthetic_xrays
+from dualcam.io.results import data_files, read_results
+from dualcam.synthetic.scenarios import write_synthetic_xrays
 
 from conftest import ROOT, _free_port, descendants, write_untrained_experts
 from samples import write_labelled_folder
@@ -211,7 +211,7 @@ def test_a_driver_killed_then_rerun_leaves_every_input_once(
 def test_a_killed_drivers_s3_output_is_locked_until_its_lease_expires_then_resumed(
     ray_cluster, experts, images, s3_bucket, drivers, observed, capsys,
 ):
-    from dualcam import storage
+    from dualcam.io import storage
 
     inputs = f"{s3_bucket}/images"
     for path in sorted(images.iterdir()):

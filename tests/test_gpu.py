@@ -11,12 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from dualcam import DualScorer, ExpertMeta, build_expert, forward_with_cams, gpu_check, model_input
-from dualcam.benchmark import real_size_xray
-from dualcam.device_decode import DeviceDecoder, takes
-from dualcam.precision import deviation
-from dualcam.results import to_numpy
-from dualcam.scoring import load_images, score_images
+from dualcam import DualScorer, ExpertMeta, build_expert, forward_with_cams, model_input
+from dualcam.bench import gpu_check
+from dualcam.bench.speed import real_size_xray
+from dualcam.io.device_decode import DeviceDecoder, takes
+from dualcam.io.results import to_numpy
+from dualcam.maps.numerics import deviation
+from dualcam.scoring.scorers import load_images, score_images
 
 from conftest import write_untrained_experts
 

@@ -15,15 +15,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from dualcam import build_expert, save_expert, storage
+from dualcam import build_expert, save_expert
 from dualcam.cli import build_parser
 from dualcam.commands.common import options_of
-from dualcam.experts import latest_version, load_meta
+from dualcam.distributed.train_loop import Recipe
+from dualcam.io import storage
+from dualcam.io.checkpoints import latest_version, load_meta
+from dualcam.io.results import read_results
 from dualcam.jobspec import JOBS, load_spec, run_job
-from dualcam.options import ArchiveOptions
-from dualcam.results import read_results
-from dualcam.synthetic import write_synthetic_xrays
-from dualcam.train_loop import Recipe
+from dualcam.scoring.archive_options import ArchiveOptions
+from dualcam.synthetic.scenarios import write_synthetic_xrays
 
 from conftest import ROOT, _free_port
 from samples import write_labelled_folder

@@ -11,7 +11,7 @@ RAY_LAYER = 5
 
 
 def layers() -> dict[str, int]:
-    """Module name (``dualcam.kernel``, ``dualcam.commands``) -> its layer, from the map's table."""
+    """Module name (``dualcam.maps.kernel``, ``dualcam.commands``) -> its layer, from the map's table."""
     rows = re.findall(r"^\| (\d) [^|]+\| `([\w/*]+)\.py` \|", MAP.read_text(), flags=re.MULTILINE)
     return {"dualcam" + ("" if path == "__init__" else "." + path.replace("/*", "").replace("/", ".")): int(layer)
             for layer, path in rows}
@@ -33,7 +33,7 @@ def layer_of(module: str, table: dict[str, int]) -> int:
 
 
 def imported(tree: ast.Module, known: set[str]) -> set[str]:
-    """The dualcam modules a module imports (``from dualcam import storage`` imports ``dualcam.storage``)."""
+    """The dualcam modules a module imports (``from dualcam import storage`` imports ``dualcam.io.storage``)."""
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "dualcam":

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from dualcam.options import ArchiveOptions
+from dualcam.scoring.archive_options import ArchiveOptions
 
 from conftest import run_without_ray
 

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from dualcam.bench.precision_table import _to_tf32, measure, random_experts, table
+from dualcam.io.results import SCORE, ExpertId, RunSpec
 from dualcam.jobspec import load_spec
-from dualcam.precision import PRECISIONS, computing_in, deviation
-from dualcam.precision_table import _to_tf32, measure, random_experts, table
-from dualcam.results import SCORE, ExpertId, RunSpec
-from dualcam.synthetic import write_synthetic_xrays
+from dualcam.maps.numerics import PRECISIONS, computing_in, deviation
+from dualcam.synthetic.scenarios import write_synthetic_xrays
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ from pathlib import Path
 import pyarrow.csv as pacsv
 import pytest
 
-from dualcam.evaluation import EVALUATION_FILE
-from dualcam.scenario import DEMO_RECIPE, REGIMES, _starved, comparison_tables, demo, experiment, regime
-from dualcam.synthetic import write_overlap_dataset
+from dualcam.reports.evaluation import EVALUATION_FILE
+from dualcam.synthetic.runs import DEMO_RECIPE, REGIMES, _starved, comparison_tables, demo, experiment, regime
+from dualcam.synthetic.scenarios import write_overlap_dataset
 
 
 def test_demo_end_to_end(ray_cluster, tmp_path):

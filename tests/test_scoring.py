@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from dualcam import DualScorer, addk, build_expert, forward_with_cams, load_expert, load_meta, model_input, save_expert
-from dualcam.kernel import overlap
-from dualcam.results import OUTPUT_COLUMNS, to_numpy
-from dualcam.scoring import load_images, score_images
-from dualcam.synthetic import synthetic_xray, write_synthetic_xrays
+from dualcam.io.results import OUTPUT_COLUMNS, to_numpy
+from dualcam.maps.kernel import overlap
+from dualcam.scoring.scorers import load_images, score_images
+from dualcam.synthetic.scenarios import synthetic_xray, write_synthetic_xrays
 
 from samples import bad_inputs
 

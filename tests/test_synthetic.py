@@ -5,8 +5,15 @@ import pyarrow.csv as pacsv
 import pytest
 from PIL import Image
 
-from dualcam import storage
-from dualcam.synthetic import CLASS_FEATURES, SCENARIOS, get_scenario, lung_mask, overlap_image, write_overlap_dataset
+from dualcam.io import storage
+from dualcam.synthetic.scenarios import (
+    CLASS_FEATURES,
+    SCENARIOS,
+    get_scenario,
+    lung_mask,
+    overlap_image,
+    write_overlap_dataset,
+)
 
 
 def _files(root):

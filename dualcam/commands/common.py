@@ -12,15 +12,15 @@ from types import ModuleType
 
 import numpy as np
 
-from dualcam import errorlog, storage
-from dualcam.datasets import skipped_files
-from dualcam.experts import OUTPUT_STRIDES, CheckpointError
-from dualcam.imaging import DecodeError, decode_image, is_image_name
-from dualcam.lease import LeaseLost
-from dualcam.options import ArchiveOptions
-from dualcam.pipeline import ScoreSummary, plan_archive
-from dualcam.scenario import DEMO_RECIPE
-from dualcam.scoring import PairScorer
+from dualcam.distributed.pipeline import ScoreSummary, plan_archive
+from dualcam.io import errorlog, storage
+from dualcam.io.checkpoints import OUTPUT_STRIDES, CheckpointError
+from dualcam.io.imaging import DecodeError, decode_image, is_image_name
+from dualcam.io.inputs import skipped_files
+from dualcam.io.lease import LeaseLost
+from dualcam.scoring.archive_options import ArchiveOptions
+from dualcam.scoring.scorers import PairScorer
+from dualcam.synthetic.runs import DEMO_RECIPE
 
 USAGE_ERRORS = (CheckpointError, DecodeError, ValueError, OSError)
 """What the library raises for unusable arguments, experts, input or output: exit status 2."""

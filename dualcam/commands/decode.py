@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 
 from dualcam.commands.common import decoded, input_files
-from dualcam.datasets import skipped_files
+from dualcam.io.inputs import skipped_files
 
 HELP = "check that images decode; one line per file"
 DESCRIPTION = (

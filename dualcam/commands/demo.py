@@ -7,9 +7,9 @@ import argparse
 from dataclasses import replace
 
 from dualcam.commands.common import add_scenario_run, check_output_folder
-from dualcam.raycluster import connect
-from dualcam.scenario import DEMO_RECIPE, demo
-from dualcam.synthetic import check_overlap_arguments
+from dualcam.distributed.connect import connect
+from dualcam.synthetic.runs import DEMO_RECIPE, demo
+from dualcam.synthetic.scenarios import check_overlap_arguments
 
 HELP = "the class-overlap scenario end to end in the paper's regime (make demo)"
 DESCRIPTION = (

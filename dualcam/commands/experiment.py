@@ -7,9 +7,9 @@ import argparse
 from dataclasses import replace
 
 from dualcam.commands.common import add_scenario_run, check_output_folder, labels
-from dualcam.raycluster import connect
-from dualcam.scenario import DEMO_RECIPE, REGIMES, experiment, regime
-from dualcam.synthetic import SCENARIOS, check_overlap_arguments, get_scenario
+from dualcam.distributed.connect import connect
+from dualcam.synthetic.runs import DEMO_RECIPE, REGIMES, experiment, regime
+from dualcam.synthetic.scenarios import SCENARIOS, check_overlap_arguments, get_scenario
 
 HELP = "compare training regimes on the class-overlap scenarios (make experiment)"
 DESCRIPTION = (

@@ -8,7 +8,8 @@ import sys
 from typing import Any
 
 from dualcam.commands.common import add_output_stride, check_output_folder
-from dualcam.experts import (
+from dualcam.distributed.train_loop import Recipe
+from dualcam.io.checkpoints import (
     SUPPORTED_ARCHS,
     ExpertMeta,
     build_expert,
@@ -17,7 +18,6 @@ from dualcam.experts import (
     resolve_expert,
     save_expert,
 )
-from dualcam.train_loop import Recipe
 
 HELP = "create and inspect expert checkpoints"
 DESCRIPTION = None
