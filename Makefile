@@ -14,10 +14,12 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# ruff, then mypy (pyproject.toml's [tool.mypy]: every function annotated, calls checked across modules).
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
-# Lint first: CI runs make test, then make faults.
+# Lint (ruff and mypy) first: CI runs make test, then make faults.
 test: lint
 	$(BIN)/python -m pytest
 
@@ -57,6 +59,7 @@ precision: venv
 
 # On a GPU machine: the GPU tests, then forward, decode and pipeline rates and GPU-against-CPU heatmaps
 # (README: GPU). Without CUDA both say so and skip.
+GPU_CHECK_ARGS ?=
 gpu-check: venv
 	$(BIN)/python -m pytest -m gpu -rs tests/test_gpu.py
 	$(BIN)/python -m dualcam.bench.gpu_check $(GPU_CHECK_ARGS)
@@ -73,4 +76,4 @@ submit: venv
 		-- python $$entrypoint '$(JOB)'
 
 clean:
-	rm -rf $(VENV) $(DEMO) $(EXPERIMENT) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(DEMO) $(EXPERIMENT) *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -212,7 +213,8 @@ def test_expert_show_takes_a_folder_of_versions_as_score_does(tmp_path):
     from dualcam import build_expert
     from dualcam.io.checkpoints import save_expert_version
 
-    for _ in range(2):
+    for i in range(2):
+        time.sleep(i)  # version ids sort by their second, then by hash: the second save must be a second later
         uri, meta = save_expert_version(build_expert("resnet18"), str(tmp_path / "COVID-19"),
                                         {"arch": "resnet18", "class_name": "COVID-19", "input_size": 64})
     shown = run("expert", "show", f"{tmp_path / 'COVID-19'}/")

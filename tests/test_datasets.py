@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dualcam.io import storage
-from dualcam.io.inputs import _resolve, read_inputs, resolve_uris, skipped_kinds
+from dualcam.io.inputs import read_inputs, resolve, resolve_uris, skipped_kinds
 from dualcam.io.labelled import SPLIT_FRACTIONS, SPLITS, assign_splits, expert_rows, read_labelled, split_counts
 
 
@@ -73,9 +73,9 @@ ODD_ENTRIES = ["a.png", "sub/b.png", "./c.png", "../d.png", "sub/../e.png", "f//
 def test_manifest_uris_resolve_in_arrow_exactly_as_one_by_one(manifest):
     entries = ODD_ENTRIES * 3  # odd entries in several places, plain ones between them
     assert resolve_uris(pa.chunked_array([entries[:20], entries[20:]]), manifest).to_pylist() == [
-        _resolve(entry, manifest) for entry in entries]
+        resolve(entry, manifest) for entry in entries]
     assert resolve_uris(pa.array(["a.png", "b/c.dcm"]), manifest).to_pylist() == [
-        _resolve("a.png", manifest), _resolve("b/c.dcm", manifest)]
+        resolve("a.png", manifest), resolve("b/c.dcm", manifest)]
 
 
 def _inventory_manifest(bucket: str, fmt: str, schema: str, files: list[str]) -> bytes:

@@ -26,10 +26,10 @@ from dualcam.io.results import RUN_FILE, SCORE, RunSpec, data_files, read_result
 from dualcam.maps.kernel import overlap
 from dualcam.synthetic.scenarios import synthetic_xray, write_synthetic_xrays
 
-from conftest import kill_driver_when, run_without_ray, write_untrained_experts
+from conftest import kill_driver_when, run_without_ray
 from samples import bad_inputs, dicom_bytes
 
-INPUT_SIZE = 128  # a 4 x 4 CAM grid for resnet18
+INPUT_SIZE = 128  # of the experts (conftest's fixture): a 4 x 4 CAM grid for resnet18
 BAD_REASONS = {
     "corrupt.png": "corrupt or truncated PNG",
     "truncated.png": "corrupt or truncated PNG",
@@ -38,11 +38,6 @@ BAD_REASONS = {
     "too-large.png": "over the limit",
     "no-pixels.dcm": "no pixel data",
 }
-
-
-@pytest.fixture(scope="module")
-def experts(tmp_path_factory) -> tuple[str, str]:
-    return write_untrained_experts(tmp_path_factory.mktemp("experts"), INPUT_SIZE)
 
 
 @pytest.fixture(scope="module")

@@ -15,17 +15,9 @@ from dualcam.synthetic.scenarios import synthetic_xray, write_synthetic_xrays
 
 from samples import bad_inputs
 
-
-@pytest.fixture(scope="module")
-def experts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("experts")
-    torch.manual_seed(0)
-    uris = []
-    for arch, name in (("resnet18", "COVID-19"), ("densenet121", "pneumonia")):
-        uri = str(root / name)
-        save_expert(build_expert(arch), uri, {"arch": arch, "class_name": name, "input_size": 64})
-        uris.append(uri)
-    return uris
+INPUT_SIZE = 64
+EXPERT_ARCHS = ("resnet18", "densenet121")
+"""The experts of conftest's ``experts`` fixture: two architectures, one input size."""
 
 
 def test_scores_match_a_direct_computation(experts):

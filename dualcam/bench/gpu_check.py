@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dualcam.bench.precision_table import random_experts
-from dualcam.bench.speed import bare_forward, real_size_xray, steady_part
+from dualcam.bench.samples import random_experts, real_size_xray
+from dualcam.bench.speed import bare_forward, steady_part
 from dualcam.io.checkpoints import ExpertMeta
 from dualcam.io.device_decode import DeviceDecoder
 from dualcam.io.imaging import model_input

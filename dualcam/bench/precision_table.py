@@ -27,23 +27,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from dualcam.io.checkpoints import ExpertMeta, build_expert, load_meta, resolve_expert, save_expert
+from dualcam.bench.samples import random_experts
+from dualcam.io.checkpoints import load_meta, resolve_expert
 from dualcam.io.imaging import IMAGE_SUFFIXES, model_input
 from dualcam.maps.numerics import DEFAULT_PRECISION, PRECISIONS, deviation
 from dualcam.scoring.scorers import DualScorer
 
 ALPHAS = (5.0, 50.0)
-
-
-def random_experts(root: str | Path, arch: str = "resnet18", size: int = 224, seed: int = 0) -> tuple[str, str]:
-    """Two randomly initialized experts (seeds ``seed`` and ``seed + 1``) saved under ``root``; their URIs."""
-    uris = []
-    for i, name in enumerate(("c1", "c2")):
-        torch.manual_seed(seed + i)
-        uri = str(Path(root) / name)
-        save_expert(build_expert(arch), uri, ExpertMeta(arch=arch, class_name=name, input_size=size))
-        uris.append(uri)
-    return uris[0], uris[1]
 
 
 def measure(

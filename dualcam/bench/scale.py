@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
+from dualcam.bench.s3server import MotoServer
 
 SIZES = (10_000, 100_000, 1_000_000)
 CLUSTER_CPUS = 1000
@@ -115,7 +116,10 @@ def _phases(root: Path, kind: str) -> dict:
 
 def _rss(field: str = "VmRSS") -> int:
     """This process's resident bytes now (VmRSS) or at their peak (VmHWM), from /proc (Linux)."""
-    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
+    found = re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text())
+    if found is None:
+        raise OSError(f"no {field} in /proc/self/status")
+    return int(found.group(1)) * 1024
 
 
 def _in_child(*args: str) -> dict:
@@ -141,21 +145,11 @@ def measure_sizes(work: Path, sizes: list[int], repeat: int) -> list[dict]:
     return rows
 
 
-def moto_server() -> tuple[subprocess.Popen, str]:
+def moto_server() -> MotoServer:
     """moto's S3 server in its own process on 127.0.0.1; the AWS settings of this process point at it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
-                       "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
-    for _ in range(100):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.1)
-    return server, os.environ["AWS_ENDPOINT_URL"]
+    server = MotoServer(own_process=True).start()
+    os.environ.update(server.env)
+    return server
 
 
 def tree_keys(objects: int) -> list[str]:
@@ -170,7 +164,7 @@ def measure_listing(objects: int, workers: int) -> dict:
     from dualcam.io import storage
 
     logging.getLogger("botocore").setLevel(logging.WARNING)
-    server, _ = moto_server()
+    server = moto_server()
     try:
         storage.s3_client.cache_clear()
         client = storage.s3_client()
@@ -193,8 +187,7 @@ def measure_listing(objects: int, workers: int) -> dict:
         return {"objects": objects, "workers": workers, "populate_s": populate, "serial_s": serial_s,
                 "parallel_s": parallel_s, "speedup": serial_s / parallel_s}
     finally:
-        server.terminate()
-        server.wait()
+        server.stop()
 
 
 def page_parse_ms(repeat: int = 20) -> dict:

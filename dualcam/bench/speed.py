@@ -34,13 +34,15 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
+from dualcam.bench.s3server import MotoServer
+from dualcam.bench.samples import real_size_xray
 from dualcam.distributed.connect import connect
 from dualcam.distributed.pipeline import score_archive
 from dualcam.io import storage
@@ -49,21 +51,10 @@ from dualcam.io.imaging import decode_image, model_input, preprocess
 from dualcam.io.results import read_results, to_numpy
 from dualcam.maps.numerics import DEFAULT_PRECISION, PRECISIONS, computing_in
 from dualcam.scoring.scorers import DualScorer, load_images
-from dualcam.synthetic.scenarios import synthetic_xray, write_synthetic_xrays
+from dualcam.synthetic.scenarios import write_synthetic_xrays
 
-REAL_SIZE = (2500, 2048)
 RATE_GROUPS = ("sample X-rays (PNG, JPEG)", "generated 2500x2048 8-bit JPEG")
 """(e) groups the loading rate of ``rates`` comes from, the first present."""
-"""(rows, columns) of the generated real-size inputs: a 43 x 35 cm cassette at 0.17 mm, a common CR/DX size."""
-
-
-def real_size_xray(rng: np.random.Generator, size: tuple[int, int] = REAL_SIZE) -> np.ndarray:
-    """A chest-like float64 image in [0, 1] of ``size`` (rows, columns): the anatomy drawn at a
-    quarter of the size and upsampled, fine noise added at full size, so that files of it
-    compress about as radiographs do (a 2500 x 2048 JPEG at quality 90 is about 1 MB)."""
-    anatomy = torch.from_numpy(synthetic_xray(max(size) // 4, rng))[None, None]
-    image = F.interpolate(anatomy, size=size, mode="bicubic", align_corners=False)[0, 0].numpy()
-    return np.clip(image + 0.01 * rng.standard_normal(size), 0.0, 1.0)
 
 
 def write_real_size_inputs(out_dir: str | Path, seed: int = 0) -> list[Path]:
@@ -160,7 +151,7 @@ class TreeMonitor:
         self._samples.append((time.time(), cpu))
         self.peak = max(self.peak, rss)
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
         self._sample()
@@ -230,17 +221,23 @@ def pipeline_bounds(a: float, load_ms: float, cpus: float, gpu: bool) -> tuple[f
     return bound, min(a, loading)
 
 
-def run(args: argparse.Namespace) -> dict:
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="dualcam-bench-"))
+def _experts(work: Path, arch: str, size: int) -> tuple[str, str]:
+    """The pair the bench scores with: two untrained ``arch`` experts (seed 0), written once per work folder."""
     torch.manual_seed(0)
-    experts = []
+    uris = []
     for name in ("c1", "c2"):
         uri = str(work / "experts" / name)
         if not storage.exists(storage.join(uri, META_FILE)):
-            save_expert(build_expert(args.arch), uri, ExpertMeta(arch=args.arch, class_name=name, input_size=args.size))
-        experts.append(uri)
+            save_expert(build_expert(arch), uri, ExpertMeta(arch=arch, class_name=name, input_size=size))
+        uris.append(uri)
+    return uris[0], uris[1]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="dualcam-bench-"))
+    c1, c2 = _experts(work, args.arch, args.size)
     images = [str(p) for p in write_synthetic_xrays(work / "images", args.n, size=args.size)]
-    scorer = DualScorer(*experts, device=args.device, precision=args.precision)
+    scorer = DualScorer(c1, c2, device=args.device, precision=args.precision)
     table = pa.table({"uri": images})
     loaded = [load_images(table.slice(i, args.batch_size), scorer.meta) for i in range(0, args.n, args.batch_size)]
     batches = [torch.tensor(to_numpy(b.column("pixels"))) for b in loaded]
@@ -248,7 +245,7 @@ def run(args: argparse.Namespace) -> dict:
               "device": str(scorer.device), "precision": args.precision, "torch_threads": torch.get_num_threads()}
 
     bare_forward(scorer, batches[:1])  # warm-up: first-call allocations and kernel selection
-    runs = {"a": [], "b": []}
+    runs: dict[str, list[tuple[float, float]]] = {"a": [], "b": []}
     for _ in range(args.repeat):  # alternated, best of each: this machine's noise is a few percent
         runs["a"].append(timed(lambda: bare_forward(scorer, batches), args.n))
         runs["b"].append(timed(lambda: [scorer(b) for b in loaded], args.n))
@@ -272,7 +269,7 @@ def run(args: argparse.Namespace) -> dict:
     for key, source in sources.items():
         output = str(work / f"out-{key}-{time.time_ns()}")
         with TreeMonitor() as monitor:
-            summary = score_archive(*experts, source, output, batch_size=args.batch_size, precision=args.precision,
+            summary = score_archive(c1, c2, source, output, batch_size=args.batch_size, precision=args.precision,
                                     cpus_per_actor=args.cpus_per_actor, progress=False)
         start, end, rows = steady_part(output)
         report[key] = rows / (end - start)
@@ -320,7 +317,7 @@ def load_costs(paths: list[Path], meta: ExpertMeta, rounds: int) -> dict[str, fl
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        costs = {"files": len(paths)}
+        costs: dict[str, float] = {"files": len(paths)}  # the count stays an int
         for key, way in ways.items():
             passes = []
             for _ in range(rounds + 1):
@@ -361,18 +358,10 @@ def planning_rates(report: dict) -> dict | None:
 
 
 def _stage_on_moto(images: list[str]) -> str:
-    """Start moto's S3 server on loopback, point the AWS settings at it and upload the images."""
-    import socket
-
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    """Start moto's S3 server on loopback (for the rest of this process), point the AWS settings at it
+    and upload the images."""
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request otherwise
-    ThreadedMotoServer(ip_address="127.0.0.1", port=port).start()
-    os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
-                       "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
+    os.environ.update(MotoServer().start().env)
     storage.s3_client.cache_clear()
     storage.s3_client().create_bucket(Bucket="bench")
     for path in images:

@@ -25,7 +25,7 @@ def run(*, inputs: Sequence[str]) -> int:
     failed = 0
     files, skipped = input_files(inputs)
     for uri, _, image, err in decoded(files):
-        if err:
+        if err or image is None:  # no image only with an error
             failed += 1
             print(f"error  {err}")
             continue

@@ -1,5 +1,5 @@
 """``dualcam experiment`` (``make experiment``): the training regimes compared on each data scenario
-of the class-overlap setting (``scenario.experiment``)."""
+of the class-overlap setting (``synthetic.runs.experiment``)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="folder or s3:// prefix for data, experts, results and tables")
-    add_scenario_run(parser, n=200)
+    add_scenario_run(parser, n=200, epochs=DEMO_RECIPE.epochs)
     parser.add_argument("--regimes", default=",".join(r.name for r in REGIMES), help="comma-separated (default: all)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help="comma-separated data scenarios (default: all)")

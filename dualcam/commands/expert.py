@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from dualcam.commands.common import add_output_stride, check_output_folder
@@ -45,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(*, expert_command: str, **options: Any) -> int:
-    return {"init": init, "show": show}[expert_command](**options)
+    commands: dict[str, Callable[..., int]] = {"init": init, "show": show}
+    return commands[expert_command](**options)
 
 
 def init(*, arch: str, class_name: str, input_size: int, color_mode: str, output_stride: int, weights: str,

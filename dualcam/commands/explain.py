@@ -53,7 +53,7 @@ def run(
     print(f"{'p1':>6} {'p2':>6}  {'peak (x, y)':>12}  file")
     start, failed = time.perf_counter(), 0
     for uri, data, image, err in decoded(files):
-        if err:
+        if err or data is None or image is None:  # no bytes or image only with an error
             failed += 1
             print(f"{'-':>6} {'-':>6}  {'-':>12}  {err}")
             continue

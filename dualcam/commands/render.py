@@ -1,5 +1,5 @@
 """``dualcam render``: the paper's figures for a few scored rows and a static HTML report
-(``score_report.render_results``; no Ray)."""
+(``reports.score_page.render_results``; no Ray)."""
 
 from __future__ import annotations
 

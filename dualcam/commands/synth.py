@@ -1,4 +1,4 @@
-"""``dualcam synth``: write the class-overlap scenario (``synthetic.write_overlap_dataset``)."""
+"""``dualcam synth``: write the class-overlap scenario (``synthetic.scenarios.write_overlap_dataset``)."""
 
 from __future__ import annotations
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+from types import ModuleType
 from typing import Any
 
 
-def connect(quiet: bool = False) -> Any:
+def connect(quiet: bool = False) -> ModuleType:
     """Ray, initialized: the cluster at RAY_ADDRESS if set, else a new local instance on 127.0.0.1.
 
     ``quiet`` keeps the workers' output and Ray's info lines off the console (they stay in Ray's
@@ -28,8 +29,8 @@ def connect(quiet: bool = False) -> Any:
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=address or "local", include_dashboard=False,
-                 **({"log_to_driver": False, "logging_level": logging.WARNING} if quiet else {}))
+        quieted: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING} if quiet else {}
+        ray.init(address=address or "local", include_dashboard=False, **quieted)
         if quiet:
             import ray.data  # configures its own loggers on import: quiet them after that
 
@@ -37,6 +38,6 @@ def connect(quiet: bool = False) -> Any:
     return ray
 
 
-def largest_node_cpus(ray: Any) -> float:
+def largest_node_cpus(ray: ModuleType) -> float:
     """CPUs of the biggest live node: no single actor or worker can have more."""
     return max((node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node["Alive"]), default=1.0)

@@ -22,7 +22,8 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -48,6 +49,10 @@ from dualcam.reports import drift_page
 from dualcam.scoring import planning
 from dualcam.scoring.archive_options import MAX_ERROR_FRACTION, ArchiveOptions
 from dualcam.scoring.scorers import DriftScorer, DualScorer, PairScorer, load_images
+
+if TYPE_CHECKING:
+    from ray import ObjectRef
+    from ray.data import Dataset
 
 
 @dataclass
@@ -101,7 +106,7 @@ class DriftSummary:
     (``report``, the content of ``_drift.json``)."""
 
     run: ScoreSummary
-    report: dict[str, Any]
+    report: drift_page.DriftReport
 
     @property
     def drifted_share(self) -> float:
@@ -295,9 +300,9 @@ def _check_output(output: str, spec: RunSpec) -> bool:
 
 
 def _scored(
-    ray: Any, blocks: list[Any], scorer: type[PairScorer], experts: tuple[str, str], meta: ExpertMeta,
-    spec: RunSpec, placement: planning.Placement, options: ArchiveOptions,
-) -> Any:
+    ray: ModuleType, blocks: list[ObjectRef[pa.Table]], scorer: type[PairScorer], experts: tuple[str, str],
+    meta: ExpertMeta, spec: RunSpec, placement: planning.Placement, options: ArchiveOptions,
+) -> Dataset:
     """The lazy Ray Dataset of result rows for the inputs in ``blocks`` (object refs of ``planning.blocks``,
     put one at a time: what ``from_arrow`` does with a list it holds whole)."""
     batch_size = options.batch_size

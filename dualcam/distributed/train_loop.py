@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +38,9 @@ from dualcam.io.results import to_numpy
 from dualcam.maps.metrics import binary_metrics
 from dualcam.scoring.archive_options import check_value
 from dualcam.scoring.scorers import load_images
+
+if TYPE_CHECKING:
+    from ray.train import Checkpoint
 
 STATE_FILE = "train_state.pt"
 """What a checkpoint of this loop holds (model, optimizer, epoch, history), in its directory."""
@@ -78,7 +81,7 @@ class Recipe:
                    output_stride=self.output_stride)
 
 
-def train_loop(config: dict) -> None:
+def train_loop(config: dict[str, Any]) -> None:
     """Train one expert on this worker, as ``training._fit`` configures it; every epoch reported to Ray Train."""
     import ray.train
     import ray.train.torch
@@ -107,6 +110,8 @@ def train_loop(config: dict) -> None:
     # channels_last before DDP wraps it, so gradient buckets match the parameters' layout
     model = ray.train.torch.prepare_model(model.to(memory_format=torch.channels_last))
     bare = model.module if hasattr(model, "module") else model
+    if not isinstance(bare, torch.nn.Module):  # never: what DDP wraps is the model it was given
+        raise TypeError(f"expected the wrapped model, got {type(bare).__name__}")
     device = ray.train.torch.get_device()
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
     if optimizer_state:
@@ -173,13 +178,13 @@ def _evaluate(
     return metrics
 
 
-def read_state(checkpoint: Any) -> dict[str, Any]:
+def read_state(checkpoint: Checkpoint) -> dict[str, Any]:
     """What a Ray Train checkpoint of this loop holds: ``model``, ``optimizer``, ``epoch``, ``history``."""
     with checkpoint.as_directory() as directory:
         return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
 
 
-def _export_epoch(model: torch.nn.Module, export: dict, metrics: dict) -> None:
+def _export_epoch(model: torch.nn.Module, export: dict[str, Any], metrics: dict[str, Any]) -> None:
     """Write one epoch's weights as the expert checkpoint ``<root>/epoch-<NNN>/``, unless it is there."""
     uri = storage.join(export["root"], f"epoch-{metrics['epoch']:03d}")
     if not storage.exists(storage.join(uri, META_FILE)):

@@ -22,7 +22,8 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -42,6 +43,9 @@ from dualcam.io.checkpoints import (
 )
 from dualcam.io.labelled import SPLITS, Labelled, assign_splits, expert_rows, read_labelled, split_counts
 from dualcam.scoring.archive_options import check_value
+
+if TYPE_CHECKING:
+    from ray.train import Result
 
 
 @dataclass
@@ -88,8 +92,8 @@ def plan_experts(
 ) -> tuple[list[ExpertPlan], dict[str, Labelled]]:
     """Read every data source once, split the union (so an image shared by both experts lands in
     the same split for both) and select each expert's rows."""
-    sources = [d or data for d in per_expert_data]
-    if any(s is None for s in sources):
+    sources = [s for s in (d or data for d in per_expert_data) if s is not None]
+    if len(sources) != len(per_expert_data):
         raise ValueError("give --data, or --c1-data and --c2-data for every expert")
     labelled = {s: read_labelled(s, views) for s in dict.fromkeys(sources)}
     union = pa.concat_tables([_with_optional(lab.table) for lab in labelled.values()], promote_options="permissive")
@@ -222,7 +226,7 @@ def _check_weights(weights: str) -> None:
 
 
 def _worker_resources(
-    ray: Any, workers: int, gpus_per_worker: float | None, cpus_per_worker: float | None,
+    ray: ModuleType, workers: int, gpus_per_worker: float | None, cpus_per_worker: float | None,
 ) -> tuple[float, float]:
     """(GPUs, CPUs) per worker, ``workers`` in all: by default one GPU each when the cluster has
     GPUs, else the cluster's CPUs shared among them (at most one node's each)."""
@@ -290,8 +294,8 @@ def _finished_version(output: str, plan: ExpertPlan, recipe: Recipe) -> TrainedE
     return None
 
 
-def _fit(ray: Any, plan: ExpertPlan, recipe: Recipe, workers: int, gpus_per_worker: float, cpus_per_worker: float,
-         max_failures: int, storage_path: str, export_root: str | None) -> Any:
+def _fit(ray: ModuleType, plan: ExpertPlan, recipe: Recipe, workers: int, gpus_per_worker: float,
+         cpus_per_worker: float, max_failures: int, storage_path: str, export_root: str | None) -> Result:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -348,8 +352,10 @@ def _described(plan: ExpertPlan, recipe: Recipe) -> ExpertMeta:
     return meta
 
 
-def _publish(output: str, plan: ExpertPlan, recipe: Recipe, result: Any, export_root: str | None) -> TrainedExpert:
+def _publish(output: str, plan: ExpertPlan, recipe: Recipe, result: Result, export_root: str | None) -> TrainedExpert:
     """Write the best checkpoint (by validation accuracy) as a new expert version."""
+    if result.best_checkpoints is None or result.checkpoint is None:  # never: every epoch reports a checkpoint
+        raise ValueError(f"{plan.label}: training left no checkpoint")
     checkpoint, metrics = max(result.best_checkpoints, key=lambda cm: (cm[1]["val_accuracy"], -cm[1]["epoch"]))
     meta = _described(plan, recipe)
     meta.recipe["exported_epochs"] = export_root

@@ -29,18 +29,19 @@ from urllib.error import URLError
 
 import torch
 from torch import nn
-from torchvision.models import DenseNet, ResNet, WeightsEnum, get_model, get_model_weights
+from torchvision.models import WeightsEnum, get_model_weights
 
 from dualcam.io import storage
+from dualcam.maps import architectures
+from dualcam.maps.architectures import ARCHITECTURES, check_output_stride
 
-SUPPORTED_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densenet121")
+SUPPORTED_ARCHS = tuple(ARCHITECTURES)
 POSITIVE_INDEX = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 META_FILE = "expert.json"
 WEIGHTS_FILE = "weights.pt"
 FORMAT_VERSION = 1
-OUTPUT_STRIDES = (32, 16)
 
 
 class CheckpointError(ValueError):
@@ -66,8 +67,8 @@ class ExpertMeta:
     input_size: int
     color_mode: str = "L"
     output_stride: int = 32
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
     created_at: str = ""
     version: str = ""
     sha256: str = ""
@@ -77,15 +78,14 @@ class ExpertMeta:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        if self.arch not in SUPPORTED_ARCHS:
-            raise ValueError(f"arch {self.arch!r} is not one of {', '.join(SUPPORTED_ARCHS)}")
+        architectures.family(self.arch)
         if not isinstance(self.input_size, int) or self.input_size < 32:
             raise ValueError(f"input_size must be an integer >= 32 pixels, got {self.input_size!r}")
         if self.color_mode not in ("L", "RGB"):
             raise ValueError(f"color_mode must be 'L' or 'RGB', got {self.color_mode!r}")
         if not self.class_name:
             raise ValueError("class_name must not be empty")
-        _check_output_stride(self.arch, self.output_stride)
+        check_output_stride(self.arch, self.output_stride)
         self.mean, self.std = tuple(self.mean), tuple(self.std)
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError(f"mean and std need 3 values each, std > 0; got {self.mean} and {self.std}")
@@ -116,7 +116,7 @@ class Expert:
 
 def imagenet_weights(arch: str) -> WeightsEnum:
     """torchvision's default ImageNet weights for ``arch`` (what ``weights="imagenet"`` loads)."""
-    _check_arch(arch)
+    architectures.family(arch)
     return get_model_weights(arch).DEFAULT
 
 
@@ -132,18 +132,17 @@ def build_expert(arch: str, weights: str | None = None, output_stride: int = 32)
     ``replace_stride_with_dilation`` on the last stage; resnet18/34, whose BasicBlock has no
     dilation in torchvision, run their last stage at stride 1 without dilation.
     """
-    _check_arch(arch)
-    _check_output_stride(arch, output_stride)
+    check_output_stride(arch, output_stride)
     if weights in (None, "none"):
-        return _with_binary_head(_model(arch, output_stride, weights=None))
+        return architectures.with_head(architectures.build(arch, output_stride, weights=None), 2)
     if weights == "imagenet":
-        return _with_binary_head(_imagenet_model(arch, output_stride))
+        return architectures.with_head(_imagenet_model(arch, output_stride), 2)
     state = _read_state_dict(weights)
-    head = _head_name(arch)
+    head = architectures.family(arch).head
     n_out = state[f"{head}.weight"].shape[0] if f"{head}.weight" in state else None
     model = _skeleton(arch, num_classes=2 if n_out == 2 else 1000, output_stride=output_stride)
     _load_into(model, state, weights, arch)
-    return _with_binary_head(model) if n_out != 2 else model
+    return architectures.with_head(model, 2) if n_out != 2 else model
 
 
 def save_expert(model: nn.Module, uri: str, meta: ExpertMeta | Mapping[str, Any]) -> ExpertMeta:
@@ -263,24 +262,12 @@ def load_expert(uri: str, device: str | torch.device = "cpu") -> Expert:
     return Expert(model=model.to(device).eval(), meta=meta, uri=uri)
 
 
-def _check_arch(arch: str) -> None:
-    if arch not in SUPPORTED_ARCHS:
-        raise ValueError(f"arch {arch!r} is not one of {', '.join(SUPPORTED_ARCHS)}")
-
-
-def _check_output_stride(arch: str, output_stride: int) -> None:
-    if output_stride not in OUTPUT_STRIDES:
-        raise ValueError(f"output_stride must be one of {', '.join(map(str, OUTPUT_STRIDES))}, got {output_stride!r}")
-    if output_stride != 32 and not arch.startswith("resnet"):
-        raise ValueError(f"output_stride {output_stride} is supported for ResNets only, not {arch!r}")
-
-
 def _imagenet_model(arch: str, output_stride: int) -> nn.Module:
-    """``_model`` with torchvision's ImageNet weights (from torch's hub cache, else downloaded); an
+    """``architectures.build`` with torchvision's ImageNet weights (from torch's hub cache, else downloaded); an
     OSError that says what to do where there is no internet."""
     weights = imagenet_weights(arch)
     try:
-        return _model(arch, output_stride, weights=weights)
+        return architectures.build(arch, output_stride, weights=weights)
     except URLError as err:  # no internet, no DNS, a proxy: torch.hub could not download them
         raise OSError(
             f"could not download torchvision's ImageNet weights for {arch} ({weights.url}: "
@@ -290,34 +277,10 @@ def _imagenet_model(arch: str, output_stride: int) -> nn.Module:
         ) from None
 
 
-def _model(arch: str, output_stride: int, **kwargs: Any) -> nn.Module:
-    """torchvision's ``arch`` with its last stage at ``output_stride`` (see ``build_expert``)."""
-    if output_stride == 32:
-        return get_model(arch, **kwargs)
-    if arch in ("resnet18", "resnet34"):
-        model = get_model(arch, **kwargs)
-        block = model.layer4[0]
-        block.conv1.stride = block.downsample[0].stride = (1, 1)
-        return model
-    return get_model(arch, replace_stride_with_dilation=[False, False, True], **kwargs)
-
-
-def _head_name(arch: str) -> str:
-    return "classifier" if arch.startswith("densenet") else "fc"
-
-
-def _with_binary_head(model: nn.Module) -> nn.Module:
-    if isinstance(model, ResNet):
-        model.fc = nn.Linear(model.fc.in_features, 2)
-    elif isinstance(model, DenseNet):
-        model.classifier = nn.Linear(model.classifier.in_features, 2)
-    return model
-
-
 def _skeleton(arch: str, num_classes: int = 2, output_stride: int = 32) -> nn.Module:
     """The network's structure with no storage allocated; weights are assigned on load (fast)."""
     with torch.device("meta"):
-        return _model(arch, output_stride, weights=None, num_classes=num_classes)
+        return architectures.build(arch, output_stride, weights=None, num_classes=num_classes)
 
 
 def _check_fits(state: Mapping[str, torch.Tensor], arch: str, uri: str) -> None:

@@ -27,11 +27,12 @@ _CHAINED = re.compile(r"^(?:The above exception was the direct cause of the foll
 def raised_by_ray(err: BaseException) -> bool:
     """Whether ``err``, or an error it was raised from, is one of Ray's (a task, actor or node that failed)."""
     seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if _is_ray(type(err)):
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if _is_ray(type(current)):
             return True
-        err = err.__cause__ or err.__context__
+        current = current.__cause__ or current.__context__
     return False
 
 

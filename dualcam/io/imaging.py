@@ -38,7 +38,7 @@ import re
 import struct
 import warnings
 from pathlib import PurePosixPath
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -48,6 +48,9 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from dualcam.io.checkpoints import ExpertMeta
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 MAX_PIXELS = 50_000_000
 """Decompression-bomb guard: images whose header claims more pixels (e.g. 7072 x 7072) are refused
@@ -164,7 +167,7 @@ def _decode_pil(data: bytes, name: str, max_pixels: int, min_side: int | None, g
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data), formats=("PNG", "JPEG"))
+            im: Image.Image = Image.open(io.BytesIO(data), formats=("PNG", "JPEG"))
             _check_size(name, im.width, im.height, max_pixels)
             size = (im.height, im.width)
             if min_side and grey and im.format == "JPEG":
@@ -265,7 +268,7 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int) -> _Decoded:
     return _Decoded(image, (height, width), (1, 1))
 
 
-def _dicom_pixels(ds) -> np.ndarray:
+def _dicom_pixels(ds: Dataset) -> np.ndarray:
     """Pixel values as displayed, scaled to [0, 1] (see the module docstring)."""
     from pydicom.pixels import apply_color_lut, get_decoder
     from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -293,7 +296,7 @@ def _dicom_pixels(ds) -> np.ndarray:
     return _grey_display(ds, pixels, inverse)
 
 
-def _grey_display(ds, pixels: np.ndarray, inverse: bool) -> np.ndarray:
+def _grey_display(ds: Dataset, pixels: np.ndarray, inverse: bool) -> np.ndarray:
     """Stored grayscale values as displayed: rescale, VOI, min-max over the image, float32 (H, W).
 
     Every step is a function of the stored value alone, so integer images of up to 16 bits are

@@ -137,7 +137,7 @@ def _read_batches(uri: str, each: Callable[[pa.RecordBatch], pa.RecordBatch] | N
             table = pacsv.read_csv(stream, **options)
             return _table([each(batch) for batch in table.to_batches()], table.schema)
         with pacsv.open_csv(stream, **options) as reader:
-            batches = []
+            batches: list[pa.RecordBatch] = []
             while True:
                 try:
                     batch = reader.read_next_batch()
@@ -181,12 +181,12 @@ def duplicates(uris: pa.ChunkedArray | pa.Array) -> tuple[int, str] | None:
     n = len(uris)
     in_order = n < 2 or not pc.any(pc.less(uris.slice(1), uris.slice(0, n - 1))).as_py()
     order = None if in_order else pc.sort_indices(uris)
-    repeated = []
+    pieces: list[pa.Array] = []
     for start in range(0, max(0, n - 1), _CHUNK):  # pieces overlap by a row: pairs across their borders count
-        piece = uris.slice(start, _CHUNK + 1) if in_order else uris.take(order.slice(start, _CHUNK + 1))
+        piece = uris.slice(start, _CHUNK + 1) if order is None else uris.take(order.slice(start, _CHUNK + 1))
         kept = piece.slice(1).filter(pc.equal(piece.slice(1), piece.slice(0, len(piece) - 1)))
-        repeated += kept.chunks if isinstance(kept, pa.ChunkedArray) else [kept]
-    repeated = pa.chunked_array(repeated, pa.string()).combine_chunks()
+        pieces += kept.chunks if isinstance(kept, pa.ChunkedArray) else [kept]
+    repeated = pa.chunked_array(pieces, pa.string()).combine_chunks()
     if not len(repeated):
         return None
     distinct = 1 + (pc.sum(pc.not_equal(repeated.slice(1), repeated.slice(0, len(repeated) - 1))).as_py() or 0)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePosixPath
+from typing import TypedDict
 from urllib.parse import unquote_plus
 
 import pyarrow as pa
@@ -36,6 +37,14 @@ READ_WORKERS = 8
 """Data files read at once (a large bucket's inventory comes in many files)."""
 _NEEDED = ("bucket", "key", "is_latest", "is_delete_marker")
 _CSV_NAMES = {"Bucket": "bucket", "Key": "key", "IsLatest": "is_latest", "IsDeleteMarker": "is_delete_marker"}
+
+
+class _Manifest(TypedDict):
+    """What is used of an inventory's manifest: its data files' format and (CSV) column names, and their URIs."""
+
+    format: str
+    schema: list[str]
+    files: list[str]
 
 
 def is_inventory(uri: str) -> bool:
@@ -63,14 +72,14 @@ def read_inventory(uri: str) -> pa.StringArray:
         raise ValueError(f"{uri}: an S3 Inventory CSV file has no header to say what its columns are; "
                          f"give its {MANIFEST_NAME} as the input")
     if name != MANIFEST_NAME:
-        return inventory_uris(_read_data_file(uri, {"format": "Parquet", "schema": []}), uri)
+        return inventory_uris(_read_data_file(uri, {"format": "Parquet", "schema": [], "files": [uri]}), uri)
     manifest = _read_manifest(uri)
     with ThreadPoolExecutor(max(1, min(READ_WORKERS, len(manifest["files"])))) as pool:
         tables = list(pool.map(lambda file: _read_data_file(file, manifest), manifest["files"]))
     return inventory_uris(pa.concat_tables(tables, promote_options="permissive"), uri)
 
 
-def _read_manifest(uri: str) -> dict:
+def _read_manifest(uri: str) -> _Manifest:
     """The manifest with what is needed checked, and its data files as s3:// URIs."""
     try:
         manifest = json.loads(storage.read_bytes(uri))
@@ -87,7 +96,7 @@ def _read_manifest(uri: str) -> dict:
     return {"format": fmt, "schema": schema, "files": files}
 
 
-def _read_data_file(uri: str, manifest: dict) -> pa.Table:
+def _read_data_file(uri: str, manifest: _Manifest) -> pa.Table:
     """The needed columns of one data file (only those are read from Parquet and ORC); keys of a CSV file decoded."""
     try:
         if manifest["format"] == "CSV":

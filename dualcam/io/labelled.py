@@ -34,7 +34,8 @@ def read_boxes(uri: str) -> dict[str, list[tuple[str, Box]]]:
         raise ValueError(f"{uri}: a boxes file needs a value in every column of every row")
     found: dict[str, list[tuple[str, Box]]] = {}
     for row in table.select(list(BOX_COLUMNS)).to_pylist():
-        box = tuple(round(float(row[c])) for c in ("x", "y", "w", "h"))
+        x, y, w, h = (round(float(row[c])) for c in ("x", "y", "w", "h"))
+        box = (x, y, w, h)
         found.setdefault(row["uri"], []).append((str(row["kind"]), box))
     return found
 
@@ -97,7 +98,8 @@ def _read_label_manifest(table: pa.Table, uri: str) -> Labelled:
 
 def _read_covid_collection(table: pa.Table, uri: str, views: Sequence[str]) -> Labelled:
     rows = table.cast(pa.schema([(f.name, pa.string()) for f in table.schema])).to_pylist()
-    kept, excluded = [], Counter()
+    kept: list[dict[str, str]] = []
+    excluded: Counter[str] = Counter()
     for row in rows:
         finding = (row.get("finding") or "").strip()
         if (row.get("modality") or "X-ray") != "X-ray":

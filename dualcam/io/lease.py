@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from types import TracebackType
 
 from dualcam.io import storage
 
@@ -127,7 +128,8 @@ class Lease:
         self._heartbeat.start()
         return self
 
-    def __exit__(self, kind, error, traceback) -> None:
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
         self._stop.set()
         if self._heartbeat is not None:
             try:
@@ -155,8 +157,9 @@ class Lease:
                 continue
             if taker is not None:
                 self.lost = taker
-                if self._interrupts_main:  # a real SIGINT, so that a blocking call returns too
-                    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+                main = threading.main_thread().ident  # set: the main thread is running
+                if self._interrupts_main and main is not None:  # a real SIGINT, so that a blocking call returns too
+                    signal.pthread_kill(main, signal.SIGINT)
                 return
             self.holder, interval = renewed, self.seconds / 3
 

@@ -29,6 +29,8 @@ import pyarrow.fs as pafs
 from botocore.exceptions import BotoCoreError, ClientError
 
 T = TypeVar("T")
+S3Client = Any
+"""A boto3 S3 client: boto3 ships no type information, so its clients are untyped."""
 
 LIST_WORKERS = 16
 """List requests in flight at once when listing an s3:// prefix."""
@@ -67,7 +69,7 @@ def join(uri: str, *parts: str) -> str:
 
 
 @functools.cache
-def s3_client():
+def s3_client() -> S3Client:
     """One boto3 S3 client per process (clients are thread-safe; creating one costs ~50 ms), with
     bounded timeouts and retries (``S3_CONFIG``).
 
@@ -343,7 +345,7 @@ class _Span:
     last: str
 
 
-def _list_s3(client, bucket: str, prefix: str, workers: int) -> pa.Array:
+def _list_s3(client: S3Client, bucket: str, prefix: str, workers: int) -> pa.Array:
     """The keys under ``prefix``, exactly those a single ``list_objects_v2`` paginator returns, in any order.
 
     A single paginator is one request after another, 1,000 keys each: 10,000 round trips for 10
@@ -371,7 +373,7 @@ def _list_s3(client, bucket: str, prefix: str, workers: int) -> pa.Array:
     return pa.chunked_array(keys, pa.string()).combine_chunks()
 
 
-def _list_level(client, bucket: str, prefix: str) -> tuple[pa.Array, list[str]]:
+def _list_level(client: S3Client, bucket: str, prefix: str) -> tuple[pa.Array, list[str]]:
     """One level under ``prefix``: its own keys, and its sub-prefixes (sorted)."""
     keys, prefixes = [], []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
@@ -391,7 +393,7 @@ def _spans(children: list[tuple[str, list[str]]], most: int) -> list[_Span]:
     return spans
 
 
-def _list_span(client, bucket: str, span: _Span) -> pa.Array:
+def _list_span(client: S3Client, bucket: str, span: _Span) -> pa.Array:
     """Every key in the span's subtrees: under its one sub-prefix, or (several) from the first in key order
     until past the last, leaving out the keys directly under the parent (its delimiter listing had them)."""
     paginator = client.get_paginator("list_objects_v2")
@@ -414,7 +416,7 @@ def _list_span(client, bucket: str, span: _Span) -> pa.Array:
     return pa.chunked_array(kept, pa.string()).combine_chunks()
 
 
-def _page_keys(page: dict) -> pa.Array:
+def _page_keys(page: dict[str, Any]) -> pa.Array:
     return pa.array([obj["Key"] for obj in page.get("Contents", ())], pa.string())
 
 
@@ -473,7 +475,7 @@ class _RenameOnClose:
         self.file = open(self.tmp, "wb")  # noqa: SIM115 -- closed (and renamed) by close()
         self.closed = False
 
-    def write(self, data) -> int:
+    def write(self, data: bytes) -> int:
         try:
             return self.file.write(data)
         except OSError as err:
@@ -517,58 +519,58 @@ def _naming(err: OSError, path: str) -> OSError:
 class _AtomicLocalHandler(pafs.FileSystemHandler):
     """The local filesystem, except that output streams are renamed into place on close."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.fs = pafs.LocalFileSystem()
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, _AtomicLocalHandler)
 
-    def __ne__(self, other) -> bool:
+    def __ne__(self, other: object) -> bool:
         return not self == other
 
     def get_type_name(self) -> str:
         return "dualcam-atomic-local"
 
-    def normalize_path(self, path):
+    def normalize_path(self, path: str) -> str:
         return self.fs.normalize_path(path)
 
-    def get_file_info(self, paths):
+    def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
         return self.fs.get_file_info(paths)
 
-    def get_file_info_selector(self, selector):
+    def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
         return self.fs.get_file_info(selector)
 
-    def create_dir(self, path, recursive):
+    def create_dir(self, path: str, recursive: bool) -> None:
         self.fs.create_dir(path, recursive=recursive)
 
-    def delete_dir(self, path):
+    def delete_dir(self, path: str) -> None:
         self.fs.delete_dir(path)
 
-    def delete_dir_contents(self, path, missing_dir_ok=False):
+    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
         self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
 
-    def delete_root_dir_contents(self):
+    def delete_root_dir_contents(self) -> None:
         raise OSError("refusing to delete the contents of the filesystem root")
 
-    def delete_file(self, path):
+    def delete_file(self, path: str) -> None:
         self.fs.delete_file(path)
 
-    def move(self, src, dest):
+    def move(self, src: str, dest: str) -> None:
         self.fs.move(src, dest)
 
-    def copy_file(self, src, dest):
+    def copy_file(self, src: str, dest: str) -> None:
         self.fs.copy_file(src, dest)
 
-    def open_input_stream(self, path):
+    def open_input_stream(self, path: str) -> pa.NativeFile:
         return self.fs.open_input_stream(path)
 
-    def open_input_file(self, path):
+    def open_input_file(self, path: str) -> pa.NativeFile:
         return self.fs.open_input_file(path)
 
-    def open_output_stream(self, path, metadata=None):
+    def open_output_stream(self, path: str, metadata: dict[str, str] | None = None) -> pa.NativeFile:
         return pa.PythonFile(_RenameOnClose(path), mode="w")
 
-    def open_append_stream(self, path, metadata=None):
+    def open_append_stream(self, path: str, metadata: dict[str, str] | None = None) -> pa.NativeFile:
         raise OSError(f"{path}: appending is not supported; results are written whole")
 
 

@@ -8,35 +8,13 @@ CAMs are returned raw: no ReLU, no bias, no scaling.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import DenseNet, ResNet
 
+from dualcam.maps.architectures import family_of, head
 from dualcam.maps.kernel import ArrayLike
-
-
-def _resnet_features(model: ResNet, x: torch.Tensor) -> torch.Tensor:
-    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
-    return model.layer4(model.layer3(model.layer2(model.layer1(x))))
-
-
-def _densenet_features(model: DenseNet, x: torch.Tensor) -> torch.Tensor:
-    return F.relu(model.features(x))
-
-
-def split_model(model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Linear]:
-    """(features(x) -> (B, C, h, w), final linear layer) of a supported torchvision classifier."""
-    if isinstance(model, ResNet):
-        return (lambda x: _resnet_features(model, x)), model.fc
-    if isinstance(model, DenseNet):
-        return (lambda x: _densenet_features(model, x)), model.classifier
-    raise TypeError(
-        f"forward_with_cams supports torchvision ResNet and DenseNet models, not {type(model).__name__}"
-    )
 
 
 def forward_with_cams(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,8 +24,9 @@ def forward_with_cams(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, 
     output; DenseNet: ``relu(features(x))``), so ``cams[:, c].mean((-2, -1)) + b[c] ==
     logits[:, c]``. Runs under whatever grad/autocast mode the caller set.
     """
-    features, linear = split_model(model)
-    f = features(x)
+    entry = family_of(model)
+    linear = head(model)
+    f = entry.features(model, x)
     logits = linear(f.mean(dim=(-2, -1)))
     cams = torch.einsum("kc,bchw->bkhw", linear.weight.to(f.dtype), f)
     return logits, cams
@@ -59,12 +38,15 @@ def upsample(maps: ArrayLike, size: tuple[int, int]) -> ArrayLike:
     ``align_corners=False``: each CAM cell covers an equal share of the image, as the network's
     strided convolutions do.
     """
-    as_numpy = isinstance(maps, np.ndarray)
-    t = torch.tensor(maps) if as_numpy else maps  # a copy: numpy views of Arrow data are read-only
+    if isinstance(maps, np.ndarray):
+        return _upsample(torch.tensor(maps), size).numpy()  # a copy: numpy views of Arrow data are read-only
+    return _upsample(maps, size)
+
+
+def _upsample(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     lead, (h, w) = t.shape[:-2], t.shape[-2:]
     flat = t.reshape(-1, 1, h, w)
     if not flat.is_floating_point():
         flat = flat.float()
     out = F.interpolate(flat, size=tuple(size), mode="bilinear", align_corners=False)
-    out = out.reshape(*lead, *size)
-    return out.numpy() if as_numpy else out
+    return out.reshape(*lead, *size)

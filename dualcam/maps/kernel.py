@@ -25,6 +25,7 @@ that expert 2 also claims (a column of ``dualcam score``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -173,16 +174,26 @@ def overlap(x: ArrayLike, x_prime: ArrayLike) -> ArrayLike:
 
 Kernel = Callable[[ArrayLike, ArrayLike, float], ArrayLike]
 
-KERNELS: dict[str, Kernel] = {"addk": addk, "gated": gated, "unshared": unshared}
-"""Kernels by name, for ``--kernel``: ``addk`` is the paper's; ``gated`` is dualcam's own."""
 
-KERNEL_ORIGIN = {"addk": "paper (ADDK)", "gated": "dualcam: ReLU(CAM1)/max * ADDK",
-                 "unshared": "dualcam: CAM1 sharpened less what CAM2 claims"}
+@dataclass(frozen=True)
+class KernelEntry:
+    """A kernel as ``--kernel`` offers it: the function and where it comes from (shown in reports)."""
+
+    function: Kernel
+    origin: str
+
+
+KERNELS: dict[str, KernelEntry] = {
+    "addk": KernelEntry(addk, "paper (ADDK)"),
+    "gated": KernelEntry(gated, "dualcam: ReLU(CAM1)/max * ADDK"),
+    "unshared": KernelEntry(unshared, "dualcam: CAM1 sharpened less what CAM2 claims"),
+}
+"""Kernels by name, for ``--kernel``: ``addk`` is the paper's; the others are dualcam's own."""
 
 
 def get_kernel(name: str) -> Kernel:
     """The kernel called ``name``; ValueError naming the known ones otherwise."""
     try:
-        return KERNELS[name]
+        return KERNELS[name].function
     except KeyError:
         raise ValueError(f"unknown kernel {name!r}; known: {', '.join(KERNELS)}") from None

@@ -78,7 +78,7 @@ def pooled(targets: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 
 def measure(maps: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
     """Pointing game, energy and IoU of (B, h, w) grid maps upsampled to the targets' (H, W), per image."""
-    full = upsample(maps.float(), tuple(targets.shape[1:]))
+    full = upsample(maps.float(), (targets.shape[1], targets.shape[2]))
     return {"pointing": pointing_game(full, targets).float(), "energy": energy_in_box(full, targets),
             "iou": iou(full, targets)}
 

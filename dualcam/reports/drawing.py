@@ -41,6 +41,8 @@ TEXT = (235, 235, 235)
 BOX_COLORS = ((0, 255, 255), (0, 255, 0), (255, 0, 255), (255, 255, 255), (0, 128, 255), (255, 255, 0))
 """One per box label, in order of first appearance: bright hues that inferno (black to yellow) lacks."""
 _FONT_SIZE = 12
+Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
+"""What ``ImageFont.load_default`` gives: a scalable font where Pillow has FreeType, else the bitmap one."""
 
 
 def colorize(values: np.ndarray, cmap: str = "inferno") -> np.ndarray:
@@ -93,7 +95,7 @@ def panel_row(
     if len(marks) > len(panels):
         raise ValueError(f"panel_row: {len(marks)} marks for {len(panels)} panels")
     gray = image.mean(axis=2) if image.ndim == 3 else image
-    pw, ph = panel_size(*gray.shape, side)
+    pw, ph = panel_size(gray.shape[0], gray.shape[1], side)
     small = np.asarray(Image.fromarray(gray.astype(np.float32), mode="F").resize((pw, ph), Image.Resampling.BILINEAR))
     colors = _label_colors(boxes)
     scale = (pw / gray.shape[1], ph / gray.shape[0])
@@ -107,8 +109,9 @@ def panel_row(
         canvas.paste(overlay(small, upsample(values, (ph, pw)), opacity), (left, TITLE_HEIGHT))
         for label, box in boxes:
             draw.rectangle(_scaled(box, scale, left, pw, ph), outline=colors[label], width=BOX_WIDTH)
-        if i < len(marks) and marks[i] is not None:
-            _mark(draw, left + (marks[i][0] + 0.5) * scale[0], TITLE_HEIGHT + (marks[i][1] + 0.5) * scale[1])
+        mark = marks[i] if i < len(marks) else None
+        if mark is not None:
+            _mark(draw, left + (mark[0] + 0.5) * scale[0], TITLE_HEIGHT + (mark[1] + 0.5) * scale[1])
         text = _fit(draw, font, title, pw)
         draw.text((left + (pw - draw.textlength(text, font=font)) / 2, 3), text, fill=TEXT, font=font)
         _scale_bar(canvas, draw, font, values, left, TITLE_HEIGHT + ph, pw)
@@ -116,7 +119,7 @@ def panel_row(
     return canvas
 
 
-def _scale_bar(canvas: Image.Image, draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont, values: np.ndarray,
+def _scale_bar(canvas: Image.Image, draw: ImageDraw.ImageDraw, font: Font, values: np.ndarray,
                left: int, top: int, width: int) -> None:
     """The panel's colour bar, from its map's min (left, black) to its max (right, yellow), numbers below."""
     lo, hi = float(values.min()), float(values.max())
@@ -151,7 +154,7 @@ def _scaled(box: Box, scale: tuple[float, float], left: int, pw: int, ph: int) -
     return left + x0, TITLE_HEIGHT + y0, left + x1, TITLE_HEIGHT + y1
 
 
-def _legend(draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont, colors: dict, top: int) -> None:
+def _legend(draw: ImageDraw.ImageDraw, font: Font, colors: dict[str, tuple[int, int, int]], top: int) -> None:
     x = 4
     for label, color in colors.items():
         draw.rectangle((x, top + 4, x + 10, top + 14), fill=color)
@@ -159,7 +162,7 @@ def _legend(draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont, colors: dict, 
         x += 24 + round(draw.textlength(label, font=font))
 
 
-def _fit(draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont, text: str, width: int) -> str:
+def _fit(draw: ImageDraw.ImageDraw, font: Font, text: str, width: int) -> str:
     """``text``, cut short with an ellipsis if it would overflow its panel."""
     if draw.textlength(text, font=font) <= width - 4:
         return text
@@ -169,5 +172,5 @@ def _fit(draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont, text: str, width:
 
 
 @cache
-def _font() -> ImageFont.ImageFont:
+def _font() -> Font:
     return ImageFont.load_default(size=_FONT_SIZE)

@@ -12,7 +12,7 @@ import datetime as dt
 import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import pyarrow.compute as pc
@@ -37,11 +37,43 @@ _AXES = {
 }
 
 
+class ExpertVersion(TypedDict):
+    """One of the two versions compared, as ``_drift.json`` names it."""
+
+    class_name: str
+    version: str
+    sha256: str
+
+
+class DriftReport(TypedDict):
+    """The content of ``_drift.json``: the run, the threshold and alert, and ``drift_measures.summarize``'s
+    statistics (``images`` .. ``top``), in the order written."""
+
+    kind: str
+    output: str
+    old: ExpertVersion
+    new: ExpertVersion
+    alpha: float
+    primary_measure: str
+    threshold: float
+    drifted_when: str
+    max_drift_share: float
+    alert: bool
+    errors: int
+    images: int
+    drifted: int
+    drifted_share: float
+    measures: dict[str, dict[str, float | None]]
+    top: list[dict[str, Any]]
+    page: str
+    created_at: str
+
+
 def summarize(
     output: str, threshold: float = drift_measures.DRIFT_THRESHOLD,
     max_drift_share: float = drift_measures.MAX_DRIFT_SHARE,
     top_k: int = drift_measures.TOP_K,
-) -> dict[str, Any]:
+) -> DriftReport:
     """Summarize the drift rows in ``output``: write the page, then ``_drift.json``; returns the JSON's content.
 
     ``alert`` is true when the share of drifted images (``drift_measures.PRIMARY_MEASURE`` below
@@ -54,13 +86,14 @@ def summarize(
     ok = table.filter(pc.equal(table.column("status"), "ok"))
     rows = {name: ok.column(name).to_numpy(zero_copy_only=False) for name in ("uri", *drift_measures.MEASURES, *LISTED)}
     stats = drift_measures.summarize(rows, threshold, top_k)
-    old, new = ({"class_name": e.class_name, "version": e.version, "sha256": e.sha256} for e in spec.experts)
-    summary = {
+    old, new = (ExpertVersion(class_name=e.class_name, version=e.version, sha256=e.sha256) for e in spec.experts)
+    summary: DriftReport = {
         "kind": DRIFT.kind, "output": output, "old": old, "new": new, "alpha": spec.alpha,
         "primary_measure": drift_measures.PRIMARY_MEASURE, "threshold": threshold,
         "drifted_when": f"{drift_measures.PRIMARY_MEASURE} < {threshold:g}",
         "max_drift_share": max_drift_share, "alert": stats["drifted_share"] > max_drift_share,
-        "errors": table.num_rows - ok.num_rows, **stats,
+        "errors": table.num_rows - ok.num_rows, "images": stats["images"], "drifted": stats["drifted"],
+        "drifted_share": stats["drifted_share"], "measures": stats["measures"], "top": stats["top"],
         "page": storage.join(output, PAGE_DIR, "index.html"),
         "created_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
     }
@@ -69,7 +102,7 @@ def summarize(
     return summary
 
 
-def _write_page(output: str, summary: dict[str, Any], spec: RunSpec, rows: dict[str, np.ndarray]) -> None:
+def _write_page(output: str, summary: DriftReport, spec: RunSpec, rows: dict[str, np.ndarray]) -> None:
     """``<output>/_report/``, built in place, or in a temporary folder and uploaded for s3://."""
     if not storage.is_s3(output):
         shutil.rmtree(Path(output) / PAGE_DIR, ignore_errors=True)  # no figures of an earlier summary
@@ -82,7 +115,7 @@ def _write_page(output: str, summary: dict[str, Any], spec: RunSpec, rows: dict[
                 storage.write_bytes(storage.join(output, PAGE_DIR, path.relative_to(tmp).as_posix()), path.read_bytes())
 
 
-def _page(output: str, summary: dict[str, Any], spec: RunSpec, rows: dict[str, np.ndarray], out: Path) -> None:
+def _page(output: str, summary: DriftReport, spec: RunSpec, rows: dict[str, np.ndarray], out: Path) -> None:
     old, new = summary["old"], summary["new"]
     report = Report(out, f"dualcam drift: {old['class_name']} {old['version']} to {new['version']}")
     report.heading("Run")
@@ -123,7 +156,7 @@ def _page(output: str, summary: dict[str, Any], spec: RunSpec, rows: dict[str, n
 
 
 def _figures(
-    report: Report, output: str, summary: dict[str, Any], spec: RunSpec, names: dict[str, str],
+    report: Report, output: str, summary: DriftReport, spec: RunSpec, names: dict[str, str],
 ) -> list[str]:
     """The figure triple of each top image, in rank order, captioned with its name in ``names``;
     ``uri: reason`` of images that could not be read."""

@@ -22,7 +22,7 @@ import torch
 from dualcam.io.labelled import read_boxes
 from dualcam.io.results import RUN_FILE, read_results, read_run_spec, to_numpy
 from dualcam.maps import localization
-from dualcam.maps.kernel import ALPHAS, KERNEL_ORIGIN, KERNELS, check_alphas, get_kernel, overlap, sharpen
+from dualcam.maps.kernel import ALPHAS, KERNELS, Kernel, check_alphas, get_kernel, overlap, sharpen
 from dualcam.maps.metrics import binary_metrics, roc_auc
 from dualcam.maps.regions import Box
 
@@ -34,6 +34,10 @@ EVALUATION_FILE = "_evaluation.json"
 _CHUNK = 64
 
 
+MapMaker = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""(CAM1, CAM2, targets) -> the map to localize."""
+
+
 @dataclass(frozen=True)
 class MapKind:
     """One row of the localization table: how to make its map from (cam1, cam2, F1 targets)."""
@@ -41,7 +45,15 @@ class MapKind:
     name: str
     origin: str
     alpha: float | None
-    make: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    make: MapMaker
+
+
+def _kernel_at(kernel: Kernel, alpha: float) -> MapMaker:
+    return lambda c1, c2, t: kernel(c1, c2, alpha)
+
+
+def _sharpened_at(alpha: float) -> MapMaker:
+    return lambda c1, c2, t: sharpen(c1, alpha)
 
 
 def map_kinds(alphas: Sequence[float], kernels: Sequence[str]) -> list[MapKind]:
@@ -49,13 +61,12 @@ def map_kinds(alphas: Sequence[float], kernels: Sequence[str]) -> list[MapKind]:
     kinds = [MapKind("CAM1", "expert 1", None, lambda c1, c2, t: c1),
              MapKind("CAM2", "expert 2", None, lambda c1, c2, t: c2)]
     for name in kernels:
-        kernel = get_kernel(name)
-        kinds += [MapKind(name, KERNEL_ORIGIN[name], a, lambda c1, c2, t, k=kernel, a=a: k(c1, c2, a)) for a in alphas]
-    kinds += [MapKind("CAM1 sharpened", "reference: exp(alpha*CAM1/max)", a, lambda c1, c2, t, a=a: sharpen(c1, a))
-              for a in alphas]
+        entry = KERNELS[name]
+        kinds += [MapKind(name, entry.origin, a, _kernel_at(entry.function, a)) for a in alphas]
+    kinds += [MapKind("CAM1 sharpened", "reference: exp(alpha*CAM1/max)", a, _sharpened_at(a)) for a in alphas]
     kinds += [MapKind("uniform", "reference: knows nothing", None, lambda c1, c2, t: torch.ones_like(c1)),
               MapKind("F1 box pooled", "reference: best at this grid", None,
-                      lambda c1, c2, t: localization.pooled(t, tuple(c1.shape[-2:])))]
+                      lambda c1, c2, t: localization.pooled(t, (c1.shape[-2], c1.shape[-1])))]
     return kinds
 
 

@@ -96,7 +96,7 @@ class Report:
 
         groups = {str(k): np.asarray(v, np.float64)[np.isfinite(v)] for k, v in values.items()}
         every = np.concatenate([v for v in groups.values()] or [np.zeros(0)])
-        edges = np.histogram_bin_edges(every, bins=bins, range=value_range or _span(every))
+        edges = np.histogram_bin_edges(every, bins=bins, range=value_range or _span(every)).tolist()
         fig = Figure(figsize=(6.0, 3.2), dpi=100, layout="constrained")
         ax = fig.add_subplot()
         for i, (label, v) in enumerate(groups.items()):

@@ -25,7 +25,7 @@ from dualcam.io import storage
 from dualcam.io.imaging import DecodeError, decode_image
 from dualcam.io.labelled import read_boxes
 from dualcam.io.results import ExpertId, RunSpec, read_results, read_run_spec, to_numpy
-from dualcam.maps.kernel import ALPHAS, KERNEL_ORIGIN, check_alphas, get_kernel, overlap
+from dualcam.maps.kernel import ALPHAS, KERNELS, check_alphas, get_kernel, overlap
 from dualcam.maps.regions import Box
 from dualcam.reports.drawing import DEFAULT_SIDE, panel_row
 from dualcam.reports.html_page import Report, format_value, short_names
@@ -83,7 +83,45 @@ def render_results(
     results, an unknown kernel, bad ``n`` or ``alphas``, unreadable boxes or evaluation, all before
     anything is drawn; an image that cannot be decoded is skipped and named in ``skipped``.
     """
-    get_kernel(kernel)  # an unknown name fails before any reading
+    _check_arguments(out, n=n, alphas=alphas, kernel=kernel, review=review)
+    table, ok, spec = _read_scored(results)
+    boxes_by_uri = read_boxes(boxes) if boxes else {}
+    evaluated = _read_evaluation(evaluation) if evaluation else None
+
+    report = Report(out, f"dualcam report: {results}")
+    report.heading("Run")
+    report.table(_run_rows(results, table, ok, spec, kernel, alphas))
+    chosen, how = choose_rows(ok, n)
+    listed, review_how = review_rows(ok, review, spec.first.class_name) if review else (None, "")
+    # one naming for the whole page: figures and review list alike
+    names, root = short_names(chosen.column("uri").to_pylist()
+                              + (listed.column("uri").to_pylist() if listed is not None else []))
+    report.heading("Figures")
+    report.paragraph(how + (f" Image paths are relative to {root}." if root else ""))
+    report.paragraph(PANEL_NOTE)
+    drawn, skipped = _draw(report, chosen, names, spec, kernel, alphas, boxes_by_uri, side)
+    if skipped:
+        report.paragraph("Skipped: " + "; ".join(skipped))
+    reviewed = 0
+    if listed is not None:
+        report.heading(f"Review: {spec.first.class_name} calls that rest on evidence expert 2 also claims")
+        report.paragraph(review_how)
+        if listed.num_rows:
+            report.table([{"rank": i + 1, **row, "uri": names[row["uri"]]} for i, row in enumerate(
+                listed.select(["uri", *_optional(listed, "label"), "p1", "p2", "overlap"]).to_pylist())])
+        reviewed, missed = _draw(report, listed, names, spec, kernel, (), boxes_by_uri, side, prefix="review-")
+        if missed:
+            report.paragraph("Skipped: " + "; ".join(missed))
+        skipped += [line for line in missed if line not in skipped]
+    _add_scores(report, ok, spec)
+    if evaluation is not None and evaluated is not None:
+        _add_evaluation(report, evaluation, evaluated)
+    return Rendered(report.write(), drawn, 2 * drawn + reviewed + 2, skipped, reviewed)
+
+
+def _check_arguments(out: str | Path, *, n: int, alphas: Sequence[float], kernel: str, review: int) -> None:
+    """``render_results``' arguments, checked before any reading."""
+    get_kernel(kernel)
     if storage.is_s3(str(out)):
         raise ValueError(f"render: the report is written to a local folder, not {out}")
     if n < 1:
@@ -91,6 +129,10 @@ def render_results(
     if review < 0:
         raise ValueError(f"render: review must be at least 0, got {review}")
     check_alphas(alphas, "render")
+
+
+def _read_scored(results: str) -> tuple[pa.Table, pa.Table, RunSpec]:
+    """(every row, the ok rows, the run's spec) of a score output; ValueError when nothing was scored."""
     spec = read_run_spec(results)
     if spec is not None and spec.kind != "score":
         raise ValueError(f"{results}: a dualcam {spec.kind} output; render draws dualcam score outputs "
@@ -101,42 +143,16 @@ def render_results(
     ok = table.filter(pc.equal(table.column("status"), "ok"))
     if ok.num_rows == 0:
         raise ValueError(f"{results}: none of its {table.num_rows} rows was scored (status ok)")
-    spec = spec or _spec_of(results, ok)
-    boxes_by_uri = read_boxes(boxes) if boxes else {}
-    evaluated = _read_evaluation(evaluation) if evaluation else None
+    return table, ok, spec or _spec_of(results, ok)
 
-    report = Report(out, f"dualcam report: {results}")
-    report.heading("Run")
-    report.table(_run_rows(results, table, ok, spec, kernel, alphas))
-    chosen, how = choose_rows(ok, n)
-    listed, review_how = review_rows(ok, review, spec.first.class_name) if review else (None, "")
-    # one naming for the whole page: figures and review list alike
-    names, root = short_names(chosen.column("uri").to_pylist() + (listed.column("uri").to_pylist() if review else []))
-    report.heading("Figures")
-    report.paragraph(how + (f" Image paths are relative to {root}." if root else ""))
-    report.paragraph(PANEL_NOTE)
-    drawn, skipped = _draw(report, chosen, names, spec, kernel, alphas, boxes_by_uri, side)
-    if skipped:
-        report.paragraph("Skipped: " + "; ".join(skipped))
-    reviewed = 0
-    if review:
-        report.heading(f"Review: {spec.first.class_name} calls that rest on evidence expert 2 also claims")
-        report.paragraph(review_how)
-        if listed.num_rows:
-            report.table([{"rank": i + 1, **row, "uri": names[row["uri"]]} for i, row in enumerate(
-                listed.select(["uri", *_optional(listed, "label"), "p1", "p2", "overlap"]).to_pylist())])
-        reviewed, missed = _draw(report, listed, names, spec, kernel, (), boxes_by_uri, side, prefix="review-")
-        if missed:
-            report.paragraph("Skipped: " + "; ".join(missed))
-        skipped += [line for line in missed if line not in skipped]
+
+def _add_scores(report: Report, ok: pa.Table, spec: RunSpec) -> None:
+    """The histograms of p1 and p2, per label where the rows carry one."""
     report.heading("Scores")
     per_label = ", per label" if "label" in ok.column_names else ""
     for i, expert in enumerate((spec.first, spec.second), 1):
         report.histogram(_by_label(ok, f"p{i}"), f"p{i}", f"p{i} of the {ok.num_rows} scored rows{per_label}",
                          f"p{i}: expert {i}'s probability of {expert.class_name}", value_range=(0.0, 1.0))
-    if evaluated is not None:
-        _add_evaluation(report, evaluation, evaluated)
-    return Rendered(report.write(), drawn, 2 * drawn + reviewed + 2, skipped, reviewed)
 
 
 def choose_rows(ok: pa.Table, n: int) -> tuple[pa.Table, str]:
@@ -226,8 +242,8 @@ def _spec_of(results: str, ok: pa.Table) -> RunSpec:
     if "c1_class" not in ok.column_names:
         raise ValueError(f"{results}: not a dualcam score output (no _run.json and no c1_class column)")
     row = ok.slice(0, 1).to_pylist()[0]
-    experts = [ExpertId(row[f"c{i}_class"], row[f"c{i}_version"], row[f"c{i}_sha256"]) for i in (1, 2)]
-    return RunSpec(*experts, float(row["alpha"]), int(row["schema_version"]))
+    c1, c2 = (ExpertId(row[f"c{i}_class"], row[f"c{i}_version"], row[f"c{i}_sha256"]) for i in (1, 2))
+    return RunSpec(c1, c2, float(row["alpha"]), int(row["schema_version"]))
 
 
 def _run_rows(
@@ -239,7 +255,7 @@ def _run_rows(
         "expert 1 (class of interest)": _identity(spec.first),
         "expert 2 (overlapping class)": _identity(spec.second),
         "alpha of the run": spec.alpha,
-        "kernel": f"{kernel}: {KERNEL_ORIGIN[kernel]}",
+        "kernel": f"{kernel}: {KERNELS[kernel].origin}",
         "alphas of the strips": ", ".join(f"{a:g}" for a in alphas),
         "schema version": spec.schema_version,
     }

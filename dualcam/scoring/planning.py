@@ -146,7 +146,7 @@ class Rates:
     model_per_cpu: float | None = None
     measured: str = "given"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in ("decode_per_cpu", "model_per_gpu", "model_per_cpu"):
             value = getattr(self, name)
             if value is not None and not value > 0:

@@ -168,13 +168,15 @@ class PairScorer:
         self.meta = self.experts[0].meta
         self.spec = RunSpec.of(self.layout, self.experts[0].meta, self.experts[1].meta, self.alpha, self.precision)
         for expert in self.experts:
-            expert.model.to(self.device, memory_format=torch.channels_last).eval()
+            # Module.to's stubs take memory_format only alone: the same as one call with both
+            expert.model.to(self.device).to(memory_format=torch.channels_last).eval()
         self.decoder = device_decode.DeviceDecoder(self.meta, self.device)
         self.max_rows: int | None = None
         """Most images per forward pass: None until the device runs out of memory, then what fitted."""
         size = self.meta.input_size
         # (h, w) of the CAMs, from the network itself (the stride arithmetic differs by arch).
-        self.grid: tuple[int, int] = tuple(self.forward(torch.zeros(1, 3, size, size))[1].shape[-2:])
+        grid_h, grid_w = self.forward(torch.zeros(1, 3, size, size))[1].shape[-2:]
+        self.grid: tuple[int, int] = (grid_h, grid_w)
         # The pipeline runs two calls per actor at once so that one batch loads while another is
         # scored; two forward passes at once would only share (and oversubscribe) the same threads.
         self._scoring = threading.Lock()
@@ -237,8 +239,8 @@ class PairScorer:
         inputs: list[torch.Tensor | None] = [None] * batch.num_rows
         if ok.any():  # own copy: Arrow's buffers are read-only
             loaded = torch.tensor(to_numpy(batch.column("pixels").filter(pa.array(ok)))).to(self.device)
-            for i, x in zip(np.flatnonzero(ok), loaded):
-                inputs[i] = x
+            for at, x in zip(np.flatnonzero(ok), loaded):
+                inputs[at] = x
         data = batch.column("data").to_pylist() if "data" in batch.column_names else []
         pending = [i for i, d in enumerate(data) if d is not None]
         if pending:
@@ -247,7 +249,12 @@ class PairScorer:
             for i, decoded in zip(pending, self.decoder([data[i] for i in pending])):
                 if decoded is None:  # refused by the device: the CPU path, which names the problem if it has one
                     row = _decoded(uris[i], data[i], self.meta)
-                    decoded, errors[i] = (None, row.error) if row.error else ((torch.from_numpy(row.x), row.size), None)
+                    if row.error:
+                        errors[i] = row.error
+                    elif row.x is None or row.size is None:  # never: _decoded gives an image and its size, or an error
+                        raise ValueError(f"{uris[i]}: decoded to no image")
+                    else:
+                        decoded, errors[i] = (torch.from_numpy(row.x), row.size), None
                 if decoded is not None:
                     inputs[i], (heights[i], widths[i]) = decoded[0].to(self.device), decoded[1]
                     ok[i] = True
@@ -398,9 +405,11 @@ def score_images(
     device_jpeg = scorer.device.type == "cuda" if device_jpeg is None else device_jpeg
     batches = [pa.table({"uri": pa.array(list(uris[start:start + batch_size]), pa.string())})
                for start in range(0, len(uris), batch_size)]
+    if not batches:
+        raise ValueError("score_images: no URIs to score")
     tables = []
     with ThreadPoolExecutor(1) as loader:
-        next_batch = loader.submit(load_images, batches[0], scorer.meta, device_jpeg=device_jpeg) if batches else None
+        next_batch = loader.submit(load_images, batches[0], scorer.meta, device_jpeg=device_jpeg)
         for following in [*batches[1:], None]:
             loaded = next_batch.result()
             if following is not None:

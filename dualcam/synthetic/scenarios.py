@@ -273,8 +273,8 @@ def write_overlap_dataset(out: str, n: int, size: int = 96, seed: int = 0,
             for column, value in zip(("uri", "label", "split"), (uri, label, split)):
                 manifest[column].append(value)
             for box in features:
-                for column, value in zip(BOX_COLUMNS, (uri, box.x, box.y, box.w, box.h, box.kind)):
-                    boxes[column].append(value)
+                for column, cell in zip(BOX_COLUMNS, (uri, box.x, box.y, box.w, box.h, box.kind)):
+                    boxes[column].append(cell)
     paths = storage.join(out, MANIFEST_FILE), storage.join(out, BOXES_FILE)
     for path, columns in zip(paths, (manifest, boxes)):
         buf = io.BytesIO()
