@@ -65,13 +65,6 @@ def xray_samples(request) -> XraySamples:
     return request.param
 
 
-def _free_port() -> int:
-    """A TCP port free on 127.0.0.1 now, for a server a test starts."""
-    from dualcam.bench.s3server import free_port
-
-    return free_port()
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """moto's S3 server on 127.0.0.1 with the standard AWS variables pointing at it.
