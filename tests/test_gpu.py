@@ -13,7 +13,7 @@ from PIL import Image
 
 from dualcam import DualScorer, ExpertMeta, build_expert, forward_with_cams, model_input
 from dualcam.bench import gpu_check
-from dualcam.bench.samples import real_size_xray
+from dualcam.bench.fixtures import real_size_xray
 from dualcam.io.device_decode import DeviceDecoder, takes
 from dualcam.io.results import to_numpy
 from dualcam.maps.numerics import deviation

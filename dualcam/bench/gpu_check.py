@@ -1,11 +1,11 @@
 """``make gpu-check``, after the GPU tests: what this machine's GPU does with dualcam (README: GPU).
 
 1. the bare forward of a ResNet-18, -50 and -152 pair at 224 px in fp32, fp16 and bf16: image
-   pairs/s and peak GPU memory (``benchmark.bare_forward``, randomly initialized experts);
+   pairs/s and peak GPU memory (``speed.bare_forward``, randomly initialized experts);
 2. batched JPEG decoding on the GPU (``device_decode``) of real-size X-rays, to model inputs: images/s;
 3. the Ray pipeline end to end from local real-size JPEGs (steady-state images/s, as ``make bench``),
    and its ratio to (1) for that pair and precision;
-4. the largest heatmap difference between the GPU and the CPU at alpha 50 (``precision.deviation``,
+4. the largest heatmap difference between the GPU and the CPU at alpha 50 (``numerics.deviation``,
    max |d| / max): on the same model inputs (the forward alone), and from the same files (each
    device decoding them its own way).
 
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dualcam.bench.samples import random_experts, real_size_xray
+from dualcam.bench.fixtures import random_experts, real_size_xray
 from dualcam.bench.speed import bare_forward, steady_part
 from dualcam.io.checkpoints import ExpertMeta
 from dualcam.io.device_decode import DeviceDecoder

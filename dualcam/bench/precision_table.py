@@ -2,7 +2,7 @@
 
 Both experts score the same model inputs (``imaging.model_input`` of each file, made once) in
 every precision on one device; each run's raw CAMs are compared with the float32 run's by
-``precision.deviation``: CAM1's max error relative to its max, the heatmap's max error relative to
+``numerics.deviation``: CAM1's max error relative to its max, the heatmap's max error relative to
 its max at alpha 5 and 50 (median over images, and the worst image), and the share of images
 whose heatmap peak moved to another cell. On CPU the GPU's arithmetic is emulated: fp16 and bf16
 by torch's CPU autocast (the same casts around each convolution as on CUDA, other kernels), and
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dualcam.bench.samples import random_experts
+from dualcam.bench.fixtures import random_experts
 from dualcam.io.checkpoints import load_meta, resolve_expert
 from dualcam.io.imaging import IMAGE_SUFFIXES, model_input
 from dualcam.maps.numerics import DEFAULT_PRECISION, PRECISIONS, deviation
@@ -40,7 +40,7 @@ def measure(
     experts: tuple[str, str], files: Sequence[str | Path], device: str = "cpu",
     precisions: Sequence[str] = PRECISIONS, batch_size: int = 16, alphas: Sequence[float] = ALPHAS,
 ) -> dict[str, dict[str, np.ndarray]]:
-    """Per precision, ``precision.deviation`` of its maps from float32's on ``files``: per-image arrays."""
+    """Per precision, ``numerics.deviation`` of its maps from float32's on ``files``: per-image arrays."""
     scorers = {p: DualScorer(*experts, device=device, precision=p) for p in {DEFAULT_PRECISION, *precisions}}
     if "tf32" in scorers and scorers["tf32"].device.type == "cpu":
         for expert in scorers["tf32"].experts:

@@ -41,8 +41,8 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
+from dualcam.bench.fixtures import real_size_xray
 from dualcam.bench.s3server import MotoServer
-from dualcam.bench.samples import real_size_xray
 from dualcam.distributed.connect import connect
 from dualcam.distributed.pipeline import score_archive
 from dualcam.io import storage

@@ -1,8 +1,8 @@
 """The Ray layer for scoring archives: Ray Data plumbing around ``dualcam.scoring.scorers``.
 
-With ``training`` and ``raycluster``, the only modules that import Ray, and only inside functions,
-so that ``import dualcam`` works where Ray is absent. Its options are one ``ArchiveOptions``
-(``dualcam.scoring.archive_options``). The pipeline reads top to bottom::
+Like the rest of the Ray layer (``dualcam.distributed``), the only code that imports Ray, it does so
+inside functions only (type names aside), so that ``import dualcam`` works where Ray is absent. Its
+options are one ``ArchiveOptions`` (``dualcam.scoring.archive_options``). The pipeline reads top to bottom::
 
     from_arrow(uris) -> map_batches(load_images)                   read + decode + preprocess, CPU
                      -> map_batches(DualScorer, ActorPoolStrategy)  both experts, GPU if any

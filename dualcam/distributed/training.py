@@ -11,7 +11,7 @@ workers'. Every epoch reports train loss and validation and test metrics with a 
 Ray keeps the best by validation accuracy (and the latest, for resuming). The test metrics of
 the best epoch are the expert's reported test performance: selection looks at validation only.
 
-Ray is imported inside functions only (``raycluster``), as in ``pipeline``.
+Ray is imported inside functions only (``connect``), as in ``pipeline``.
 """
 
 from __future__ import annotations

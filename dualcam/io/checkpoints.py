@@ -128,9 +128,7 @@ def build_expert(arch: str, weights: str | None = None, output_stride: int = 32)
     arch, either ImageNet's 1000-class one (for clusters without internet) or a 2-output one.
 
     ``output_stride`` 16 (ResNets only) gives a finer CAM grid with the same parameters, so any
-    ResNet weights still load: bottleneck ResNets (50/101/152) use torchvision's
-    ``replace_stride_with_dilation`` on the last stage; resnet18/34, whose BasicBlock has no
-    dilation in torchvision, run their last stage at stride 1 without dilation.
+    ResNet weights still load (how: ``dualcam.maps.architectures``).
     """
     check_output_stride(arch, output_stride)
     if weights in (None, "none"):

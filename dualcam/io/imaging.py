@@ -159,7 +159,7 @@ def _check_size(name: str, width: int, height: int, max_pixels: int) -> None:
         raise DecodeError(
             name,
             f"header claims {width} x {height} pixels, over the limit of {max_pixels} "
-            "(dualcam.io.imaging.MAX_PIXELS): refusing a possible decompression bomb",
+            "(dualcam.MAX_PIXELS): refusing a possible decompression bomb",
         )
 
 

@@ -40,6 +40,7 @@ def skipped_files(skipped: Sequence[str]) -> str:
 
 
 def is_manifest(uri: str) -> bool:
+    """Whether ``uri`` names a manifest (CSV or Parquet) rather than a folder, prefix or image."""
     return uri.lower().endswith(MANIFEST_SUFFIXES)
 
 
@@ -166,6 +167,7 @@ _CHUNK = 65_536
 
 
 def refuse_duplicates(uris: pa.ChunkedArray, manifest: str) -> None:
+    """ValueError naming how many URIs ``manifest`` lists more than once, and one of them."""
     repeated = duplicates(uris)
     if repeated:
         raise ValueError(f"{manifest}: {repeated[0]} URIs are listed more than once, e.g. {repeated[1]}")
@@ -198,13 +200,13 @@ _NOT_PLAIN = r"(^|/)\.{1,2}(/|$)|//|/$"
 
 
 def resolve_uris(entries: pa.Array | pa.ChunkedArray, manifest: str) -> pa.Array:
-    """Each manifest entry made absolute as ``resolve`` does, in Arrow: s3:// URIs and absolute paths
-    as they are, plain relative paths joined onto the manifest's folder, and the few entries with
-    ``.``/``..``/empty parts through ``resolve`` itself, so that both always agree."""
+    """Each manifest entry made absolute as ``resolve_entry`` does, in Arrow: s3:// URIs and absolute
+    paths as they are, plain relative paths joined onto the manifest's folder, and the few entries
+    with ``.``/``..``/empty parts through ``resolve_entry`` itself, so that both always agree."""
     if isinstance(entries, pa.ChunkedArray):
         entries = entries.combine_chunks()
     absolute = pc.or_(pc.starts_with(entries, "s3://"), pc.starts_with(entries, "/"))
-    folder = resolve("x", manifest)[:-1]  # what resolve puts before a plain name
+    folder = resolve_entry("x", manifest)[:-1]  # what resolve_entry puts before a plain name
     if not pc.any(absolute).as_py():  # one copy, not two: if_else would copy what was joined
         joined = pc.binary_join_element_wise(folder, entries, "")
     elif pc.all(absolute).as_py():
@@ -214,11 +216,13 @@ def resolve_uris(entries: pa.Array | pa.ChunkedArray, manifest: str) -> pa.Array
     odd = pc.and_not(pc.match_substring_regex(entries, _NOT_PLAIN), absolute)
     if not pc.any(odd).as_py():
         return joined
-    fixed = [resolve(entry, manifest) for entry in entries.filter(odd).to_pylist()]
+    fixed = [resolve_entry(entry, manifest) for entry in entries.filter(odd).to_pylist()]
     return pc.replace_with_mask(joined, odd, pa.array(fixed, pa.string()))
 
 
-def resolve(entry: str, manifest: str) -> str:
+def resolve_entry(entry: str, manifest: str) -> str:
+    """One manifest entry made absolute: s3:// URIs and absolute paths as they are, others relative
+    to the manifest's folder (on S3, its prefix)."""
     if storage.is_s3(entry) or PurePosixPath(entry).is_absolute():
         return entry
     if storage.is_s3(manifest):

@@ -15,7 +15,14 @@ import pyarrow as pa
 
 from dualcam.io import storage
 from dualcam.io.imaging import is_image_name
-from dualcam.io.inputs import is_manifest, read_manifest, read_table, refuse_duplicates, resolve, with_absolute_uris
+from dualcam.io.inputs import (
+    is_manifest,
+    read_manifest,
+    read_table,
+    refuse_duplicates,
+    resolve_entry,
+    with_absolute_uris,
+)
 from dualcam.maps.regions import Box
 
 BOX_COLUMNS = ("uri", "x", "y", "w", "h", "kind")
@@ -111,7 +118,7 @@ def _read_covid_collection(table: pa.Table, uri: str, views: Sequence[str]) -> L
         else:
             # 'COVID-19, ARDS' in older releases, 'Pneumonia/Viral/COVID-19' in newer ones
             label = "COVID-19" if "COVID-19" in [f.strip() for f in re.split(r"[,/]", finding)] else finding
-            kept.append({"uri": resolve(f"{row.get('folder') or 'images'}/{row['filename']}", uri),
+            kept.append({"uri": resolve_entry(f"{row.get('folder') or 'images'}/{row['filename']}", uri),
                          "label": label, "patient_id": str(row["patientid"])})
     schema = pa.schema([("uri", pa.string()), ("label", pa.string()), ("patient_id", pa.string())])
     table = pa.Table.from_pylist(kept, schema=schema)

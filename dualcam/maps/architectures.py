@@ -107,7 +107,8 @@ def family_of(model: nn.Module) -> Family:
             return entry
     supported = dict.fromkeys(entry.model_class.__name__ for entry in ARCHITECTURES.values())
     raise TypeError(
-        f"forward_with_cams supports torchvision {' and '.join(supported)} models, not {type(model).__name__}"
+        f"dualcam supports torchvision {' and '.join(supported)} models (a CAM needs their known head), "
+        f"not {type(model).__name__}"
     )
 
 

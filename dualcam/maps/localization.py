@@ -14,7 +14,7 @@ boxes per image (an image may hold several lesions of one kind), as a (B, H, W) 
 
 And how alike two maps are, whatever their scale: ``cam_correlation``, the Pearson correlation of
 two CAMs over the grid cells (CAM1 against CAM2 in ``evaluation``; an expert's old and new version
-in ``drift``). A map is constant when its std is at most ``CONSTANT_STD`` of its largest magnitude
+in ``drift_measures``). A map is constant when its std is at most ``CONSTANT_STD`` of its largest magnitude
 (all-zero included): two constant maps correlate at 1 (neither prefers a place), one at 0.
 """
 

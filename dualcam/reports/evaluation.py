@@ -61,8 +61,8 @@ def map_kinds(alphas: Sequence[float], kernels: Sequence[str]) -> list[MapKind]:
     kinds = [MapKind("CAM1", "expert 1", None, lambda c1, c2, t: c1),
              MapKind("CAM2", "expert 2", None, lambda c1, c2, t: c2)]
     for name in kernels:
-        entry = KERNELS[name]
-        kinds += [MapKind(name, entry.origin, a, _kernel_at(entry.function, a)) for a in alphas]
+        kernel = get_kernel(name)  # ValueError naming the known ones
+        kinds += [MapKind(name, KERNELS[name].origin, a, _kernel_at(kernel, a)) for a in alphas]
     kinds += [MapKind("CAM1 sharpened", "reference: exp(alpha*CAM1/max)", a, _sharpened_at(a)) for a in alphas]
     kinds += [MapKind("uniform", "reference: knows nothing", None, lambda c1, c2, t: torch.ones_like(c1)),
               MapKind("F1 box pooled", "reference: best at this grid", None,

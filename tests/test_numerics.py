@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from dualcam.bench.fixtures import random_experts
 from dualcam.bench.precision_table import _to_tf32, measure, table
-from dualcam.bench.samples import random_experts
 from dualcam.io.results import SCORE, ExpertId, RunSpec
 from dualcam.jobspec import load_spec
 from dualcam.maps.numerics import PRECISIONS, computing_in, deviation
