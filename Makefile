@@ -14,10 +14,12 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# ruff, then mypy (pyproject.toml's [tool.mypy]: every function annotated, calls checked across modules).
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
-# Lint first: CI runs make test, then make faults.
+# Lint (ruff and mypy) first: CI runs make test, then make faults.
 test: lint
 	$(BIN)/python -m pytest
 
@@ -42,24 +44,25 @@ experiment: venv
 # loading costs and the pipeline on real-size files (README: Speed, Actors on CPUs).
 BENCH_ARGS ?=
 bench: venv
-	$(BIN)/python -m dualcam.benchmark $(BENCH_ARGS)
+	$(BIN)/python -m dualcam.bench.speed $(BENCH_ARGS)
 
 # The driver's start-up (inputs, resume, blocks) at 10^4 to 10^6 inputs and listing a 50,000-object
 # moto tree, by one paginator and by storage.list_uris (about 19 minutes on this 2-core VM while other jobs loaded it, most of it moto's).
 SCALE_ARGS ?=
 scale: venv
-	$(BIN)/python -m dualcam.scale_benchmark $(SCALE_ARGS)
+	$(BIN)/python -m dualcam.bench.scale $(SCALE_ARGS)
 
 # The error each precision causes against float32 (README: Precision); on CPU, autocast emulates the GPU.
 PRECISION_ARGS ?=
 precision: venv
-	$(BIN)/python -m dualcam.precision_table $(PRECISION_ARGS)
+	$(BIN)/python -m dualcam.bench.precision_table $(PRECISION_ARGS)
 
 # On a GPU machine: the GPU tests, then forward, decode and pipeline rates and GPU-against-CPU heatmaps
 # (README: GPU). Without CUDA both say so and skip.
+GPU_CHECK_ARGS ?=
 gpu-check: venv
 	$(BIN)/python -m pytest -m gpu -rs tests/test_gpu.py
-	$(BIN)/python -m dualcam.gpu_check $(GPU_CHECK_ARGS)
+	$(BIN)/python -m dualcam.bench.gpu_check $(GPU_CHECK_ARGS)
 
 # A job spec to a Ray cluster: make submit JOB=jobs/examples/score.yaml RAY_ADDRESS=http://HEAD:8265
 # The spec's `job:` key picks the entrypoint, jobs/<job>.py; the spec is checked here before upload.
@@ -73,4 +76,4 @@ submit: venv
 		-- python $$entrypoint '$(JOB)'
 
 clean:
-	rm -rf $(VENV) $(DEMO) $(EXPERIMENT) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(DEMO) $(EXPERIMENT) *.egg-info .pytest_cache .ruff_cache .mypy_cache

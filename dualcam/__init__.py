@@ -4,8 +4,8 @@ The public API is re-exported here. Nothing in this package imports Ray except t
 so ``import dualcam`` and the scorer work where Ray is not installed.
 """
 
-from dualcam.cam import forward_with_cams, upsample
-from dualcam.experts import (
+from dualcam.distributed.pipeline import DriftSummary, ScoreSummary, drift_archive, score_archive
+from dualcam.io.checkpoints import (
     POSITIVE_INDEX,
     SUPPORTED_ARCHS,
     CheckpointError,
@@ -16,11 +16,11 @@ from dualcam.experts import (
     load_meta,
     save_expert,
 )
-from dualcam.imaging import MAX_PIXELS, DecodeError, decode_image, model_input, preprocess
-from dualcam.kernel import addk
-from dualcam.pipeline import DriftSummary, ScoreSummary, drift_archive, score_archive
-from dualcam.results import read_results
-from dualcam.scoring import DriftScorer, DualScorer
+from dualcam.io.imaging import MAX_PIXELS, DecodeError, decode_image, model_input, preprocess
+from dualcam.io.results import read_results
+from dualcam.maps.cam import forward_with_cams, upsample
+from dualcam.maps.kernel import addk
+from dualcam.scoring.scorers import DriftScorer, DualScorer
 
 __version__ = "0.1.0"
 

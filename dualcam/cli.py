@@ -11,6 +11,7 @@ import argparse
 import re
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from dualcam.commands import (
     decode,
@@ -48,7 +49,7 @@ class Parser(argparse.ArgumentParser):
     dualcam starts with a minus and a digit, so nothing else changes. (Sub-parsers are of the same class.)
     """
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._negative_number_matcher = NEGATIVE_VALUE  # argparse's own test, widened (same name since 3.2)
 

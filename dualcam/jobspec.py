@@ -30,9 +30,9 @@ from typing import Any
 
 import yaml
 
-from dualcam import storage
 from dualcam.commands import drift, score, train
 from dualcam.commands.common import exit_status, options_of
+from dualcam.io import storage
 
 JOBS: dict[str, ModuleType] = {"score_archive": score, "train_experts": train, "detect_drift": drift}
 """Job name -> the command it runs (``dualcam.commands``); ``jobs/<name>.py`` is its Ray job entrypoint."""

@@ -8,7 +8,6 @@ import contextlib
 import functools
 import os
 import shutil
-import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,48 +65,33 @@ def xray_samples(request) -> XraySamples:
     return request.param
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """moto's S3 server on 127.0.0.1 with the standard AWS variables pointing at it.
 
     boto3 (and pyarrow, Ray) then reach it through plain s3:// URIs, as they would AWS or MinIO.
     """
-    from moto.server import ThreadedMotoServer
+    from dualcam.bench.s3server import MotoServer
+    from dualcam.io import storage
 
-    from dualcam import storage
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    storage.s3_client.cache_clear()
-    yield env["AWS_ENDPOINT_URL"]
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    storage.s3_client.cache_clear()
-    server.stop()
+    with MotoServer() as server:
+        env = server.env
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        storage.s3_client.cache_clear()
+        yield server.endpoint
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        storage.s3_client.cache_clear()
 
 
 @pytest.fixture
 def s3_bucket(s3_endpoint, request) -> str:
     """A fresh bucket for one test; returns its s3:// URI."""
-    from dualcam import storage
+    from dualcam.io import storage
 
     name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50].strip("-")
     storage.s3_client().create_bucket(Bucket=name)
@@ -129,19 +113,31 @@ def ray_cluster(s3_endpoint):
     ray.shutdown()
 
 
-def write_untrained_experts(root: Path, input_size: int) -> tuple[str, str]:
-    """Two untrained resnet18 experts (COVID-19, pneumonia; seed 0) saved under ``root``: their URIs."""
+def write_untrained_experts(root: Path, input_size: int, archs: tuple[str, str] = ("resnet18", "resnet18"),
+                            ) -> tuple[str, str]:
+    """Two untrained experts (COVID-19, pneumonia; of ``archs``; seed 0) saved under ``root``: their URIs."""
     import torch
 
     from dualcam import build_expert, save_expert
 
     torch.manual_seed(0)
     uris = []
-    for name in ("COVID-19", "pneumonia"):
+    for arch, name in zip(archs, ("COVID-19", "pneumonia")):
         uri = str(root / name)
-        save_expert(build_expert("resnet18"), uri, {"arch": "resnet18", "class_name": name, "input_size": input_size})
+        save_expert(build_expert(arch), uri, {"arch": arch, "class_name": name, "input_size": input_size})
         uris.append(uri)
     return uris[0], uris[1]
+
+
+@pytest.fixture(scope="module")
+def experts(request, tmp_path_factory) -> tuple[str, str]:
+    """``write_untrained_experts`` once per test module, at the module's ``INPUT_SIZE``; of its
+    ``EXPERT_ARCHS`` when it has them (default two resnet18)."""
+    module = request.module
+    if not hasattr(module, "INPUT_SIZE"):
+        raise pytest.UsageError(f"{module.__name__} uses the experts fixture without setting INPUT_SIZE")
+    archs = getattr(module, "EXPERT_ARCHS", ("resnet18", "resnet18"))
+    return write_untrained_experts(tmp_path_factory.mktemp("experts"), module.INPUT_SIZE, archs)
 
 
 def descendants(pid: int | None = None) -> dict[int, str]:

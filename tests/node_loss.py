@@ -29,8 +29,8 @@ def main(c1: str, c2: str, images: str, output: str) -> int:
     import ray
     from ray.cluster_utils import Cluster
 
-    from dualcam.pipeline import score_archive
-    from dualcam.results import data_files, read_results
+    from dualcam.distributed.pipeline import score_archive
+    from dualcam.io.results import data_files, read_results
 
     from conftest import descendants
 

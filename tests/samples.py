@@ -84,7 +84,7 @@ def write_labelled_folder(root, n_per_label: int, size: int = 64, seed: int = 0)
     top left, B one bottom right, normal neither; all on chest-like backgrounds."""
     from pathlib import Path
 
-    from dualcam.synthetic import synthetic_xray
+    from dualcam.synthetic.scenarios import synthetic_xray
 
     rng = np.random.default_rng(seed)
     side = size // 4
@@ -108,7 +108,7 @@ def planted_xray(rng: np.random.Generator, positive: bool, marker: bool, size: i
     """(size, size) float32 in [0, 1] for the planted-marker drift test: positives carry a bright
     lesion low in one lung; ``marker`` adds a saturated square near the top left corner, the kind of
     mark a collection process leaves."""
-    from dualcam.synthetic import synthetic_xray
+    from dualcam.synthetic.scenarios import synthetic_xray
 
     image = synthetic_xray(size, rng) * 0.7
     if positive:
@@ -125,7 +125,7 @@ def planted_xray(rng: np.random.Generator, positive: bool, marker: bool, size: i
 
 def xray_pixels(height: int, width: int, seed: int) -> np.ndarray:
     """(height, width) float32 in [0, 1]: a chest-like image (dark lungs, bright mediastinum) of any shape."""
-    from dualcam.synthetic import synthetic_xray
+    from dualcam.synthetic.scenarios import synthetic_xray
 
     square = synthetic_xray(max(height, width), np.random.default_rng(seed))
     return np.asarray(Image.fromarray(square).resize((width, height), Image.Resampling.BILINEAR), np.float32)

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from dualcam.cam import forward_with_cams, upsample
-from dualcam.experts import SUPPORTED_ARCHS, build_expert
+from dualcam.io.checkpoints import SUPPORTED_ARCHS, build_expert
+from dualcam.maps.cam import forward_with_cams, upsample
 
 
 def final_features_by_hook(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

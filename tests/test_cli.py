@@ -6,18 +6,19 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from dualcam import storage
 from dualcam.cli import build_parser, main
 from dualcam.commands.common import exit_status
 from dualcam.commands.explain import OVERLAY_SIDE
-from dualcam.drawing import BACKGROUND, MARK_COLOR, SCALE_HEIGHT, TITLE_HEIGHT
-from dualcam.synthetic import write_synthetic_xrays
+from dualcam.io import storage
+from dualcam.reports.drawing import BACKGROUND, MARK_COLOR, SCALE_HEIGHT, TITLE_HEIGHT
+from dualcam.synthetic.scenarios import write_synthetic_xrays
 
 from conftest import run_without_ray
 
@@ -210,9 +211,10 @@ def test_an_error_raised_inside_ray_is_one_line_naming_the_file_with_its_traceba
 
 def test_expert_show_takes_a_folder_of_versions_as_score_does(tmp_path):
     from dualcam import build_expert
-    from dualcam.experts import save_expert_version
+    from dualcam.io.checkpoints import save_expert_version
 
-    for _ in range(2):
+    for i in range(2):
+        time.sleep(i)  # version ids sort by their second, then by hash: the second save must be a second later
         uri, meta = save_expert_version(build_expert("resnet18"), str(tmp_path / "COVID-19"),
                                         {"arch": "resnet18", "class_name": "COVID-19", "input_size": 64})
     shown = run("expert", "show", f"{tmp_path / 'COVID-19'}/")
@@ -235,7 +237,7 @@ def test_imagenet_weights_offline_say_what_weights_also_takes(tmp_path):
 
 
 def test_a_new_local_ray_keeps_token_authentication_without_warning_about_it():
-    code = ("from dualcam.raycluster import connect\n"
+    code = ("from dualcam.distributed.connect import connect\n"
             "ray = connect(quiet=True)\n"
             "from ray._raylet import AuthenticationMode, get_authentication_mode\n"
             "print(get_authentication_mode() == AuthenticationMode.TOKEN)\n"

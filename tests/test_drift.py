@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from dualcam import DriftScorer, addk, build_expert, drift, model_input, save_expert
-from dualcam.results import DRIFT
-from dualcam.scoring import score_images
-from dualcam.synthetic import write_synthetic_xrays
+from dualcam import DriftScorer, addk, build_expert, model_input, save_expert
+from dualcam.io.results import DRIFT
+from dualcam.maps import drift_measures
+from dualcam.scoring.scorers import score_images
+from dualcam.synthetic.scenarios import write_synthetic_xrays
 
 
 def hot(*cells: tuple[int, int], size: int = 4, values: tuple[float, ...] | None = None) -> torch.Tensor:
@@ -23,26 +24,27 @@ def hot(*cells: tuple[int, int], size: int = 4, values: tuple[float, ...] | None
 
 def test_peak_shift_in_image_pixels():
     old, new = np.array([[0.0, 0.0], [10.0, 10.0]]), np.array([[3.0, 4.0], [10.0, 10.0]])
-    np.testing.assert_allclose(drift.peak_shift_px(old, new, np.ones((2, 2))), [5.0, 0.0])
+    np.testing.assert_allclose(drift_measures.peak_shift_px(old, new, np.ones((2, 2))), [5.0, 0.0])
     scale = np.array([[2.0, 1.0], [2.0, 1.0]])
-    np.testing.assert_allclose(drift.peak_shift_px(old, new, scale), [math.hypot(6, 4), 0.0])
+    np.testing.assert_allclose(drift_measures.peak_shift_px(old, new, scale), [math.hypot(6, 4), 0.0])
 
 
 def test_extra_mass_outside_the_old_top_region():
     old = hot((0, 0))
-    assert drift.extra_mass_outside_top(old, old).item() == 0.0
-    assert drift.extra_mass_outside_top(old, hot((3, 3))).item() == pytest.approx(1.0)  # all attention moved out
-    assert drift.extra_mass_outside_top(old, hot((0, 0), (3, 3))).item() == pytest.approx(0.5)  # half of it
+    assert drift_measures.extra_mass_outside_top(old, old).item() == 0.0
+    # all attention moved out
+    assert drift_measures.extra_mass_outside_top(old, hot((3, 3))).item() == pytest.approx(1.0)
+    assert drift_measures.extra_mass_outside_top(old, hot((0, 0), (3, 3))).item() == pytest.approx(0.5)  # half of it
     spread = hot((0, 0), (1, 1), values=(1.0, 0.4))  # top region: (0, 0) only; 0.4 / 1.4 of its mass lies outside
-    assert drift.extra_mass_outside_top(spread, old).item() == pytest.approx(-0.4 / 1.4)  # gathered into it
-    assert drift.extra_mass_outside_top(old, -hot((3, 3))).item() == 0.0  # no positive mass: nothing outside
-    assert drift.extra_mass_outside_top(old, 5 * old).item() == 0.0  # scale-free
+    assert drift_measures.extra_mass_outside_top(spread, old).item() == pytest.approx(-0.4 / 1.4)  # gathered into it
+    assert drift_measures.extra_mass_outside_top(old, -hot((3, 3))).item() == 0.0  # no positive mass: nothing outside
+    assert drift_measures.extra_mass_outside_top(old, 5 * old).item() == 0.0  # scale-free
 
 
 def test_measures_of_a_moved_peak_and_of_no_change():
     old, new = hot((0, 0)), hot((3, 3))
     p_old, p_new = torch.tensor([0.25]), torch.tensor([0.75])
-    out = drift.measures(p_old, p_new, old, new, size=128, alpha=5.0)
+    out = drift_measures.measures(p_old, p_new, old, new, size=128, alpha=5.0)
     # bilinear (align_corners=False) upsampling makes each corner cell a 16 x 16 plateau: peaks at their centres
     assert out["old_peak"].tolist() == [[7.5, 7.5]] and out["new_peak"].tolist() == [[119.5, 119.5]]
     assert out["gained_peak"].tolist() == [[119.5, 119.5]]  # where the new version gained attention
@@ -59,14 +61,14 @@ def test_measures_of_a_moved_peak_and_of_no_change():
     # attention is a CAM's positive part: an old map with no positive cell adds no gain of its own
     # (on the raw maps its evidence against the class would decide where the new version "gained")
     against = -hot((3, 3), (1, 1), values=(2.0, 1.0)) - 0.1
-    seen = drift.measures(p_old, p_new, against, hot((0, 0)), size=128, alpha=5.0)
+    seen = drift_measures.measures(p_old, p_new, against, hot((0, 0)), size=128, alpha=5.0)
     torch.testing.assert_close(seen["gained"], addk(hot((0, 0)), torch.zeros(1, 4, 4), 5.0))
     assert seen["gained_peak"].tolist() == [[7.5, 7.5]]
     assert addk(hot((0, 0)), against, 5.0).flatten().argmax().item() == 15  # the raw kernel: old's trough
-    nothing = drift.measures(p_old, p_old, against, against - 1, size=128, alpha=5.0)
+    nothing = drift_measures.measures(p_old, p_old, against, against - 1, size=128, alpha=5.0)
     assert nothing["gained"].unique().tolist() == [1.0]
 
-    same = drift.measures(p_old, p_old, old, old, size=128, alpha=5.0)
+    same = drift_measures.measures(p_old, p_old, old, old, size=128, alpha=5.0)
     assert same["cam_correlation"].item() == pytest.approx(1.0)
     assert (same["extra_mass_outside_old_top"].item(), same["delta_p"].item()) == (0.0, 0.0)
     assert same["old_peak"].tolist() == same["new_peak"].tolist()
@@ -82,7 +84,7 @@ def test_summary_ranks_the_most_drifted_first():
         "delta_p": np.array([0.0, 0.1, 0.2, 0.3], np.float32),
         "p_new": np.array([0.5, 0.6, 0.7, 0.8], np.float32),
     }
-    summary = drift.summarize(rows, threshold=0.5, top_k=3)
+    summary = drift_measures.summarize(rows, threshold=0.5, top_k=3)
     assert (summary["images"], summary["drifted"], summary["drifted_share"]) == (4, 3, 0.75)
     assert [r["uri"] for r in summary["top"]] == ["d", "a", "b"]  # lowest correlation first, ties by uri
     top = summary["top"][0]
@@ -92,8 +94,8 @@ def test_summary_ranks_the_most_drifted_first():
     assert summary["top"][2]["drifted"] and all(type(v) in (str, float, bool) for v in summary["top"][1].values())
     assert summary["measures"]["peak_shift_px"] == pytest.approx(
         {"mean": 15.0, "min": 0.0, "p05": 1.5, "p25": 7.5, "median": 15.0, "p75": 22.5, "p95": 28.5, "max": 30.0})
-    assert not drift.drifted(np.array([0.5]), 0.5)[0]  # at the threshold is not below it
-    empty = drift.summarize({k: v[:0] for k, v in rows.items()})
+    assert not drift_measures.drifted(np.array([0.5]), 0.5)[0]  # at the threshold is not below it
+    empty = drift_measures.summarize({k: v[:0] for k, v in rows.items()})
     assert (empty["images"], empty["drifted_share"], empty["top"]) == (0, 0.0, [])
     assert empty["measures"]["delta_p"]["median"] is None
 

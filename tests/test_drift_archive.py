@@ -11,13 +11,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dualcam import build_expert, preprocess, save_expert, storage
+from dualcam import build_expert, preprocess, save_expert
 from dualcam.cli import main
 from dualcam.commands.drift import DRIFT_EXIT
-from dualcam.drawing import DEFAULT_SIDE, GAP, SCALE_HEIGHT, TITLE_HEIGHT
-from dualcam.experts import ExpertMeta
-from dualcam.results import read_results, to_numpy
-from dualcam.synthetic import write_synthetic_xrays
+from dualcam.io import storage
+from dualcam.io.checkpoints import ExpertMeta
+from dualcam.io.results import read_results, to_numpy
+from dualcam.reports.drawing import DEFAULT_SIDE, GAP, SCALE_HEIGHT, TITLE_HEIGHT
+from dualcam.synthetic.scenarios import write_synthetic_xrays
 
 from conftest import run_without_ray
 from samples import MARKER, planted_xray
@@ -28,7 +29,7 @@ SCORED = 32
 
 
 def train_tiny(marker_of: Callable[[int, bool], bool], seed: int) -> torch.nn.Module:
-    """A resnet18 expert trained from scratch in this process with the recipe of ``dualcam.training``
+    """A resnet18 expert trained from scratch in this process with the recipe of ``dualcam.distributed.training``
     (SGD, lr 0.01, momentum 0.9, batch 8), on ``TRAIN_IMAGES`` planted X-rays, half of them positive;
     ``marker_of(i, positive)`` says which carry the marker. Plain torch: Ray Train adds only start-up
     time here, and the drift run does not care how the weights were made."""

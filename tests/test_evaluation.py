@@ -7,11 +7,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dualcam import localization
 from dualcam.cli import main
-from dualcam.evaluation import evaluate, format_table
-from dualcam.kernel import addk, overlap
-from dualcam.results import RUN_FILE, ExpertId, RunSpec, read_results, read_run_spec, result_table
+from dualcam.io.results import RUN_FILE, ExpertId, RunSpec, read_results, read_run_spec, result_table
+from dualcam.maps import localization
+from dualcam.maps.kernel import addk, overlap
+from dualcam.reports.evaluation import evaluate, format_table
 
 SIZE, GRID = 60, (6, 6)  # 10-pixel cells
 F1_BOX, S_BOX = (10, 20, 20, 10), (40, 40, 10, 10)
@@ -151,7 +151,7 @@ def test_a_target_is_the_union_of_its_boxes(tmp_path):
 
 
 def test_drift_outputs_are_refused_by_evaluate_and_render(tmp_path):
-    from dualcam.score_report import render_results
+    from dualcam.reports.score_page import render_results
 
     results, boxes = tmp_path / "results", tmp_path / "boxes.csv"
     _write_results(results, boxes)

@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 
 from dualcam import DualScorer, ExpertMeta, decode_image, model_input, preprocess
-from dualcam.benchmark import real_size_xray, write_real_size_inputs
+from dualcam.bench.fixtures import real_size_xray
+from dualcam.bench.speed import write_real_size_inputs
 
 from conftest import shared_xrays, write_untrained_experts
 from samples import dicom_bytes, png16_bytes

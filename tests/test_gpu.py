@@ -11,19 +11,18 @@ import pytest
 import torch
 from PIL import Image
 
-from dualcam import DualScorer, ExpertMeta, build_expert, forward_with_cams, gpu_check, model_input
-from dualcam.benchmark import real_size_xray
-from dualcam.device_decode import DeviceDecoder, takes
-from dualcam.precision import deviation
-from dualcam.results import to_numpy
-from dualcam.scoring import load_images, score_images
-
-from conftest import write_untrained_experts
+from dualcam import DualScorer, ExpertMeta, build_expert, forward_with_cams, model_input
+from dualcam.bench import gpu_check
+from dualcam.bench.fixtures import real_size_xray
+from dualcam.io.device_decode import DeviceDecoder, takes
+from dualcam.io.results import to_numpy
+from dualcam.maps.numerics import deviation
+from dualcam.scoring.scorers import load_images, score_images
 
 CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device (torch.cuda.is_available() is False)")])
 DEVICES = ["cpu", CUDA]
-INPUT_SIZE = 224
+INPUT_SIZE = 224  # of the experts (conftest's fixture)
 
 
 def encoded(image: np.ndarray, fmt: str = "JPEG", mode: str | None = None, **options) -> bytes:
@@ -44,11 +43,6 @@ def jpegs() -> dict[str, bytes]:
     return {"grey-2048x2500.jpg": encoded(grey, quality=90), "grey-1601x1999.jpg": encoded(odd, quality=75),
             "rgb-1601x1999-420.jpg": encoded(colour, quality=85),
             "rgb-1601x1999-444.jpg": encoded(colour, quality=95, subsampling=0)}
-
-
-@pytest.fixture(scope="module")
-def experts(tmp_path_factory) -> tuple[str, str]:
-    return write_untrained_experts(tmp_path_factory.mktemp("device-experts"), INPUT_SIZE)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dualcam.experts import ExpertMeta
-from dualcam.imaging import (
+from dualcam.io.checkpoints import ExpertMeta
+from dualcam.io.imaging import (
     IMAGE_SUFFIXES,
     MAX_PIXELS,
     DecodeError,

@@ -15,17 +15,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from dualcam import build_expert, save_expert, storage
+from dualcam import build_expert, save_expert
+from dualcam.bench.s3server import free_port
 from dualcam.cli import build_parser
 from dualcam.commands.common import options_of
-from dualcam.experts import latest_version, load_meta
+from dualcam.distributed.train_loop import Recipe
+from dualcam.io import storage
+from dualcam.io.checkpoints import latest_version, load_meta
+from dualcam.io.results import read_results
 from dualcam.jobspec import JOBS, load_spec, run_job
-from dualcam.options import ArchiveOptions
-from dualcam.results import read_results
-from dualcam.synthetic import write_synthetic_xrays
-from dualcam.train_loop import Recipe
+from dualcam.scoring.archive_options import ArchiveOptions
+from dualcam.synthetic.scenarios import write_synthetic_xrays
 
-from conftest import ROOT, _free_port
+from conftest import ROOT
 from samples import write_labelled_folder
 
 BIN = Path(sys.executable).parent
@@ -141,7 +143,7 @@ def ray_head(tmp_path_factory):
     this venv's `python` (first on PATH) and authenticate with a token of this module's own.
     """
     temp_dir = tmp_path_factory.mktemp("ray")
-    ports = {flag: _free_port() for flag in HEAD_PORTS}
+    ports = {flag: free_port() for flag in HEAD_PORTS}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_"))}
     env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
                RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16),

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dualcam.kernel import (
+from dualcam.maps.kernel import (
     EXPONENT_KNEE,
     EXPONENT_SPAN,
     PEAK_FLOOR,

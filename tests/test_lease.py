@@ -9,13 +9,13 @@ import time
 
 import pytest
 
-from dualcam import lease, storage
-from dualcam.lease import LEASE_FILE, Holder, Lease, LeaseHeld
+from dualcam.io import lease, storage
+from dualcam.io.lease import LEASE_FILE, Holder, Lease, LeaseHeld
 
 HOLD = """
 import sys
 from dualcam.commands.common import exit_status
-from dualcam.lease import Lease
+from dualcam.io.lease import Lease
 
 def run():
     with Lease(sys.argv[1], seconds=float(sys.argv[2])):

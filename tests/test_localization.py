@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dualcam import localization as loc
+from dualcam.maps import localization as loc
 
 
 def _box(x, y, w, h, size=(4, 4)):

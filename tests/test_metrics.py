@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from dualcam.metrics import binary_metrics, roc_auc
+from dualcam.maps.metrics import binary_metrics, roc_auc
 
 
 def test_known_confusion_matrix():

@@ -17,26 +17,19 @@ import pytest
 import torch
 from PIL import Image
 
-from dualcam import (
-    addk,
-    forward_with_cams,
-    load_expert,
-    load_meta,
-    model_input,
-    storage,
-    upsample,
-)
+from dualcam import addk, forward_with_cams, load_expert, load_meta, model_input, upsample
 from dualcam.cli import main
-from dualcam.kernel import overlap
-from dualcam.lease import LOCK_FILE, Lease
-from dualcam.pipeline import score_archive
-from dualcam.results import RUN_FILE, SCORE, RunSpec, data_files, read_results, to_numpy
-from dualcam.synthetic import synthetic_xray, write_synthetic_xrays
+from dualcam.distributed.pipeline import score_archive
+from dualcam.io import storage
+from dualcam.io.lease import LOCK_FILE, Lease
+from dualcam.io.results import RUN_FILE, SCORE, RunSpec, data_files, read_results, to_numpy
+from dualcam.maps.kernel import overlap
+from dualcam.synthetic.scenarios import synthetic_xray, write_synthetic_xrays
 
-from conftest import kill_driver_when, run_without_ray, write_untrained_experts
+from conftest import kill_driver_when, run_without_ray
 from samples import bad_inputs, dicom_bytes
 
-INPUT_SIZE = 128  # a 4 x 4 CAM grid for resnet18
+INPUT_SIZE = 128  # of the experts (conftest's fixture): a 4 x 4 CAM grid for resnet18
 BAD_REASONS = {
     "corrupt.png": "corrupt or truncated PNG",
     "truncated.png": "corrupt or truncated PNG",
@@ -45,11 +38,6 @@ BAD_REASONS = {
     "too-large.png": "over the limit",
     "no-pixels.dcm": "no pixel data",
 }
-
-
-@pytest.fixture(scope="module")
-def experts(tmp_path_factory) -> tuple[str, str]:
-    return write_untrained_experts(tmp_path_factory.mktemp("experts"), INPUT_SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +159,7 @@ def test_a_killed_run_resumes_with_each_input_once(ray_cluster, experts, tmp_pat
     images, out = tmp_path / "images", tmp_path / "out"
     write_synthetic_xrays(images, 80, size=96)
     code = (
-        "from dualcam.pipeline import score_archive\n"
+        "from dualcam.distributed.pipeline import score_archive\n"
         f"score_archive({experts[0]!r}, {experts[1]!r}, {str(images)!r}, {str(out)!r}, batch_size=2, "
         "rows_per_file=2, progress=False)\n"
     )
@@ -305,7 +293,7 @@ def test_an_existing_output_that_cannot_be_written_is_refused_before_any_work(ra
     before = sorted(p.name for p in out.iterdir())
     code = (  # no Ray here: the refusal must come before it, from the command and from the library alike
         "import sys\nsys.modules['ray'] = None\nsys.stderr = sys.stdout\nfrom dualcam.cli import main\n"
-        "from dualcam.commands.common import exit_status\nfrom dualcam.pipeline import score_archive\n"
+        "from dualcam.commands.common import exit_status\nfrom dualcam.distributed.pipeline import score_archive\n"
         f"print(main(['score', '--c1', {experts[0]!r}, '--c2', {experts[1]!r}, '--input', {str(images)!r}, "
         f"'--output', {str(out)!r}]))\n"
         f"print(exit_status(lambda: score_archive({experts[0]!r}, {experts[1]!r}, {str(images)!r}, {str(out)!r}, "

@@ -4,8 +4,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dualcam import planning
-from dualcam.planning import plan_placement
+from dualcam.scoring import planning
+from dualcam.scoring.planning import plan_placement
 
 
 def inputs_table(n: int) -> pa.Table:

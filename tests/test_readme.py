@@ -12,9 +12,9 @@ import torch
 
 from dualcam import build_expert, read_results, save_expert
 from dualcam.cli import build_parser
-from dualcam.pipeline import score_archive
-from dualcam.results import to_numpy
-from dualcam.synthetic import write_synthetic_xrays
+from dualcam.distributed.pipeline import score_archive
+from dualcam.io.results import to_numpy
+from dualcam.synthetic.scenarios import write_synthetic_xrays
 
 from conftest import ROOT
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from dualcam.regions import TOP_REGION, bounding_box, peak, top_region
+from dualcam.maps.regions import TOP_REGION, bounding_box, peak, top_region
 
 
 def test_the_peak_of_a_plateau_is_its_centre():

@@ -12,9 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from dualcam import DualScorer, build_expert, save_expert, storage
+from dualcam import DualScorer, build_expert, save_expert
 from dualcam.cli import main
-from dualcam.drawing import (
+from dualcam.io import storage
+from dualcam.io.results import RUN_FILE, read_results, to_numpy
+from dualcam.maps.kernel import get_kernel, overlap
+from dualcam.reports.drawing import (
     BACKGROUND,
     BOX_COLORS,
     GAP,
@@ -27,12 +30,10 @@ from dualcam.drawing import (
     panel_row,
     panel_size,
 )
-from dualcam.kernel import get_kernel, overlap
-from dualcam.report import Report, format_value
-from dualcam.results import RUN_FILE, read_results, to_numpy
-from dualcam.score_report import render_results, review_rows
-from dualcam.scoring import load_images
-from dualcam.synthetic import synthetic_xray
+from dualcam.reports.html_page import Report, format_value
+from dualcam.reports.score_page import render_results, review_rows
+from dualcam.scoring.scorers import load_images
+from dualcam.synthetic.scenarios import synthetic_xray
 
 INFERNO = matplotlib.colormaps["inferno"]
 

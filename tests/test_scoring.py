@@ -8,24 +8,16 @@ import pytest
 import torch
 
 from dualcam import DualScorer, addk, build_expert, forward_with_cams, load_expert, load_meta, model_input, save_expert
-from dualcam.kernel import overlap
-from dualcam.results import OUTPUT_COLUMNS, to_numpy
-from dualcam.scoring import load_images, score_images
-from dualcam.synthetic import synthetic_xray, write_synthetic_xrays
+from dualcam.io.results import OUTPUT_COLUMNS, to_numpy
+from dualcam.maps.kernel import overlap
+from dualcam.scoring.scorers import load_images, score_images
+from dualcam.synthetic.scenarios import synthetic_xray, write_synthetic_xrays
 
 from samples import bad_inputs
 
-
-@pytest.fixture(scope="module")
-def experts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("experts")
-    torch.manual_seed(0)
-    uris = []
-    for arch, name in (("resnet18", "COVID-19"), ("densenet121", "pneumonia")):
-        uri = str(root / name)
-        save_expert(build_expert(arch), uri, {"arch": arch, "class_name": name, "input_size": 64})
-        uris.append(uri)
-    return uris
+INPUT_SIZE = 64
+EXPERT_ARCHS = ("resnet18", "densenet121")
+"""The experts of conftest's ``experts`` fixture: two architectures, one input size."""
 
 
 def test_scores_match_a_direct_computation(experts):

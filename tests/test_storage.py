@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dualcam import storage
-from dualcam.results import drop_duplicates, drop_error_rows, read_results, tensor_array, to_numpy
+from dualcam.io import storage
+from dualcam.io.results import drop_duplicates, drop_error_rows, read_results, tensor_array, to_numpy
 
 
 def new_file_mode() -> int:

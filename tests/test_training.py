@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dualcam import DriftScorer, DualScorer, load_expert, load_meta, storage
+from dualcam import DriftScorer, DualScorer, load_expert, load_meta
 from dualcam.cli import main
-from dualcam.experts import latest_version, list_versions
-from dualcam.training import Recipe, train_experts
+from dualcam.distributed.training import Recipe, train_experts
+from dualcam.io import storage
+from dualcam.io.checkpoints import latest_version, list_versions
 
 from conftest import kill_driver_when
 from samples import write_labelled_folder
@@ -131,7 +132,7 @@ def test_warm_start_from_an_earlier_version_yields_a_new_version(trained, labell
 def test_an_interrupted_run_resumes_from_its_last_checkpoint(ray_cluster, labelled, tmp_path):
     out = tmp_path / "out"
     code = (
-        "from dualcam.training import Recipe, train_experts\n"
+        "from dualcam.distributed.training import Recipe, train_experts\n"
         f"train_experts({str(out)!r}, ['B'], data={str(labelled)!r}, "
         "recipe=Recipe(arch='resnet18', weights='none', epochs=3, batch_size=8, image_size=64, seed=5))\n"
     )

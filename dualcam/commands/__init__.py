@@ -2,7 +2,7 @@
 
 Every command module holds ``HELP`` (its line in ``dualcam --help``), ``DESCRIPTION`` (the text
 of its own ``--help``, or None), ``add_arguments(parser)`` (its options, with the defaults taken
-from where they are defined: ``ArchiveOptions``, ``Recipe``, the ``drift`` constants...) and
+from where they are defined: ``ArchiveOptions``, ``Recipe``, the ``drift_measures`` constants...) and
 ``run(**options) -> int``, which does the work, prints what the command prints and returns its
 exit status. ``run`` takes the options as keywords named as the parser names them (``--batch-size``
 is ``batch_size``), so ``dualcam.cli`` (a command line) and ``dualcam.jobspec`` (a job spec's

@@ -12,15 +12,15 @@ from types import ModuleType
 
 import numpy as np
 
-from dualcam import errorlog, storage
-from dualcam.datasets import skipped_files
-from dualcam.experts import OUTPUT_STRIDES, CheckpointError
-from dualcam.imaging import DecodeError, decode_image, is_image_name
-from dualcam.lease import LeaseLost
-from dualcam.options import ArchiveOptions
-from dualcam.pipeline import ScoreSummary, plan_archive
-from dualcam.scenario import DEMO_RECIPE
-from dualcam.scoring import PairScorer
+from dualcam.distributed.pipeline import ScoreSummary, plan_archive
+from dualcam.io import errorlog, storage
+from dualcam.io.checkpoints import CheckpointError
+from dualcam.io.imaging import DecodeError, decode_image, is_image_name
+from dualcam.io.inputs import skipped_files
+from dualcam.io.lease import LeaseLost
+from dualcam.maps.architectures import OUTPUT_STRIDES
+from dualcam.scoring.archive_options import ArchiveOptions
+from dualcam.scoring.scorers import PairScorer
 
 USAGE_ERRORS = (CheckpointError, DecodeError, ValueError, OSError)
 """What the library raises for unusable arguments, experts, input or output: exit status 2."""
@@ -122,12 +122,12 @@ def add_output_stride(parser: argparse.ArgumentParser, default: int) -> None:
                         help=f"16 doubles the CAM grid (ResNets: last stage kept at stride 16; default {default})")
 
 
-def add_scenario_run(parser: argparse.ArgumentParser, n: int) -> None:
+def add_scenario_run(parser: argparse.ArgumentParser, n: int, epochs: int) -> None:
     """--n, --size, --seed and --epochs: what the class-overlap scenario's runs (demo, experiment) take."""
     parser.add_argument("--n", type=int, default=n, help=f"images per class (default {n})")
     parser.add_argument("--size", type=int, default=96, help="image side in pixels (default 96)")
     parser.add_argument("--seed", type=int, default=0, help="data, splits and training seed (default 0)")
-    parser.add_argument("--epochs", type=int, default=DEMO_RECIPE.epochs, help=f"default {DEMO_RECIPE.epochs}")
+    parser.add_argument("--epochs", type=int, default=epochs, help=f"default {epochs}")
 
 
 def input_files(uris: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 
 from dualcam.commands.common import decoded, input_files
-from dualcam.datasets import skipped_files
+from dualcam.io.inputs import skipped_files
 
 HELP = "check that images decode; one line per file"
 DESCRIPTION = (
@@ -25,7 +25,7 @@ def run(*, inputs: Sequence[str]) -> int:
     failed = 0
     files, skipped = input_files(inputs)
     for uri, _, image, err in decoded(files):
-        if err:
+        if err or image is None:  # no image only with an error
             failed += 1
             print(f"error  {err}")
             continue

@@ -1,5 +1,5 @@
 """``dualcam demo`` (``make demo``): the class-overlap scenario end to end in the paper's regime
-(``scenario.demo``) on the local Ray or the one at RAY_ADDRESS."""
+(``synthetic.runs.demo``) on the local Ray or the one at RAY_ADDRESS."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import argparse
 from dataclasses import replace
 
 from dualcam.commands.common import add_scenario_run, check_output_folder
-from dualcam.raycluster import connect
-from dualcam.scenario import DEMO_RECIPE, demo
-from dualcam.synthetic import check_overlap_arguments
+from dualcam.distributed.connect import connect
+from dualcam.synthetic.runs import DEMO_RECIPE, demo
+from dualcam.synthetic.scenarios import check_overlap_arguments
 
 HELP = "the class-overlap scenario end to end in the paper's regime (make demo)"
 DESCRIPTION = (
@@ -20,7 +20,7 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="folder for data, experts, results and the report")
-    add_scenario_run(parser, n=100)
+    add_scenario_run(parser, n=100, epochs=DEMO_RECIPE.epochs)
 
 
 def run(*, out: str, n: int, size: int, seed: int, epochs: int) -> int:

@@ -6,12 +6,12 @@ import argparse
 import sys
 from typing import Any
 
-from dualcam import options as archive
 from dualcam.commands.common import add_input_output, check_output_folder, dry_run, failure_status
-from dualcam.drift import DRIFT_THRESHOLD, MAX_DRIFT_SHARE, PRIMARY_MEASURE, TOP_K, check_options
-from dualcam.options import ArchiveOptions
-from dualcam.pipeline import drift_archive
-from dualcam.scoring import DriftScorer
+from dualcam.distributed.pipeline import drift_archive
+from dualcam.maps.drift_measures import DRIFT_THRESHOLD, MAX_DRIFT_SHARE, PRIMARY_MEASURE, TOP_K, check_options
+from dualcam.scoring import archive_options
+from dualcam.scoring.archive_options import ArchiveOptions
+from dualcam.scoring.scorers import DriftScorer
 
 DRIFT_EXIT = 3
 """Exit status of ``dualcam drift`` when more than ``max_drift_share`` of the images drifted."""
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "too)")
     parser.add_argument("--new", required=True, help="the new version: a checkpoint or a folder of versions (latest "
                         "used), path or s3://")
-    archive.add_alpha(parser)
+    archive_options.add_alpha(parser)
     parser.add_argument("--threshold", type=float, default=DRIFT_THRESHOLD,
                         help=f"an image has drifted when {PRIMARY_MEASURE} is below this (default {DRIFT_THRESHOLD})")
     parser.add_argument("--max-drift-share", type=float, default=MAX_DRIFT_SHARE,
@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=TOP_K,
                         help=f"most drifted images listed in the summary (default {TOP_K})")
     add_input_output(parser)
-    archive.add_arguments(parser)
+    archive_options.add_arguments(parser)
 
 
 def run(

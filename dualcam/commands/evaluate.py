@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import argparse
 
-from dualcam import storage
 from dualcam.commands.common import floats, labels
-from dualcam.evaluation import DEFAULT_KERNELS, EVALUATION_FILE, evaluate, format_table
-from dualcam.kernel import ALPHAS, KERNELS
+from dualcam.io import storage
+from dualcam.maps.kernel import ALPHAS, KERNELS
+from dualcam.reports.evaluation import DEFAULT_KERNELS, EVALUATION_FILE, evaluate, format_table
 
 HELP = "localization of CAM1, CAM2 and the kernels against known boxes, from stored results"
 DESCRIPTION = (

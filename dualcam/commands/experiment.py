@@ -1,5 +1,5 @@
 """``dualcam experiment`` (``make experiment``): the training regimes compared on each data scenario
-of the class-overlap setting (``scenario.experiment``)."""
+of the class-overlap setting (``synthetic.runs.experiment``)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import argparse
 from dataclasses import replace
 
 from dualcam.commands.common import add_scenario_run, check_output_folder, labels
-from dualcam.raycluster import connect
-from dualcam.scenario import DEMO_RECIPE, REGIMES, experiment, regime
-from dualcam.synthetic import SCENARIOS, check_overlap_arguments, get_scenario
+from dualcam.distributed.connect import connect
+from dualcam.synthetic.runs import DEMO_RECIPE, REGIMES, experiment, regime
+from dualcam.synthetic.scenarios import SCENARIOS, check_overlap_arguments, get_scenario
 
 HELP = "compare training regimes on the class-overlap scenarios (make experiment)"
 DESCRIPTION = (
@@ -21,7 +21,7 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="folder or s3:// prefix for data, experts, results and tables")
-    add_scenario_run(parser, n=200)
+    add_scenario_run(parser, n=200, epochs=DEMO_RECIPE.epochs)
     parser.add_argument("--regimes", default=",".join(r.name for r in REGIMES), help="comma-separated (default: all)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help="comma-separated data scenarios (default: all)")

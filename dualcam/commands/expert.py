@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from dualcam.commands.common import add_output_stride, check_output_folder
-from dualcam.experts import (
+from dualcam.distributed.train_loop import Recipe
+from dualcam.io.checkpoints import (
     SUPPORTED_ARCHS,
     ExpertMeta,
     build_expert,
@@ -17,7 +19,6 @@ from dualcam.experts import (
     resolve_expert,
     save_expert,
 )
-from dualcam.train_loop import Recipe
 
 HELP = "create and inspect expert checkpoints"
 DESCRIPTION = None
@@ -45,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(*, expert_command: str, **options: Any) -> int:
-    return {"init": init, "show": show}[expert_command](**options)
+    commands: dict[str, Callable[..., int]] = {"init": init, "show": show}
+    return commands[expert_command](**options)
 
 
 def init(*, arch: str, class_name: str, input_size: int, color_mode: str, output_stride: int, weights: str,

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import torch
 
-from dualcam import regions
-from dualcam.cam import upsample
 from dualcam.commands.common import add_expert_pair, check_output_folder, decoded, input_files
-from dualcam.datasets import skipped_files
-from dualcam.drawing import panel_row
-from dualcam.imaging import model_input
-from dualcam.options import add_alpha, add_precision
-from dualcam.scoring import DualScorer
+from dualcam.io.imaging import model_input
+from dualcam.io.inputs import skipped_files
+from dualcam.maps import regions
+from dualcam.maps.cam import upsample
+from dualcam.reports.drawing import panel_row
+from dualcam.scoring.archive_options import add_alpha, add_precision
+from dualcam.scoring.scorers import DualScorer
 
 HELP = "score a few images with both experts and write ADDK overlays"
 DESCRIPTION = (
@@ -53,7 +53,7 @@ def run(
     print(f"{'p1':>6} {'p2':>6}  {'peak (x, y)':>12}  file")
     start, failed = time.perf_counter(), 0
     for uri, data, image, err in decoded(files):
-        if err:
+        if err or data is None or image is None:  # no bytes or image only with an error
             failed += 1
             print(f"{'-':>6} {'-':>6}  {'-':>12}  {err}")
             continue

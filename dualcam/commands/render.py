@@ -1,13 +1,13 @@
 """``dualcam render``: the paper's figures for a few scored rows and a static HTML report
-(``score_report.render_results``; no Ray)."""
+(``reports.score_page.render_results``; no Ray)."""
 
 from __future__ import annotations
 
 import argparse
 
 from dualcam.commands.common import check_output_folder, floats
-from dualcam.kernel import ALPHAS, KERNELS
-from dualcam.score_report import DEFAULT_KERNEL, DEFAULT_N, DEFAULT_REVIEW, render_results
+from dualcam.maps.kernel import ALPHAS, KERNELS
+from dualcam.reports.score_page import DEFAULT_KERNEL, DEFAULT_N, DEFAULT_REVIEW, render_results
 
 HELP = "the paper's figures for a few scored rows, and a static HTML report of a results folder"
 DESCRIPTION = (

@@ -1,16 +1,16 @@
 """``dualcam repair``: keep one row per input in an output that holds some twice (``results.drop_duplicates``).
 
 An output gets an input twice only when two runs wrote into it at once, which the output's lease
-(``dualcam.lease``) now prevents; this mends outputs written before. No Ray.
+(``dualcam.io.lease``) now prevents; this mends outputs written before. No Ray.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from dualcam import storage
-from dualcam.lease import Lease
-from dualcam.results import RUN_FILE, drop_duplicates, read_results, read_run_spec
+from dualcam.io import storage
+from dualcam.io.lease import Lease
+from dualcam.io.results import RUN_FILE, drop_duplicates, read_results, read_run_spec
 
 HELP = "keep one row per input in a results folder that holds some inputs twice"
 DESCRIPTION = (

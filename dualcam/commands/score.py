@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from dualcam import options as archive
 from dualcam.commands.common import add_expert_pair, add_input_output, check_output_folder, dry_run, failure_status
-from dualcam.options import ArchiveOptions
-from dualcam.pipeline import score_archive
-from dualcam.scoring import DualScorer
+from dualcam.distributed.pipeline import score_archive
+from dualcam.scoring import archive_options
+from dualcam.scoring.archive_options import ArchiveOptions
+from dualcam.scoring.scorers import DualScorer
 
 HELP = "score an archive on Ray: CAMs, ADDK heatmaps and scores to Parquet"
 DESCRIPTION = (
@@ -23,9 +23,9 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_expert_pair(parser)
-    archive.add_alpha(parser)
+    archive_options.add_alpha(parser)
     add_input_output(parser)
-    archive.add_arguments(parser)
+    archive_options.add_arguments(parser)
 
 
 def run(*, c1: str, c2: str, input: str, output: str, **options: Any) -> int:

@@ -1,11 +1,11 @@
-"""``dualcam synth``: write the class-overlap scenario (``synthetic.write_overlap_dataset``)."""
+"""``dualcam synth``: write the class-overlap scenario (``synthetic.scenarios.write_overlap_dataset``)."""
 
 from __future__ import annotations
 
 import argparse
 
 from dualcam.commands.common import check_output_folder
-from dualcam.synthetic import DEFAULT_SCENARIO, OVERLAP_CLASSES, SCENARIOS, write_overlap_dataset
+from dualcam.synthetic.scenarios import DEFAULT_SCENARIO, OVERLAP_CLASSES, SCENARIOS, write_overlap_dataset
 
 HELP = "write the class-overlap scenario: images, manifest and feature boxes"
 DESCRIPTION = (

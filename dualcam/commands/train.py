@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from dualcam.commands.common import add_output_stride, check_output_folder, labels
-from dualcam.experts import SUPPORTED_ARCHS
-from dualcam.train_loop import AUGMENTATIONS, Recipe
-from dualcam.training import results_table, train_experts
+from dualcam.distributed.train_loop import AUGMENTATIONS, Recipe
+from dualcam.distributed.training import results_table, train_experts
+from dualcam.io.checkpoints import SUPPORTED_ARCHS
 
 HELP = "fine-tune the binary experts on Ray Train, both at once (the paper's recipe by default)"
 DESCRIPTION = (

@@ -1,0 +1,334 @@
+"""Binary experts: a torchvision classifier with a 2-output head, and its checkpoint on disk or S3.
+
+An expert checkpoint is a directory (local path or s3:// prefix) holding
+
+* ``weights.pt``: the state dict, written by ``torch.save`` and read back only with
+  ``torch.load(..., weights_only=True)``, so a checkpoint can never run code;
+* ``expert.json``: everything needed to use the weights without guessing (``ExpertMeta``):
+  architecture, class name, input size, colour mode and channel normalization, plus provenance
+  (created_at, version id, the weights' sha256, metrics, training-data fingerprint, recipe).
+
+``expert.json`` is written last, so a directory without it is a save that did not finish, and a
+directory with it is never written again: a version id always names the same weights.
+Output index 1 of every expert is the in-class score (``POSITIVE_INDEX``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import io
+import json
+import pickle
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.error import URLError
+
+import torch
+from torch import nn
+from torchvision.models import WeightsEnum, get_model_weights
+
+from dualcam.io import storage
+from dualcam.maps import architectures
+from dualcam.maps.architectures import ARCHITECTURES, check_output_stride
+
+SUPPORTED_ARCHS = tuple(ARCHITECTURES)
+POSITIVE_INDEX = 1
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+META_FILE = "expert.json"
+WEIGHTS_FILE = "weights.pt"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """An expert checkpoint or weights file that cannot be used; names the URI and the cause."""
+
+    def __init__(self, uri: str, reason: str):
+        super().__init__(f"{uri}: {reason}")
+        self.uri, self.reason = uri, reason
+
+
+@dataclass
+class ExpertMeta:
+    """What ``expert.json`` holds. Only arch, class_name and input_size must be given.
+
+    ``color_mode`` "L" turns every image to grayscale and repeats it over the 3 input channels (so
+    an X-ray stored as RGB and as L give the same input); "RGB" keeps colour.
+    ``output_stride`` 16 keeps a ResNet's last stage at the previous stage's resolution, doubling
+    the CAM grid on each side (224 px: 14x14 instead of 7x7); see ``build_expert``.
+    """
+
+    arch: str
+    class_name: str
+    input_size: int
+    color_mode: str = "L"
+    output_stride: int = 32
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    created_at: str = ""
+    version: str = ""
+    sha256: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    data_fingerprint: str | None = None
+    recipe: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        architectures.family(self.arch)
+        if not isinstance(self.input_size, int) or self.input_size < 32:
+            raise ValueError(f"input_size must be an integer >= 32 pixels, got {self.input_size!r}")
+        if self.color_mode not in ("L", "RGB"):
+            raise ValueError(f"color_mode must be 'L' or 'RGB', got {self.color_mode!r}")
+        if not self.class_name:
+            raise ValueError("class_name must not be empty")
+        check_output_stride(self.arch, self.output_stride)
+        self.mean, self.std = tuple(self.mean), tuple(self.std)
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"mean and std need 3 values each, std > 0; got {self.mean} and {self.std}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ExpertMeta:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown expert metadata keys: {', '.join(unknown)}")
+        missing = sorted({"arch", "class_name", "input_size"} - set(data))
+        if missing:
+            raise ValueError(f"expert metadata lacks {', '.join(missing)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Expert:
+    """A loaded expert: the model (eval mode), its metadata and where it came from."""
+
+    model: nn.Module
+    meta: ExpertMeta
+    uri: str
+
+
+def imagenet_weights(arch: str) -> WeightsEnum:
+    """torchvision's default ImageNet weights for ``arch`` (what ``weights="imagenet"`` loads)."""
+    architectures.family(arch)
+    return get_model_weights(arch).DEFAULT
+
+
+def build_expert(arch: str, weights: str | None = None, output_stride: int = 32) -> nn.Module:
+    """A torchvision ``arch`` whose final layer is replaced by 2 outputs (index 1 = in-class).
+
+    ``weights``: None (random init); ``"imagenet"`` (torchvision's pretrained weights, downloaded
+    into torch's hub cache on first use); or a path or s3:// URI to a state dict for the same
+    arch, either ImageNet's 1000-class one (for clusters without internet) or a 2-output one.
+
+    ``output_stride`` 16 (ResNets only) gives a finer CAM grid with the same parameters, so any
+    ResNet weights still load (how: ``dualcam.maps.architectures``).
+    """
+    check_output_stride(arch, output_stride)
+    if weights in (None, "none"):
+        return architectures.with_head(architectures.build(arch, output_stride, weights=None), 2)
+    if weights == "imagenet":
+        return architectures.with_head(_imagenet_model(arch, output_stride), 2)
+    state = _read_state_dict(weights)
+    head = architectures.family(arch).head
+    n_out = state[f"{head}.weight"].shape[0] if f"{head}.weight" in state else None
+    model = _skeleton(arch, num_classes=2 if n_out == 2 else 1000, output_stride=output_stride)
+    _load_into(model, state, weights, arch)
+    return architectures.with_head(model, 2) if n_out != 2 else model
+
+
+def save_expert(model: nn.Module, uri: str, meta: ExpertMeta | Mapping[str, Any]) -> ExpertMeta:
+    """Write ``model`` as an expert checkpoint at ``uri``, which must not hold one yet.
+
+    created_at, version and sha256 are filled in here; the version id is
+    ``<UTC time>-<first 8 hex of sha256>``, unique per saved content and sortable by time.
+    """
+    data, meta = _versioned(model, meta, uri)
+    _write_checkpoint(uri, data, meta)
+    return meta
+
+
+def save_expert_version(model: nn.Module, root: str, meta: ExpertMeta | Mapping[str, Any]) -> tuple[str, ExpertMeta]:
+    """Write ``model`` as a new version under ``root``: ``<root>/<version>/``. Returns (uri, meta)."""
+    data, meta = _versioned(model, meta, root)
+    uri = storage.join(root, meta.version)
+    _write_checkpoint(uri, data, meta)
+    return uri, meta
+
+
+def _versioned(model: nn.Module, meta: ExpertMeta | Mapping[str, Any], uri: str) -> tuple[bytes, ExpertMeta]:
+    meta = meta if isinstance(meta, ExpertMeta) else ExpertMeta.from_dict(meta)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    _check_fits(state, meta.arch, uri)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    digest = hashlib.sha256(data).hexdigest()
+    meta = dataclasses.replace(meta, created_at=now.isoformat(), version=f"{now:%Y%m%dT%H%M%SZ}-{digest[:8]}",
+                               sha256=digest)
+    return data, meta
+
+
+def _write_checkpoint(uri: str, data: bytes, meta: ExpertMeta) -> None:
+    if storage.exists(storage.join(uri, META_FILE)):
+        raise CheckpointError(uri, "already holds an expert checkpoint; checkpoints are immutable, save to a new "
+                              "directory")
+    storage.write_bytes(storage.join(uri, WEIGHTS_FILE), data)
+    storage.write_bytes(storage.join(uri, META_FILE), json.dumps(meta.to_dict(), indent=2).encode())
+
+
+def list_versions(root: str) -> list[str]:
+    """The checkpoints directly under ``root``, oldest first (version ids sort by time)."""
+    try:
+        files = storage.list_files(root)
+    except FileNotFoundError:
+        return []
+    prefix = root.rstrip("/") + "/"
+    names = {f[len(prefix):] for f in files if f.startswith(prefix)}
+    versions = {n.split("/")[0] for n in names if n.count("/") == 1 and n.endswith("/" + META_FILE)}
+    return [storage.join(root, v) for v in sorted(versions)]
+
+
+def latest_version(root: str) -> str | None:
+    """The newest checkpoint directly under ``root``, or None."""
+    versions = list_versions(root)
+    return versions[-1] if versions else None
+
+
+def resolve_expert(uri: str) -> str:
+    """``uri`` if it is a checkpoint; if it is a folder of versions (``<output>/<class>/`` as
+    ``train`` writes them), its latest version. Anything else is returned as is, so loading it
+    fails with the usual clear error."""
+    if storage.exists(storage.join(uri, META_FILE)):
+        return uri
+    return latest_version(uri) or uri
+
+
+def load_meta(uri: str) -> ExpertMeta:
+    """Read and validate ``expert.json`` alone (cheap: no weights)."""
+    try:
+        raw = storage.read_bytes(storage.join(uri, META_FILE))
+    except FileNotFoundError:
+        raise CheckpointError(uri, f"no {META_FILE}: not an expert checkpoint, or a save that did not finish") from None
+    except OSError as err:
+        raise CheckpointError(uri, f"cannot read {META_FILE}: {err}") from None
+    try:
+        data = json.loads(raw)
+    except ValueError as err:
+        raise CheckpointError(uri, f"{META_FILE} is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(uri, f"{META_FILE} must hold a JSON object")
+    version = data.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int):
+        raise CheckpointError(uri, f"{META_FILE}: format_version must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(uri, f"written by a newer dualcam (format {version}); upgrade dualcam")
+    try:
+        return ExpertMeta.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(uri, f"{META_FILE}: {err}") from None
+
+
+def load_expert(uri: str, device: str | torch.device = "cpu") -> Expert:
+    """Load an expert checkpoint, checking its content hash and architecture; model in eval mode."""
+    meta = load_meta(uri)
+    weights_uri = storage.join(uri, WEIGHTS_FILE)
+    try:
+        data = storage.read_bytes(weights_uri)
+    except FileNotFoundError:
+        raise CheckpointError(uri, f"{WEIGHTS_FILE} is missing") from None
+    except OSError as err:
+        raise CheckpointError(uri, f"cannot read {WEIGHTS_FILE}: {err}") from None
+    if not meta.sha256:
+        raise CheckpointError(uri, f"{META_FILE} has no sha256, so {WEIGHTS_FILE} cannot be verified")
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != meta.sha256:
+        raise CheckpointError(
+            uri,
+            f"{WEIGHTS_FILE} is truncated or altered ({len(data)} bytes, sha256 {digest[:12]}..., "
+            f"{META_FILE} says {meta.sha256[:12]}...)",
+        )
+    model = _skeleton(meta.arch, output_stride=meta.output_stride)
+    _load_into(model, _parse_state_dict(data, weights_uri), uri, meta.arch)
+    return Expert(model=model.to(device).eval(), meta=meta, uri=uri)
+
+
+def _imagenet_model(arch: str, output_stride: int) -> nn.Module:
+    """``architectures.build`` with torchvision's ImageNet weights (from torch's hub cache, else downloaded); an
+    OSError that says what to do where there is no internet."""
+    weights = imagenet_weights(arch)
+    try:
+        return architectures.build(arch, output_stride, weights=weights)
+    except URLError as err:  # no internet, no DNS, a proxy: torch.hub could not download them
+        raise OSError(
+            f"could not download torchvision's ImageNet weights for {arch} ({weights.url}: "
+            f"{getattr(err, 'reason', err)}). --weights also takes a state dict's path or s3:// URI: download that "
+            f"file where there is internet (or copy it from {torch.hub.get_dir()}/checkpoints/ of a machine "
+            "that has it) and give its path"
+        ) from None
+
+
+def _skeleton(arch: str, num_classes: int = 2, output_stride: int = 32) -> nn.Module:
+    """The network's structure with no storage allocated; weights are assigned on load (fast)."""
+    with torch.device("meta"):
+        return architectures.build(arch, output_stride, weights=None, num_classes=num_classes)
+
+
+def _check_fits(state: Mapping[str, torch.Tensor], arch: str, uri: str) -> None:
+    _load_into(_skeleton(arch), state, uri, arch)
+
+
+def _load_into(model: nn.Module, state: Mapping[str, torch.Tensor], uri: str, arch: str) -> None:
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())
+        raise CheckpointError(uri, f"weights do not fit arch {arch!r}: {detail[:400]}") from None
+
+
+# torchvision's published DenseNet files use old key names ("norm.1"); its loader renames them.
+_OLD_DENSENET_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
+
+
+def _parse_state_dict(data: bytes, uri: str) -> dict[str, torch.Tensor]:
+    """A plain float32 state dict with torchvision's key names, from untrusted bytes."""
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = " ".join(str(err).split())[:300]
+        if "weights only load failed" in reason.lower():
+            raise CheckpointError(uri, "holds pickled objects other than tensors; refused by weights_only loading "
+                                  f"({reason})") from None
+        raise CheckpointError(uri, f"not a readable torch weights file ({reason})") from None
+    except Exception as err:  # torch.load raises many types on arbitrary bytes
+        raise CheckpointError(uri, f"not a readable torch weights file ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise CheckpointError(uri, "does not hold a state dict (a mapping of names to tensors)")
+    for wrapper in ("module.", "_orig_mod."):  # DistributedDataParallel, torch.compile
+        if state and all(k.startswith(wrapper) for k in state):
+            state = {k[len(wrapper):]: v for k, v in state.items()}
+    return {
+        _OLD_DENSENET_KEY.sub(r"\1\2", k): v.float() if v.is_floating_point() else v
+        for k, v in state.items()
+    }
+
+
+def _read_state_dict(uri: str) -> dict[str, torch.Tensor]:
+    try:
+        data = storage.read_bytes(uri)
+    except FileNotFoundError:
+        raise CheckpointError(uri, "weights file not found") from None
+    except OSError as err:
+        raise CheckpointError(uri, f"cannot read weights: {err}") from None
+    return _parse_state_dict(data, uri)

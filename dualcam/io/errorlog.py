@@ -1,0 +1,83 @@
+"""An error told to a person: one line without colour codes, and its full traceback in a log file.
+
+An error raised inside Ray reaches the driver rendered by Ray: the remote traceback, with ANSI
+colour codes, often wrapped in Ray Data's own error (``UserCodeException: UDF failed ...``) whose
+text is all that is left of the original. ``one_line`` finds the error the failing code raised and
+gives it as ``Type: message`` on one line (``OSError: [Errno 28] No space left on device while
+writing /results/x.parquet``); ``write_log`` keeps everything in a file for whoever looks next.
+No Ray here: Ray's errors are recognized by their module.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+"""Terminal escape sequences (colours), which Ray puts into the errors it renders."""
+_CHAINED = re.compile(r"^(?:The above exception was the direct cause of the following exception|"
+                      r"During handling of the above exception, another exception occurred):$", re.MULTILINE)
+
+
+def raised_by_ray(err: BaseException) -> bool:
+    """Whether ``err``, or an error it was raised from, is one of Ray's (a task, actor or node that failed)."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if _is_ray(type(current)):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _is_ray(kind: type) -> bool:
+    return any(cls.__module__.split(".")[0] == "ray" for cls in kind.__mro__)
+
+
+def one_line(err: BaseException) -> str:
+    """``err`` on one line, without colour codes. For an error raised inside Ray, the error the
+    failing code raised, as ``Type: message``, rather than Ray's wrapping of it."""
+    text = ANSI.sub("", str(err)).strip()
+    if _is_ray(type(err)):
+        cause = getattr(err, "cause", None)  # a task's own error, when Ray kept it (RayTaskError)
+        if isinstance(cause, BaseException) and not _is_ray(type(cause)):
+            text = f"{type(cause).__name__}: {ANSI.sub('', str(cause))}"
+        else:
+            text = _last_raised_in_code(text) or text
+    return " ".join(line.strip() for line in text.splitlines() if line.strip()) or type(err).__name__
+
+
+def _last_raised_in_code(rendered: str) -> str | None:
+    """From Ray's rendering of a remote error (the tracebacks of a chain, oldest first): the
+    ``Type: message`` lines of the last error that is not Ray's own wrapper, or None."""
+    found = None
+    for section in _CHAINED.split(rendered):
+        lines = [line for line in section.strip().splitlines() if line.strip()]
+        # an error's own lines come after its traceback's indented "File ..." lines (or Ray's "ray::" header)
+        indented = [i for i, line in enumerate(lines) if line[0].isspace()]
+        begin = indented[-1] + 1 if indented else sum(1 for line in lines[:1] if line.startswith("ray::"))
+        if begin < len(lines) and not lines[begin].startswith("ray."):
+            found = "\n".join(lines[begin:])
+    return found
+
+
+def log_dir() -> Path:
+    """``DUALCAM_LOG_DIR``, else ``dualcam-logs`` in the system's temporary folder."""
+    return Path(os.environ.get("DUALCAM_LOG_DIR") or Path(tempfile.gettempdir()) / "dualcam-logs")
+
+
+def write_log(err: BaseException) -> str:
+    """Write the command line and ``err``'s full traceback (colour codes removed) to a new log file; its path."""
+    now = datetime.now(timezone.utc)
+    folder = log_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"dualcam-{now:%Y%m%dT%H%M%S}-{os.getpid()}.log"
+    story = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    path.write_text(f"{now:%Y-%m-%d %H:%M:%S} UTC: {' '.join(sys.argv)}\n\n{ANSI.sub('', story)}")
+    return str(path)

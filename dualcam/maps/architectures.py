@@ -1,0 +1,125 @@
+"""The classifiers a CAM is defined for, one registry entry each: how to build it, where its final
+feature maps come from, and which layer is its linear head.
+
+A CAM is exact only for a network that ends in global average pooling and one linear layer, so an
+architecture is supported only where both are known; checkpoints (``dualcam.io.checkpoints``) and
+CAMs (``dualcam.maps.cam``) read the same entry. To add an architecture, add a ``Family`` (once per
+torchvision model class) and its ``ARCHITECTURES`` entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import DenseNet, ResNet, get_model
+
+OUTPUT_STRIDES = (32, 16)
+
+
+def _resnet_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    assert isinstance(model, ResNet)
+    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    return model.layer4(model.layer3(model.layer2(model.layer1(x))))
+
+
+def _densenet_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    assert isinstance(model, DenseNet)
+    return F.relu(model.features(x))
+
+
+def _resnet_at_stride(name: str, output_stride: int, **kwargs: Any) -> nn.Module:
+    """torchvision's ResNet with its last stage at ``output_stride`` 32 or 16, same parameters either way:
+    bottleneck ResNets dilate the last stage (``replace_stride_with_dilation``); resnet18/34, whose
+    BasicBlock has no dilation in torchvision, run it at stride 1 without dilation."""
+    if output_stride == 32:
+        return get_model(name, **kwargs)
+    if name in ("resnet18", "resnet34"):
+        model = get_model(name, **kwargs)
+        block = model.layer4[0]
+        block.conv1.stride = block.downsample[0].stride = (1, 1)
+        return model
+    return get_model(name, replace_stride_with_dilation=[False, False, True], **kwargs)
+
+
+def _plain(name: str, output_stride: int, **kwargs: Any) -> nn.Module:
+    return get_model(name, **kwargs)
+
+
+@dataclass(frozen=True)
+class Family:
+    """What every architecture built on one torchvision model class shares."""
+
+    model_class: type[nn.Module]
+    head: str
+    """Attribute of the final ``nn.Linear`` (the CAM's weights; replaced by a 2-output layer in an expert)."""
+    features: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    """(model, x) -> (B, C, h, w): the maps the head's global average pooling reads."""
+    build: Callable[..., nn.Module]
+    """(name, output_stride, **torchvision kwargs) -> the model."""
+    output_strides: tuple[int, ...] = (32,)
+
+
+RESNET = Family(ResNet, "fc", _resnet_features, _resnet_at_stride, OUTPUT_STRIDES)
+DENSENET = Family(DenseNet, "classifier", _densenet_features, _plain)
+
+ARCHITECTURES: dict[str, Family] = {
+    "resnet18": RESNET,
+    "resnet34": RESNET,
+    "resnet50": RESNET,
+    "resnet101": RESNET,
+    "resnet152": RESNET,
+    "densenet121": DENSENET,
+}
+
+
+def family(arch: str) -> Family:
+    """The registry entry of ``arch``; ValueError naming the supported ones otherwise."""
+    try:
+        return ARCHITECTURES[arch]
+    except KeyError:
+        raise ValueError(f"arch {arch!r} is not one of {', '.join(ARCHITECTURES)}") from None
+
+
+def check_output_stride(arch: str, output_stride: int) -> None:
+    """ValueError unless ``arch`` is known and can run its last stage at ``output_stride``."""
+    entry = family(arch)
+    if output_stride not in OUTPUT_STRIDES:
+        raise ValueError(f"output_stride must be one of {', '.join(map(str, OUTPUT_STRIDES))}, got {output_stride!r}")
+    if output_stride not in entry.output_strides:
+        raise ValueError(f"output_stride {output_stride} is supported for ResNets only, not {arch!r}")
+
+
+def build(arch: str, output_stride: int = 32, **kwargs: Any) -> nn.Module:
+    """torchvision's ``arch`` at ``output_stride``; ``kwargs`` go to torchvision (``weights``, ``num_classes``)."""
+    check_output_stride(arch, output_stride)
+    return family(arch).build(arch, output_stride, **kwargs)
+
+
+def family_of(model: nn.Module) -> Family:
+    """The entry a built model belongs to, by its class."""
+    for entry in ARCHITECTURES.values():
+        if isinstance(model, entry.model_class):
+            return entry
+    supported = dict.fromkeys(entry.model_class.__name__ for entry in ARCHITECTURES.values())
+    raise TypeError(
+        f"dualcam supports torchvision {' and '.join(supported)} models (a CAM needs their known head), "
+        f"not {type(model).__name__}"
+    )
+
+
+def head(model: nn.Module) -> nn.Linear:
+    """The model's final linear layer."""
+    layer = getattr(model, family_of(model).head)
+    assert isinstance(layer, nn.Linear)
+    return layer
+
+
+def with_head(model: nn.Module, outputs: int) -> nn.Module:
+    """``model`` with its final layer replaced by a fresh one of ``outputs`` outputs (same inputs)."""
+    setattr(model, family_of(model).head, nn.Linear(head(model).in_features, outputs))
+    return model

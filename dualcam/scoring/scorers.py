@@ -1,0 +1,418 @@
+"""The scorers: two experts, one forward each, their CAMs, and what a run computes from them.
+
+No Ray here. The pipeline's two per-batch steps are plain Python on Arrow tables, so tests,
+benchmarks and ``dualcam explain`` run them directly and the Ray layer only wires them up:
+
+* ``load_images``: read each row's ``uri`` and turn its bytes into a model input with
+  ``imaging.model_input``, which decodes only what the model needs (CPU; one bad file becomes an
+  error on its row, never an exception). For a scorer on a GPU (``device_jpeg``), the JPEGs its
+  device decodes are only read: their bytes travel in ``data``;
+* a ``PairScorer``: a callable class that scores the loaded rows and returns result rows
+  (``dualcam.io.results`` has the schemas), after decoding the JPEGs left as bytes in one batch on its
+  device (``device_decode``). ``DualScorer`` holds experts 1 and 2 and computes the ADDK heatmap
+  (``dualcam score``); ``DriftScorer`` holds an old and a new version of one expert and computes
+  the drift measures (``dualcam drift``). They differ only in ``score`` and ``columns``; loading,
+  batching, precision, per-row errors and the retry in smaller batches when the device runs out of
+  memory are shared.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import ClassVar, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from dualcam.io import device_decode, storage
+from dualcam.io.checkpoints import POSITIVE_INDEX, Expert, ExpertMeta, load_expert, resolve_expert
+from dualcam.io.imaging import MAX_PIXELS, model_input, preprocess
+from dualcam.io.results import DRIFT, SCORE, Layout, RunSpec, result_table, tensor_array, to_numpy
+from dualcam.maps import drift_measures, regions
+from dualcam.maps.cam import forward_with_cams, upsample
+from dualcam.maps.kernel import DEFAULT_ALPHA, addk, overlap
+from dualcam.maps.numerics import DEFAULT_PRECISION, check_precision, computing_in
+from dualcam.scoring.archive_options import check_value
+
+IO_THREADS = 8
+"""Files fetched at once per loading task: reads from object storage wait on the network, not the CPU."""
+
+
+def check_same_input(meta1: ExpertMeta, meta2: ExpertMeta, uri1: str, uri2: str) -> None:
+    """Refuse two experts that take different inputs: one batch must feed both, CAMs must share a grid."""
+    spec1 = meta1.input_size, meta1.color_mode, meta1.mean, meta1.std, meta1.output_stride
+    spec2 = meta2.input_size, meta2.color_mode, meta2.mean, meta2.std, meta2.output_stride
+    if spec1 != spec2:
+        raise ValueError(
+            f"experts take different inputs: {uri1} {spec1} vs {uri2} {spec2} "
+            "(input_size, color_mode, mean, std and output_stride must match)"
+        )
+
+
+class _Loaded(NamedTuple):
+    """One row as a loader leaves it: its model input ((3, S, S) float32) and image (height, width);
+    or the reason it failed; or, for the scorer's device decoder, the file's bytes alone."""
+
+    x: np.ndarray | None = None
+    size: tuple[int, int] | None = None
+    error: str | None = None
+    data: bytes | None = None
+
+
+def load_images(
+    batch: pa.Table, meta: ExpertMeta, max_pixels: int = MAX_PIXELS, read_timeout: float = storage.READ_TIMEOUT,
+    device_jpeg: bool = False,
+) -> pa.Table:
+    """Add ``pixels`` ((3, S, S) model input, null on error), ``width``, ``height``, ``error`` and ``data``.
+
+    Every row comes back: a file that is missing, unreadable, not a regular file, not read within
+    ``read_timeout`` seconds, not an image, too large or undecodable gets its reason in ``error``,
+    so no input is ever dropped and no input can hold up the others for longer than the timeout.
+    With ``device_jpeg`` (loaders of a scorer on a GPU), a JPEG its device decoder takes
+    (``device_decode.takes``) is only read: its bytes are in ``data`` and its other columns null
+    until the scorer decodes it.
+    """
+    uris = batch.column("uri").to_pylist()
+    with ThreadPoolExecutor(min(IO_THREADS, max(1, len(uris)))) as pool:
+        loaded = list(pool.map(lambda uri: _load_one(uri, meta, max_pixels, read_timeout, device_jpeg), uris))
+    return _with_inputs(batch, loaded, meta.input_size)
+
+
+def _load_one(uri: str, meta: ExpertMeta, max_pixels: int, read_timeout: float, device_jpeg: bool) -> _Loaded:
+    try:
+        data = storage.read_bytes(uri, read_timeout)
+        if device_jpeg and device_decode.takes(data, max_pixels):
+            return _Loaded(data=data)
+        return _decoded(uri, data, meta, max_pixels)
+    except Exception as err:  # any failure is this row's error, never the batch's
+        return _Loaded(error=_reason(uri, err))
+
+
+def _decoded(uri: str, data: bytes, meta: ExpertMeta, max_pixels: int = MAX_PIXELS) -> _Loaded:
+    """The CPU path from bytes to a model input; a failure is the row's error."""
+    try:
+        x, size = model_input(data, uri, meta, max_pixels)
+        return _Loaded(x.numpy(), size)
+    except Exception as err:
+        return _Loaded(error=_reason(uri, err))
+
+
+def _reason(uri: str, err: Exception) -> str:
+    """A row's error: the exception's message, naming the file."""
+    message = str(err) or type(err).__name__
+    return message if uri in message else f"{uri}: {message}"
+
+
+def _with_inputs(batch: pa.Table, loaded: Sequence[_Loaded], input_size: int) -> pa.Table:
+    """``batch`` with the columns a scorer reads (``pixels``, ``width``, ``height``, ``error``, ``data``),
+    one ``_Loaded`` per row, however the rows were loaded."""
+    pixels = np.zeros((len(loaded), 3, input_size, input_size), np.float32)
+    ok = np.array([row.x is not None for row in loaded], dtype=bool)
+    for i, row in enumerate(loaded):
+        if row.x is not None:
+            pixels[i] = row.x
+    sizes = [row.size for row in loaded]
+    return (
+        batch.append_column("pixels", tensor_array(pixels, ok))
+        .append_column("width", pa.array([s[1] if s else None for s in sizes], pa.int32()))
+        .append_column("height", pa.array([s[0] if s else None for s in sizes], pa.int32()))
+        .append_column("error", pa.array([row.error for row in loaded], pa.string()))
+        .append_column("data", pa.array([row.data for row in loaded], pa.large_binary()))
+    )
+
+
+def check_same_expert(old: ExpertMeta, new: ExpertMeta, old_uri: str, new_uri: str) -> None:
+    """Refuse two checkpoints that are not versions of one expert: drift compares like with like."""
+    fields = ("arch", "class_name", "input_size", "output_stride", "color_mode", "mean", "std")
+    differ = [f"{f} {getattr(old, f)!r} vs {getattr(new, f)!r}" for f in fields if getattr(old, f) != getattr(new, f)]
+    if differ:
+        raise ValueError(f"{old_uri} and {new_uri} are not two versions of the same expert: " + "; ".join(differ))
+
+
+class PairScorer:
+    """Two experts on one device, one forward pass each per batch, and result rows: the Ray pipeline's actor.
+
+    The shared path of ``dualcam score`` and ``dualcam drift``. Both experts must take the same
+    input (size, colour mode, normalization), so one preprocessed batch feeds both and their CAMs
+    share a grid. A subclass says what its run is: ``layout`` (the columns it writes),
+    ``check_experts`` (which pairs it accepts), ``score`` (what it computes per batch) and
+    ``columns`` (those results as the layout's columns, in image pixels).
+
+    ``precision`` (``dualcam.maps.numerics``) is how the forward passes compute: float32 by default on
+    every device. When the device runs out of memory, a batch is scored again in halves (down to
+    one image per forward pass), and later batches start at the size that fitted.
+    """
+
+    layout: ClassVar[Layout]
+
+    def __init__(
+        self, first: Expert | str, second: Expert | str, alpha: float = DEFAULT_ALPHA,
+        device: str | None = None, threads: int | None = None, precision: str = DEFAULT_PRECISION,
+    ):
+        check_value(alpha, "alpha", "a finite number >= 0", float, lambda v: v >= 0)  # before the experts load
+        if threads:
+            # Ray sets OMP_NUM_THREADS=1 in its workers; give torch the CPUs this actor was given.
+            torch.set_num_threads(threads)
+        self.precision = check_precision(precision)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.experts = tuple(load_expert(resolve_expert(e), self.device) if isinstance(e, str) else e
+                             for e in (first, second))
+        self.check_experts(self.experts[0].meta, self.experts[1].meta, self.experts[0].uri, self.experts[1].uri)
+        self.alpha = float(alpha)
+        self.meta = self.experts[0].meta
+        self.spec = RunSpec.of(self.layout, self.experts[0].meta, self.experts[1].meta, self.alpha, self.precision)
+        for expert in self.experts:
+            # Module.to's stubs take memory_format only alone: the same as one call with both
+            expert.model.to(self.device).to(memory_format=torch.channels_last).eval()
+        self.decoder = device_decode.DeviceDecoder(self.meta, self.device)
+        self.max_rows: int | None = None
+        """Most images per forward pass: None until the device runs out of memory, then what fitted."""
+        size = self.meta.input_size
+        # (h, w) of the CAMs, from the network itself (the stride arithmetic differs by arch).
+        grid_h, grid_w = self.forward(torch.zeros(1, 3, size, size))[1].shape[-2:]
+        self.grid: tuple[int, int] = (grid_h, grid_w)
+        # The pipeline runs two calls per actor at once so that one batch loads while another is
+        # scored; two forward passes at once would only share (and oversubscribe) the same threads.
+        self._scoring = threading.Lock()
+
+    @staticmethod
+    def check_experts(meta1: ExpertMeta, meta2: ExpertMeta, uri1: str, uri2: str) -> None:
+        """Raise ValueError for a pair this kind of run cannot use; called before any work."""
+        check_same_input(meta1, meta2, uri1, uri2)
+
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """(3, S, S) model input for one decoded image."""
+        return preprocess(image, self.meta)
+
+    @torch.inference_mode()
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both experts on a (B, 3, S, S) batch, in this scorer's precision: in-class probabilities
+        (2, B) and raw in-class CAMs (2, B, h, w), float32, left on the device."""
+        x = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with computing_in(self.precision, self.device):
+            outputs = [forward_with_cams(expert.model, x) for expert in self.experts]
+        probs = torch.stack([logits.float().softmax(-1)[:, POSITIVE_INDEX] for logits, _ in outputs])
+        cams = torch.stack([cams[:, POSITIVE_INDEX].float() for _, cams in outputs])
+        return probs, cams
+
+    def score(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
+        """What this run computes for a (B, 3, S, S) batch; numpy, first axis B, positions in input pixels."""
+        raise NotImplementedError
+
+    def columns(self, scores: dict[str, np.ndarray], sizes: np.ndarray) -> dict[str, np.ndarray]:
+        """``score``'s output as the layout's computed columns, given (B, 2) image (width, height)."""
+        raise NotImplementedError
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """Result rows (``dualcam.io.results``, this scorer's layout) for a batch from ``load_images``.
+
+        Rows left as bytes are decoded first (``device_decode``; on the CPU where the device's
+        decoder refuses a file). A batch that fails as a whole becomes error rows naming the
+        cause; the run goes on.
+        """
+        scores = self.layout.empty(self.grid)
+        try:
+            batch, ok, pixels = self._inputs(batch)
+            if ok.any():
+                sizes = np.stack([batch.column(c).to_numpy(zero_copy_only=False)[ok] for c in ("width", "height")], 1)
+                with self._scoring:
+                    scores = self.columns(self._score_rows(pixels), sizes)
+        except Exception as err:  # the batch's rows carry the error instead
+            ok = np.zeros(batch.num_rows, dtype=bool)
+            errors = [e if e is not None else f"scoring failed: {type(err).__name__}: {err}"
+                      for e in batch.column("error").to_pylist()]
+            batch = batch.set_column(batch.schema.get_field_index("error"), "error", pa.array(errors, pa.string()))
+            scores = self.layout.empty(self.grid)
+        scored_at = np.datetime64(time.time_ns() // 1000, "us")
+        return result_table(batch, ok, batch.column("error").to_pylist(), scores, self.spec, scored_at, self.grid)
+
+    def _inputs(self, batch: pa.Table) -> tuple[pa.Table, np.ndarray, torch.Tensor]:
+        """The batch with every row's size and error filled in, which rows can be scored, and their
+        (n, 3, S, S) model inputs on the device: loaded ones as they came, bytes decoded here."""
+        ok = np.array(pc.is_valid(batch.column("pixels")).to_numpy(zero_copy_only=False), dtype=bool)
+        inputs: list[torch.Tensor | None] = [None] * batch.num_rows
+        if ok.any():  # own copy: Arrow's buffers are read-only
+            loaded = torch.tensor(to_numpy(batch.column("pixels").filter(pa.array(ok)))).to(self.device)
+            for at, x in zip(np.flatnonzero(ok), loaded):
+                inputs[at] = x
+        data = batch.column("data").to_pylist() if "data" in batch.column_names else []
+        pending = [i for i, d in enumerate(data) if d is not None]
+        if pending:
+            uris, errors = batch.column("uri").to_pylist(), batch.column("error").to_pylist()
+            widths, heights = (batch.column(c).to_pylist() for c in ("width", "height"))
+            for i, decoded in zip(pending, self.decoder([data[i] for i in pending])):
+                if decoded is None:  # refused by the device: the CPU path, which names the problem if it has one
+                    row = _decoded(uris[i], data[i], self.meta)
+                    if row.error:
+                        errors[i] = row.error
+                    elif row.x is None or row.size is None:  # never: _decoded gives an image and its size, or an error
+                        raise ValueError(f"{uris[i]}: decoded to no image")
+                    else:
+                        decoded, errors[i] = (torch.from_numpy(row.x), row.size), None
+                if decoded is not None:
+                    inputs[i], (heights[i], widths[i]) = decoded[0].to(self.device), decoded[1]
+                    ok[i] = True
+            for name, values, kind in (("width", widths, pa.int32()), ("height", heights, pa.int32()),
+                                       ("error", errors, pa.string())):
+                batch = batch.set_column(batch.schema.get_field_index(name), name, pa.array(values, kind))
+        size = self.meta.input_size
+        x = torch.stack([x for x in inputs if x is not None]) if ok.any() else torch.empty(0, 3, size, size)
+        return batch, ok, x
+
+    def _score_rows(self, pixels: torch.Tensor) -> dict[str, np.ndarray]:
+        """``score`` over (n, 3, S, S) inputs, at most ``max_rows`` per forward pass. Out of device
+        memory, the part that failed is tried again in halves, and ``max_rows`` keeps what fitted;
+        at one image per pass the error is raised."""
+        parts, start = [], 0
+        while start < len(pixels):
+            rows = pixels[start:start + (self.max_rows or len(pixels))]
+            try:
+                parts.append(self.score(rows))
+            except torch.cuda.OutOfMemoryError:
+                if len(rows) == 1:
+                    raise
+                self.max_rows = len(rows) // 2
+                print(f"dualcam: out of {self.device} memory at {len(rows)} images per forward pass; "
+                      f"now {self.max_rows}", file=sys.stderr, flush=True)
+                torch.cuda.empty_cache()
+                continue
+            start += len(rows)
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+class DualScorer(PairScorer):
+    """Expert 1 (class of interest) and expert 2 (the overlapping class): CAMs and the ADDK heatmap."""
+
+    layout = SCORE
+
+    def __init__(
+        self, c1: Expert | str, c2: Expert | str, alpha: float = DEFAULT_ALPHA,
+        device: str | None = None, threads: int | None = None, precision: str = DEFAULT_PRECISION,
+    ):
+        super().__init__(c1, c2, alpha, device, threads, precision)
+
+    @property
+    def c1(self) -> Expert:
+        return self.experts[0]
+
+    @property
+    def c2(self) -> Expert:
+        return self.experts[1]
+
+    @torch.inference_mode()
+    def score(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
+        """Score a (B, 3, S, S) batch; every output is numpy, first axis B.
+
+        ``p1``, ``p2``: in-class probabilities. ``cam1``, ``cam2``: raw in-class CAMs (B, h, w)
+        float32. ``heatmap`` = addk(cam1, cam2, alpha), and ``heatmap_max`` its max. ``overlap``
+        (B,): the share of expert 1's positive evidence expert 2 also claims (``kernel.overlap``).
+        ``peak`` (B, 2) float (x, y) and ``box`` (B, 4) int (x0, y0, x1, y1, inclusive): the peak and
+        top-region box of the heatmap upsampled to S x S, in input pixels. Everything stays on
+        the device until the single copy back at the end.
+        """
+        (p1, p2), (cam1, cam2) = self.forward(batch)
+        heatmap = addk(cam1, cam2, self.alpha)
+        size = self.meta.input_size
+        fine = upsample(heatmap, (size, size))
+        out = {
+            "p1": p1, "p2": p2, "cam1": cam1, "cam2": cam2, "heatmap": heatmap,
+            "heatmap_max": heatmap.flatten(1).max(dim=1).values,
+            "overlap": overlap(cam1, cam2),
+            "peak": regions.peak(fine),
+            "box": regions.bounding_box(regions.top_region(fine)),
+        }
+        return {k: v.cpu().numpy() for k, v in out.items()}
+
+    def columns(self, scores: dict[str, np.ndarray], sizes: np.ndarray) -> dict[str, np.ndarray]:
+        """Peak and box mapped from the S x S input grid to each image's own (width, height) pixels."""
+        scale = _scale(sizes, self.meta.input_size)
+        x0y0, x1y1 = np.split(scores.pop("box").astype(np.float64), 2, axis=1)
+        lo = np.floor(x0y0 * scale)
+        hi = np.minimum(np.ceil((x1y1 + 1) * scale), sizes)
+        scores["peak_x"], scores["peak_y"] = _image_point(scores.pop("peak"), scale, sizes)
+        scores["box_x"], scores["box_y"] = lo.astype(np.int32).T
+        scores["box_w"], scores["box_h"] = (hi - lo).astype(np.int32).T
+        return scores
+
+
+class DriftScorer(PairScorer):
+    """An old and a new version of one expert: their CAMs, ADDK both ways and the drift measures.
+
+    The pair must be the same kind of expert (arch, class, input size and normalization); see
+    ``dualcam.maps.drift_measures`` for what each measure means.
+    """
+
+    layout = DRIFT
+
+    def __init__(
+        self, old: Expert | str, new: Expert | str, alpha: float = DEFAULT_ALPHA,
+        device: str | None = None, threads: int | None = None, precision: str = DEFAULT_PRECISION,
+    ):
+        super().__init__(old, new, alpha, device, threads, precision)
+
+    @property
+    def old(self) -> Expert:
+        return self.experts[0]
+
+    @property
+    def new(self) -> Expert:
+        return self.experts[1]
+
+    @staticmethod
+    def check_experts(meta1: ExpertMeta, meta2: ExpertMeta, uri1: str, uri2: str) -> None:
+        check_same_expert(meta1, meta2, uri1, uri2)
+
+    @torch.inference_mode()
+    def score(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
+        """``p_old``, ``p_new``, ``cam_old``, ``cam_new`` and ``drift_measures.measures`` of a (B, 3, S, S) batch,
+        as numpy."""
+        (p_old, p_new), (cam_old, cam_new) = self.forward(batch)
+        out = {"p_old": p_old, "p_new": p_new, "cam_old": cam_old, "cam_new": cam_new,
+               **drift_measures.measures(p_old, p_new, cam_old, cam_new, self.meta.input_size, self.alpha)}
+        return {k: v.cpu().numpy() for k, v in out.items()}
+
+    def columns(self, scores: dict[str, np.ndarray], sizes: np.ndarray) -> dict[str, np.ndarray]:
+        """Peaks mapped to image pixels: their distance is ``peak_shift_px``; the gained map's peak is kept."""
+        scale = _scale(sizes, self.meta.input_size)
+        scores["peak_shift_px"] = drift_measures.peak_shift_px(scores.pop("old_peak"), scores.pop("new_peak"), scale)
+        scores["gained_peak_x"], scores["gained_peak_y"] = _image_point(scores.pop("gained_peak"), scale, sizes)
+        return scores
+
+
+def _scale(sizes: np.ndarray, input_size: int) -> np.ndarray:
+    """(B, 2) image pixels per input pixel, x and y."""
+    return sizes.astype(np.float64) / input_size
+
+
+def _image_point(point: np.ndarray, scale: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(B, 2) (x, y) in input pixels -> x, y in image pixels (int32, inside the image)."""
+    image = (point + 0.5) * scale - 0.5
+    return tuple(np.clip(np.rint(image), 0, sizes - 1).astype(np.int32).T)
+
+
+def score_images(
+    scorer: PairScorer, uris: Sequence[str], batch_size: int = 16, device_jpeg: bool | None = None,
+) -> pa.Table:
+    """Load and score files without Ray, in batches: the same rows the pipeline writes. The next
+    batch loads (in a thread) while one is scored; ``device_jpeg`` (default: when the scorer is on a
+    GPU, as in the pipeline) leaves the JPEGs to the scorer's device decoder."""
+    device_jpeg = scorer.device.type == "cuda" if device_jpeg is None else device_jpeg
+    batches = [pa.table({"uri": pa.array(list(uris[start:start + batch_size]), pa.string())})
+               for start in range(0, len(uris), batch_size)]
+    if not batches:
+        raise ValueError("score_images: no URIs to score")
+    tables = []
+    with ThreadPoolExecutor(1) as loader:
+        next_batch = loader.submit(load_images, batches[0], scorer.meta, device_jpeg=device_jpeg)
+        for following in [*batches[1:], None]:
+            loaded = next_batch.result()
+            if following is not None:
+                next_batch = loader.submit(load_images, following, scorer.meta, device_jpeg=device_jpeg)
+            tables.append(scorer(loaded))
+    return pa.concat_tables(tables)
