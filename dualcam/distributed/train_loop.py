@@ -109,9 +109,7 @@ def train_loop(config: dict[str, Any]) -> None:
             _export_epoch(model, config["export"], history[-1])
     # channels_last before DDP wraps it, so gradient buckets match the parameters' layout
     model = ray.train.torch.prepare_model(model.to(memory_format=torch.channels_last))
-    bare = model.module if hasattr(model, "module") else model
-    if not isinstance(bare, torch.nn.Module):  # never: what DDP wraps is the model it was given
-        raise TypeError(f"expected the wrapped model, got {type(bare).__name__}")
+    bare = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     device = ray.train.torch.get_device()
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
     if optimizer_state:

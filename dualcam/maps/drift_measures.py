@@ -46,7 +46,7 @@ where neither version sees anything gains nothing (``gained`` is 1 everywhere).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -117,7 +117,17 @@ def drifted(primary: np.ndarray, threshold: float = DRIFT_THRESHOLD) -> np.ndarr
     return np.asarray(primary) < threshold
 
 
-def summarize(rows: dict[str, np.ndarray], threshold: float = DRIFT_THRESHOLD, top_k: int = TOP_K) -> dict[str, Any]:
+class DriftStats(TypedDict):
+    """What ``summarize`` returns (and ``_drift.json`` holds among the run's own fields)."""
+
+    images: int
+    drifted: int
+    drifted_share: float
+    measures: dict[str, dict[str, float | None]]
+    top: list[dict[str, Any]]
+
+
+def summarize(rows: dict[str, np.ndarray], threshold: float = DRIFT_THRESHOLD, top_k: int = TOP_K) -> DriftStats:
     """The machine-readable summary of scored drift rows (numpy arrays of equal length, ok rows only).
 
     ``rows`` holds ``uri`` and every measure, plus any other per-row values to list for the top

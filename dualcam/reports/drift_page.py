@@ -12,7 +12,7 @@ import datetime as dt
 import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
-from typing import Any, TypedDict
+from typing import TypedDict
 
 import numpy as np
 import pyarrow.compute as pc
@@ -45,9 +45,9 @@ class ExpertVersion(TypedDict):
     sha256: str
 
 
-class DriftReport(TypedDict):
+class DriftReport(drift_measures.DriftStats):
     """The content of ``_drift.json``: the run, the threshold and alert, and ``drift_measures.summarize``'s
-    statistics (``images`` .. ``top``), in the order written."""
+    statistics (``DriftStats``)."""
 
     kind: str
     output: str
@@ -60,11 +60,6 @@ class DriftReport(TypedDict):
     max_drift_share: float
     alert: bool
     errors: int
-    images: int
-    drifted: int
-    drifted_share: float
-    measures: dict[str, dict[str, float | None]]
-    top: list[dict[str, Any]]
     page: str
     created_at: str
 
@@ -92,8 +87,7 @@ def summarize(
         "primary_measure": drift_measures.PRIMARY_MEASURE, "threshold": threshold,
         "drifted_when": f"{drift_measures.PRIMARY_MEASURE} < {threshold:g}",
         "max_drift_share": max_drift_share, "alert": stats["drifted_share"] > max_drift_share,
-        "errors": table.num_rows - ok.num_rows, "images": stats["images"], "drifted": stats["drifted"],
-        "drifted_share": stats["drifted_share"], "measures": stats["measures"], "top": stats["top"],
+        "errors": table.num_rows - ok.num_rows, **stats,
         "page": storage.join(output, PAGE_DIR, "index.html"),
         "created_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
     }

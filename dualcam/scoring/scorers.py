@@ -249,10 +249,8 @@ class PairScorer:
             for i, decoded in zip(pending, self.decoder([data[i] for i in pending])):
                 if decoded is None:  # refused by the device: the CPU path, which names the problem if it has one
                     row = _decoded(uris[i], data[i], self.meta)
-                    if row.error:
-                        errors[i] = row.error
-                    elif row.x is None or row.size is None:  # never: _decoded gives an image and its size, or an error
-                        raise ValueError(f"{uris[i]}: decoded to no image")
+                    if row.error or row.x is None or row.size is None:
+                        errors[i] = row.error or f"{uris[i]}: decoded to no image"
                     else:
                         decoded, errors[i] = (torch.from_numpy(row.x), row.size), None
                 if decoded is not None:
