@@ -2,7 +2,8 @@
 
 (a) the bare forward of both experts (the limit), (b) the scorer class alone on loaded batches,
 (c) the Ray pipeline from local files to Parquet, (d) the same from S3 (moto's server on
-127.0.0.1), all on generated images of the experts' input size; then real sizes: (e) loading
+127.0.0.1), all on generated images of the experts' input size, and (g) the same images as DICOM
+files, read locally and from a PACS (Orthanc over DICOMweb on 127.0.0.1, when installed); then real sizes: (e) loading
 alone (read, decode, preprocess: ``model_input``), in CPU milliseconds per image on one core,
 beside the exact path it replaced (the whole image decoded to float32, then resized), for
 generated 2500 x 2048 files (8-bit JPEG, 16-bit PNG, 12-bit DICOM) and the sample X-rays when
@@ -17,13 +18,15 @@ their CPU time in the same window is counted too, process by process, and shown 
 that falls short. (a) and (b) run ``--repeat`` times, alternated, and the best of each
 counts.
 
-Run ``python -m dualcam.bench.speed --help``; Ray and moto are needed only for (c), (d) and (f).
+Run ``python -m dualcam.bench.speed --help``; Ray and moto are needed only for (c), (d), (f) and (g).
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
+import datetime
 import io
 import json
 import logging
@@ -40,12 +43,14 @@ import numpy as np
 import pyarrow as pa
 import torch
 from PIL import Image
+from pydicom.uid import generate_uid
 
+from dualcam.bench import pacs
 from dualcam.bench.fixtures import real_size_xray
 from dualcam.bench.s3server import MotoServer
 from dualcam.distributed.connect import connect
 from dualcam.distributed.pipeline import score_archive
-from dualcam.io import storage
+from dualcam.io import dicomweb, storage
 from dualcam.io.checkpoints import META_FILE, ExpertMeta, build_expert, save_expert
 from dualcam.io.imaging import decode_image, model_input, preprocess
 from dualcam.io.results import read_results, to_numpy
@@ -262,6 +267,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sources = {"c_local": str(work / "images")}
     if not args.no_s3:
         sources["d_s3"] = _stage_on_moto(images)
+    if not args.no_pacs:
+        sources.update(_stage_on_pacs(images, work))
     if groups:
         sources["f_real_size"] = _real_size_archive(work / "real-size-archive", groups, args.copies)
     ray = connect()
@@ -369,19 +376,46 @@ def _stage_on_moto(images: list[str]) -> str:
     return "s3://bench/images"
 
 
+def _stage_on_pacs(images: list[str], work: Path) -> dict[str, str]:
+    """The images as DICOM files, in a local folder and in an Orthanc started for the rest of this process
+    (its account in this process's environment, for Ray's workers): (g)'s two inputs; none without Orthanc."""
+    if (why := pacs.missing()) is not None:
+        print(f"dualcam bench: (g) skipped: {why}", file=sys.stderr)
+        return {}
+    server = pacs.OrthancServer(work / "orthanc").start()
+    atexit.register(server.stop)
+    os.environ.update({dicomweb.ENV_USER: pacs.USER, dicomweb.ENV_PASSWORD: pacs.PASSWORD})
+    folder = work / "dicom"
+    folder.mkdir(exist_ok=True)
+    study, series = str(generate_uid()), str(generate_uid())
+    for path in images:
+        _, data = pacs.radiograph_dicom(np.asarray(Image.open(path).convert("L")), study, series, BENCH_DAY)
+        (folder / f"{Path(path).stem}.dcm").write_bytes(data)
+        server.store(data)
+    return {"g_dicom_local": str(folder), "g_dicom_pacs": server.dicomweb(f"StudyInstanceUID={study}")}
+
+
+BENCH_DAY = datetime.date(2026, 12, 6)
+"""The study date of (g)'s DICOM files (any date; none is queried by it)."""
+
+
 def print_report(report: dict) -> None:
     print(f"dualcam bench: {report['images']} images, {report['arch']} pair at {report['size']} px, "
           f"batch {report['batch_size']}, {report['device']}, {report['precision']}, "
           f"{report['torch_threads']} torch threads" + (
               f"; pipeline actors of {report['cpus_per_actor']:g} CPUs" if report.get("cpus_per_actor") else ""))
     stages = [("a_bare_forward", "(a) bare forward of both experts"), ("b_scorer", "(b) scorer class alone"),
-              ("c_local", "(c) pipeline, local files -> Parquet"), ("d_s3", "(d) pipeline, S3 (moto) -> Parquet")]
+              ("c_local", "(c) pipeline, local files -> Parquet"), ("d_s3", "(d) pipeline, S3 (moto) -> Parquet"),
+              ("g_dicom_local", "(g) pipeline, DICOM files -> Parquet"),
+              ("g_dicom_pacs", "(g) pipeline, DICOMweb (Orthanc) -> Parquet")]
     for key, label in stages:
         if key in report:
             _print_stage(report, key, label)
     for key, label in (("b_over_a", "b/a"), ("c_local_over_a", "c/a"), ("d_s3_over_a", "d/a")):
         if key in report:
             print(f"  {label} = {report[key]:.3f}")
+    if "g_dicom_pacs" in report:
+        print(f"  g: DICOMweb / DICOM files = {report['g_dicom_pacs'] / report['g_dicom_local']:.3f}")
     if report.get("c_local_over_a", 1.0) < 0.9:
         _print_cpu(report, "c_local")
     if report.get("e_load"):
@@ -440,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="CPUs and torch threads per scoring actor in (c), (d), (f) (default: the pipeline's, 1)")
     parser.add_argument("--no-ray", action="store_true", help="only (a) and (b): for machines without Ray")
     parser.add_argument("--no-s3", action="store_true", help="skip (d)")
+    parser.add_argument("--no-pacs", action="store_true", help="skip (g)")
     parser.add_argument("--no-real-size", action="store_true", help="skip (e) and (f)")
     parser.add_argument("--copies", type=int, default=64,
                         help="links to each generated real-size file in (f)'s input (default 64)")
