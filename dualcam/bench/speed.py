@@ -2,8 +2,9 @@
 
 (a) the bare forward of both experts (the limit), (b) the scorer class alone on loaded batches,
 (c) the Ray pipeline from local files to Parquet, (d) the same from S3 (moto's server on
-127.0.0.1), all on generated images of the experts' input size, and (g) the same images as DICOM
-files, read locally and from a PACS (Orthanc over DICOMweb on 127.0.0.1, when installed); then real sizes: (e) loading
+127.0.0.1), all on generated images of the experts' input size; (g) the pipeline on real-size
+12-bit DICOM files (``--copies`` of them), read locally and from a PACS (Orthanc over DICOMweb on
+127.0.0.1, when installed); then real sizes: (e) loading
 alone (read, decode, preprocess: ``model_input``), in CPU milliseconds per image on one core,
 beside the exact path it replaced (the whole image decoded to float32, then resized), for
 generated 2500 x 2048 files (8-bit JPEG, 16-bit PNG, 12-bit DICOM) and the sample X-rays when
@@ -268,7 +269,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not args.no_s3:
         sources["d_s3"] = _stage_on_moto(images)
     if not args.no_pacs:
-        sources.update(_stage_on_pacs(images, work))
+        sources.update(_stage_on_pacs(work, args.copies))
     if groups:
         sources["f_real_size"] = _real_size_archive(work / "real-size-archive", groups, args.copies)
     ray = connect()
@@ -376,9 +377,10 @@ def _stage_on_moto(images: list[str]) -> str:
     return "s3://bench/images"
 
 
-def _stage_on_pacs(images: list[str], work: Path) -> dict[str, str]:
-    """The images as DICOM files, in a local folder and in an Orthanc started for the rest of this process
-    (its account in this process's environment, for Ray's workers): (g)'s two inputs; none without Orthanc."""
+def _stage_on_pacs(work: Path, copies: int) -> dict[str, str]:
+    """(g)'s two inputs: ``copies`` real-size 12-bit radiographs (2500 x 2048, 10 MB each, one SOP instance
+    each) as DICOM files in a local folder, and the same files in an Orthanc started for the rest of this
+    process (its account put in this process's environment, for Ray's workers); none without Orthanc."""
     if (why := pacs.missing()) is not None:
         print(f"dualcam bench: (g) skipped: {why}", file=sys.stderr)
         return {}
@@ -387,10 +389,11 @@ def _stage_on_pacs(images: list[str], work: Path) -> dict[str, str]:
     os.environ.update({dicomweb.ENV_USER: pacs.USER, dicomweb.ENV_PASSWORD: pacs.PASSWORD})
     folder = work / "dicom"
     folder.mkdir(exist_ok=True)
+    pixels = np.round(real_size_xray(np.random.default_rng(0)) * 4095).astype(np.uint16)
     study, series = str(generate_uid()), str(generate_uid())
-    for path in images:
-        _, data = pacs.radiograph_dicom(np.asarray(Image.open(path).convert("L")), study, series, BENCH_DAY)
-        (folder / f"{Path(path).stem}.dcm").write_bytes(data)
+    for i in range(copies):
+        _, data = pacs.radiograph_dicom(pixels, study, series, BENCH_DAY)
+        (folder / f"real-size-{i:03d}.dcm").write_bytes(data)
         server.store(data)
     return {"g_dicom_local": str(folder), "g_dicom_pacs": server.dicomweb(f"StudyInstanceUID={study}")}
 
@@ -405,17 +408,13 @@ def print_report(report: dict) -> None:
           f"{report['torch_threads']} torch threads" + (
               f"; pipeline actors of {report['cpus_per_actor']:g} CPUs" if report.get("cpus_per_actor") else ""))
     stages = [("a_bare_forward", "(a) bare forward of both experts"), ("b_scorer", "(b) scorer class alone"),
-              ("c_local", "(c) pipeline, local files -> Parquet"), ("d_s3", "(d) pipeline, S3 (moto) -> Parquet"),
-              ("g_dicom_local", "(g) pipeline, DICOM files -> Parquet"),
-              ("g_dicom_pacs", "(g) pipeline, DICOMweb (Orthanc) -> Parquet")]
+              ("c_local", "(c) pipeline, local files -> Parquet"), ("d_s3", "(d) pipeline, S3 (moto) -> Parquet")]
     for key, label in stages:
         if key in report:
             _print_stage(report, key, label)
     for key, label in (("b_over_a", "b/a"), ("c_local_over_a", "c/a"), ("d_s3_over_a", "d/a")):
         if key in report:
             print(f"  {label} = {report[key]:.3f}")
-    if "g_dicom_pacs" in report:
-        print(f"  g: DICOMweb / DICOM files = {report['g_dicom_pacs'] / report['g_dicom_local']:.3f}")
     if report.get("c_local_over_a", 1.0) < 0.9:
         _print_cpu(report, "c_local")
     if report.get("e_load"):
@@ -440,6 +439,10 @@ def print_report(report: dict) -> None:
               f"{report['f_real_size'] / report['f_min_bound']:.3f})")
         if report["f_real_size_over_bound"] < 0.9:
             _print_cpu(report, "f_real_size")
+    if "g_dicom_pacs" in report:
+        _print_stage(report, "g_dicom_local", "(g) pipeline, real-size DICOM files")
+        _print_stage(report, "g_dicom_pacs", "(g) the same from Orthanc (DICOMweb)")
+        print(f"  g: DICOMweb / files = {report['g_dicom_pacs'] / report['g_dicom_local']:.3f}")
 
 
 def _print_stage(report: dict, key: str, label: str) -> None:
@@ -477,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pacs", action="store_true", help="skip (g)")
     parser.add_argument("--no-real-size", action="store_true", help="skip (e) and (f)")
     parser.add_argument("--copies", type=int, default=64,
-                        help="links to each generated real-size file in (f)'s input (default 64)")
+                        help="links to each generated real-size file in (f)'s input; (g)'s DICOM files (default 64)")
     parser.add_argument("--samples", type=Path,
                         default=Path(os.environ.get("DUALCAM_XRAY_SAMPLES", "../shared/data/xray")),
                         help="the sample X-rays, used in (e) and (f) when present (default ../shared/data/xray)")
