@@ -80,6 +80,7 @@ def test_a_folder_gives_one_row_per_input_equal_to_a_direct_computation(ray_clus
         row = rows[str(archive / name)]
         assert row["status"] == "error" and row["p1"] is None and row["heatmap"] is None
         assert row["error"].startswith(str(archive / name)) and reason in row["error"], row["error"]
+        assert row["error_kind"] == "permanent"  # the file itself: a plain rerun leaves it be
 
     e1, e2 = load_expert(experts[0]), load_expert(experts[1])
     ok = table.filter(pa.compute.equal(table.column("status"), "ok"))
@@ -97,7 +98,7 @@ def test_a_folder_gives_one_row_per_input_equal_to_a_direct_computation(ray_clus
         assert row["p1"] == pytest.approx(l1.softmax(-1)[0, 1].item(), rel=1e-4)
         assert row["p2"] == pytest.approx(l2.softmax(-1)[0, 1].item(), rel=1e-4)
         assert row["heatmap_max"] == pytest.approx(heats[i].max(), rel=1e-6)
-        assert row["overlap"] == overlap(cams1[i], cams2[i]) and row["schema_version"] == 2
+        assert row["overlap"] == overlap(cams1[i], cams2[i]) and row["schema_version"] == SCORE.schema_version == 3
         assert (row["alpha"], row["c1_class"], row["c2_version"]) == (15.0, "COVID-19", e2.meta.version)
         # the peak (centre of the tied maxima: upsampling makes plateaus at the borders), against
         # the heatmap upsampled to the image itself, within one input pixel
@@ -232,15 +233,17 @@ def test_unusable_outputs_and_inputs_are_refused_before_any_work(experts, archiv
         score_archive(*experts, str(clash), str(tmp_path / "o"))
 
 
-def test_a_schema_1_output_never_receives_schema_2_rows(experts, archive, tmp_path):
-    out = tmp_path / "v1"
+@pytest.mark.parametrize("old_schema", [1, 2])
+def test_an_older_schema_output_never_receives_schema_3_rows(experts, archive, tmp_path, old_schema):
+    out = tmp_path / "old"
     out.mkdir()
     same_experts = RunSpec.of(SCORE, load_meta(experts[0]), load_meta(experts[1]), 5.0)
-    assert same_experts.schema_version == 2
-    (out / RUN_FILE).write_text(RunSpec(same_experts.first, same_experts.second, 5.0, schema_version=1).to_json())
+    assert same_experts.schema_version == 3
+    (out / RUN_FILE).write_text(RunSpec(same_experts.first, same_experts.second, 5.0,
+                                        schema_version=old_schema).to_json())
     before = sorted(out.iterdir())
     for retry_errors in (False, True):  # refused before error rows would be taken out, too
-        refused = r"another alpha, precision or schema \(score: .* alpha 5, fp32, schema 1\); choose another --output"
+        refused = rf"another alpha, precision or schema \(score: .* alpha 5, fp32, schema {old_schema}\); choose"
         with pytest.raises(ValueError, match=refused):
             score_archive(*experts, str(archive), str(out), retry_errors=retry_errors)
     assert sorted(p for p in out.iterdir() if p.name != LOCK_FILE) == before  # the lease's lock file stays
@@ -344,7 +347,8 @@ def test_a_dry_run_plans_without_ray_and_writes_nothing(experts, archive, tmp_pa
     out.mkdir()
     (out / RUN_FILE).write_text(RunSpec.of(SCORE, load_meta(experts[0]), load_meta(experts[1]), 5.0).to_json())
     images = [str(p) for p in sorted(archive.rglob("*")) if p.is_file() and p.name != "notes.txt"]
-    pq.write_table(pa.table({"uri": images[:3], "status": ["ok", "ok", "error"]}), out / "part-0.parquet")
+    pq.write_table(pa.table({"uri": images[:3], "status": ["ok", "ok", "error"],
+                             "error_kind": [None, None, "permanent"]}), out / "part-0.parquet")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     score = ["score", "--c1", experts[0], "--c2", experts[1], "--input", str(archive), "--dry-run"]
     code = (  # Ray cannot even be imported here
@@ -360,7 +364,7 @@ def test_a_dry_run_plans_without_ray_and_writes_nothing(experts, archive, tmp_pa
 
     first, second = printed.split("dualcam: dry run")[1:]
     assert re.search(rf"inputs +{len(images)} ", first)
-    assert re.search(r"skipped +1 +files with other names: \.txt 1", first)
+    assert re.search(r"skipped +1 +\(not an image's name\): \.txt 1", first)
     assert re.search(r"already done +2 ", first) and re.search(r"to retry +1 ", first)
     assert re.search(rf"to score +5 +of {len(images) - 2:,} not yet scored \(--limit 5\)", first)
     assert "rates         decoding 40.0 images/s per CPU, scoring 4.0 per CPU (given)" in first

@@ -19,11 +19,14 @@ def inputs_table(n: int) -> pa.Table:
 
 
 def write_output(folder, rows: list[tuple[str, str]], per_file: int) -> None:
+    """Result files of (uri, status) rows: ``ok``, ``error`` (a permanent error) or ``transient``."""
     folder.mkdir()
     for part, start in enumerate(range(0, len(rows), per_file)):
         chunk = rows[start:start + per_file]
-        pq.write_table(pa.table({"uri": [u for u, _ in chunk], "status": [s for _, s in chunk]}),
-                       folder / f"part-{part:03d}.parquet")
+        pq.write_table(pa.table({
+            "uri": [u for u, _ in chunk], "status": ["ok" if s == "ok" else "error" for _, s in chunk],
+            "error_kind": pa.array([{"ok": None, "error": "permanent"}.get(s, s) for _, s in chunk], pa.string()),
+        }), folder / f"part-{part:03d}.parquet")
 
 
 @pytest.mark.parametrize("part_rows", [1, 7, 10_000])  # the output set against the inputs in parts, or at once
@@ -31,19 +34,20 @@ def test_progress_leaves_exactly_the_inputs_not_in_the_output(tmp_path, monkeypa
     monkeypatch.setattr(planning, "PART_ROWS", part_rows)
     inputs = inputs_table(50)
     uris = inputs.column("uri").to_pylist()
-    ok, failed = uris[0:50:3], uris[1:50:7]
+    ok, failed, transient = uris[0:50:3], uris[1:50:7], uris[2:50:11]
     failed = [u for u in failed if u not in ok]
+    transient = [u for u in transient if u not in ok + failed]
     write_output(tmp_path / "out", [(u, "ok") for u in ok] + [(u, "error") for u in failed]
-                 + [("/elsewhere/x.png", "ok")], per_file=4)
+                 + [(u, "transient") for u in transient] + [("/elsewhere/x.png", "ok")], per_file=4)
 
-    state = planning.progress(inputs, str(tmp_path / "out"))
+    state = planning.progress(inputs, str(tmp_path / "out"))  # transient errors are tried again
     pending = inputs.take(state.pending).column("uri").to_pylist()
     assert pending == [u for u in uris if u not in ok + failed]  # in input order
-    assert (state.done, state.retried) == (len(ok) + len(failed), 0)
+    assert (state.done, state.retried) == (len(ok) + len(failed), len(transient))
 
-    retrying = planning.progress(inputs, str(tmp_path / "out"), retry_errors=True)
+    retrying = planning.progress(inputs, str(tmp_path / "out"), retry_errors=True)  # every error
     assert inputs.take(retrying.pending).column("uri").to_pylist() == [u for u in uris if u not in ok]
-    assert (retrying.done, retrying.retried) == (len(ok), len(failed))
+    assert (retrying.done, retrying.retried) == (len(ok), len(failed) + len(transient))
 
     fresh = planning.progress(inputs, str(tmp_path / "nothing-yet"))
     assert fresh.pending.to_pylist() == list(range(50)) and fresh.done == 0

@@ -90,6 +90,7 @@ def test_a_batch_that_fails_whole_becomes_error_rows(experts, tmp_path, monkeypa
     table = scorer(loaded)
     assert table.column("status").to_pylist() == ["error", "error"]
     assert table.column("error").to_pylist() == ["scoring failed: RuntimeError: CUDA out of memory"] * 2
+    assert table.column("error_kind").to_pylist() == ["transient"] * 2  # the device's, not the images': retried
     assert table.column("width").to_pylist() == [64, 64]
 
 

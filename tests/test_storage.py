@@ -12,7 +12,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from dualcam.io import storage
-from dualcam.io.results import drop_duplicates, drop_error_rows, read_results, tensor_array, to_numpy
+from dualcam.io.imaging import DecodeError
+from dualcam.io.results import (
+    PERMANENT,
+    TRANSIENT,
+    drop_duplicates,
+    drop_error_rows,
+    error_kind_of,
+    read_results,
+    tensor_array,
+    to_numpy,
+)
 
 
 def new_file_mode() -> int:
@@ -45,12 +55,15 @@ def test_leftovers_of_killed_writes_are_removed(tmp_path):
 
 
 def test_dropping_error_rows_keeps_the_rest_whole(tmp_path):
-    heat = np.arange(12, dtype=np.float32).reshape(3, 2, 2)
-    table = pa.table({"uri": ["a", "b", "c"], "status": ["ok", "error", "ok"],
-                      "heatmap": tensor_array(heat, np.array([True, False, True]))})
+    heat = np.arange(16, dtype=np.float32).reshape(4, 2, 2)
+    table = pa.table({"uri": ["a", "b", "c", "d"], "status": ["ok", "error", "ok", "error"],
+                      "error_kind": [None, "transient", None, "permanent"],
+                      "heatmap": tensor_array(heat, np.array([True, False, True, False]))})
     pq.write_table(table, tmp_path / "part-1.parquet")
     pq.write_table(table.slice(0, 1), tmp_path / "part-2.parquet")
-    assert drop_error_rows(str(tmp_path)) == 1
+    assert drop_error_rows(str(tmp_path)) == 1  # what every run does: the transient row goes
+    assert read_results(str(tmp_path), ["uri"], warn_duplicates=False).column("uri").to_pylist() == ["a", "c", "d", "a"]
+    assert drop_error_rows(str(tmp_path), retry_errors=True) == 1  # --retry-errors: the permanent one too
     with pytest.warns(UserWarning, match="1 rows repeat an input that is already in the output"):
         left = read_results(str(tmp_path))
     assert left.column("uri").to_pylist() == ["a", "c", "a"]
@@ -114,10 +127,21 @@ def silent_s3(monkeypatch):
 
 def test_a_read_that_never_returns_is_abandoned_at_its_deadline(silent_s3):
     started = time.monotonic()
-    with pytest.raises(TimeoutError, match=r"s3://bucket/x.png: no answer within 1.5 s \(the read timeout\)"):
+    with pytest.raises(TimeoutError, match=r"s3://bucket/x.png: no answer within 1.5 s \(the read timeout\)") as late:
         storage.read_bytes("s3://bucket/x.png", timeout=1.5)
+    assert error_kind_of(late.value) == TRANSIENT  # the next run tries it again
     assert time.monotonic() - started < 10
     assert storage.s3_client().meta.config.retries == {"mode": "standard", "total_max_attempts": 5}  # with backoff
+
+
+@pytest.mark.parametrize("code, kind", [("SlowDown", TRANSIENT), ("503", TRANSIENT), ("InternalError", TRANSIENT),
+                                        ("AccessDenied", PERMANENT), ("NoSuchKey", PERMANENT)])
+def test_s3_errors_are_transient_when_a_later_try_may_pass(code, kind):
+    from botocore.exceptions import ClientError
+
+    error = storage._s3_error("s3://b/k", ClientError({"Error": {"Code": code, "Message": "m"}}, "GetObject"))
+    assert error_kind_of(error) == kind
+    assert error_kind_of(DecodeError("k.png", "corrupt")) == PERMANENT
 
 
 def test_the_probe_write_leaves_nothing_and_names_the_reason(tmp_path):

@@ -78,6 +78,7 @@ def _score_rows(root: Path, rows: np.ndarray) -> pa.Table:
         "uri": pa.array([f"{root.resolve()}/{entry(i)}" for i in rows]),
         "status": pa.array(np.where(ok, "ok", "error")),
         "error": pa.array([None if o else "x: corrupt" for o in ok], pa.string()),
+        "error_kind": pa.array([None if o else "permanent" for o in ok], pa.string()),
         "p1": pa.array(rng.random(k, dtype=np.float32)), "p2": pa.array(rng.random(k, dtype=np.float32)), **maps,
     })
 

@@ -2,7 +2,9 @@
 
 (a) the bare forward of both experts (the limit), (b) the scorer class alone on loaded batches,
 (c) the Ray pipeline from local files to Parquet, (d) the same from S3 (moto's server on
-127.0.0.1), all on generated images of the experts' input size; then real sizes: (e) loading
+127.0.0.1), all on generated images of the experts' input size; (g) the pipeline on real-size
+12-bit DICOM files (``--copies`` of them), read locally and from a PACS (Orthanc over DICOMweb on
+127.0.0.1, when installed); then real sizes: (e) loading
 alone (read, decode, preprocess: ``model_input``), in CPU milliseconds per image on one core,
 beside the exact path it replaced (the whole image decoded to float32, then resized), for
 generated 2500 x 2048 files (8-bit JPEG, 16-bit PNG, 12-bit DICOM) and the sample X-rays when
@@ -17,13 +19,15 @@ their CPU time in the same window is counted too, process by process, and shown 
 that falls short. (a) and (b) run ``--repeat`` times, alternated, and the best of each
 counts.
 
-Run ``python -m dualcam.bench.speed --help``; Ray and moto are needed only for (c), (d) and (f).
+Run ``python -m dualcam.bench.speed --help``; Ray and moto are needed only for (c), (d), (f) and (g).
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
+import datetime
 import io
 import json
 import logging
@@ -40,12 +44,14 @@ import numpy as np
 import pyarrow as pa
 import torch
 from PIL import Image
+from pydicom.uid import generate_uid
 
+from dualcam.bench import pacs
 from dualcam.bench.fixtures import real_size_xray
 from dualcam.bench.s3server import MotoServer
 from dualcam.distributed.connect import connect
 from dualcam.distributed.pipeline import score_archive
-from dualcam.io import storage
+from dualcam.io import dicomweb, storage
 from dualcam.io.checkpoints import META_FILE, ExpertMeta, build_expert, save_expert
 from dualcam.io.imaging import decode_image, model_input, preprocess
 from dualcam.io.results import read_results, to_numpy
@@ -262,6 +268,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sources = {"c_local": str(work / "images")}
     if not args.no_s3:
         sources["d_s3"] = _stage_on_moto(images)
+    if not args.no_pacs:
+        sources.update(_stage_on_pacs(work, args.copies))
     if groups:
         sources["f_real_size"] = _real_size_archive(work / "real-size-archive", groups, args.copies)
     ray = connect()
@@ -369,6 +377,31 @@ def _stage_on_moto(images: list[str]) -> str:
     return "s3://bench/images"
 
 
+def _stage_on_pacs(work: Path, copies: int) -> dict[str, str]:
+    """(g)'s two inputs: ``copies`` real-size 12-bit radiographs (2500 x 2048, 10 MB each, one SOP instance
+    each) as DICOM files in a local folder, and the same files in an Orthanc started for the rest of this
+    process (its account put in this process's environment, for Ray's workers); none without Orthanc."""
+    if (why := pacs.missing()) is not None:
+        print(f"dualcam bench: (g) skipped: {why}", file=sys.stderr)
+        return {}
+    server = pacs.OrthancServer(work / "orthanc").start()
+    atexit.register(server.stop)
+    os.environ.update({dicomweb.ENV_USER: pacs.USER, dicomweb.ENV_PASSWORD: pacs.PASSWORD})
+    folder = work / "dicom"
+    folder.mkdir(exist_ok=True)
+    pixels = np.round(real_size_xray(np.random.default_rng(0)) * 4095).astype(np.uint16)
+    study, series = str(generate_uid()), str(generate_uid())
+    for i in range(copies):
+        _, data = pacs.radiograph_dicom(pixels, study, series, BENCH_DAY)
+        (folder / f"real-size-{i:03d}.dcm").write_bytes(data)
+        server.store(data)
+    return {"g_dicom_local": str(folder), "g_dicom_pacs": server.dicomweb(f"StudyInstanceUID={study}")}
+
+
+BENCH_DAY = datetime.date(2026, 12, 6)
+"""The study date of (g)'s DICOM files (any date; none is queried by it)."""
+
+
 def print_report(report: dict) -> None:
     print(f"dualcam bench: {report['images']} images, {report['arch']} pair at {report['size']} px, "
           f"batch {report['batch_size']}, {report['device']}, {report['precision']}, "
@@ -406,6 +439,10 @@ def print_report(report: dict) -> None:
               f"{report['f_real_size'] / report['f_min_bound']:.3f})")
         if report["f_real_size_over_bound"] < 0.9:
             _print_cpu(report, "f_real_size")
+    if "g_dicom_pacs" in report:
+        _print_stage(report, "g_dicom_local", "(g) pipeline, real-size DICOM files")
+        _print_stage(report, "g_dicom_pacs", "(g) the same from Orthanc (DICOMweb)")
+        print(f"  g: DICOMweb / files = {report['g_dicom_pacs'] / report['g_dicom_local']:.3f}")
 
 
 def _print_stage(report: dict, key: str, label: str) -> None:
@@ -440,9 +477,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="CPUs and torch threads per scoring actor in (c), (d), (f) (default: the pipeline's, 1)")
     parser.add_argument("--no-ray", action="store_true", help="only (a) and (b): for machines without Ray")
     parser.add_argument("--no-s3", action="store_true", help="skip (d)")
+    parser.add_argument("--no-pacs", action="store_true", help="skip (g)")
     parser.add_argument("--no-real-size", action="store_true", help="skip (e) and (f)")
     parser.add_argument("--copies", type=int, default=64,
-                        help="links to each generated real-size file in (f)'s input (default 64)")
+                        help="links to each generated real-size file in (f)'s input; (g)'s DICOM files (default 64)")
     parser.add_argument("--samples", type=Path,
                         default=Path(os.environ.get("DUALCAM_XRAY_SAMPLES", "../shared/data/xray")),
                         help="the sample X-rays, used in (e) and (f) when present (default ../shared/data/xray)")

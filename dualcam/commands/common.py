@@ -112,8 +112,10 @@ def add_expert_pair(parser: argparse.ArgumentParser) -> None:
 
 def add_input_output(parser: argparse.ArgumentParser) -> None:
     """--input and --output: what every command that runs over an archive on Ray takes."""
-    parser.add_argument("--input", required=True, help="folder, s3:// prefix, or manifest (.csv/.parquet with a uri "
-                        "column; other columns pass through)")
+    parser.add_argument("--input", required=True, help="folder, s3:// prefix, manifest (.csv/.parquet with a uri "
+                        "column; other columns pass through), S3 Inventory manifest.json, or PACS query "
+                        "(dicomweb[s]://HOST[:PORT]/ROOT?QUERY, e.g. ...?StudyDate=yesterday; credentials from "
+                        "DUALCAM_DICOMWEB_USER/_PASSWORD or _TOKEN)")
     parser.add_argument("--output", required=True, help="results folder: path or s3:// prefix")
 
 

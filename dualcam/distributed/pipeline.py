@@ -29,9 +29,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dualcam.distributed.connect import connect
+from dualcam.distributed.request_gate import request_gate
 from dualcam.io import storage
 from dualcam.io.checkpoints import ExpertMeta, load_meta, resolve_expert
-from dualcam.io.inputs import Inputs, read_inputs, skipped_files, skipped_kinds
+from dualcam.io.inputs import Inputs, read_inputs, skipped_files
 from dualcam.io.lease import Lease
 from dualcam.io.results import (
     RUN_FILE,
@@ -69,7 +70,8 @@ class ScoreSummary:
     seconds: float
     first_error: str | None = None
     skipped: pa.ChunkedArray = field(default_factory=lambda: pa.chunked_array([], pa.string()))
-    """Files under the input folder or prefix left out because their names are not images' (``Inputs.skipped``)."""
+    """Inputs left out: files whose names are not images', instances of other modalities (``Inputs.skipped``)."""
+    skipped_because: str = ""
     repeated: int = 0
 
     @property
@@ -93,7 +95,7 @@ class ScoreSummary:
         return None
 
     def line(self) -> str:
-        skipped = skipped_files(self.skipped)
+        skipped = skipped_files(self.skipped, self.skipped_because)
         repeated = f" ({self.repeated} rows repeat an input)" if self.repeated else ""
         return (f"scored {self.scored_now} images in {self.seconds:.1f} s ({self.images_per_second:.2f} images/s); "
                 f"{self.already_done} already done; {skipped + '; ' if skipped else ''}"
@@ -137,9 +139,10 @@ def score_archive(
     An expert may be a checkpoint or a folder of versions (``train``'s ``<output>/<class>/``),
     whose latest version is used; the results record which.
     Rerunning into the same ``output`` skips inputs already there, so a killed run resumes
-    where it stopped; ``retry_errors`` first takes the error rows out, so those inputs are tried
-    again. The output may only ever hold results of one pair of experts and one alpha. Raises
-    before any work for unusable options, experts or inputs; bad images become error rows.
+    where it stopped; inputs whose rows are transient errors (``results.TRANSIENT``: no answer,
+    throttling, a server or device error) are tried again, and with ``retry_errors`` every error row.
+    The output may only ever hold results of one pair of experts and one alpha. Raises before any work
+    for unusable options, experts or inputs; bad images become error rows.
     """
     return run_archive(DualScorer, c1, c2, input, output, _with(options, overrides))
 
@@ -185,8 +188,7 @@ def run_archive(
         if _check_output(output, run.spec):
             storage.write_bytes(storage.join(output, RUN_FILE), run.spec.to_json().encode())
         storage.remove_inflight(output)
-        if options.retry_errors:
-            drop_error_rows(output)
+        drop_error_rows(output, options.retry_errors)  # transient ones always: the next run heals them
         state = planning.progress(run.inputs.table, output)
         todo = state.pending if options.limit is None else state.pending.slice(0, options.limit)
         if len(todo):
@@ -202,7 +204,8 @@ def run_archive(
                   file=sys.stderr)
             ray.data.DataContext.get_current().enable_progress_bars = options.progress
             blocks = [ray.put(block) for block in planning.blocks(run.inputs.table, todo, rows_per_block)]
-            scored = _scored(ray, blocks, scorer, run.experts, run.meta, run.spec, placement, options)
+            pacs = pc.any(pc.match_substring_regex(run.inputs.table.column("uri"), r"^https?://")).as_py()
+            scored = _scored(ray, blocks, scorer, run.experts, run.meta, run.spec, placement, options, bool(pacs))
             # Writing is I/O; it must not wait for CPUs the scoring actors hold.
             scored.write_parquet(storage.absolute(output), filesystem=storage.parquet_filesystem(output),
                                  min_rows_per_file=options.rows_per_file, ray_remote_args={"num_cpus": 0})
@@ -213,6 +216,7 @@ def run_archive(
         scored_now=len(todo), ok=rows.num_rows - errors.num_rows, errors=errors.num_rows,
         seconds=time.perf_counter() - started,
         first_error=errors.column("error")[0].as_py() if errors.num_rows else None, skipped=run.inputs.skipped,
+        skipped_because=run.inputs.skipped_because,
         repeated=duplicate_rows(rows),
     )
 
@@ -223,7 +227,7 @@ def plan_archive(
     """What ``run_archive`` would do, with nothing started and nothing written (``--dry-run``).
 
     The same checks, the same inputs and the same set difference against the output (its error
-    rows counted as to retry with ``retry_errors``), then the placement and blocks on the cluster at
+    rows that a run would try again counted as to retry), then the placement and blocks on the cluster at
     hand (``cluster_at_hand``) and on ``options.cluster``, with hours from ``options.rates``.
     """
     started = time.perf_counter()
@@ -233,8 +237,9 @@ def plan_archive(
     clusters = [cluster_at_hand()] + ([planning.Cluster.parse(options.cluster)] if options.cluster else [])
     return planning.RunPlan(
         kind=scorer.layout.kind, input=input, output=output, inputs=run.inputs.table.num_rows,
-        read_seconds=read_seconds, skipped=skipped_kinds(run.inputs.skipped), done=state.done,
-        retried=state.retried if options.retry_errors else None, pending=len(state.pending), limit=options.limit,
+        read_seconds=read_seconds, skipped=run.inputs.skipped_kinds(),
+        skipped_because=run.inputs.skipped_because, done=state.done,
+        retried=state.retried, retry_errors=options.retry_errors, pending=len(state.pending), limit=options.limit,
         batch_size=options.batch_size,
         clusters=[(c, planning.plan_placement({"CPU": c.cpus, "GPU": c.gpus}, options.actors,
                                               options.gpus_per_actor, options.cpus_per_actor)) for c in clusters],
@@ -279,7 +284,7 @@ def _prepare(
     found = read_inputs(input)
     if found.table.num_rows == 0:
         raise FileNotFoundError(f"{input}: no image files found" + (
-            f" ({skipped_files(found.skipped)})" if len(found.skipped) else ""))
+            f" ({skipped_files(found.skipped, found.skipped_because)})" if len(found.skipped) else ""))
     check_passthrough(found.table.column_names, scorer.layout)
     _check_output(output, spec)
     return _Prepared((first, second), meta1, spec, found)
@@ -301,10 +306,11 @@ def _check_output(output: str, spec: RunSpec) -> bool:
 
 def _scored(
     ray: ModuleType, blocks: list[ObjectRef[pa.Table]], scorer: type[PairScorer], experts: tuple[str, str],
-    meta: ExpertMeta, spec: RunSpec, placement: planning.Placement, options: ArchiveOptions,
+    meta: ExpertMeta, spec: RunSpec, placement: planning.Placement, options: ArchiveOptions, pacs: bool,
 ) -> Dataset:
     """The lazy Ray Dataset of result rows for the inputs in ``blocks`` (object refs of ``planning.blocks``,
-    put one at a time: what ``from_arrow`` does with a list it holds whole)."""
+    put one at a time: what ``from_arrow`` does with a list it holds whole); with ``pacs``, its
+    reads share ``options.pacs_requests`` slots (``request_gate``)."""
     batch_size = options.batch_size
     load_resources = (
         {"num_cpus": 1, "num_gpus": 0} if placement.gpus_per_actor
@@ -313,7 +319,8 @@ def _scored(
     ds = ray.data.from_arrow_refs(blocks)
     ds = ds.map_batches(
         load_images, batch_format="pyarrow", batch_size=batch_size, **load_resources,
-        fn_kwargs={"meta": meta, "read_timeout": options.read_timeout, "device_jpeg": bool(placement.gpus_per_actor)},
+        fn_kwargs={"meta": meta, "read_timeout": options.read_timeout, "device_jpeg": bool(placement.gpus_per_actor),
+                   "slots": request_gate(ray, options.pacs_requests) if pacs else None},
     )
     return ds.map_batches(
         scorer, fn_constructor_args=experts,

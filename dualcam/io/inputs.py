@@ -1,12 +1,14 @@
-"""What to score: the input files of an archive, from a folder, an s3:// prefix or a manifest."""
+"""What to score: the inputs of an archive, from a folder, an s3:// prefix, a manifest or a PACS query
+(DICOMweb), and how one input's bytes are read."""
 
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import TypeVar
+from pathlib import Path
+from typing import Protocol, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -14,7 +16,7 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from dualcam.io import inventory, storage
+from dualcam.io import dicomweb, inventory, storage
 from dualcam.io.imaging import image_names
 
 MANIFEST_SUFFIXES = (".csv", ".parquet")
@@ -28,15 +30,23 @@ class Inputs:
 
     table: pa.Table
     skipped: pa.ChunkedArray = field(default_factory=lambda: pa.chunked_array([], pa.string()))
-    """Files under a folder or prefix (or in an inventory) that were not taken because their names are not images'."""
+    """Files under a folder or prefix (or in an inventory) that were not taken because their names are not
+    images', or the instances of a PACS query that were not taken for their modality."""
+    skipped_because: str = "not an image's name"
+    skipped_counts: dict[str, int] | None = None
+    """How many were skipped of each kind, when the kind is not the file's suffix (a PACS query's modalities)."""
+
+    def skipped_kinds(self) -> dict[str, int]:
+        """How many skipped of each kind, most frequent first: by suffix (``skipped_kinds``) or as counted."""
+        return skipped_kinds(self.skipped) if self.skipped_counts is None else self.skipped_counts
 
 
-def skipped_files(skipped: Sequence[str]) -> str:
+def skipped_files(skipped: Sequence[str], because: str = "not an image's name") -> str:
     """How a run says which listed files it left out: "" when none, else how many and one of them."""
     if not skipped:
         return ""
     count = f"{len(skipped)} other file{'s' if len(skipped) > 1 else ''}"
-    return f"{count} skipped (not an image's name), e.g. {skipped[0]}"
+    return f"{count} skipped ({because}), e.g. {skipped[0]}"
 
 
 def is_manifest(uri: str) -> bool:
@@ -45,8 +55,8 @@ def is_manifest(uri: str) -> bool:
 
 
 def read_inputs(uri: str) -> Inputs:
-    """A manifest (CSV or Parquet with a ``uri`` column), an S3 Inventory report, or every image file under a
-    folder/prefix.
+    """A manifest (CSV or Parquet with a ``uri`` column), an S3 Inventory report, a DICOMweb query
+    (``dualcam.io.dicomweb``), or every image file under a folder/prefix.
 
     Folders and prefixes are listed recursively and sorted; image names are ``.png .jpg .jpeg
     .dcm .dicom .ima`` and DICOM-like names without an extension. Relative URIs in a manifest are
@@ -55,12 +65,47 @@ def read_inputs(uri: str) -> Inputs:
     (``dualcam.io.inventory``). Raises ``FileNotFoundError`` / ``StorageError`` when the location
     cannot be read and ``ValueError`` for a malformed manifest or inventory.
     """
+    if dicomweb.is_dicomweb(uri):
+        instances, skipped = dicomweb.search(uri)
+        counts = pc.value_counts(pc.fill_null(skipped.column("modality"), "none")).to_pylist()
+        return Inputs(instances, skipped.column("uri"), f"modality not {' or '.join(dicomweb.DEFAULT_MODALITIES)}",
+                      {f"modality {c['values']}": c["counts"] for c in sorted(counts, key=lambda c: -c["counts"])})
     if inventory.is_inventory(uri):
         return _images(inventory.read_inventory(uri))
     if is_manifest(uri):
         return Inputs(read_manifest(uri))
     # Absolute, so that Ray workers (whose working directory may differ) find local files.
     return _images(storage.list_uris(storage.absolute(uri)))
+
+
+class Slots(Protocol):
+    """A bound on requests in flight (``threading.Semaphore`` in one process; the pipeline's is run-wide)."""
+
+    def acquire(self) -> object: ...
+
+    def release(self) -> None: ...
+
+
+def read_input(uri: str, timeout: float | None = None, slots: Slots | None = None) -> bytes:
+    """One input's bytes, whatever names it: a WADO-RS instance URL (``dicomweb.retrieve``), an s3:// object
+    or a file (``storage.read_bytes``).
+
+    With ``timeout`` (seconds), a read not done by then raises TimeoutError (``storage.with_deadline``).
+    With ``slots``, the read waits for a slot first (not counted in ``timeout``) and holds it until the
+    request itself ends, even one abandoned at its deadline: the bound is on what the server sees.
+    """
+    def read() -> bytes:
+        try:
+            if dicomweb.is_instance_url(uri):
+                return dicomweb.retrieve(uri, timeout or storage.READ_TIMEOUT)
+            return storage.read_bytes(uri)
+        finally:
+            if slots is not None:
+                slots.release()
+
+    if slots is not None:
+        slots.acquire()
+    return read() if timeout is None else storage.with_deadline(read, timeout, uri)
 
 
 def _images(files: pa.Array | pa.ChunkedArray) -> Inputs:
@@ -195,17 +240,20 @@ def duplicates(uris: pa.ChunkedArray | pa.Array) -> tuple[int, str] | None:
     return distinct, repeated[0].as_py()
 
 
+_ABSOLUTE = r"^(/|s3://|https?://)"
+"""Entries taken as they are: absolute paths and URLs (s3:// objects, DICOMweb instances)."""
 # Entries that pathlib or posixpath.normpath would change: ".", ".." or empty parts, or a trailing "/".
 _NOT_PLAIN = r"(^|/)\.{1,2}(/|$)|//|/$"
 
 
 def resolve_uris(entries: pa.Array | pa.ChunkedArray, manifest: str) -> pa.Array:
-    """Each manifest entry made absolute as ``resolve_entry`` does, in Arrow: s3:// URIs and absolute
-    paths as they are, plain relative paths joined onto the manifest's folder, and the few entries
-    with ``.``/``..``/empty parts through ``resolve_entry`` itself, so that both always agree."""
+    """Each manifest entry made absolute as ``resolve_entry`` does, in Arrow: URLs (``s3://``, and
+    ``http(s)://`` for DICOMweb instances) and absolute paths as they are, plain relative paths joined
+    onto the manifest's folder, and the few entries with ``.``/``..``/empty parts through
+    ``resolve_entry`` itself, so that both always agree."""
     if isinstance(entries, pa.ChunkedArray):
         entries = entries.combine_chunks()
-    absolute = pc.or_(pc.starts_with(entries, "s3://"), pc.starts_with(entries, "/"))
+    absolute = pc.match_substring_regex(entries, _ABSOLUTE)
     folder = resolve_entry("x", manifest)[:-1]  # what resolve_entry puts before a plain name
     if not pc.any(absolute).as_py():  # one copy, not two: if_else would copy what was joined
         joined = pc.binary_join_element_wise(folder, entries, "")
@@ -221,9 +269,9 @@ def resolve_uris(entries: pa.Array | pa.ChunkedArray, manifest: str) -> pa.Array
 
 
 def resolve_entry(entry: str, manifest: str) -> str:
-    """One manifest entry made absolute: s3:// URIs and absolute paths as they are, others relative
-    to the manifest's folder (on S3, its prefix)."""
-    if storage.is_s3(entry) or PurePosixPath(entry).is_absolute():
+    """One manifest entry made absolute: URLs and absolute paths as they are, others relative to the
+    manifest's folder (on S3, its prefix)."""
+    if re.match(_ABSOLUTE, entry):
         return entry
     if storage.is_s3(manifest):
         bucket, key = storage.split_s3(manifest)

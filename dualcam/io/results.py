@@ -8,11 +8,11 @@ precision was recorded reads as ``fp32``: what dualcam computed before then, on 
 used bf16 autocast; such a folder should not be resumed with this version). Files whose names
 start with ``_`` or ``.`` are not data; pyarrow, pandas and DuckDB skip them by default.
 
-Both kinds share one frame: ``uri, status, error, width, height`` first; then the kind's own
+Both kinds share one frame: ``uri, status, error, error_kind, width, height`` first; then the kind's own
 columns (``Layout.computed``); then ``alpha``, ``<role>_class, <role>_version, <role>_sha256``
 for each of the two experts, ``scored_at`` and ``schema_version``; then the manifest's columns.
 
-**Score** (``dualcam score``; experts ``c1``, ``c2``), schema version 2, in column order:
+**Score** (``dualcam score``; experts ``c1``, ``c2``), schema version 3, in column order:
 
 ==================  ==============================  ================================================
 column              type                            meaning
@@ -20,6 +20,11 @@ column              type                            meaning
 uri                 string                          the input file
 status              string                          ``ok`` or ``error``
 error               string                          why the input could not be scored; null when ok
+error_kind          string                          ``transient`` (no answer, throttling, a server
+                                                    or device error: the next run into the output
+                                                    tries the input again) or ``permanent`` (not an
+                                                    image, undecodable, absent...: tried again only
+                                                    with ``--retry-errors``); null when ok
 width, height       int32                           image size in pixels; null when undecodable
 p1, p2              float32                         in-class probability of expert 1 and expert 2
 cam1, cam2          fixed_shape_tensor float32      raw in-class CAMs (h, w), before any scaling
@@ -37,22 +42,24 @@ alpha               float32                         ADDK amplification
 c1_class, c1_version, c1_sha256                     identity of expert 1 (class of interest)
 c2_class, c2_version, c2_sha256                     identity of expert 2 (overlapping class)
 scored_at           timestamp[us, UTC]              when the batch was scored
-schema_version      int16                           2
+schema_version      int16                           3
 ...                                                 manifest columns, passed through unchanged
 ==================  ==============================  ================================================
 
-Version 1 had the same columns but ``overlap``. Its outputs stay readable (``read_results``,
+Version 2 had the same columns but ``error_kind``, version 1 neither it nor ``overlap``. Their outputs
+stay readable (``read_results``,
 ``dualcam evaluate`` and ``dualcam render`` recompute the overlap from the stored CAMs), but are
-never extended: a rerun into a version-1 folder is refused (its ``_run.json`` names schema 1).
+never extended: a rerun into such a folder is refused (its ``_run.json`` names the old schema).
 
 **Drift** (``dualcam drift``; experts ``old``, ``new``: two versions of one expert), schema
-version 1; the measures are defined, with their ranges, in ``dualcam.maps.drift_measures``:
+version 2 (version 1 lacked ``error_kind``); the measures are defined, with their ranges, in
+``dualcam.maps.drift_measures``:
 
 ==========================  ==========================  ========================================
 column                      type                        meaning
 ==========================  ==========================  ========================================
 uri, status, error,         as above
-width, height
+error_kind, width, height
 p_old, p_new                float32                     in-class probability of each version
 cam_old, cam_new            fixed_shape_tensor float32  raw in-class CAMs (h, w)
 gained                      fixed_shape_tensor float32  ADDK(ReLU(cam_new), ReLU(cam_old)): where
@@ -96,7 +103,9 @@ from dualcam.maps.numerics import DEFAULT_PRECISION, check_precision
 RUN_FILE = "_run.json"
 FLOAT, INT, TENSOR = "float32", "int32", "tensor"
 """Types of computed columns: a float32 or int32 per row, or an (h, w) float32 map per row."""
-_FRAME_HEAD = ("uri", "status", "error", "width", "height")
+_FRAME_HEAD = ("uri", "status", "error", "error_kind", "width", "height")
+TRANSIENT, PERMANENT = "transient", "permanent"
+"""The two kinds of error row (``error_kind``): tried again by the next run, or only when asked to."""
 _ID_FIELDS = ("class", "version", "sha256")
 
 
@@ -125,12 +134,12 @@ class Layout:
 SCORE = Layout("score", ("c1", "c2"), (
     ("p1", FLOAT), ("p2", FLOAT), ("cam1", TENSOR), ("cam2", TENSOR), ("heatmap", TENSOR), ("heatmap_max", FLOAT),
     ("overlap", FLOAT), *((name, INT) for name in ("peak_x", "peak_y", "box_x", "box_y", "box_w", "box_h")),
-), schema_version=2)
+), schema_version=3)
 DRIFT = Layout("drift", ("old", "new"), (
     ("p_old", FLOAT), ("p_new", FLOAT), ("cam_old", TENSOR), ("cam_new", TENSOR), ("gained", TENSOR), ("lost", TENSOR),
     ("cam_correlation", FLOAT), ("peak_shift_px", FLOAT), ("extra_mass_outside_old_top", FLOAT), ("delta_p", FLOAT),
     ("gained_peak_x", INT), ("gained_peak_y", INT),
-))
+), schema_version=2)
 LAYOUTS = {layout.kind: layout for layout in (SCORE, DRIFT)}
 SCHEMA_VERSION = SCORE.schema_version
 OUTPUT_COLUMNS = SCORE.columns
@@ -239,15 +248,18 @@ def result_table(
 ) -> pa.Table:
     """One result row per input row, in the columns of ``spec``'s layout, then the input's other columns.
 
-    ``inputs`` has ``uri``, ``width``, ``height`` and pass-through columns; ``ok`` (N,) says which
-    rows ``scores`` covers (its arrays hold only those rows, in order); ``errors`` holds the
+    ``inputs`` has ``uri``, ``width``, ``height``, pass-through columns and, optionally, ``error_kind``
+    (of each failed row, ``error_kind_of``; ``PERMANENT`` where it is missing); ``ok`` (N,) says
+    which rows ``scores`` covers (its arrays hold only those rows, in order); ``errors`` holds the
     reason for every row that is not ok.
     """
     n = inputs.num_rows
+    kinds = inputs.column("error_kind") if "error_kind" in inputs.column_names else pa.nulls(n, pa.string())
     columns: dict[str, pa.Array] = {
         "uri": inputs.column("uri"),
         "status": pa.array(np.where(ok, "ok", "error"), pa.string()),
         "error": pa.array(list(errors), pa.string()),
+        "error_kind": pc.if_else(pa.array(ok), pa.scalar(None, pa.string()), pc.fill_null(kinds, PERMANENT)),
     }
     for name in ("width", "height"):
         columns[name] = inputs.column(name).cast(pa.int32())
@@ -269,7 +281,7 @@ def result_table(
 
 
 _CONSTANT_TYPES = {"alpha": pa.float32(), "schema_version": pa.int16()}  # expert ids: strings
-_LOADER_COLUMNS = ("pixels", "width", "height", "error", "data")
+_LOADER_COLUMNS = ("pixels", "width", "height", "error", "error_kind", "data")
 
 
 def _scatter(values: np.ndarray, ok: np.ndarray, dtype: pa.DataType) -> pa.Array:
@@ -336,6 +348,9 @@ def read_results_in_parts(
             return _read_parquet(uri, columns=list(columns) if columns else None,
                                  filters=None if uris is None else [("uri", "in", list(uris))])
         except pa.ArrowInvalid as err:
+            if "No match for FieldRef" in str(err):  # a dualcam file, of an older schema: never to be skipped
+                raise ValueError(f"{uri}: lacks one of the columns {', '.join(columns or [])} of this schema "
+                                 "(written by an older dualcam?)") from None
             warnings.warn(f"{uri}: skipped, not a readable Parquet file ({err})", stacklevel=4)
             return None
 
@@ -362,18 +377,31 @@ def repeat_message(repeated: int, output: str) -> str:
             f"`dualcam repair {output}` keeps one row per input")
 
 
-def drop_error_rows(output: str) -> int:
-    """Rewrite each file of ``output`` that holds error rows without them; returns how many went.
+def error_kind_of(err: BaseException) -> str:
+    """``TRANSIENT`` for a failure a later try may not meet (``storage.is_transient``), else ``PERMANENT``."""
+    return TRANSIENT if storage.is_transient(err) else PERMANENT
+
+
+def retried(status: pa.ChunkedArray | pa.Array, kind: pa.ChunkedArray | pa.Array, retry_errors: bool) -> pa.Array:
+    """Which rows a new run tries again: transient error rows, or every error row with ``retry_errors``."""
+    failed = pc.equal(status, "error")
+    return failed if retry_errors else pc.and_(failed, pc.fill_null(pc.equal(kind, TRANSIENT), False))
+
+
+def drop_error_rows(output: str, retry_errors: bool = False) -> int:
+    """Rewrite each file of ``output`` that holds rows to try again (``retried``) without them; returns how
+    many went.
 
     Each file is replaced whole (atomically), so at every moment each input is in the output
     once or not at all: a run that then stops leaves the dropped inputs to the next run.
     """
     dropped = 0
     for uri in data_files(output):
-        status = _read_parquet(uri, columns=["status"]).column("status")
-        errors = pc.sum(pc.equal(status, "error")).as_py() or 0
+        rows = _read_parquet(uri, columns=["status", "error_kind"])
+        again = retried(rows.column("status"), rows.column("error_kind"), retry_errors)
+        errors = pc.sum(again).as_py() or 0
         if errors:
-            _rewrite_keeping(uri, pc.equal(status, "ok"))
+            _rewrite_keeping(uri, pc.invert(again))
             dropped += errors
     return dropped
 

@@ -49,6 +49,20 @@ class StorageError(OSError):
     """A URI could not be read or written; the message names the URI and the cause."""
 
 
+class TransientError(StorageError):
+    """A read or write that failed for a reason a later try may not meet: no answer, throttling, a
+    server error. An input that fails so is retried by the next run into the same output."""
+
+
+_TRANSIENT_S3_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
+                                 "ServiceUnavailable", "RequestTimeTooSkewed", "500", "502", "503", "504"})
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether ``err`` is worth another try later: ``TransientError``, a timeout or a dropped connection."""
+    return isinstance(err, (TransientError, TimeoutError, ConnectionError))
+
+
 def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
@@ -90,8 +104,9 @@ def _s3_error(uri: str, err: Exception) -> Exception:
             return FileNotFoundError(f"{uri}: no such object")
         if code == "NoSuchBucket":
             return FileNotFoundError(f"{uri}: no such bucket")
-        return StorageError(f"{uri}: S3 error {code or 'unknown'}: {err.response.get('Error', {}).get('Message', '')}")
-    return StorageError(f"{uri}: S3 unreachable or misconfigured ({type(err).__name__}: {err})")
+        kind = TransientError if code in _TRANSIENT_S3_CODES else StorageError
+        return kind(f"{uri}: S3 error {code or 'unknown'}: {err.response.get('Error', {}).get('Message', '')}")
+    return TransientError(f"{uri}: S3 unreachable or misconfigured ({type(err).__name__}: {err})")
 
 
 def read_bytes(uri: str, timeout: float | None = None) -> bytes:

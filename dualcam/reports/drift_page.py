@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from dualcam.io import storage
 from dualcam.io.imaging import DecodeError, decode_image
+from dualcam.io.inputs import read_input
 from dualcam.io.results import DRIFT, RunSpec, read_results, read_run_spec, to_numpy
 from dualcam.maps import drift_measures
 from dualcam.reports.drawing import panel_row
@@ -164,7 +165,7 @@ def _figures(
     for rank, row in enumerate(summary["top"], 1):
         uri, i = row["uri"], index[row["uri"]]
         try:
-            image = decode_image(storage.read_bytes(uri), uri)
+            image = decode_image(read_input(uri), uri)
         except (DecodeError, OSError) as err:
             skipped.append(str(err) if uri in str(err) else f"{uri}: {err}")
             continue

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 
 from dualcam.io import storage
 from dualcam.io.imaging import DecodeError, decode_image
+from dualcam.io.inputs import read_input
 from dualcam.io.labelled import read_boxes
 from dualcam.io.results import ExpertId, RunSpec, read_results, read_run_spec, to_numpy
 from dualcam.maps.kernel import ALPHAS, KERNELS, check_alphas, get_kernel, overlap
@@ -209,7 +210,7 @@ def _draw(
     for i, row in enumerate(chosen.select(["uri", "p1", "p2", *_optional(chosen, "label", "overlap")]).to_pylist()):
         uri = row["uri"]
         try:
-            image = decode_image(storage.read_bytes(uri), uri)
+            image = decode_image(read_input(uri), uri)
         except (DecodeError, OSError) as err:
             skipped.append(str(err) if uri in str(err) else f"{uri}: {err}")
             continue

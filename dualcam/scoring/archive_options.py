@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from dualcam.io.dicomweb import MAX_REQUESTS
 from dualcam.io.lease import LEASE_SECONDS
 from dualcam.io.storage import READ_TIMEOUT
 from dualcam.maps.kernel import DEFAULT_ALPHA
@@ -50,7 +51,8 @@ class ArchiveOptions:
     max_error_fraction: float = MAX_ERROR_FRACTION
     """The run counts as failed (exit status 1) when a larger share of the inputs failed."""
     retry_errors: bool = False
-    """Take the error rows of earlier runs out of the output first, so those inputs are tried again."""
+    """Take every error row of earlier runs out of the output first, so those inputs are tried again
+    (transient error rows are taken out either way)."""
     rows_per_file: int = ROWS_PER_FILE
     """Rows per Parquet file (Python only; no command-line option)."""
     progress: bool = True
@@ -62,6 +64,8 @@ class ArchiveOptions:
     lease_seconds: float = LEASE_SECONDS
     """How long the output's lease lasts unless renewed, so how long the output of a killed driver stays
     locked on S3 (Python only; see ``dualcam.io.lease``)."""
+    pacs_requests: int = MAX_REQUESTS
+    """Most DICOMweb requests in flight at once across the run's loaders (a clinical PACS has other users)."""
     dry_run: bool = False
     """Print what the run would do (``pipeline.plan_archive``) instead: nothing started, nothing written."""
     rates: str | None = None
@@ -80,6 +84,7 @@ class ArchiveOptions:
         check_value(self.max_error_fraction, "max_error_fraction", "a share in [0, 1]", float, lambda v: 0 <= v <= 1)
         check_value(self.rows_per_file, "rows_per_file", "an integer >= 1", int, lambda v: v >= 1)
         check_value(self.read_timeout, "read_timeout", "a number of seconds > 0", float, lambda v: v > 0)
+        check_value(self.pacs_requests, "pacs_requests", "an integer >= 1", int, lambda v: v >= 1)
         check_value(self.lease_seconds, "lease_seconds", "a number of seconds > 0", float, lambda v: v > 0)
         for name in ("retry_errors", "progress", "wait_for_lease", "dry_run"):
             if not isinstance(getattr(self, name), bool):
@@ -139,11 +144,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-error-fraction", type=float, default=ArchiveOptions.max_error_fraction,
                         help=f"exit 1 when a larger share of the inputs failed (default {MAX_ERROR_FRACTION})")
     parser.add_argument("--retry-errors", action="store_true",
-                        help="score again the inputs that failed in earlier runs into this --output "
-                        "(their error rows are replaced)")
+                        help="score again every input that failed in earlier runs into this --output, "
+                        "permanent errors too (their rows are replaced; transient ones are retried by every run)")
     parser.add_argument("--read-timeout", type=float, default=ArchiveOptions.read_timeout, metavar="SECONDS",
                         help="a read of one input that takes longer becomes its error row, and the run goes on "
                         f"(default {READ_TIMEOUT:g})")
+    parser.add_argument("--pacs-requests", type=int, default=ArchiveOptions.pacs_requests, metavar="N",
+                        help="most DICOMweb requests in flight at once, across the whole run, so that a nightly run "
+                        f"cannot overload a clinical PACS (default {MAX_REQUESTS})")
     parser.add_argument("--wait-for-lease", action="store_true",
                         help="when another run is writing into --output, wait for it to end (default: stop, "
                         "exit status 2)")

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dualcam.io import storage
-from dualcam.io.results import read_results_in_parts
+from dualcam.io.results import read_results_in_parts, retried
 
 MAX_ROWS_PER_BLOCK = 1024
 PART_ROWS = 65_536
@@ -35,12 +35,13 @@ class Progress:
     done: int
     """Inputs already in the output, which a run skips."""
     retried: int
-    """Inputs in the output only as error rows, which ``retry_errors`` scores again (they are pending)."""
+    """Inputs in the output only as error rows that a run scores again (they are pending): transient ones,
+    or all with ``retry_errors`` (``results.retried``)."""
 
 
 def progress(inputs: pa.Table, output: str, retry_errors: bool = False) -> Progress:
-    """Set the inputs against the rows of ``output``; reads nothing but its ``uri`` column (and ``status``
-    when retrying errors) and changes nothing.
+    """Set the inputs against the rows of ``output``; reads nothing but its ``uri``, ``status`` and
+    ``error_kind`` columns and changes nothing.
 
     A hashed set difference in Arrow (``is_in``), taken against the output a part at a time: a hash
     set holds its URIs about 2.5 times over, so parts of at most a quarter as many rows as there are
@@ -50,13 +51,11 @@ def progress(inputs: pa.Table, output: str, retry_errors: bool = False) -> Progr
     release_unused()  # what reading the inputs freed
     uris = inputs.column("uri")
     skip = retry = pc.is_in(uris, value_set=pa.array([], pa.string()))  # all false
-    for part in read_results_in_parts(output, ["uri", "status"] if retry_errors else ["uri"],
-                                      rows=max(PART_ROWS, len(uris) // 4)):
+    for part in read_results_in_parts(output, ["uri", "status", "error_kind"], rows=max(PART_ROWS, len(uris) // 4)):
         written = part.column("uri")
-        if retry_errors:
-            failed = pc.equal(part.column("status"), "error")
-            retry = pc.or_(retry, pc.is_in(uris, value_set=written.filter(failed)))
-            written = written.filter(pc.invert(failed))
+        failed = retried(part.column("status"), part.column("error_kind"), retry_errors)
+        retry = pc.or_(retry, pc.is_in(uris, value_set=written.filter(failed)))
+        written = written.filter(pc.invert(failed))
         skip = pc.or_(skip, pc.is_in(uris, value_set=written))
         del part, written
     pending = pc.indices_nonzero(pc.invert(skip))
@@ -257,8 +256,10 @@ class RunPlan:
     inputs: int
     read_seconds: float
     skipped: dict[str, int]
+    skipped_because: str
     done: int
-    retried: int | None
+    retried: int
+    retry_errors: bool
     pending: int
     limit: int | None
     batch_size: int
@@ -274,11 +275,12 @@ class RunPlan:
         lines = [
             f"dualcam: dry run ({self.kind} {self.input} into {self.output}): nothing started, nothing written",
             f"  inputs        {self.inputs:>12,}  found in {self.read_seconds:.1f} s",
-            f"  skipped       {sum(self.skipped.values()):>12,}  files with other names{skipped}",
+            f"  skipped       {sum(self.skipped.values()):>12,}  ({self.skipped_because}){skipped}",
             f"  already done  {self.done:>12,}  in the output",
         ]
-        if self.retried is not None:
-            lines.append(f"  to retry      {self.retried:>12,}  inputs with error rows (--retry-errors)")
+        if self.retried or self.retry_errors:
+            which = "error rows (--retry-errors)" if self.retry_errors else "transient error rows"
+            lines.append(f"  to retry      {self.retried:>12,}  inputs with {which}")
         lines.append(f"  to score      {self.to_score:>12,}" + (
             f"  of {self.pending:,} not yet scored (--limit {self.limit:,})" if self.limit is not None else ""))
         if self.rates:

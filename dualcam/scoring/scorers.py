@@ -33,7 +33,19 @@ import torch
 from dualcam.io import device_decode, storage
 from dualcam.io.checkpoints import POSITIVE_INDEX, Expert, ExpertMeta, load_expert, resolve_expert
 from dualcam.io.imaging import MAX_PIXELS, model_input, preprocess
-from dualcam.io.results import DRIFT, SCORE, Layout, RunSpec, result_table, tensor_array, to_numpy
+from dualcam.io.inputs import Slots, read_input
+from dualcam.io.results import (
+    DRIFT,
+    PERMANENT,
+    SCORE,
+    TRANSIENT,
+    Layout,
+    RunSpec,
+    error_kind_of,
+    result_table,
+    tensor_array,
+    to_numpy,
+)
 from dualcam.maps import drift_measures, regions
 from dualcam.maps.cam import forward_with_cams, upsample
 from dualcam.maps.kernel import DEFAULT_ALPHA, addk, overlap
@@ -57,41 +69,53 @@ def check_same_input(meta1: ExpertMeta, meta2: ExpertMeta, uri1: str, uri2: str)
 
 class _Loaded(NamedTuple):
     """One row as a loader leaves it: its model input ((3, S, S) float32) and image (height, width);
-    or the reason it failed; or, for the scorer's device decoder, the file's bytes alone."""
+    or the reason it failed and its kind (``results.TRANSIENT``/``PERMANENT``); or, for the scorer's
+    device decoder, the file's bytes alone."""
 
     x: np.ndarray | None = None
     size: tuple[int, int] | None = None
     error: str | None = None
+    kind: str | None = None
     data: bytes | None = None
+
+    @classmethod
+    def failed(cls, uri: str, err: Exception) -> _Loaded:
+        """The row of an input that failed with ``err``: its reason, naming the file, and its kind."""
+        message = str(err) or type(err).__name__
+        return cls(error=message if uri in message else f"{uri}: {message}", kind=error_kind_of(err))
 
 
 def load_images(
     batch: pa.Table, meta: ExpertMeta, max_pixels: int = MAX_PIXELS, read_timeout: float = storage.READ_TIMEOUT,
-    device_jpeg: bool = False,
+    device_jpeg: bool = False, slots: Slots | None = None,
 ) -> pa.Table:
-    """Add ``pixels`` ((3, S, S) model input, null on error), ``width``, ``height``, ``error`` and ``data``.
+    """Add ``pixels`` ((3, S, S) model input, null on error), ``width``, ``height``, ``error``,
+    ``error_kind`` and ``data``.
 
     Every row comes back: a file that is missing, unreadable, not a regular file, not read within
     ``read_timeout`` seconds, not an image, too large or undecodable gets its reason in ``error``,
     so no input is ever dropped and no input can hold up the others for longer than the timeout.
+    Reads go through ``inputs.read_input`` (files, S3, DICOMweb), each within one of ``slots`` if given.
     With ``device_jpeg`` (loaders of a scorer on a GPU), a JPEG its device decoder takes
     (``device_decode.takes``) is only read: its bytes are in ``data`` and its other columns null
     until the scorer decodes it.
     """
     uris = batch.column("uri").to_pylist()
     with ThreadPoolExecutor(min(IO_THREADS, max(1, len(uris)))) as pool:
-        loaded = list(pool.map(lambda uri: _load_one(uri, meta, max_pixels, read_timeout, device_jpeg), uris))
+        loaded = list(pool.map(lambda uri: _load_one(uri, meta, max_pixels, read_timeout, device_jpeg, slots), uris))
     return _with_inputs(batch, loaded, meta.input_size)
 
 
-def _load_one(uri: str, meta: ExpertMeta, max_pixels: int, read_timeout: float, device_jpeg: bool) -> _Loaded:
+def _load_one(
+    uri: str, meta: ExpertMeta, max_pixels: int, read_timeout: float, device_jpeg: bool, slots: Slots | None,
+) -> _Loaded:
     try:
-        data = storage.read_bytes(uri, read_timeout)
+        data = read_input(uri, read_timeout, slots)
         if device_jpeg and device_decode.takes(data, max_pixels):
             return _Loaded(data=data)
         return _decoded(uri, data, meta, max_pixels)
     except Exception as err:  # any failure is this row's error, never the batch's
-        return _Loaded(error=_reason(uri, err))
+        return _Loaded.failed(uri, err)
 
 
 def _decoded(uri: str, data: bytes, meta: ExpertMeta, max_pixels: int = MAX_PIXELS) -> _Loaded:
@@ -100,13 +124,7 @@ def _decoded(uri: str, data: bytes, meta: ExpertMeta, max_pixels: int = MAX_PIXE
         x, size = model_input(data, uri, meta, max_pixels)
         return _Loaded(x.numpy(), size)
     except Exception as err:
-        return _Loaded(error=_reason(uri, err))
-
-
-def _reason(uri: str, err: Exception) -> str:
-    """A row's error: the exception's message, naming the file."""
-    message = str(err) or type(err).__name__
-    return message if uri in message else f"{uri}: {message}"
+        return _Loaded.failed(uri, err)
 
 
 def _with_inputs(batch: pa.Table, loaded: Sequence[_Loaded], input_size: int) -> pa.Table:
@@ -123,6 +141,7 @@ def _with_inputs(batch: pa.Table, loaded: Sequence[_Loaded], input_size: int) ->
         .append_column("width", pa.array([s[1] if s else None for s in sizes], pa.int32()))
         .append_column("height", pa.array([s[0] if s else None for s in sizes], pa.int32()))
         .append_column("error", pa.array([row.error for row in loaded], pa.string()))
+        .append_column("error_kind", pa.array([row.kind for row in loaded], pa.string()))
         .append_column("data", pa.array([row.data for row in loaded], pa.large_binary()))
     )
 
@@ -223,11 +242,12 @@ class PairScorer:
                 sizes = np.stack([batch.column(c).to_numpy(zero_copy_only=False)[ok] for c in ("width", "height")], 1)
                 with self._scoring:
                     scores = self.columns(self._score_rows(pixels), sizes)
-        except Exception as err:  # the batch's rows carry the error instead
+        except Exception as err:  # the batch's rows carry the error instead; a device's failure is transient
             ok = np.zeros(batch.num_rows, dtype=bool)
-            errors = [e if e is not None else f"scoring failed: {type(err).__name__}: {err}"
-                      for e in batch.column("error").to_pylist()]
-            batch = batch.set_column(batch.schema.get_field_index("error"), "error", pa.array(errors, pa.string()))
+            own = pc.is_null(batch.column("error"))
+            for name, value in (("error", f"scoring failed: {type(err).__name__}: {err}"), ("error_kind", TRANSIENT)):
+                batch = batch.set_column(batch.schema.get_field_index(name), name,
+                                         pc.if_else(own, pa.scalar(value, pa.string()), batch.column(name)))
             scores = self.layout.empty(self.grid)
         scored_at = np.datetime64(time.time_ns() // 1000, "us")
         return result_table(batch, ok, batch.column("error").to_pylist(), scores, self.spec, scored_at, self.grid)
@@ -244,20 +264,21 @@ class PairScorer:
         data = batch.column("data").to_pylist() if "data" in batch.column_names else []
         pending = [i for i, d in enumerate(data) if d is not None]
         if pending:
-            uris, errors = batch.column("uri").to_pylist(), batch.column("error").to_pylist()
+            uris, errors, kinds = (batch.column(c).to_pylist() for c in ("uri", "error", "error_kind"))
             widths, heights = (batch.column(c).to_pylist() for c in ("width", "height"))
             for i, decoded in zip(pending, self.decoder([data[i] for i in pending])):
                 if decoded is None:  # refused by the device: the CPU path, which names the problem if it has one
                     row = _decoded(uris[i], data[i], self.meta)
                     if row.error or row.x is None or row.size is None:
                         errors[i] = row.error or f"{uris[i]}: decoded to no image"
+                        kinds[i] = row.kind or PERMANENT
                     else:
                         decoded, errors[i] = (torch.from_numpy(row.x), row.size), None
                 if decoded is not None:
                     inputs[i], (heights[i], widths[i]) = decoded[0].to(self.device), decoded[1]
                     ok[i] = True
             for name, values, kind in (("width", widths, pa.int32()), ("height", heights, pa.int32()),
-                                       ("error", errors, pa.string())):
+                                       ("error", errors, pa.string()), ("error_kind", kinds, pa.string())):
                 batch = batch.set_column(batch.schema.get_field_index(name), name, pa.array(values, kind))
         size = self.meta.input_size
         x = torch.stack([x for x in inputs if x is not None]) if ok.any() else torch.empty(0, 3, size, size)
