@@ -109,32 +109,50 @@ def _s3_error(uri: str, err: Exception) -> Exception:
     return TransientError(f"{uri}: S3 unreachable or misconfigured ({type(err).__name__}: {err})")
 
 
-def read_bytes(uri: str, timeout: float | None = None) -> bytes:
+def read_bytes(uri: str, timeout: float | None = None, max_bytes: int | None = None) -> bytes:
     """The whole object or file. Raises FileNotFoundError if absent, StorageError otherwise.
 
     Only regular files are read: a named pipe, a device or a folder raises StorageError at once
     (a pipe would otherwise wait for a writer forever). With ``timeout`` (seconds), a read that has
     not finished by then raises TimeoutError naming the URI and is abandoned (``with_deadline``).
+    With ``max_bytes``, a larger file or object raises ``TooLarge`` before any of it is read.
     """
     if timeout is not None:
-        return with_deadline(lambda: read_bytes(uri), timeout, uri)
+        return with_deadline(lambda: read_bytes(uri, max_bytes=max_bytes), timeout, uri)
     if not is_s3(uri):
-        return _read_regular_file(uri)
+        return _read_regular_file(uri, max_bytes)
     bucket, key = split_s3(uri)
     try:
-        return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        answer = s3_client().get_object(Bucket=bucket, Key=key)
+        check_size(uri, answer["ContentLength"], max_bytes)
+        return answer["Body"].read()
     except (ClientError, BotoCoreError) as err:
         raise _s3_error(uri, err) from None
 
 
-def _read_regular_file(path: str) -> bytes:
+class TooLarge(StorageError):
+    """A file or object larger than the caller's byte limit: not read (a permanent error)."""
+
+
+def check_size(uri: str, size: int | None, max_bytes: int | None) -> None:
+    """``TooLarge`` naming ``uri`` when ``size`` (bytes; None: unknown) passes ``max_bytes`` (None: no limit)."""
+    if max_bytes is not None and size is not None and size > max_bytes:
+        raise TooLarge(f"{uri}: {size:,} bytes, over the limit of {max_bytes:,} per input (--max-input-bytes); "
+                       "not read")
+
+
+def _read_regular_file(path: str, max_bytes: int | None = None) -> bytes:
     # O_NONBLOCK: opening a named pipe returns at once instead of waiting for a writer; fstat then
     # looks at what was opened, so a file swapped for a pipe after listing is caught too.
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
+    info = os.fstat(fd)
+    try:
+        if not stat.S_ISREG(info.st_mode):
+            raise StorageError(f"{path}: not a regular file but {_file_kind(info.st_mode)}; only files are read")
+        check_size(path, info.st_size, max_bytes)
+    except StorageError:
         os.close(fd)
-        raise StorageError(f"{path}: not a regular file but {_file_kind(mode)}; only files are read")
+        raise
     os.set_blocking(fd, True)
     with os.fdopen(fd, "rb") as f:
         return f.read()
