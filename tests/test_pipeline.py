@@ -75,7 +75,7 @@ def test_a_folder_gives_one_row_per_input_equal_to_a_direct_computation(ray_clus
     assert summary.skipped.to_pylist() == [str(archive / "notes.txt")]
     assert f"; 1 other file skipped (not an image's name), e.g. {archive / 'notes.txt'};" in summary.line()
     assert "none" not in (summary.failure(0.5) or "") and summary.failure(0.5) is None
-    assert "6 of 13 inputs failed" in summary.failure(0.05)
+    assert "6 of 13 inputs of this run failed" in summary.failure(0.05)
     for name, reason in BAD_REASONS.items():
         row = rows[str(archive / name)]
         assert row["status"] == "error" and row["p1"] is None and row["heatmap"] is None
@@ -194,14 +194,14 @@ def test_cli_exit_codes(ray_cluster, experts, archive, tmp_path, capsys):
     for name, data in list(bad_inputs().items())[:2]:
         (bad / name).write_bytes(data)
     assert main(["score", *c, "--input", str(bad), "--output", str(tmp_path / "o1")]) == 1
-    assert "run failed: none of the 2 inputs could be scored" in capsys.readouterr().err
+    assert "run failed: none of the 2 inputs of this run could be scored" in capsys.readouterr().err
 
     assert main(["score", *c, "--input", str(tmp_path / "nowhere"), "--output", str(tmp_path / "o2")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
 
     assert main(["score", *c, "--input", str(archive), "--output", str(tmp_path / "o3"), "--limit", "8"]) == 1
     captured = capsys.readouterr()
-    assert "scored 8 images" in captured.out and "run failed: 3 of 8 inputs failed" in captured.err
+    assert "scored 8 images" in captured.out and "run failed: 3 of 8 inputs of this run failed" in captured.err
     # --no-progress turns off the bars, not the line saying what the run sets out to do
     assert f"dualcam: scoring 8 of 13 inputs (0 already in {tmp_path / 'o3'}) with 2 actor(s) of 1 CPU" in captured.err
     assert "1 other file skipped (not an image's name)" in captured.out
