@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -197,8 +198,10 @@ def drift_archive(
     """
     options = _with(options, overrides)
     drift_measures.check_options(threshold, max_drift_share, top_k)
-    run = run_archive(DriftScorer, old, new, input, output, options)
-    return DriftSummary(run, drift_page.summarize(output, threshold, max_drift_share, top_k))
+    reports: list[drift_page.DriftReport] = []  # written under the run's lease: a slower run cannot overwrite it
+    run = run_archive(DriftScorer, old, new, input, output, options,
+                      lambda: reports.append(drift_page.summarize(output, threshold, max_drift_share, top_k)))
+    return DriftSummary(run, reports[0])
 
 
 def _with(options: ArchiveOptions | None, overrides: dict[str, Any]) -> ArchiveOptions:
@@ -208,12 +211,15 @@ def _with(options: ArchiveOptions | None, overrides: dict[str, Any]) -> ArchiveO
 
 def run_archive(
     scorer: type[PairScorer], first: str, second: str, input: str, output: str, options: ArchiveOptions,
+    finish: Callable[[], object] | None = None,
 ) -> ScoreSummary:
     """One Ray Data pass of ``scorer`` (holding experts ``first`` and ``second``) over ``input`` into ``output``.
 
     What ``score_archive`` and ``drift_archive`` share: checks before any work, ``_run.json``,
     resume, placement, Parquet writing and the summary of this run and of its output folder, read
     back from the output (``ScoreSummary.of``: an input scored but not readable there fails the run).
+    ``finish``, if given, runs last while the run still holds the output's lease (what a run writes
+    beside its rows, as ``drift``'s summary, must not race another run's).
     """
     started = time.perf_counter()
     run = _prepare(scorer, first, second, input, output, options)
@@ -245,6 +251,8 @@ def run_archive(
             scored.write_parquet(storage.absolute(output), filesystem=storage.parquet_filesystem(output),
                                  min_rows_per_file=options.rows_per_file, ray_remote_args={"num_cpus": 0})
         rows = read_results(output, ["uri", "status", "error"], warn_duplicates=False)
+        if finish is not None:
+            finish()
     scored = run.inputs.table.column("uri").take(todo).combine_chunks()
     return ScoreSummary.of(output, run.inputs, state.done, scored, rows, time.perf_counter() - started)
 
