@@ -7,6 +7,7 @@ any S3-compatible store (MinIO, Ceph, moto) works. Credentials are never logged 
 
 from __future__ import annotations
 
+import email.utils
 import functools
 import json
 import math
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import boto3
 import botocore.config
@@ -259,17 +260,46 @@ def put_if(uri: str, data: bytes, etag: str | None) -> str | None:
         raise _s3_error(uri, err) from None
 
 
-def read_tagged(uri: str) -> tuple[bytes, str] | None:
-    """An S3 object and its ETag (for ``put_if``), or None when it does not exist."""
+class Tagged(NamedTuple):
+    """An S3 object as ``read_tagged`` reads it."""
+
+    data: bytes
+    etag: str
+    """For ``put_if`` and ``delete_if``."""
+    age: float
+    """Seconds since it was last written, on the store's clock (its ``Date`` less its ``Last-Modified``,
+    to the second): how old it is whatever the clocks of the hosts that read and wrote it say."""
+
+
+def read_tagged(uri: str) -> Tagged | None:
+    """An S3 object, its ETag and its age, or None when it does not exist."""
     bucket, key = split_s3(uri)
     try:
         answer = s3_client().get_object(Bucket=bucket, Key=key)
-        return answer["Body"].read(), answer["ETag"]
+        data = answer["Body"].read()
     except (ClientError, BotoCoreError) as err:
         error = _s3_error(uri, err)
         if isinstance(error, FileNotFoundError) and "no such object" in str(error):
             return None
         raise error from None
+    now = email.utils.parsedate_to_datetime(answer["ResponseMetadata"]["HTTPHeaders"]["date"])
+    written = email.utils.parsedate_to_datetime(answer["ResponseMetadata"]["HTTPHeaders"]["last-modified"])
+    return Tagged(data, answer["ETag"], (now - written).total_seconds())
+
+
+def delete_if(uri: str, etag: str) -> bool:
+    """Delete an S3 object only while it is unchanged since it had ``etag`` (``If-Match``); whether it was."""
+    bucket, key = split_s3(uri)
+    try:
+        s3_client().delete_object(Bucket=bucket, Key=key, IfMatch=etag)
+        return True
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code", "") in ("PreconditionFailed", "ConditionalRequestConflict",
+                                                            "NoSuchKey"):
+            return False
+        raise _s3_error(uri, err) from None
+    except BotoCoreError as err:
+        raise _s3_error(uri, err) from None
 
 
 def delete(uri: str) -> None:
