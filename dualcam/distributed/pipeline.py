@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 from dualcam.distributed.connect import connect
 from dualcam.distributed.request_gate import request_gate
-from dualcam.io import storage
+from dualcam.io import staging, storage
 from dualcam.io.checkpoints import ExpertMeta, load_meta, resolve_expert
 from dualcam.io.inputs import Inputs, read_inputs, skipped_files
 from dualcam.io.lease import Lease
@@ -224,11 +224,12 @@ def run_archive(
     started = time.perf_counter()
     run = _prepare(scorer, first, second, input, output, options)
     storage.check_writable(output)  # before any work: a run that cannot write finds out now, not at its end
-    with Lease(output, options.lease_seconds, options.wait_for_lease):  # one writer per output
+    with Lease(output, options.lease_seconds, options.wait_for_lease) as lease:  # one writer per output
         # checked again under the lease: a run that held it until now may have claimed a new output
         if _check_output(output, run.spec):
             storage.write_bytes(storage.join(output, RUN_FILE), run.spec.to_json().encode())
         storage.remove_inflight(output)
+        staging.clear(output)  # what runs that lost the lease (or died) left staged
         drop_error_rows(output, options.retry_errors)  # transient ones always: the next run heals them
         state = planning.progress(run.inputs.table, output)
         todo = state.pending if options.limit is None else state.pending.slice(0, options.limit)
@@ -247,9 +248,11 @@ def run_archive(
             blocks = [ray.put(block) for block in planning.blocks(run.inputs.table, todo, rows_per_block)]
             pacs = pc.any(pc.match_substring_regex(run.inputs.table.column("uri"), r"^https?://")).as_py()
             scored = _scored(ray, blocks, scorer, run.experts, run.meta, run.spec, placement, options, bool(pacs))
-            # Writing is I/O; it must not wait for CPUs the scoring actors hold.
-            scored.write_parquet(storage.absolute(output), filesystem=storage.parquet_filesystem(output),
-                                 min_rows_per_file=options.rows_per_file, ray_remote_args={"num_cpus": 0})
+            # Writing is I/O; it must not wait for CPUs the scoring actors hold. On S3, files are staged and
+            # published only while this run holds the lease: a run paused past it lands nothing more.
+            with staging.fenced(output, lease.holder.token, lease.still_held) as into:
+                scored.write_parquet(storage.absolute(into), filesystem=storage.parquet_filesystem(output),
+                                     min_rows_per_file=options.rows_per_file, ray_remote_args={"num_cpus": 0})
         rows = read_results(output, ["uri", "status", "error"], warn_duplicates=False)
         if finish is not None:
             finish()

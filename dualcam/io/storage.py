@@ -314,6 +314,17 @@ def delete(uri: str) -> None:
         raise _s3_error(uri, err) from None
 
 
+def move(uri: str, to: str) -> None:
+    """Move an S3 object within its bucket: a server-side copy (the new object appears whole) then a delete."""
+    bucket, key = split_s3(uri)
+    target_bucket, target_key = split_s3(to)
+    try:
+        s3_client().copy_object(Bucket=target_bucket, Key=target_key, CopySource={"Bucket": bucket, "Key": key})
+        s3_client().delete_object(Bucket=bucket, Key=key)
+    except (ClientError, BotoCoreError) as err:
+        raise _s3_error(uri, err) from None
+
+
 def check_writable(folder: str) -> None:
     """Write a small hidden file into ``folder`` (created if absent) and delete it, the way results
     are written (a temporary file renamed into place; a PUT on S3); StorageError naming the folder
