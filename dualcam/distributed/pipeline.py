@@ -6,7 +6,7 @@ options are one ``ArchiveOptions`` (``dualcam.scoring.archive_options``). The pi
 
     from_arrow(uris) -> map_batches(load_images)                   read + decode + preprocess, CPU
                      -> map_batches(DualScorer, ActorPoolStrategy)  both experts, GPU if any
-                     -> write_parquet(output)
+                     -> write_parquet(output)                         on S3 staged, published under the lease
 
 On a CPU-only cluster both map steps take the same resources, so Ray fuses them into one actor
 per CPU, each loading and scoring on one torch thread (``planning.plan_placement`` says why). With
