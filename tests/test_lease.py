@@ -167,3 +167,14 @@ def test_a_stale_holder_neither_takes_back_a_released_lease_nor_deletes_anothers
     taker.release(taker_me)
     assert stale.renew(stale_me).host.startswith("none now")  # lost, even with the lease free
     assert storage.read_tagged(uri) is None
+
+
+def test_a_waiting_run_gives_up_after_its_timeout(output, monkeypatch):
+    monkeypatch.setattr(lease, "POLL_SECONDS", 0.2)
+    holder = hold(output)  # locally: a lease that lasts as long as its process, paused or not
+    started = time.monotonic()
+    with pytest.raises(LeaseHeld, match=rf"still being written by another run after waiting 1 s .*pid {holder.pid}"), \
+            Lease(output, wait=True, log=lambda line: None, wait_timeout=1):
+        pass
+    assert 1 <= time.monotonic() - started < 10
+    assert finish(holder) == (0, "")

@@ -224,7 +224,8 @@ def run_archive(
     started = time.perf_counter()
     run = _prepare(scorer, first, second, input, output, options)
     storage.check_writable(output)  # before any work: a run that cannot write finds out now, not at its end
-    with Lease(output, options.lease_seconds, options.wait_for_lease) as lease:  # one writer per output
+    with Lease(output, options.lease_seconds, options.wait_for_lease,  # one writer per output
+               wait_timeout=options.lease_wait_timeout) as lease:
         # checked again under the lease: a run that held it until now may have claimed a new output
         if _check_output(output, run.spec):
             storage.write_bytes(storage.join(output, RUN_FILE), run.spec.to_json().encode())

@@ -113,10 +113,10 @@ class Lease:
     """
 
     def __init__(self, output: str, seconds: float = LEASE_SECONDS, wait: bool = False,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, wait_timeout: float | None = None):
         if not seconds > 0:
             raise ValueError(f"a lease lasts more than 0 seconds, got {seconds!r}")
-        self.output, self.seconds, self.wait = output, float(seconds), wait
+        self.output, self.seconds, self.wait, self.wait_timeout = output, float(seconds), wait, wait_timeout
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.store = _S3Store(output) if storage.is_s3(output) else _LocalStore(output)
         self.holder = Holder.me(self.seconds)
@@ -128,11 +128,14 @@ class Lease:
         self._interrupts_main = False
 
     def __enter__(self) -> Lease:
-        announced = False
+        announced, waiting_since = False, time.monotonic()
         while (other := self.store.acquire(self.holder)) is not None:
             if not self.wait:
                 raise LeaseHeld(f"{self.output} is being written by another run ({other.describe()}); let it "
                                 "finish, or rerun with --wait-for-lease to start when it has")
+            if self.wait_timeout is not None and time.monotonic() - waiting_since > self.wait_timeout:
+                raise LeaseHeld(f"{self.output} is still being written by another run after waiting "
+                                f"{self.wait_timeout:g} s (--lease-wait-timeout): {other.describe()}")
             if not announced:
                 self.log(f"dualcam: waiting for the run writing {self.output} to end ({other.describe()})")
                 announced = True
