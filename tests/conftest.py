@@ -99,16 +99,23 @@ def s3_bucket(s3_endpoint, request) -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(s3_endpoint):
-    """The one local Ray of the test session: 2 CPUs, bound to 127.0.0.1, workers that see moto's S3 and
-    hold the test PACS's account (``dualcam.bench.pacs``) as a cluster's pods would hold theirs.
-
-    Returns the address other processes (a killed driver, ``ray job submit``) join it at.
-    """
+def pacs_account() -> None:
+    """The test PACS's account (``dualcam.bench.pacs``) in this process's environment, where dualcam reads
+    its DICOMweb credentials, for the session: set before Ray starts, so its workers hold it too, as a
+    cluster's pods hold theirs."""
     from dualcam.bench import pacs
     from dualcam.io import dicomweb
 
     os.environ.update({dicomweb.ENV_USER: pacs.USER, dicomweb.ENV_PASSWORD: pacs.PASSWORD})
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_endpoint, pacs_account):
+    """The one local Ray of the test session: 2 CPUs, bound to 127.0.0.1, workers that see moto's S3 and
+    the test PACS's account.
+
+    Returns the address other processes (a killed driver, ``ray job submit``) join it at.
+    """
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # local Ray on loopback; read at import
     import ray
 

@@ -29,11 +29,14 @@ class Driver:
     """``dualcam score`` (``commands.score.run`` with the given options) in a process of its own, as a user
     or a scheduler starts it; its output goes to files, its process group is ended with the test."""
 
-    def __init__(self, name: str, folder: Path, env: dict[str, str], **options):
+    def __init__(self, name: str, folder: Path, env: dict[str, str], ignore_sigint: bool = False, **options):
         self.name = name
         self.out, self.err = folder / f"{name}.stdout", folder / f"{name}.stderr"
-        code = ("import sys\nfrom dualcam.commands import score\nfrom dualcam.commands.common import exit_status\n"
-                f"sys.exit(exit_status(lambda: score.run(**{options!r})))\n")
+        code = ("import signal, sys\nfrom dualcam.commands import score\n"
+                "from dualcam.commands.common import exit_status\n"
+                + ("signal.signal(signal.SIGINT, signal.SIG_IGN)  # as `cmd &` from a script leaves it\n"
+                   if ignore_sigint else "")
+                + f"sys.exit(exit_status(lambda: score.run(**{options!r})))\n")
         with open(self.out, "w") as out, open(self.err, "w") as err:
             self.process = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=out, stderr=err,
                                             cwd=folder, start_new_session=True)

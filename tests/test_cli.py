@@ -92,6 +92,9 @@ def test_init_explain_end_to_end(tmp_path, capsys):
     write_synthetic_xrays(images, 3, size=96)
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     (images / "labels.csv").write_text("not an image, not listed\n")
+    for patient in ("p1", "p2"):  # one stem in two folders: two overlays, neither overwriting the other
+        (images / patient).mkdir()
+        (images / patient / "IM0001.png").write_bytes((images / "synthetic-00000.png").read_bytes())
     for name in ("COVID-19", "pneumonia"):
         assert main(["expert", "init", "--arch", "resnet18", "--class-name", name, "--input-size", "64",
                      "--out", str(tmp_path / name)]) == 0
@@ -100,9 +103,10 @@ def test_init_explain_end_to_end(tmp_path, capsys):
                  "--alpha", "15", "--out", str(out), str(images)])
     printed = capsys.readouterr().out
     assert code == 1  # as decode: any file that cannot be explained fails the command, after the others
-    assert sorted(p.name for p in out.iterdir()) == [f"synthetic-0000{i}.addk.png" for i in range(3)]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "p1__IM0001.addk.png", "p2__IM0001.addk.png", *(f"synthetic-0000{i}.addk.png" for i in range(3))]
     assert "broken.png: corrupt or truncated PNG" in printed
-    assert "3 explained, 1 failed" in printed
+    assert "5 explained, 1 failed" in printed
     assert f"1 other file skipped (not an image's name), e.g. {images / 'labels.csv'}" in printed
     # each overlay: a title, the image (longer side OVERLAY_SIDE), its colour scale; the peak ringed in green
     with Image.open(out / "synthetic-00000.addk.png") as overlay:

@@ -29,7 +29,7 @@ from dualcam import DualScorer
 from dualcam.bench import pacs as test_pacs
 from dualcam.distributed.pipeline import score_archive
 from dualcam.io import dicomweb
-from dualcam.io.results import PERMANENT, TRANSIENT, read_results, to_numpy
+from dualcam.io.results import PERMANENT, TRANSIENT, error_kind_of, read_results, to_numpy
 from dualcam.scoring.scorers import score_images
 
 from conftest import xray_sample_sets
@@ -174,7 +174,7 @@ class CountingProxy:
 
 
 @pytest.fixture(scope="module")
-def pacs(tmp_path_factory):
+def pacs(tmp_path_factory, pacs_account):
     """Orthanc loaded with: on ``QUERY_DAY`` 3 studies (CR, DX and one OT instance that is not scored),
     on ``OUTAGE_DAY`` one study of 24 CRs, and the DICOM files of the sample sets (real ones included
     when ../shared is present). Yields (server, {day: [(study, series, sop, modality)]}, {sop: file})."""
@@ -338,3 +338,12 @@ def test_pacs_requests_is_checked_before_any_work(experts, tmp_path):
     result = _cli(["score", "--c1", experts[0], "--c2", experts[1], "--input", "dicomweb://127.0.0.1:9/dw",
                    "--output", str(tmp_path / "out"), "--pacs-requests", "0"])
     assert result.returncode == 2 and "pacs_requests must be an integer >= 1" in result.stderr
+
+
+def test_an_instance_over_the_byte_limit_is_refused(pacs):
+    server, stored, _ = pacs
+    url = _uri(f"{server.url}/dicom-web", *stored[QUERY_DAY][0][:3])
+    size = len(dicomweb.retrieve(url))
+    with pytest.raises(OSError, match=rf"over the limit of {size - 1:,} per input") as big:
+        dicomweb.retrieve(url, max_bytes=size - 1)
+    assert error_kind_of(big.value) == PERMANENT

@@ -189,7 +189,7 @@ def test_a_folder_where_nothing_decodes_fails_in_one_line(ray_cluster, expert, t
     code = main(["drift", "--old", expert, "--new", expert, "--input", str(bad), "--output", str(out), "--no-progress"])
     captured = capsys.readouterr()
     assert code == 1  # as score: a run with nothing scored failed, whatever it says of drift
-    assert captured.err.count("dualcam: run failed: none of the 2 inputs could be scored; first error: ") == 1
+    assert captured.err.count("dualcam: run failed: none of the 2 inputs of this run could be scored; first error") == 1
     assert "Traceback" not in captured.err + captured.out
     assert "drift: 0 of 0 images drifted" in captured.out
     summary = json.loads((out / "_drift.json").read_text())
@@ -206,3 +206,24 @@ def test_meaningless_options_are_refused_before_any_work(expert, tmp_path, capsy
     args = ["drift", "--old", expert, "--new", expert, "--input", str(tmp_path), "--output", str(tmp_path / "o")]
     assert main([*args, option, value]) == 2
     assert reason in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_the_drift_summary_is_written_while_the_run_holds_the_lease(ray_cluster, expert, tmp_path, monkeypatch):
+    from dualcam.distributed.pipeline import drift_archive
+    from dualcam.io.lease import Lease, LeaseHeld
+    from dualcam.reports import drift_page
+
+    summarize, held = drift_page.summarize, []
+
+    def summarize_when_held(output: str, *args):
+        try:
+            with Lease(output):  # another run's attempt, at the moment the summary is written
+                held.append(False)
+        except LeaseHeld:
+            held.append(True)
+        return summarize(output, *args)
+
+    monkeypatch.setattr(drift_page, "summarize", summarize_when_held)
+    write_synthetic_xrays(tmp_path / "images", 2, size=90)
+    summary = drift_archive(expert, expert, str(tmp_path / "images"), str(tmp_path / "out"), progress=False)
+    assert held == [True] and summary.report["images"] == 2

@@ -140,6 +140,33 @@ def test_a_killed_drivers_s3_output_is_locked_until_its_lease_expires_then_resum
     assert_whole(rows, [f"{inputs}/{p.name}" for p in images.iterdir()])
 
 
+@pytest.mark.parametrize("sigint", ["handled", "ignored"])
+def test_a_driver_paused_past_its_lease_lands_nothing_after_the_takeover(
+    ray_cluster, experts, images, s3_bucket, drivers, observed, sigint,
+):
+    import pyarrow.parquet as pq
+
+    from dualcam.io import storage
+
+    inputs, out = f"{s3_bucket}/images", f"{s3_bucket}/out"
+    for path in sorted(images.iterdir()):
+        storage.write_bytes(f"{inputs}/{path.name}", path.read_bytes())
+    options = score_options(experts, inputs, out, lease_seconds=6)
+    stale = drivers("stale", joined(ray_cluster), ignore_sigint=sigint == "ignored", **options)
+    stale.wait_until(scoring, "scoring")
+    os.kill(stale.pid, signal.SIGSTOP)  # the driver only: a frozen VM, a debugger; its Ray workers go on
+    taker = drivers("taker", joined(ray_cluster), **options, wait_for_lease=True)
+    assert taker.finish() == 0, taker.stderr()  # took the lease once it expired, cleared the stale staging
+    os.kill(stale.pid, signal.SIGCONT)
+    assert stale.finish() == 1, stale.stderr()
+    assert "another run took over" in stale.stderr()
+    path, filesystem = storage.arrow_source(out)
+    rows = pq.read_table(path, filesystem=filesystem, columns=["uri", "status"])  # a plain reader's view
+    observed(f"S3 driver SIGSTOPped while scoring, past its lease (SIGINT {sigint}); a --wait-for-lease run took "
+             "over; then SIGCONT", **counts(rows, N), exit_stale=1, exit_taker=0)
+    assert_whole(rows, [f"{inputs}/{p.name}" for p in images.iterdir()])
+
+
 # --- Ray's workers killed -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("victim", "title", "times"), [

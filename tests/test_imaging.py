@@ -273,3 +273,16 @@ def test_preprocess_rgb_mode_keeps_colour():
 def test_preprocess_refuses_bad_shapes():
     with pytest.raises(ValueError, match="expects"):
         preprocess(np.zeros((4, 4, 4), np.float32), META)
+
+
+@pytest.mark.parametrize("data, looks", [
+    (b"[default]\naws_secret_access_key = wJalrXUtnFEMI/K7MDENG\n", "it looks like text"),
+    (b"GIF89a\x01\x00\x01\x00", "it looks like a GIF"),
+    (bytes(range(256)), "binary data"),
+])
+def test_a_file_that_is_no_image_is_described_never_quoted(data, looks):
+    with pytest.raises(DecodeError) as refused:
+        decode_image(data, "/root/.aws/credentials")
+    message = str(refused.value)
+    assert f"not a PNG, JPEG or DICOM file ({looks})" in message
+    assert "default" not in message and "wJalr" not in message and "GIF89" not in message

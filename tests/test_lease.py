@@ -97,7 +97,7 @@ def test_a_run_paused_past_its_lease_stops_when_another_has_taken_over(s3_bucket
     holder = hold(output, seconds=2)
     holder.send_signal(signal.SIGSTOP)  # a driver paused (SIGSTOP, a frozen VM) longer than its lease
     expires = Holder.from_json(storage.read_bytes(storage.join(output, LEASE_FILE))).expires
-    time.sleep(max(0.0, expires - time.time()) + 0.5)
+    time.sleep(max(0.0, expires - time.time()) + 2.5)  # expired on the store's clock, to the second
     with Lease(output, seconds=30) as taken:
         holder.send_signal(signal.SIGCONT)  # it renews, finds the lease taken, and stops its run
         status = holder.wait(30)
@@ -114,5 +114,67 @@ def test_conditional_puts_are_compare_and_swap(s3_bucket):
     assert first and storage.put_if(uri, b"2", None) is None  # exists already
     second = storage.put_if(uri, b"2", first)
     assert second and storage.put_if(uri, b"3", first) is None  # a stale ETag
-    assert storage.read_tagged(uri) == (b"2", second)
+    assert storage.read_tagged(uri)[:2] == (b"2", second)
     assert storage.read_tagged(f"{s3_bucket}/nothing") is None
+
+
+class _ClockAhead:
+    """``time`` for the lease module of a host whose clock runs ``ahead`` seconds fast."""
+
+    def __init__(self, ahead: float):
+        self.ahead = ahead
+
+    def time(self) -> float:
+        return time.time() + self.ahead
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+
+def test_a_taker_whose_clock_runs_ahead_does_not_take_a_live_lease(s3_bucket, monkeypatch):
+    output = f"{s3_bucket}/out"
+    holder = hold(output, seconds=60)
+    monkeypatch.setattr(lease, "time", _ClockAhead(120))  # by its own clock the holder's lease expired a minute ago
+    with pytest.raises(LeaseHeld, match=f"pid {holder.pid}"), Lease(output):
+        pass
+    assert finish(holder) == (0, "")
+
+
+def test_a_renewal_whose_answer_was_lost_is_recognized_as_this_runs_own(s3_bucket):
+    output = f"{s3_bucket}/out"
+    with Lease(output, seconds=30) as held:
+        uri = storage.join(output, LEASE_FILE)
+        # the renewal went through, its answer did not come back: the store has a new ETag this run never saw
+        assert storage.put_if(uri, Holder.me(30, held.holder.started, held.holder.token).to_json(), held.store.etag)
+        held.still_held()  # finds its own token: renewed, not lost
+        assert held.lost is None
+
+
+def _expire(seconds: float) -> None:
+    """Wait until a lease of ``seconds`` written now has expired on the store's clock (to the second)."""
+    time.sleep(seconds + 2.5)
+
+
+def test_a_stale_holder_neither_takes_back_a_released_lease_nor_deletes_anothers(s3_bucket):
+    uri = f"{s3_bucket}/out/{LEASE_FILE}"
+    stale, stale_me = lease._S3Store(f"{s3_bucket}/out"), Holder.me(1)
+    assert stale.acquire(stale_me) is None
+    _expire(1)  # its driver paused past its lease
+    taker, taker_me = lease._S3Store(f"{s3_bucket}/out"), Holder.me(30)
+    assert taker.acquire(taker_me) is None
+    stale.release(stale_me)  # a conditional delete: the taker's lease stays
+    assert Holder.from_json(storage.read_tagged(uri).data).token == taker_me.token
+    taker.release(taker_me)
+    assert stale.renew(stale_me).host.startswith("none now")  # lost, even with the lease free
+    assert storage.read_tagged(uri) is None
+
+
+def test_a_waiting_run_gives_up_after_its_timeout(output, monkeypatch):
+    monkeypatch.setattr(lease, "POLL_SECONDS", 0.2)
+    holder = hold(output)  # locally: a lease that lasts as long as its process, paused or not
+    started = time.monotonic()
+    with pytest.raises(LeaseHeld, match=rf"still being written by another run after waiting 1 s .*pid {holder.pid}"), \
+            Lease(output, wait=True, log=lambda line: None, wait_timeout=1):
+        pass
+    assert 1 <= time.monotonic() - started < 10
+    assert finish(holder) == (0, "")

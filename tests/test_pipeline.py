@@ -75,7 +75,7 @@ def test_a_folder_gives_one_row_per_input_equal_to_a_direct_computation(ray_clus
     assert summary.skipped.to_pylist() == [str(archive / "notes.txt")]
     assert f"; 1 other file skipped (not an image's name), e.g. {archive / 'notes.txt'};" in summary.line()
     assert "none" not in (summary.failure(0.5) or "") and summary.failure(0.5) is None
-    assert "6 of 13 inputs failed" in summary.failure(0.05)
+    assert "6 of 13 inputs of this run failed" in summary.failure(0.05)
     for name, reason in BAD_REASONS.items():
         row = rows[str(archive / name)]
         assert row["status"] == "error" and row["p1"] is None and row["heatmap"] is None
@@ -194,14 +194,14 @@ def test_cli_exit_codes(ray_cluster, experts, archive, tmp_path, capsys):
     for name, data in list(bad_inputs().items())[:2]:
         (bad / name).write_bytes(data)
     assert main(["score", *c, "--input", str(bad), "--output", str(tmp_path / "o1")]) == 1
-    assert "run failed: none of the 2 inputs could be scored" in capsys.readouterr().err
+    assert "run failed: none of the 2 inputs of this run could be scored" in capsys.readouterr().err
 
     assert main(["score", *c, "--input", str(tmp_path / "nowhere"), "--output", str(tmp_path / "o2")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
 
     assert main(["score", *c, "--input", str(archive), "--output", str(tmp_path / "o3"), "--limit", "8"]) == 1
     captured = capsys.readouterr()
-    assert "scored 8 images" in captured.out and "run failed: 3 of 8 inputs failed" in captured.err
+    assert "scored 8 images" in captured.out and "run failed: 3 of 8 inputs of this run failed" in captured.err
     # --no-progress turns off the bars, not the line saying what the run sets out to do
     assert f"dualcam: scoring 8 of 13 inputs (0 already in {tmp_path / 'o3'}) with 2 actor(s) of 1 CPU" in captured.err
     assert "1 other file skipped (not an image's name)" in captured.out
@@ -374,3 +374,47 @@ def test_a_dry_run_plans_without_ray_and_writes_nothing(experts, archive, tmp_pa
     assert f"{rate:,.1f} images/s (the actors' CPUs, decoding and scoring in turn): {5 / rate:.0f} s to score" in first
     assert "this machine:" in first and re.search(r"already done +0 ", second) and re.search(r"to score +13\b", second)
     assert "hours: give --rates" in second
+
+
+def test_a_run_is_judged_by_its_own_inputs_not_the_folders_history(ray_cluster, experts, tmp_path):
+    images, out = tmp_path / "images", str(tmp_path / "out")
+    write_synthetic_xrays(images, 4, size=64)
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")  # a permanent error, kept by every rerun
+    first = score_archive(*experts, str(images), out, batch_size=4, progress=False, max_error_fraction=0.1)
+    assert (first.run_ok, first.run_errors) == (4, 1) and "1 of 5 inputs of this run failed" in first.failure(0.1)
+    again = score_archive(*experts, str(images), out, batch_size=4, progress=False)
+    assert (again.scored_now, again.run_ok, again.run_errors, again.ok, again.errors) == (0, 0, 0, 4, 1)
+    assert again.failure(0.1) is None  # the folder's old error is not this run's failure
+    write_synthetic_xrays(tmp_path / "more", 1, size=64)
+    (tmp_path / "more" / "synthetic-00000.png").rename(images / "new.png")
+    new = score_archive(*experts, str(images), out, batch_size=4, progress=False)
+    assert (new.scored_now, new.run_ok, new.run_errors, new.errors) == (1, 1, 0, 1) and new.failure(0.1) is None
+    assert ": 1 ok, 0 errors; 5 already done;" in new.line()
+
+
+def test_an_input_scored_but_not_in_the_output_fails_the_run_naming_it():
+    from dualcam.distributed.pipeline import ScoreSummary
+    from dualcam.io.inputs import Inputs
+
+    inputs = Inputs(pa.table({"uri": ["/a.png", "/b.png", "/c.png"]}))
+    rows = pa.table({"uri": ["/a.png"], "status": ["ok"], "error": pa.array([None], pa.string())})
+    summary = ScoreSummary.of("/out", inputs, 0, pa.array(["/a.png", "/b.png", "/c.png"]), rows, 1.0)
+    assert (summary.run_ok, summary.missing, summary.first_missing) == (1, 2, "/b.png")
+    assert summary.failure().startswith("2 of the 3 inputs this run scored are not in /out, e.g. /b.png")
+    whole = ScoreSummary.of("/out", inputs, 2, pa.array(["/a.png"]), rows, 1.0)
+    assert whole.missing == 0 and whole.failure() is None
+
+
+def test_a_file_over_the_byte_limit_is_its_error_row_and_the_limit_is_checked_first(ray_cluster, experts, tmp_path):
+    images, out = tmp_path / "images", str(tmp_path / "out")
+    paths = write_synthetic_xrays(images, 3, size=64)
+    limit = max(p.stat().st_size for p in paths)
+    (images / "huge.png").write_bytes(paths[0].read_bytes() + b"\0" * limit)  # a valid PNG, too large
+    summary = score_archive(*experts, str(images), out, batch_size=4, progress=False, max_input_bytes=limit)
+    rows = by_uri(read_results(out))
+    assert (summary.run_ok, summary.run_errors) == (3, 1)
+    huge = rows[str(images / "huge.png")]
+    assert huge["error_kind"] == "permanent" and f"over the limit of {limit:,} per input" in huge["error"]
+    with pytest.raises(ValueError, match="max_input_bytes must be an integer >= 1"):
+        score_archive(*experts, str(images), str(tmp_path / "other"), max_input_bytes=0)
+    assert not (tmp_path / "other").exists()

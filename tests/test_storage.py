@@ -206,3 +206,18 @@ def test_a_local_folder_is_listed_in_one_pass_as_before(tmp_path):
     assert storage.list_files(str(tmp_path / "b.png")) == [str(tmp_path / "b.png")]
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         storage.list_files(str(tmp_path / "nowhere"))
+
+
+def test_an_input_over_the_byte_limit_is_refused_unread(tmp_path, s3_bucket):
+    from dualcam.io.inputs import read_input
+
+    (tmp_path / "big.dcm").write_bytes(b"x" * 2000)
+    (tmp_path / "folder").mkdir()
+    storage.write_bytes(f"{s3_bucket}/big.dcm", b"x" * 2000)
+    for uri in (str(tmp_path / "big.dcm"), f"{s3_bucket}/big.dcm"):
+        with pytest.raises(storage.TooLarge, match=r"big.dcm: 2,000 bytes, over the limit of 1,999 per input") as big:
+            read_input(uri, timeout=30, max_bytes=1999)
+        assert error_kind_of(big.value) == PERMANENT  # the file itself: a plain rerun leaves it be
+        assert read_input(uri, timeout=30, max_bytes=2000) == b"x" * 2000
+    with pytest.raises(storage.StorageError, match="not a regular file but a folder"):
+        read_input(str(tmp_path / "folder"), max_bytes=1)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 
@@ -21,7 +22,8 @@ from dualcam.scoring.scorers import DualScorer
 HELP = "score a few images with both experts and write ADDK overlays"
 DESCRIPTION = (
     "Score each image with both experts on this machine (no Ray) and print p1, p2 and the peak of the ADDK "
-    "heatmap in image pixels; write the heatmap over the image to OUT/<name>.addk.png, titled with alpha, p1 and "
+    "heatmap in image pixels; write the heatmap over the image to OUT/<name>.addk.png (<name>: the file's stem, "
+    "or where stems repeat its path below the folder the files share, / as __), titled with alpha, p1 and "
     "p2, its colour scale (that map's own min to max) below it and the peak ringed in green. Folders and s3:// "
     "prefixes are searched for image names, as dualcam score does; other files there are counted as skipped. "
     "Exit status: 0 every image explained; 1 any image could not be read or decoded (each is named); 2 unusable "
@@ -40,6 +42,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", help="files, folders or s3:// prefixes")
 
 
+def overlay_names(files: Sequence[str]) -> dict[str, str]:
+    """A distinct overlay name per file: its stem; where stems repeat (``p1/IM0001.dcm``, ``p2/IM0001.dcm``),
+    its path below the folder the files share, ``/`` as ``__`` (``p1__IM0001``), so none overwrites another."""
+    stems = Counter(PurePosixPath(f).stem for f in files)
+    parts = [f.split("/") for f in files]
+    shared = 0
+    while all(len(p) > shared + 1 and p[shared] == parts[0][shared] for p in parts):
+        shared += 1
+    names = {f: PurePosixPath(f).stem if stems[PurePosixPath(f).stem] == 1
+             else "__".join([*p[shared:-1], PurePosixPath(p[-1]).stem]) for f, p in zip(files, parts)}
+    taken = Counter(names.values())
+    return {f: name if taken[name] == 1 else f"{name}-{i}" for i, (f, name) in enumerate(names.items())}
+
+
 def run(
     *, c1: str, c2: str, alpha: float, out: str, device: str | None, precision: str, inputs: Sequence[str],
 ) -> int:
@@ -51,7 +67,7 @@ def run(
     print(f"expert 1: {scorer.c1.meta.class_name} {scorer.c1.meta.version}; expert 2: {scorer.c2.meta.class_name} "
           f"{scorer.c2.meta.version}; alpha {scorer.alpha:g}; device {scorer.device}, {scorer.precision}")
     print(f"{'p1':>6} {'p2':>6}  {'peak (x, y)':>12}  file")
-    start, failed = time.perf_counter(), 0
+    start, failed, names = time.perf_counter(), 0, overlay_names(files)
     for uri, data, image, err in decoded(files):
         if err or data is None or image is None:  # no bytes or image only with an error
             failed += 1
@@ -63,7 +79,7 @@ def run(
         heat = upsample(result["heatmap"][0], image.shape[:2])
         x, y = (round(v) for v in regions.peak(torch.from_numpy(heat)[None])[0].tolist())
         title = f"ADDK(CAM1, CAM2) alpha={scorer.alpha:g}  p1={p1:.3f} p2={p2:.3f}  peak ({x}, {y})"
-        panel_row(image, [(title, heat)], marks=[(x, y)], side=OVERLAY_SIDE).save(folder / f"{Path(uri).stem}.addk.png")
+        panel_row(image, [(title, heat)], marks=[(x, y)], side=OVERLAY_SIDE).save(folder / f"{names[uri]}.addk.png")
         print(f"{p1:6.3f} {p2:6.3f}  {f'({x}, {y})':>12}  {uri}")
     elapsed = time.perf_counter() - start
     skipped_note = f"; {skipped_files(skipped)}" if skipped else ""

@@ -6,7 +6,7 @@ options are one ``ArchiveOptions`` (``dualcam.scoring.archive_options``). The pi
 
     from_arrow(uris) -> map_batches(load_images)                   read + decode + preprocess, CPU
                      -> map_batches(DualScorer, ActorPoolStrategy)  both experts, GPU if any
-                     -> write_parquet(output)
+                     -> write_parquet(output)                         on S3 staged, published under the lease
 
 On a CPU-only cluster both map steps take the same resources, so Ray fuses them into one actor
 per CPU, each loading and scoring on one torch thread (``planning.plan_placement`` says why). With
@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,7 @@ import pyarrow.compute as pc
 
 from dualcam.distributed.connect import connect
 from dualcam.distributed.request_gate import request_gate
-from dualcam.io import storage
+from dualcam.io import staging, storage
 from dualcam.io.checkpoints import ExpertMeta, load_meta, resolve_expert
 from dualcam.io.inputs import Inputs, read_inputs, skipped_files
 from dualcam.io.lease import Lease
@@ -58,8 +59,11 @@ if TYPE_CHECKING:
 
 @dataclass
 class ScoreSummary:
-    """What a scoring run did. ``ok``/``errors`` count the rows of the whole output folder; ``repeated``
-    its rows whose input is on another row too (0 unless two runs once wrote into it at the same time)."""
+    """What a scoring run did. ``ok``/``errors`` count the rows of the whole output folder; ``run_ok`` and
+    ``run_errors`` those of the inputs this run scored, which alone decide whether it failed (an
+    outage a later run healed is history, not this run's failure); ``missing`` how many of this run's
+    inputs are not in the output at all; ``repeated`` the output's rows whose input is on another row
+    too (0 unless two runs once wrote into it at the same time)."""
 
     output: str
     inputs: int
@@ -69,10 +73,33 @@ class ScoreSummary:
     errors: int
     seconds: float
     first_error: str | None = None
+    """This run's first error row's reason."""
     skipped: pa.ChunkedArray = field(default_factory=lambda: pa.chunked_array([], pa.string()))
     """Inputs left out: files whose names are not images', instances of other modalities (``Inputs.skipped``)."""
     skipped_because: str = ""
     repeated: int = 0
+    run_ok: int = 0
+    run_errors: int = 0
+    missing: int = 0
+    first_missing: str | None = None
+
+    @classmethod
+    def of(cls, output: str, inputs: Inputs, already_done: int, scored: pa.Array, rows: pa.Table,
+           seconds: float) -> ScoreSummary:
+        """The summary of a run that set out to score the inputs ``scored`` (URIs), from the output's
+        ``uri``, ``status`` and ``error`` columns (``rows``) read back after it wrote."""
+        mine = rows.filter(pc.is_in(rows.column("uri"), value_set=scored))
+        run_errors = mine.filter(pc.equal(mine.column("status"), "error"))
+        missing = scored.filter(pc.invert(pc.is_in(scored, value_set=rows.column("uri"))))
+        folder_errors = pc.sum(pc.equal(rows.column("status"), "error")).as_py() or 0
+        return cls(
+            output=output, inputs=inputs.table.num_rows, already_done=already_done, scored_now=len(scored),
+            ok=rows.num_rows - folder_errors, errors=folder_errors, seconds=seconds,
+            first_error=run_errors.column("error")[0].as_py() if run_errors.num_rows else None,
+            skipped=inputs.skipped, skipped_because=inputs.skipped_because, repeated=duplicate_rows(rows),
+            run_ok=mine.num_rows - run_errors.num_rows, run_errors=run_errors.num_rows,
+            missing=len(missing), first_missing=missing[0].as_py() if len(missing) else None,
+        )
 
     @property
     def images_per_second(self) -> float:
@@ -80,25 +107,33 @@ class ScoreSummary:
 
     @property
     def error_fraction(self) -> float:
-        return self.errors / max(1, self.ok + self.errors)
+        """The share of this run's inputs that failed."""
+        return self.run_errors / max(1, self.run_ok + self.run_errors)
 
     def failure(self, max_error_fraction: float = MAX_ERROR_FRACTION) -> str | None:
-        """Why this run counts as failed, or None. Nothing readable at all is always a failure, and so
-        is an output that holds an input more than once."""
+        """Why this run counts as failed, or None: an output that holds an input more than once, an input
+        this run scored that the output does not hold, none of this run's inputs scored, or more than
+        ``max_error_fraction`` of them failed."""
         if self.repeated:
             return repeat_message(self.repeated, self.output)
-        if self.errors and not self.ok:
-            return f"none of the {self.errors} inputs could be scored; first error: {self.first_error}"
+        if self.missing:
+            return (f"{self.missing} of the {self.scored_now} inputs this run scored are not in {self.output}, "
+                    f"e.g. {self.first_missing} (were they written where this driver cannot read? a cluster of "
+                    "several machines needs an --output they all share, such as s3://)")
+        if self.run_errors and not self.run_ok:
+            return f"none of the {self.run_errors} inputs of this run could be scored; first error: {self.first_error}"
         if self.error_fraction > max_error_fraction:
-            return (f"{self.errors} of {self.ok + self.errors} inputs failed ({self.error_fraction:.1%}), "
-                    f"more than the allowed {max_error_fraction:.1%}; first error: {self.first_error}")
+            return (f"{self.run_errors} of {self.run_ok + self.run_errors} inputs of this run failed "
+                    f"({self.error_fraction:.1%}), more than the allowed {max_error_fraction:.1%}; "
+                    f"first error: {self.first_error}")
         return None
 
     def line(self) -> str:
         skipped = skipped_files(self.skipped, self.skipped_because)
         repeated = f" ({self.repeated} rows repeat an input)" if self.repeated else ""
-        return (f"scored {self.scored_now} images in {self.seconds:.1f} s ({self.images_per_second:.2f} images/s); "
-                f"{self.already_done} already done; {skipped + '; ' if skipped else ''}"
+        return (f"scored {self.scored_now} images in {self.seconds:.1f} s ({self.images_per_second:.2f} images/s): "
+                f"{self.run_ok} ok, {self.run_errors} errors; {self.already_done} already done; "
+                f"{skipped + '; ' if skipped else ''}"
                 f"output holds {self.ok} ok, {self.errors} errors{repeated}; results in {self.output}")
 
 
@@ -163,8 +198,10 @@ def drift_archive(
     """
     options = _with(options, overrides)
     drift_measures.check_options(threshold, max_drift_share, top_k)
-    run = run_archive(DriftScorer, old, new, input, output, options)
-    return DriftSummary(run, drift_page.summarize(output, threshold, max_drift_share, top_k))
+    reports: list[drift_page.DriftReport] = []  # written under the run's lease: a slower run cannot overwrite it
+    run = run_archive(DriftScorer, old, new, input, output, options,
+                      lambda: reports.append(drift_page.summarize(output, threshold, max_drift_share, top_k)))
+    return DriftSummary(run, reports[0])
 
 
 def _with(options: ArchiveOptions | None, overrides: dict[str, Any]) -> ArchiveOptions:
@@ -174,20 +211,26 @@ def _with(options: ArchiveOptions | None, overrides: dict[str, Any]) -> ArchiveO
 
 def run_archive(
     scorer: type[PairScorer], first: str, second: str, input: str, output: str, options: ArchiveOptions,
+    finish: Callable[[], object] | None = None,
 ) -> ScoreSummary:
     """One Ray Data pass of ``scorer`` (holding experts ``first`` and ``second``) over ``input`` into ``output``.
 
     What ``score_archive`` and ``drift_archive`` share: checks before any work, ``_run.json``,
-    resume, placement, Parquet writing and the summary of the whole output folder.
+    resume, placement, Parquet writing and the summary of this run and of its output folder, read
+    back from the output (``ScoreSummary.of``: an input scored but not readable there fails the run).
+    ``finish``, if given, runs last while the run still holds the output's lease (what a run writes
+    beside its rows, as ``drift``'s summary, must not race another run's).
     """
     started = time.perf_counter()
     run = _prepare(scorer, first, second, input, output, options)
     storage.check_writable(output)  # before any work: a run that cannot write finds out now, not at its end
-    with Lease(output, options.lease_seconds, options.wait_for_lease):  # one writer per output
+    with Lease(output, options.lease_seconds, options.wait_for_lease,  # one writer per output
+               wait_timeout=options.lease_wait_timeout) as lease:
         # checked again under the lease: a run that held it until now may have claimed a new output
         if _check_output(output, run.spec):
             storage.write_bytes(storage.join(output, RUN_FILE), run.spec.to_json().encode())
         storage.remove_inflight(output)
+        staging.clear(output)  # what runs that lost the lease (or died) left staged
         drop_error_rows(output, options.retry_errors)  # transient ones always: the next run heals them
         state = planning.progress(run.inputs.table, output)
         todo = state.pending if options.limit is None else state.pending.slice(0, options.limit)
@@ -206,19 +249,16 @@ def run_archive(
             blocks = [ray.put(block) for block in planning.blocks(run.inputs.table, todo, rows_per_block)]
             pacs = pc.any(pc.match_substring_regex(run.inputs.table.column("uri"), r"^https?://")).as_py()
             scored = _scored(ray, blocks, scorer, run.experts, run.meta, run.spec, placement, options, bool(pacs))
-            # Writing is I/O; it must not wait for CPUs the scoring actors hold.
-            scored.write_parquet(storage.absolute(output), filesystem=storage.parquet_filesystem(output),
-                                 min_rows_per_file=options.rows_per_file, ray_remote_args={"num_cpus": 0})
+            # Writing is I/O; it must not wait for CPUs the scoring actors hold. On S3, files are staged and
+            # published only while this run holds the lease: a run paused past it lands nothing more.
+            with staging.fenced(output, lease.holder.token, lease.still_held) as into:
+                scored.write_parquet(storage.absolute(into), filesystem=storage.parquet_filesystem(output),
+                                     min_rows_per_file=options.rows_per_file, ray_remote_args={"num_cpus": 0})
         rows = read_results(output, ["uri", "status", "error"], warn_duplicates=False)
-    errors = rows.filter(pc.equal(rows.column("status"), "error"))
-    return ScoreSummary(
-        output=output, inputs=run.inputs.table.num_rows, already_done=state.done,
-        scored_now=len(todo), ok=rows.num_rows - errors.num_rows, errors=errors.num_rows,
-        seconds=time.perf_counter() - started,
-        first_error=errors.column("error")[0].as_py() if errors.num_rows else None, skipped=run.inputs.skipped,
-        skipped_because=run.inputs.skipped_because,
-        repeated=duplicate_rows(rows),
-    )
+        if finish is not None:
+            finish()
+    scored = run.inputs.table.column("uri").take(todo).combine_chunks()
+    return ScoreSummary.of(output, run.inputs, state.done, scored, rows, time.perf_counter() - started)
 
 
 def plan_archive(
@@ -320,7 +360,8 @@ def _scored(
     ds = ds.map_batches(
         load_images, batch_format="pyarrow", batch_size=batch_size, **load_resources,
         fn_kwargs={"meta": meta, "read_timeout": options.read_timeout, "device_jpeg": bool(placement.gpus_per_actor),
-                   "slots": request_gate(ray, options.pacs_requests) if pacs else None},
+                   "slots": request_gate(ray, options.pacs_requests) if pacs else None,
+                   "max_input_bytes": options.max_input_bytes},
     )
     return ds.map_batches(
         scorer, fn_constructor_args=experts,

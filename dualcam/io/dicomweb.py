@@ -44,7 +44,7 @@ from typing import Any
 import pyarrow as pa
 from pydicom.datadict import tag_for_keyword
 
-from dualcam.io.storage import READ_TIMEOUT, StorageError, TransientError
+from dualcam.io.storage import READ_TIMEOUT, StorageError, TransientError, check_size
 
 SCHEMES = {"dicomweb": "http", "dicomwebs": "https"}
 """Input URI scheme -> the scheme of the service's URLs."""
@@ -204,9 +204,10 @@ def _value(dataset: dict[str, Any], tag: str) -> str | None:
     return None if value is None else str(value)
 
 
-def retrieve(url: str, timeout: float = READ_TIMEOUT) -> bytes:
-    """The DICOM file (Part 10 bytes) of one instance, as stored (``transfer-syntax=*``: never transcoded)."""
-    body, content_type = _get(url, _ACCEPT_INSTANCE, timeout)
+def retrieve(url: str, timeout: float = READ_TIMEOUT, max_bytes: int | None = None) -> bytes:
+    """The DICOM file (Part 10 bytes) of one instance, as stored (``transfer-syntax=*``: never transcoded);
+    ``TooLarge`` for an answer over ``max_bytes``, stopped as soon as it is."""
+    body, content_type = _get(url, _ACCEPT_INSTANCE, timeout, max_bytes)
     return first_part(body, content_type, url)
 
 
@@ -236,12 +237,16 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_NoRedirect)
 
 
-def _get(url: str, accept: str, timeout: float) -> tuple[bytes, str]:
+def _get(url: str, accept: str, timeout: float, max_bytes: int | None = None) -> tuple[bytes, str]:
     """(body, Content-Type) of a GET; the errors of the module's docstring, never quoting a credential."""
     request = urllib.request.Request(url, headers={"Accept": accept, **credentials()})
     try:
         with _OPENER.open(request, timeout=timeout) as response:
-            return response.read(), response.headers.get("Content-Type", "")
+            length = response.headers.get("Content-Length")
+            check_size(url, int(length) if length and length.isdigit() else None, max_bytes)
+            body = response.read() if max_bytes is None else response.read(max_bytes + 1)
+            check_size(url, len(body), max_bytes)
+            return body, response.headers.get("Content-Type", "")
     except urllib.error.HTTPError as err:
         raise _http_error(url, err.code, str(err.reason)) from None
     except (TimeoutError, urllib.error.URLError, http.client.HTTPException, ConnectionError) as err:

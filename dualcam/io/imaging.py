@@ -121,7 +121,21 @@ def _decode(data: bytes, name: str, max_pixels: int, min_side: int | None = None
         return _decode_pil(data, name, max_pixels, min_side, grey)
     if data[:2] in _DICOM_FIRST_GROUPS or _may_be_dicom_name(name):
         return _decode_dicom(data, name, max_pixels)
-    raise DecodeError(name, f"not a PNG, JPEG or DICOM file (starts with {data[:8]!r})")
+    raise DecodeError(name, f"not a PNG, JPEG or DICOM file ({_looks_like(data)})")
+
+
+_OTHER_MAGIC = {b"GIF8": "a GIF", b"II*\0": "a TIFF", b"MM\0*": "a TIFF", b"%PDF": "a PDF", b"PK\3\4": "a ZIP archive",
+                b"BM": "a BMP", b"\0\0\0\x0cjP": "a JPEG 2000 file", b"\xff\x4f\xff\x51": "a JPEG 2000 codestream"}
+
+
+def _looks_like(data: bytes) -> str:
+    """What a file that is no image looks like, in words: never its bytes, which may be anything a
+    manifest names (a credentials file starts ``[default``)."""
+    kind = next((kind for magic, kind in _OTHER_MAGIC.items() if data.startswith(magic)), None)
+    if kind:
+        return f"it looks like {kind}"
+    head = data[:512]
+    return "it looks like text" if head and all(32 <= b < 127 or b in b"\t\r\n" for b in head) else "binary data"
 
 
 def _may_be_dicom_name(name: str) -> bool:
@@ -255,7 +269,7 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int) -> _Decoded:
     if not has_pixels:
         if data[128:132] == b"DICM" or "Rows" in ds:
             raise DecodeError(name, "DICOM file has no pixel data (or is truncated before it)")
-        raise DecodeError(name, f"not a PNG, JPEG or DICOM file (starts with {data[:8]!r})")
+        raise DecodeError(name, f"not a PNG, JPEG or DICOM file ({_looks_like(data)})")
     _check_size(name, width, height, max_pixels)
     if frames > 1:
         raise DecodeError(name, f"multi-frame DICOM ({frames} frames); a radiograph has one")

@@ -86,9 +86,17 @@ class Slots(Protocol):
     def release(self) -> None: ...
 
 
-def read_input(uri: str, timeout: float | None = None, slots: Slots | None = None) -> bytes:
+MAX_INPUT_BYTES = 512 * 2**20
+"""Default byte limit of one input (``--max-input-bytes``): over the largest image that ``MAX_PIXELS``
+lets through (50 megapixels of 3 samples of 16 bits, 300 MB uncompressed), far under what would
+exhaust a loader's memory (a 10 GB object is refused unread)."""
+
+
+def read_input(
+    uri: str, timeout: float | None = None, slots: Slots | None = None, max_bytes: int | None = MAX_INPUT_BYTES,
+) -> bytes:
     """One input's bytes, whatever names it: a WADO-RS instance URL (``dicomweb.retrieve``), an s3:// object
-    or a file (``storage.read_bytes``).
+    or a file (``storage.read_bytes``); ``storage.TooLarge`` for one over ``max_bytes``, unread.
 
     With ``timeout`` (seconds), a read not done by then raises TimeoutError (``storage.with_deadline``).
     With ``slots``, the read waits for a slot first (not counted in ``timeout``) and holds it until the
@@ -97,8 +105,8 @@ def read_input(uri: str, timeout: float | None = None, slots: Slots | None = Non
     def read() -> bytes:
         try:
             if dicomweb.is_instance_url(uri):
-                return dicomweb.retrieve(uri, timeout or storage.READ_TIMEOUT)
-            return storage.read_bytes(uri)
+                return dicomweb.retrieve(uri, timeout or storage.READ_TIMEOUT, max_bytes)
+            return storage.read_bytes(uri, max_bytes=max_bytes)
         finally:
             if slots is not None:
                 slots.release()

@@ -12,14 +12,22 @@ expires only when its run is gone:
 - **S3**: ``_lease.json`` is created with a conditional PUT (``If-None-Match: *``): of two runs
   starting at once, one creates it and the other gets 412 Precondition Failed. Renewing, and taking
   over a lease that expired (its driver was killed), are PUTs with ``If-Match`` on the ETag last
-  seen, so of two runs taking over at once only one wins. The store must support conditional
-  writes (AWS S3 does since 2024, as do MinIO and moto); hosts' clocks must agree to within seconds.
+  seen, so of two runs taking over at once only one wins; giving it back is a DELETE with
+  ``If-Match``, so a run never deletes a lease another has taken. Whether a lease expired is judged
+  on the store's clock (the object's age: the response's ``Date`` less its ``Last-Modified``), so
+  the hosts' clocks need not agree. A run whose conditional request failed although its own write
+  went through (a lost response, retried; a 409 conflict) finds its own token in the lease and goes
+  on. A renewal never creates the lease again: once another run has taken it, this run has lost it,
+  even after that run gave it back. The store must support conditional writes and deletes (AWS S3
+  does since 2024, as do MinIO and moto).
 - **Local** (and shared file systems): ``_lease.lock`` is held with an exclusive ``flock`` for the
   run's life. The kernel drops it the moment the process dies, so the rerun of a killed driver goes
   on at once; ``_lease.json`` only tells others who holds it.
 
 A run that finds its lease taken (its driver was paused past the expiry and another run took the
-output over) stops with ``LeaseLost`` instead of writing beside the other.
+output over), or that could not renew it for a whole lease (its driver cut off from the store while
+others may not be), has lost it: it stops with ``LeaseLost``, and ``still_held`` raises it, which
+is what keeps what its workers still write from ever being published (``dualcam.io.staging``).
 """
 
 from __future__ import annotations
@@ -65,12 +73,16 @@ class Holder:
     pid: int
     started: float
     expires: float
+    """For people: when the lease expires unless renewed, on the holder's clock (runs judge on the store's)."""
     token: str
+    seconds: float = LEASE_SECONDS
+    """How long the lease lasts from its last write unless renewed."""
 
     @classmethod
     def me(cls, seconds: float, started: float | None = None, token: str | None = None) -> Holder:
         now = time.time()
-        return cls(socket.gethostname(), os.getpid(), started or now, now + seconds, token or secrets.token_hex(8))
+        return cls(socket.gethostname(), os.getpid(), started or now, now + seconds, token or secrets.token_hex(8),
+                   seconds)
 
     def describe(self) -> str:
         return (f"held by host {self.host}, pid {self.pid}, started {_utc(self.started)}, "
@@ -84,7 +96,7 @@ class Holder:
     def from_json(cls, data: bytes) -> Holder:
         fields = json.loads(data)
         return cls(str(fields["host"]), int(fields["pid"]), float(fields["started"]), float(fields["expires"]),
-                   str(fields["token"]))
+                   str(fields.get("token", "")), float(fields.get("seconds", LEASE_SECONDS)))
 
 
 def _utc(seconds: float) -> str:
@@ -95,29 +107,35 @@ class Lease:
     """The lease on ``output``, held inside ``with``: ``with Lease(output) as lease: ...``.
 
     Entering takes it (``LeaseHeld`` when another run holds it, or waits when ``wait``); a heartbeat
-    thread renews it while the block runs; leaving gives it back. When the lease is taken over
-    meanwhile, the block is interrupted (from the main thread) and ``LeaseLost`` raised.
+    thread renews it while the block runs; leaving gives it back. When the lease is lost meanwhile,
+    the block is interrupted (from the main thread, when it runs there) and ``LeaseLost`` raised;
+    ``still_held`` asks the store itself, for what must not happen unless this run holds the lease.
     """
 
     def __init__(self, output: str, seconds: float = LEASE_SECONDS, wait: bool = False,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, wait_timeout: float | None = None):
         if not seconds > 0:
             raise ValueError(f"a lease lasts more than 0 seconds, got {seconds!r}")
-        self.output, self.seconds, self.wait = output, float(seconds), wait
+        self.output, self.seconds, self.wait, self.wait_timeout = output, float(seconds), wait, wait_timeout
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.store = _S3Store(output) if storage.is_s3(output) else _LocalStore(output)
         self.holder = Holder.me(self.seconds)
-        self.lost: Holder | None = None
+        self.lost: str | None = None
+        """Why this run no longer holds the lease, once it does not."""
         self._stop = threading.Event()
+        self._renewing = threading.Lock()  # the heartbeat and still_held: one conditional request at a time
         self._heartbeat: threading.Thread | None = None
         self._interrupts_main = False
 
     def __enter__(self) -> Lease:
-        announced = False
+        announced, waiting_since = False, time.monotonic()
         while (other := self.store.acquire(self.holder)) is not None:
             if not self.wait:
                 raise LeaseHeld(f"{self.output} is being written by another run ({other.describe()}); let it "
                                 "finish, or rerun with --wait-for-lease to start when it has")
+            if self.wait_timeout is not None and time.monotonic() - waiting_since > self.wait_timeout:
+                raise LeaseHeld(f"{self.output} is still being written by another run after waiting "
+                                f"{self.wait_timeout:g} s (--lease-wait-timeout): {other.describe()}")
             if not announced:
                 self.log(f"dualcam: waiting for the run writing {self.output} to end ({other.describe()})")
                 announced = True
@@ -142,30 +160,48 @@ class Lease:
             self.store.release(self.holder)
             return
         if kind is None or issubclass(kind, KeyboardInterrupt):
-            raise LeaseLost(f"another run took over {self.output} ({self.lost.describe()}) while this one was "
-                            "paused past its lease; this run stopped, the other goes on") from None
+            raise LeaseLost(self.lost) from None
+
+    def still_held(self) -> None:
+        """Renew the lease now, with a conditional request to the store; ``LeaseLost`` when this run has lost it."""
+        if self.lost is None:
+            self._renew()
+        if self.lost is not None:
+            raise LeaseLost(self.lost)
+
+    def _renew(self) -> None:
+        """One renewal; records the loss (``lost``) when another run holds the lease. OSError when the
+        store cannot be reached."""
+        with self._renewing:
+            renewed = Holder.me(self.seconds, self.holder.started, self.holder.token)
+            taker = self.store.renew(renewed)
+            if taker is None:
+                self.holder = renewed
+            elif self.lost is None:
+                self.lost = (f"another run took over {self.output} ({taker.describe()}) while this one was paused "
+                             "past its lease; this run stopped, the other goes on")
 
     def _beat(self) -> None:
-        """Renew every third of the lease's duration; after a failure to reach storage, sooner."""
-        interval = self.seconds / 3
-        while not self._stop.wait(interval):
-            renewed = Holder.me(self.seconds, self.holder.started, self.holder.token)
+        """Renew every third of the lease's duration; after a failure to reach storage, sooner. A run that
+        cannot renew for a whole lease has lost it: another run may have taken the output over meanwhile."""
+        interval, unreachable_since = self.seconds / 3, None
+        while self.lost is None and not self._stop.wait(interval):
             try:
-                taker = self.store.renew(renewed)
-            except OSError:
-                interval = min(self.seconds / 3, 2.0)  # storage unreachable: nobody can take over meanwhile
-                continue
-            if taker is not None:
-                self.lost = taker
-                main = threading.main_thread().ident  # set: the main thread is running
-                if self._interrupts_main and main is not None:  # a real SIGINT, so that a blocking call returns too
-                    signal.pthread_kill(main, signal.SIGINT)
-                return
-            self.holder, interval = renewed, self.seconds / 3
+                self._renew()
+                interval, unreachable_since = self.seconds / 3, None
+            except OSError as err:
+                unreachable_since = unreachable_since or time.monotonic()
+                interval = min(self.seconds / 3, 2.0)
+                if time.monotonic() - unreachable_since > self.seconds:
+                    self.lost = (f"this run could not renew its lease on {self.output} for more than "
+                                 f"{self.seconds:g} s ({err}); another run may have taken it over, so this one stopped")
+        main = threading.main_thread().ident  # set: the main thread is running
+        if self.lost is not None and self._interrupts_main and main is not None:
+            signal.pthread_kill(main, signal.SIGINT)  # a real SIGINT, so that a blocking call returns too
 
 
 class _S3Store:
-    """``_lease.json`` as an S3 object, changed only by conditional PUTs (``storage.put_if``)."""
+    """``_lease.json`` as an S3 object, changed only by conditional requests (``storage.put_if``, ``delete_if``)."""
 
     def __init__(self, output: str):
         self.uri = storage.join(output, LEASE_FILE)
@@ -179,25 +215,31 @@ class _S3Store:
             current = self._read()
             if current is None:
                 continue  # released in between
-            holder, etag = current
-            if holder.expires > time.time():
+            holder, tagged = current
+            if holder.token == me.token:  # our own write went through; its answer was lost
+                self.etag = tagged.etag
+                return None
+            if tagged.age <= holder.seconds + 1:  # the store's clock (to the second): the hosts' need not agree
                 return holder
-            if self._put(me, etag):  # expired: take it over, unless another run just did
+            if self._put(me, tagged.etag):  # expired: take it over, unless another run just did
                 return None
         raise LeaseHeld(f"{self.uri}: the lease keeps changing hands; try again")
 
     def renew(self, me: Holder) -> Holder | None:
-        """None when renewed; the run that took the lease over otherwise."""
-        if self._put(me, self.etag) or self._put(me, None):  # gone (say, a store reset): taken again
+        """None when renewed; the run that took the lease over otherwise. Never creates the lease again."""
+        if self._put(me, self.etag):
             return None
         current = self._read()
-        return current[0] if current else Holder("unknown", 0, 0.0, 0.0, "")
+        if current is not None and current[0].token == me.token:  # renewed, but the answer was lost
+            self.etag = current[1].etag
+            return None
+        return current[0] if current else Holder("none now (the run that took it over has given it back)", 0,
+                                                 0.0, 0.0, "")
 
     def release(self, me: Holder) -> None:
         try:
-            current = self._read()
-            if current and current[0].token == me.token:
-                storage.delete(self.uri)
+            if self.etag is not None:
+                storage.delete_if(self.uri, self.etag)  # not if another run has taken it since
         except OSError:
             pass  # storage unreachable now: the lease expires by itself
 
@@ -206,9 +248,9 @@ class _S3Store:
         self.etag = written or self.etag
         return written is not None
 
-    def _read(self) -> tuple[Holder, str] | None:
+    def _read(self) -> tuple[Holder, storage.Tagged] | None:
         found = storage.read_tagged(self.uri)
-        return None if found is None else (Holder.from_json(found[0]), found[1])
+        return None if found is None else (Holder.from_json(found.data), found)
 
 
 class _LocalStore:

@@ -7,6 +7,7 @@ any S3-compatible store (MinIO, Ceph, moto) works. Credentials are never logged 
 
 from __future__ import annotations
 
+import email.utils
 import functools
 import json
 import math
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import boto3
 import botocore.config
@@ -109,32 +110,50 @@ def _s3_error(uri: str, err: Exception) -> Exception:
     return TransientError(f"{uri}: S3 unreachable or misconfigured ({type(err).__name__}: {err})")
 
 
-def read_bytes(uri: str, timeout: float | None = None) -> bytes:
+def read_bytes(uri: str, timeout: float | None = None, max_bytes: int | None = None) -> bytes:
     """The whole object or file. Raises FileNotFoundError if absent, StorageError otherwise.
 
     Only regular files are read: a named pipe, a device or a folder raises StorageError at once
     (a pipe would otherwise wait for a writer forever). With ``timeout`` (seconds), a read that has
     not finished by then raises TimeoutError naming the URI and is abandoned (``with_deadline``).
+    With ``max_bytes``, a larger file or object raises ``TooLarge`` before any of it is read.
     """
     if timeout is not None:
-        return with_deadline(lambda: read_bytes(uri), timeout, uri)
+        return with_deadline(lambda: read_bytes(uri, max_bytes=max_bytes), timeout, uri)
     if not is_s3(uri):
-        return _read_regular_file(uri)
+        return _read_regular_file(uri, max_bytes)
     bucket, key = split_s3(uri)
     try:
-        return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        answer = s3_client().get_object(Bucket=bucket, Key=key)
+        check_size(uri, answer["ContentLength"], max_bytes)
+        return answer["Body"].read()
     except (ClientError, BotoCoreError) as err:
         raise _s3_error(uri, err) from None
 
 
-def _read_regular_file(path: str) -> bytes:
+class TooLarge(StorageError):
+    """A file or object larger than the caller's byte limit: not read (a permanent error)."""
+
+
+def check_size(uri: str, size: int | None, max_bytes: int | None) -> None:
+    """``TooLarge`` naming ``uri`` when ``size`` (bytes; None: unknown) passes ``max_bytes`` (None: no limit)."""
+    if max_bytes is not None and size is not None and size > max_bytes:
+        raise TooLarge(f"{uri}: {size:,} bytes, over the limit of {max_bytes:,} per input (--max-input-bytes); "
+                       "not read")
+
+
+def _read_regular_file(path: str, max_bytes: int | None = None) -> bytes:
     # O_NONBLOCK: opening a named pipe returns at once instead of waiting for a writer; fstat then
     # looks at what was opened, so a file swapped for a pipe after listing is caught too.
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
+    info = os.fstat(fd)
+    try:
+        if not stat.S_ISREG(info.st_mode):
+            raise StorageError(f"{path}: not a regular file but {_file_kind(info.st_mode)}; only files are read")
+        check_size(path, info.st_size, max_bytes)
+    except StorageError:
         os.close(fd)
-        raise StorageError(f"{path}: not a regular file but {_file_kind(mode)}; only files are read")
+        raise
     os.set_blocking(fd, True)
     with os.fdopen(fd, "rb") as f:
         return f.read()
@@ -241,17 +260,46 @@ def put_if(uri: str, data: bytes, etag: str | None) -> str | None:
         raise _s3_error(uri, err) from None
 
 
-def read_tagged(uri: str) -> tuple[bytes, str] | None:
-    """An S3 object and its ETag (for ``put_if``), or None when it does not exist."""
+class Tagged(NamedTuple):
+    """An S3 object as ``read_tagged`` reads it."""
+
+    data: bytes
+    etag: str
+    """For ``put_if`` and ``delete_if``."""
+    age: float
+    """Seconds since it was last written, on the store's clock (its ``Date`` less its ``Last-Modified``,
+    to the second): how old it is whatever the clocks of the hosts that read and wrote it say."""
+
+
+def read_tagged(uri: str) -> Tagged | None:
+    """An S3 object, its ETag and its age, or None when it does not exist."""
     bucket, key = split_s3(uri)
     try:
         answer = s3_client().get_object(Bucket=bucket, Key=key)
-        return answer["Body"].read(), answer["ETag"]
+        data = answer["Body"].read()
     except (ClientError, BotoCoreError) as err:
         error = _s3_error(uri, err)
         if isinstance(error, FileNotFoundError) and "no such object" in str(error):
             return None
         raise error from None
+    now = email.utils.parsedate_to_datetime(answer["ResponseMetadata"]["HTTPHeaders"]["date"])
+    written = email.utils.parsedate_to_datetime(answer["ResponseMetadata"]["HTTPHeaders"]["last-modified"])
+    return Tagged(data, answer["ETag"], (now - written).total_seconds())
+
+
+def delete_if(uri: str, etag: str) -> bool:
+    """Delete an S3 object only while it is unchanged since it had ``etag`` (``If-Match``); whether it was."""
+    bucket, key = split_s3(uri)
+    try:
+        s3_client().delete_object(Bucket=bucket, Key=key, IfMatch=etag)
+        return True
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code", "") in ("PreconditionFailed", "ConditionalRequestConflict",
+                                                            "NoSuchKey"):
+            return False
+        raise _s3_error(uri, err) from None
+    except BotoCoreError as err:
+        raise _s3_error(uri, err) from None
 
 
 def delete(uri: str) -> None:
@@ -261,6 +309,17 @@ def delete(uri: str) -> None:
         return
     bucket, key = split_s3(uri)
     try:
+        s3_client().delete_object(Bucket=bucket, Key=key)
+    except (ClientError, BotoCoreError) as err:
+        raise _s3_error(uri, err) from None
+
+
+def move(uri: str, to: str) -> None:
+    """Move an S3 object within its bucket: a server-side copy (the new object appears whole) then a delete."""
+    bucket, key = split_s3(uri)
+    target_bucket, target_key = split_s3(to)
+    try:
+        s3_client().copy_object(Bucket=target_bucket, Key=target_key, CopySource={"Bucket": bucket, "Key": key})
         s3_client().delete_object(Bucket=bucket, Key=key)
     except (ClientError, BotoCoreError) as err:
         raise _s3_error(uri, err) from None

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dualcam.io.dicomweb import MAX_REQUESTS
+from dualcam.io.inputs import MAX_INPUT_BYTES
 from dualcam.io.lease import LEASE_SECONDS
 from dualcam.io.storage import READ_TIMEOUT
 from dualcam.maps.kernel import DEFAULT_ALPHA
@@ -61,9 +62,14 @@ class ArchiveOptions:
     """Seconds one input's read may take; a read still waiting then becomes that input's error row."""
     wait_for_lease: bool = False
     """When another run is writing into the output: wait for it to end instead of stopping (exit status 2)."""
+    lease_wait_timeout: float | None = None
+    """With ``wait_for_lease``: give up (exit status 2) after waiting this many seconds; None: wait as long
+    as it takes (a local output's lease lasts as long as its holder's process, paused or not)."""
     lease_seconds: float = LEASE_SECONDS
     """How long the output's lease lasts unless renewed, so how long the output of a killed driver stays
     locked on S3 (Python only; see ``dualcam.io.lease``)."""
+    max_input_bytes: int = MAX_INPUT_BYTES
+    """An input larger than this is an error row, unread (``inputs.MAX_INPUT_BYTES`` says why the default)."""
     pacs_requests: int = MAX_REQUESTS
     """Most DICOMweb requests in flight at once across the run's loaders (a clinical PACS has other users)."""
     dry_run: bool = False
@@ -84,7 +90,10 @@ class ArchiveOptions:
         check_value(self.max_error_fraction, "max_error_fraction", "a share in [0, 1]", float, lambda v: 0 <= v <= 1)
         check_value(self.rows_per_file, "rows_per_file", "an integer >= 1", int, lambda v: v >= 1)
         check_value(self.read_timeout, "read_timeout", "a number of seconds > 0", float, lambda v: v > 0)
+        check_value(self.max_input_bytes, "max_input_bytes", "an integer >= 1", int, lambda v: v >= 1)
         check_value(self.pacs_requests, "pacs_requests", "an integer >= 1", int, lambda v: v >= 1)
+        check_value(self.lease_wait_timeout, "lease_wait_timeout", "a number of seconds > 0", float,
+                    lambda v: v > 0, optional=True)
         check_value(self.lease_seconds, "lease_seconds", "a number of seconds > 0", float, lambda v: v > 0)
         for name in ("retry_errors", "progress", "wait_for_lease", "dry_run"):
             if not isinstance(getattr(self, name), bool):
@@ -149,12 +158,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--read-timeout", type=float, default=ArchiveOptions.read_timeout, metavar="SECONDS",
                         help="a read of one input that takes longer becomes its error row, and the run goes on "
                         f"(default {READ_TIMEOUT:g})")
+    parser.add_argument("--max-input-bytes", type=int, default=ArchiveOptions.max_input_bytes, metavar="N",
+                        help="an input larger than this becomes its error row, unread (default "
+                        f"{MAX_INPUT_BYTES:,}: 512 MiB)")
     parser.add_argument("--pacs-requests", type=int, default=ArchiveOptions.pacs_requests, metavar="N",
                         help="most DICOMweb requests in flight at once, across the whole run, so that a nightly run "
                         f"cannot overload a clinical PACS (default {MAX_REQUESTS})")
     parser.add_argument("--wait-for-lease", action="store_true",
                         help="when another run is writing into --output, wait for it to end (default: stop, "
                         "exit status 2)")
+    parser.add_argument("--lease-wait-timeout", type=float, default=ArchiveOptions.lease_wait_timeout,
+                        metavar="SECONDS", help="with --wait-for-lease, give up (exit status 2) after waiting this "
+                        "long (default: as long as it takes)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs; the line "
                         "saying what the run will score is still printed)")
     parser.add_argument("--dry-run", action="store_true",

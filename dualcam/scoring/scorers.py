@@ -33,7 +33,7 @@ import torch
 from dualcam.io import device_decode, storage
 from dualcam.io.checkpoints import POSITIVE_INDEX, Expert, ExpertMeta, load_expert, resolve_expert
 from dualcam.io.imaging import MAX_PIXELS, model_input, preprocess
-from dualcam.io.inputs import Slots, read_input
+from dualcam.io.inputs import MAX_INPUT_BYTES, Slots, read_input
 from dualcam.io.results import (
     DRIFT,
     PERMANENT,
@@ -87,7 +87,7 @@ class _Loaded(NamedTuple):
 
 def load_images(
     batch: pa.Table, meta: ExpertMeta, max_pixels: int = MAX_PIXELS, read_timeout: float = storage.READ_TIMEOUT,
-    device_jpeg: bool = False, slots: Slots | None = None,
+    device_jpeg: bool = False, slots: Slots | None = None, max_input_bytes: int = MAX_INPUT_BYTES,
 ) -> pa.Table:
     """Add ``pixels`` ((3, S, S) model input, null on error), ``width``, ``height``, ``error``,
     ``error_kind`` and ``data``.
@@ -95,22 +95,25 @@ def load_images(
     Every row comes back: a file that is missing, unreadable, not a regular file, not read within
     ``read_timeout`` seconds, not an image, too large or undecodable gets its reason in ``error``,
     so no input is ever dropped and no input can hold up the others for longer than the timeout.
-    Reads go through ``inputs.read_input`` (files, S3, DICOMweb), each within one of ``slots`` if given.
+    Reads go through ``inputs.read_input`` (files, S3, DICOMweb), each within one of ``slots`` if given;
+    a file over ``max_input_bytes`` is not read at all.
     With ``device_jpeg`` (loaders of a scorer on a GPU), a JPEG its device decoder takes
     (``device_decode.takes``) is only read: its bytes are in ``data`` and its other columns null
     until the scorer decodes it.
     """
     uris = batch.column("uri").to_pylist()
     with ThreadPoolExecutor(min(IO_THREADS, max(1, len(uris)))) as pool:
-        loaded = list(pool.map(lambda uri: _load_one(uri, meta, max_pixels, read_timeout, device_jpeg, slots), uris))
+        loaded = list(pool.map(
+            lambda uri: _load_one(uri, meta, max_pixels, read_timeout, device_jpeg, slots, max_input_bytes), uris))
     return _with_inputs(batch, loaded, meta.input_size)
 
 
 def _load_one(
     uri: str, meta: ExpertMeta, max_pixels: int, read_timeout: float, device_jpeg: bool, slots: Slots | None,
+    max_input_bytes: int,
 ) -> _Loaded:
     try:
-        data = read_input(uri, read_timeout, slots)
+        data = read_input(uri, read_timeout, slots, max_input_bytes)
         if device_jpeg and device_decode.takes(data, max_pixels):
             return _Loaded(data=data)
         return _decoded(uri, data, meta, max_pixels)
