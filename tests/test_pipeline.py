@@ -205,9 +205,13 @@ def test_cli_exit_codes(ray_cluster, experts, archive, tmp_path, capsys):
     # --no-progress turns off the bars, not the line saying what the run sets out to do
     assert f"dualcam: scoring 8 of 13 inputs (0 already in {tmp_path / 'o3'}) with 2 actor(s) of 1 CPU" in captured.err
     assert "1 other file skipped (not an image's name)" in captured.out
+    # the rest: 3 of its 5 fail, judged on this run's inputs alone (the folder's would be 6 of 13)
     assert main(["score", *c, "--input", str(archive), "--output", str(tmp_path / "o3"),
-                 "--max-error-fraction", "0.5"]) == 0
-    assert "scored 5 images" in capsys.readouterr().out
+                 "--max-error-fraction", "0.5"]) == 1
+    assert "run failed: 3 of 5 inputs of this run failed (60.0%)" in capsys.readouterr().err
+    assert main(["score", *c, "--input", str(archive), "--output", str(tmp_path / "o3"),
+                 "--max-error-fraction", "0.5"]) == 0  # nothing left to score: nothing failed
+    assert "scored 0 images" in capsys.readouterr().out
     assert main(["score", *c, "--input", str(archive), "--output", str(tmp_path / "o3"), "--alpha", "50"]) == 2
     assert "holds results of other experts, another alpha, precision or schema" in capsys.readouterr().err
     # the precision is part of the run's identity: float32 rows are not resumed in bf16
