@@ -180,7 +180,13 @@ def pacs(tmp_path_factory, pacs_account):
     when ../shared is present). Yields (server, {day: [(study, series, sop, modality)]}, {sop: file})."""
     if (why := test_pacs.missing()) is not None:
         pytest.skip(why)
-    server = test_pacs.OrthancServer(tmp_path_factory.mktemp("orthanc")).start()
+    with test_pacs.OrthancServer(tmp_path_factory.mktemp("orthanc")) as server:  # stopped however the tests end
+        yield server, *_load(server)
+
+
+def _load(server: test_pacs.OrthancServer) -> tuple[dict[datetime.date, list[tuple[str, str, str, str]]],
+                                                   dict[str, object]]:
+    """What the ``pacs`` fixture stores: (the generated instances by day, {SOP UID: file} of the sample sets')."""
     stored: dict[datetime.date, list[tuple[str, str, str, str]]] = {QUERY_DAY: [], OUTAGE_DAY: []}
     layout = {QUERY_DAY: [("CR", 2), ("DX", 2), ("CR", 1)], OUTAGE_DAY: [("CR", 24)]}
     seed = 0
@@ -204,8 +210,7 @@ def pacs(tmp_path_factory, pacs_account):
                 with contextlib.suppress(urllib.error.HTTPError):  # Orthanc refuses a file without a preamble
                     server.store(path.read_bytes())
                     files[str(sop)] = path
-    yield server, stored, files
-    server.stop()
+    return stored, files
 
 
 def _uri(root: str, study: str, series: str, sop: str) -> str:
