@@ -6,6 +6,7 @@ options are one ``ArchiveOptions`` (``dualcam.scoring.archive_options``). The pi
 
     from_arrow(uris) -> map_batches(load_images)                   read + decode + preprocess, CPU
                      -> map_batches(DualScorer, ActorPoolStrategy)  both experts, GPU if any
+                     -> map_batches(count_rows)                     rows counted in Ray's metrics (telemetry)
                      -> write_parquet(output)
 
 On a CPU-only cluster both map steps take the same resources, so Ray fuses them into one actor
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dualcam.distributed import telemetry
 from dualcam.distributed.connect import connect
 from dualcam.io import storage
 from dualcam.io.checkpoints import ExpertMeta, load_meta, resolve_expert
@@ -180,7 +182,8 @@ def run_archive(
     started = time.perf_counter()
     run = _prepare(scorer, first, second, input, output, options)
     storage.check_writable(output)  # before any work: a run that cannot write finds out now, not at its end
-    with Lease(output, options.lease_seconds, options.wait_for_lease):  # one writer per output
+    # one writer per output; each heartbeat of its lease counted in Ray's metrics
+    with Lease(output, options.lease_seconds, options.wait_for_lease, on_beat=telemetry.lease_beat):
         # checked again under the lease: a run that held it until now may have claimed a new output
         if _check_output(output, run.spec):
             storage.write_bytes(storage.join(output, RUN_FILE), run.spec.to_json().encode())
@@ -315,7 +318,7 @@ def _scored(
         load_images, batch_format="pyarrow", batch_size=batch_size, **load_resources,
         fn_kwargs={"meta": meta, "read_timeout": options.read_timeout, "device_jpeg": bool(placement.gpus_per_actor)},
     )
-    return ds.map_batches(
+    ds = ds.map_batches(
         scorer, fn_constructor_args=experts,
         fn_constructor_kwargs={"alpha": spec.alpha, "precision": spec.precision,
                                "threads": max(1, round(placement.cpus_per_actor))},
@@ -325,3 +328,6 @@ def _scored(
         compute=ray.data.ActorPoolStrategy(size=placement.actors, max_concurrent_calls_per_actor=2),
         num_cpus=placement.cpus_per_actor, num_gpus=placement.gpus_per_actor,
     )
+    # the rows counted in Ray's metrics (telemetry), on no CPU of the actors'
+    return ds.map_batches(telemetry.count_rows, fn_kwargs={"kind": scorer.layout.kind}, batch_format="pyarrow",
+                          num_cpus=0)

@@ -100,11 +100,12 @@ class Lease:
     """
 
     def __init__(self, output: str, seconds: float = LEASE_SECONDS, wait: bool = False,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, on_beat: Callable[[bool], None] | None = None):
         if not seconds > 0:
             raise ValueError(f"a lease lasts more than 0 seconds, got {seconds!r}")
         self.output, self.seconds, self.wait = output, float(seconds), wait
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.on_beat = on_beat or (lambda renewed: None)  # each heartbeat: renewed, or storage unreachable
         self.store = _S3Store(output) if storage.is_s3(output) else _LocalStore(output)
         self.holder = Holder.me(self.seconds)
         self.lost: Holder | None = None
@@ -153,6 +154,7 @@ class Lease:
             try:
                 taker = self.store.renew(renewed)
             except OSError:
+                self.on_beat(False)
                 interval = min(self.seconds / 3, 2.0)  # storage unreachable: nobody can take over meanwhile
                 continue
             if taker is not None:
@@ -161,6 +163,7 @@ class Lease:
                 if self._interrupts_main and main is not None:  # a real SIGINT, so that a blocking call returns too
                     signal.pthread_kill(main, signal.SIGINT)
                 return
+            self.on_beat(True)
             self.holder, interval = renewed, self.seconds / 3
 
 
