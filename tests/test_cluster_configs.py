@@ -10,19 +10,23 @@ import copy
 import functools
 import importlib.metadata
 import json
+import os
 import re
 import secrets
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
 
 from dualcam.jobspec import load_spec
+from dualcam.synthetic.scenarios import write_synthetic_xrays
 
-from conftest import ROOT
+from conftest import ROOT, write_untrained_experts
 
 CLUSTER = ROOT / "cluster"
 KUBERAY = CLUSTER / "kuberay"
@@ -245,6 +249,38 @@ def test_every_ray_pod_is_authenticated_non_root_and_read_only():
             assert writable["/dev/shm"]["medium"] == "Memory"
             # only the head's autoscaler talks to Kubernetes
             assert i == 0 or pod["automountServiceAccountToken"] is False, name
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare (namespaces)")
+def test_a_score_job_runs_where_only_the_pods_writable_paths_can_be_written():
+    """Ray and the score job on a read-only root filesystem with only the score RayJob's emptyDirs writable
+    (tests/read_only_root.sh: mount, network and PID namespaces of its own, so nothing outside is touched)."""
+    pod = templates(load(KUBERAY / "rayjob-score.yaml")["spec"])[0]["spec"]
+    (container,) = pod["containers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    home = str(Path.home())  # the image's is /home/ray
+    writable = [m["mountPath"].replace("/home/ray", home) for m in container["volumeMounts"]
+                if "emptyDir" in volumes[m["name"]]]
+    data = Path(tempfile.mkdtemp(dir="/var/tmp"))  # not under /tmp: that is an empty tmpfs in there
+    try:
+        c1, c2 = write_untrained_experts(data, 64)
+        write_synthetic_xrays(data / "images", 4, size=96)
+        output = Path(writable[0]) / "dualcam-out"
+        spec = data / "score.yaml"
+        spec.write_text(json.dumps({"job": "score_archive", "c1": c1, "c2": c2, "input": str(data / "images"),
+                                    "output": str(output), "batch_size": 4, "no_progress": True}))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_"))}
+        env.update({e["name"]: e["value"] for e in container["env"]}, PYTHONPATH=str(ROOT),
+                   PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
+        result = subprocess.run(["unshare", "-m", "-n", "-p", "--fork", "--mount-proc", "sh",
+                                 str(ROOT / "tests" / "read_only_root.sh"), str(spec), *writable],
+                                env=env, capture_output=True, text=True, timeout=900)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+    printed = result.stdout + result.stderr
+    assert f"read-only but for: {' '.join(writable)}" in printed, printed[-3000:]
+    assert result.returncode == 0 and "output holds 4 ok, 0 errors" in printed, printed[-5000:]
+    assert "Read-only file system" not in printed, printed[-5000:]
 
 
 def test_networkpolicy_lets_in_only_ray_pods_the_operator_and_prometheus():

@@ -1,6 +1,6 @@
 """dualcam's own counters in Ray's metrics (``ray.util.metrics``), exported wherever Ray exports its own: each
 node's metrics port (``--metrics-export-port``; 8080, named ``metrics``, on KubeRay), which Prometheus scrapes
-(cluster/kuberay/podmonitor.yaml; queries in docs/runbook.md). As Prometheus names them (Ray adds the ``ray_``
+(cluster/kuberay/podmonitor.yaml; queries in docs/cluster.md). As Prometheus names them (Ray adds the ``ray_``
 prefix, Prometheus a counter's ``_total``):
 
 - ``ray_dualcam_rows_scored_total{kind, status}``: result rows scored, ``kind`` score or drift, ``status`` ok or
