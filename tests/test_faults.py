@@ -145,7 +145,7 @@ def test_a_killed_drivers_s3_output_is_locked_until_its_lease_expires_then_resum
 @pytest.mark.parametrize(("victim", "title", "times"), [
     ("the scoring actor", SCORING_A_BATCH, 1),
     ("the scoring actor, twice", SCORING_A_BATCH, 2),
-    ("the write worker", "ray::Write", 1),
+    ("the write worker", "ray::MapBatches(count_rows)->Write", 1),  # Ray Data fuses the rows' count into it
 ])
 def test_rays_workers_killed_mid_run_are_replaced_and_the_run_finishes(
     ray_cluster, experts, images, tmp_path, drivers, observed, victim, title, times,
