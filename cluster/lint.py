@@ -11,8 +11,8 @@
 - checkov reads the IAM policies of ``iam/`` as the managed policies of a CloudFormation template (it reads
   IAM only there).
 
-Every check a scanner skips is in ``scanner-skips.yaml``, with its reason; an entry with ``pods: head`` is
-skipped for head pods only. Offline: checkov runs with ``--skip-download`` and ``BC_SKIP_MAPPING=TRUE``. Runs
+Every check a scanner skips is in ``scanner-skips.yaml``, with its reason (an entry with ``pods: head`` is
+skipped for head pods only), and so is every kind no scanner reads (``unscanned-kinds``). Offline: checkov runs with ``--skip-download`` and ``BC_SKIP_MAPPING=TRUE``. Runs
 in a venv of its own that holds only the scanners (pyproject.toml's ``cluster-lint`` extra): checkov pins older
 boto3 and packaging than dualcam's venv has.
 """
@@ -33,8 +33,7 @@ import yaml
 CLUSTER = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 CRD_KINDS = ("RayJob", "RayCronJob")
-OTHER_CUSTOM_KINDS = ("PodMonitor",)
-"""The Prometheus Operator's: no scanner here has its schema or checks for it."""
+"""KubeRay's kinds: their pod templates are scanned as Pods."""
 
 
 def skips(root: Path) -> dict[str, list[dict]]:
@@ -73,11 +72,12 @@ def as_pod(path: Path, manifest: dict, group: str, template: dict, head_skips: l
             "spec": template["spec"]}
 
 
-def write_kubernetes_objects(root: Path, folder: Path, head_skips: list[dict]) -> list[Path]:
-    """The core objects of kuberay/ and the Pods of its RayJobs and RayCronJobs, one file each."""
+def write_kubernetes_objects(root: Path, folder: Path, head_skips: list[dict], unscanned: set[str]) -> list[Path]:
+    """The core objects of kuberay/ and the Pods of its RayJobs and RayCronJobs, one file each; not the kinds
+    in ``unscanned``."""
     written = []
     for path, doc in manifests(root):
-        if doc["kind"] in OTHER_CUSTOM_KINDS:
+        if doc["kind"] in unscanned:
             continue
         objects = [as_pod(path, doc, group, template, head_skips) for group, template in pod_templates(doc)] \
             if doc["kind"] in CRD_KINDS else [doc]
@@ -107,7 +107,8 @@ def scans(root: Path, folder: Path) -> dict[str, list[str]]:
     """Each scan's command line, on the cluster files under ``root`` (objects written to ``folder``)."""
     skipped = skips(root)
     pods = skipped.get("checkov-kubernetes", [])
-    objects = write_kubernetes_objects(root, folder, [s for s in pods if s.get("pods") == "head"])
+    unscanned = {entry["id"] for entry in skipped.get("unscanned-kinds", [])}
+    objects = write_kubernetes_objects(root, folder, [s for s in pods if s.get("pods") == "head"], unscanned)
     ignored = [arg for entry in skipped.get("hadolint", []) for arg in ("--ignore", entry["id"])]
     return {
         "hadolint": [str(BIN / "hadolint"), *ignored, str(root / "Dockerfile")],
