@@ -12,9 +12,10 @@
   IAM only there).
 
 Every check a scanner skips is in ``scanner-skips.yaml``, with its reason (an entry with ``pods: head`` is
-skipped for head pods only), and so is every kind no scanner reads (``unscanned-kinds``). Offline: checkov runs with ``--skip-download`` and ``BC_SKIP_MAPPING=TRUE``. Runs
-in a venv of its own that holds only the scanners (pyproject.toml's ``cluster-lint`` extra): checkov pins older
-boto3 and packaging than dualcam's venv has.
+skipped for head pods only), and so is every kind no scanner reads (``unscanned-kinds``). Offline: checkov
+runs with ``--skip-download`` and ``BC_SKIP_MAPPING=TRUE``. Runs in a venv of its own that holds only the
+scanners (pyproject.toml's ``cluster-lint`` extra): checkov pins older boto3 and packaging than dualcam's
+venv has.
 """
 
 from __future__ import annotations
