@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := .demo
 
-.PHONY: venv lint test faults demo experiment bench scale precision gpu-check submit clean
+.PHONY: venv lint lint-cluster test faults demo experiment bench scale precision gpu-check submit constraints \
+	pin-image clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +20,22 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# Lint (ruff and mypy) first: CI runs make test, then make faults.
+# The cluster files through hadolint, checkov and kubernetes-validate (cluster/lint.py; skips, each with its
+# reason: cluster/scanner-skips.yaml), then the same scanners on a copy with one flaw each, which each must find.
+# The scanners live in a venv of their own, with pyproject.toml's cluster-lint extra only: checkov pins older
+# boto3 and packaging than dualcam's venv has. CI runs it after make test, before make faults.
+LINT_VENV := .venv-cluster-lint
+$(LINT_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(LINT_VENV)
+	$(PYTHON) -c "import shlex, tomllib; print(shlex.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['cluster-lint']))" \
+		| xargs $(LINT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check
+	touch $@
+
+lint-cluster: $(LINT_VENV)/.installed
+	$(LINT_VENV)/bin/python cluster/lint.py
+	$(LINT_VENV)/bin/python cluster/lint.py --self-check
+
+# Lint (ruff and mypy) first: CI runs make test, then make lint-cluster, then make faults.
 test: lint
 	$(BIN)/python -m pytest
 
@@ -67,13 +83,26 @@ gpu-check: venv
 # A job spec to a Ray cluster: make submit JOB=jobs/examples/score.yaml RAY_ADDRESS=http://HEAD:8265
 # The spec's `job:` key picks the entrypoint, jobs/<job>.py; the spec is checked here before upload.
 # SUBMIT_ARGS=--no-wait returns once the job is submitted instead of following its log to the end.
+# The clusters ask for Ray's token: RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, a file holding it) must be set
+# (docs/cluster.md says where each cluster keeps it); it goes to Ray's job CLI in the environment only.
 RUNTIME_ENV ?= cluster/runtime_env.yaml
 SUBMIT_ARGS ?=
 submit: venv
 	@test -n "$(JOB)" -a -n "$(RAY_ADDRESS)" || { echo "usage: make submit JOB=spec.yaml RAY_ADDRESS=http://HEAD:8265"; exit 2; }
-	entrypoint=$$($(BIN)/python -c "import sys; from dualcam.jobspec import load_spec; print(load_spec(sys.argv[1]).entrypoint)" '$(JOB)') && \
+	@test -n "$$RAY_AUTH_TOKEN$$RAY_AUTH_TOKEN_PATH" || { echo "make submit: set RAY_AUTH_TOKEN to the cluster's Ray token (docs/cluster.md)"; exit 2; }
+	export RAY_AUTH_MODE=token && entrypoint=$$($(BIN)/python -c "import sys; from dualcam.jobspec import load_spec; print(load_spec(sys.argv[1]).entrypoint)" '$(JOB)') && \
 	$(BIN)/ray job submit --address '$(RAY_ADDRESS)' --working-dir . --runtime-env '$(RUNTIME_ENV)' $(SUBMIT_ARGS) \
 		-- python $$entrypoint '$(JOB)'
 
+# cluster/constraints.txt, the versions the image installs, from this venv (make test passed in it): pip freeze,
+# less dualcam itself. Refresh it when pyproject.toml's dependencies change, and rebuild the image.
+constraints: venv
+	{ echo "# Versions the image (cluster/Dockerfile) installs: pip freeze of the venv the tests passed in (make constraints)."; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v -i '^dualcam'; } > cluster/constraints.txt
+
+# The Ray base image by digest in cluster/Dockerfile and cluster/aws.yaml (needs crane or docker buildx).
+pin-image:
+	sh cluster/pin_image.sh
+
 clean:
-	rm -rf $(VENV) $(DEMO) $(EXPERIMENT) *.egg-info .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(LINT_VENV) $(DEMO) $(EXPERIMENT) *.egg-info .pytest_cache .ruff_cache .mypy_cache

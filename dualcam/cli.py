@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     options = vars(build_parser().parse_args(argv))
     command = COMMANDS[options.pop("command")]
-    return exit_status(lambda: command.run(**options))
+    return exit_status(lambda: command.run(**options), lambda: options.get("output"))
 
 
 if __name__ == "__main__":

@@ -113,11 +113,13 @@ def run_job(job: str, argv: Sequence[str]) -> int:
     if len(argv) != 1:
         print(f"usage: python jobs/{job}.py SPEC.yaml", file=sys.stderr)
         return 2
+    arguments: dict[str, Any] = {}  # the spec's, once read: a failure's log goes beside its output
 
     def run() -> int:
         spec = load_spec(argv[0])
         if spec.job != job:
             raise ValueError(f"{spec.uri} is a {spec.job} spec; run it with {spec.entrypoint}")
-        return JOBS[job].run(**spec.arguments())
+        arguments.update(spec.arguments())
+        return JOBS[job].run(**arguments)
 
-    return exit_status(run)
+    return exit_status(run, lambda: arguments.get("output"))

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -211,6 +212,27 @@ def test_an_error_raised_inside_ray_is_one_line_naming_the_file_with_its_traceba
     assert log.parent == tmp_path / "logs"
     story = log.read_text()
     assert "Traceback (most recent call last)" in story and "write_to_full_disk" in story and "\x1b" not in story
+
+
+def test_a_failed_runs_log_goes_beside_its_output_or_else_to_the_temporary_folder(s3_bucket, monkeypatch, capsys):
+    from dualcam.io.lease import LeaseLost
+
+    monkeypatch.delenv("DUALCAM_LOG_DIR", raising=False)
+
+    def lost() -> int:
+        raise LeaseLost("another run took over the output")
+
+    def logged(output: str) -> str:
+        assert exit_status(lost, lambda: output) == 1
+        return capsys.readouterr().err.rsplit("full traceback: ", 1)[1].rstrip(")\n")
+
+    output = f"{s3_bucket}/results"
+    log = logged(output)  # on S3, where it outlives the machine or pod that ran the job
+    assert log.startswith(f"{output}/_logs/dualcam-") and log.endswith(".log")
+    assert "LeaseLost: another run took over the output" in storage.read_bytes(log).decode()
+    fallback = Path(logged("s3://no-such-bucket-for-dualcam/results"))  # the output's storage refuses it
+    assert fallback.parent == Path(tempfile.gettempdir()) / "dualcam-logs" and "LeaseLost" in fallback.read_text()
+    fallback.unlink()
 
 
 def test_expert_show_takes_a_folder_of_versions_as_score_does(tmp_path):

@@ -9,15 +9,24 @@ fails. Nothing here talks to AWS or Kubernetes.
 import copy
 import functools
 import importlib.metadata
+import json
+import os
 import re
+import secrets
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
 
 from dualcam.jobspec import load_spec
+from dualcam.synthetic.scenarios import write_synthetic_xrays
 
-from conftest import ROOT
+from conftest import ROOT, write_untrained_experts
 
 CLUSTER = ROOT / "cluster"
 KUBERAY = CLUSTER / "kuberay"
@@ -85,23 +94,88 @@ def test_aws_launcher_config():
     head = types[config["head_node_type"]]
     assert head["resources"].get("GPU", 0) == 0
     (gpu_name, gpu), = ((name, t) for name, t in types.items() if name != config["head_node_type"])
-    assert 0 <= gpu["min_workers"] <= gpu["max_workers"] <= config["max_workers"]
+    assert gpu["min_workers"] == 0, "no GPU node kept up between runs (docs/runbook.md: cost)"
+    assert 0 < gpu["max_workers"] <= config["max_workers"] and config["idle_timeout_minutes"] <= 10
     node = gpu["node_config"]
     assert re.match(r"[gp]\d", node["InstanceType"]), "the worker type must have NVIDIA GPUs"
     assert node["InstanceMarketOptions"]["MarketType"] == "spot"
-    assert re.fullmatch(r"arn:aws:iam::\d{12}:instance-profile/[\w+=,.@-]+", node["IamInstanceProfile"]["Arn"])
+    profiles = {name: t["node_config"]["IamInstanceProfile"]["Arn"] for name, t in types.items()}
+    assert all(re.fullmatch(r"arn:aws:iam::\d{12}:instance-profile/[\w+=,.@-]+", arn) for arn in profiles.values())
+    assert profiles[config["head_node_type"]].endswith("/dualcam-ray-head")  # not ray-autoscaler-v1's EC2 and S3
+    assert profiles[gpu_name].endswith("/dualcam-ray-worker")
+    for name, t in types.items():  # IMDSv2 only, one hop: the containers share the host's network
+        assert t["node_config"]["MetadataOptions"] == {"HttpTokens": "required", "HttpPutResponseHopLimit": 1}, name
     assert all(t["node_config"]["ImageId"].startswith("ami-") for t in types.values())
     assert config["docker"]["image"].endswith("-gpu")
     mount, source = next(iter(config["file_mounts"].items()))
-    assert source == "." and any(mount in command and "pip install" in command for command in config["setup_commands"])
+    assert source == "." and any(mount in command and "pip install" in command and "constraints.txt" in command
+                                 for command in config["setup_commands"])
 
 
-def test_rayjob_runs_the_score_job_on_gpu_workers():
-    job = load(KUBERAY / "rayjob-score.yaml")
+def start_command(config: dict, key: str) -> list[str]:
+    """The ``ray start`` command line of a launcher config's head or worker start commands, as the shell splits
+    it, after checking that they turn token auth on with the token cluster/ray_token.py reads in the region."""
+    *_, command = config[key]
+    assert command.startswith('RAY_AUTH_TOKEN="$(python /home/ray/dualcam/cluster/ray_token.py '
+                              f'{config["provider"]["region"]})" && export RAY_AUTH_MODE=token RAY_AUTH_TOKEN && ')
+    return shlex.split(command.rsplit(" && ", 1)[1])
+
+
+def test_aws_nodes_start_ray_with_token_auth_and_the_dashboard_on_loopback():
+    config = load(CLUSTER / "aws.yaml")
+    head, worker = start_command(config, "head_start_ray_commands"), start_command(config, "worker_start_ray_commands")
+    assert head[:3] == ["ray", "start", "--head"] and "--dashboard-host=127.0.0.1" in head
+    assert worker[:3] == ["ray", "start", "--address=$RAY_HEAD_IP:6379"]
+    # Ray's own defaults otherwise (ray/autoscaler/aws/defaults.yaml): the launcher's bootstrap still works
+    assert "--autoscaling-config=~/ray_bootstrap_config.yaml" in head
+
+
+def test_ray_token_is_read_from_the_secret_store(s3_endpoint):
+    import boto3
+
+    token = secrets.token_hex(32)
+    client = boto3.client("secretsmanager", region_name="us-east-1")
+    client.create_secret(Name="dualcam/ray-auth-token", SecretString=token)
+    try:
+        script = [sys.executable, str(CLUSTER / "ray_token.py")]
+        result = subprocess.run([*script, "us-east-1"], capture_output=True, text=True, timeout=120)
+        assert (result.returncode, result.stdout) == (0, token)
+        missing = subprocess.run([*script, "eu-west-1"], capture_output=True, text=True, timeout=120)
+        assert missing.returncode != 0 and missing.stdout == ""  # nothing for RAY_AUTH_TOKEN: the start stops there
+    finally:
+        client.delete_secret(SecretId="dualcam/ray-auth-token", ForceDeleteWithoutRecovery=True)
+
+
+# --- KubeRay ---------------------------------------------------------------------------------------
+
+RAYJOBS = {  # file: (its script, the ConfigMap holding its spec, its ServiceAccount)
+    "rayjob-score.yaml": ("score_archive", "dualcam-score-spec", "dualcam-scoring"),
+    "rayjob-drift.yaml": ("detect_drift", "dualcam-drift-spec", "dualcam-scoring"),
+    "rayjob-train.yaml": ("train_experts", "dualcam-train-spec", "dualcam-training"),
+}
+SPEC_FILES = {"score_archive": "score.yaml", "detect_drift": "drift.yaml", "train_experts": "train.yaml"}
+NAMESPACE = "dualcam"
+DOCS = (ROOT / "docs" / "cluster.md").read_text()
+
+
+def service_accounts() -> dict[str, dict]:
+    return {doc["metadata"]["name"]: doc for doc in yaml.safe_load_all((KUBERAY / "serviceaccounts.yaml").read_text())}
+
+
+def templates(job_spec: dict) -> list[dict]:
+    """The pod templates of a RayJob's spec: the head's, then each worker group's."""
+    cluster = job_spec["rayClusterSpec"]
+    return [cluster["headGroupSpec"]["template"], *(group["template"] for group in cluster["workerGroupSpecs"])]
+
+
+@pytest.mark.parametrize("name", RAYJOBS)
+def test_rayjob_runs_its_job_on_gpu_workers(name):
+    script, configmap, account = RAYJOBS[name]
+    job = load(KUBERAY / name)
     assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
-    assert job["metadata"].get("name") or job["metadata"].get("generateName")
+    assert job["metadata"]["generateName"] and job["metadata"]["namespace"] == NAMESPACE
     spec = job["spec"]
-    assert spec["shutdownAfterJobFinishes"] is True
+    assert spec["shutdownAfterJobFinishes"] is True and spec["submissionMode"] == "HTTPMode"
     cluster = spec["rayClusterSpec"]
     # raycluster_types.go: headGroupSpec needs rayStartParams and template; each worker group
     # groupName, rayStartParams and template (min/maxReplicas default to 0 and maxInt32)
@@ -110,26 +184,140 @@ def test_rayjob_runs_the_score_job_on_gpu_workers():
     head_pod = head["template"]["spec"]
     (group,) = cluster["workerGroupSpecs"]
     assert group["groupName"] and isinstance(group["rayStartParams"], dict)
-    assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    assert 0 == group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]  # no GPU kept waiting
     worker_pod = group["template"]["spec"]
     (worker,) = worker_pod["containers"]
     assert int(worker["resources"]["limits"]["nvidia.com/gpu"]) >= 1
-    # IRSA: head (the job driver) and workers run as the annotated ServiceAccount
-    account = load(KUBERAY / "serviceaccount.yaml")
-    assert account["kind"] == "ServiceAccount" and "eks.amazonaws.com/role-arn" in account["metadata"]["annotations"]
-    assert head_pod["serviceAccountName"] == worker_pod["serviceAccountName"] == account["metadata"]["name"]
+    # IRSA: head (the job driver) and workers run as the job's ServiceAccount, annotated with its own role
+    assert head_pod["serviceAccountName"] == worker_pod["serviceAccountName"] == account
+    annotations = service_accounts()[account]["metadata"]["annotations"]
+    assert annotations["eks.amazonaws.com/role-arn"].endswith(f":role/{account}")
 
     # the entrypoint's script is in the image and its spec in the head's mounted ConfigMap
-    python, script, spec_path = spec["entrypoint"].split()
+    python, script_path, spec_path = spec["entrypoint"].split()
     workdir = re.search(r"^WORKDIR (\S+)", (CLUSTER / "Dockerfile").read_text(), re.MULTILINE).group(1)
-    assert python == "python" and script.startswith(workdir + "/")
-    assert (ROOT / script[len(workdir) + 1:]).is_file()
+    assert python == "python" and script_path == f"{workdir}/jobs/{script}.py"
+    assert (ROOT / script_path[len(workdir) + 1:]).is_file()
     (head_container,) = head_pod["containers"]
     mounts = {m["mountPath"]: m["name"] for m in head_container["volumeMounts"]}
     volume = mounts[str(Path(spec_path).parent)]
-    assert {v["name"]: v for v in head_pod["volumes"]}[volume]["configMap"]["name"] == "dualcam-score-spec"
-    assert f"configmap dualcam-score-spec --from-file={Path(spec_path).name}=" in (ROOT / "README.md").read_text()
+    assert {v["name"]: v for v in head_pod["volumes"]}[volume]["configMap"]["name"] == configmap
+    example = f"jobs/examples/{SPEC_FILES[script]}"
+    assert Path(spec_path).name == SPEC_FILES[script] and load_spec(str(ROOT / example)).job == script
+    assert f"kubectl -n {NAMESPACE} create configmap {configmap} --from-file={Path(spec_path).name}={example}" in DOCS
     assert head_container["image"] == worker["image"]
+
+
+def test_the_rayjobs_differ_only_in_their_job_and_identity():
+    """train and drift are the score RayJob with its script, spec, ServiceAccount (and, for training, its time
+    limit) changed: a change to one Ray cluster's shape or security is made to all, or this fails."""
+    score = load(KUBERAY / "rayjob-score.yaml")
+    for name, (script, configmap, account) in RAYJOBS.items():
+        job = load(KUBERAY / name)
+        text = yaml.safe_dump(score).replace("score_archive", script).replace("dualcam-score-spec", configmap) \
+            .replace("score.yaml", SPEC_FILES[script]).replace("dualcam-scoring", account) \
+            .replace("dualcam-score", job["metadata"]["labels"]["app.kubernetes.io/name"])
+        expected = yaml.safe_load(text)
+        expected["spec"]["activeDeadlineSeconds"] = job["spec"]["activeDeadlineSeconds"]
+        assert job == expected, name
+
+
+def test_every_ray_pod_is_authenticated_non_root_and_read_only():
+    specs = {name: load(KUBERAY / name)["spec"] for name in RAYJOBS}
+    specs["nightly-score.yaml"] = load(KUBERAY / "nightly-score.yaml")["spec"]["jobTemplate"]
+    hardened = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "privileged": False,
+                "readOnlyRootFilesystem": True, "runAsNonRoot": True}
+    for name, spec in specs.items():
+        cluster = spec["rayClusterSpec"]
+        # KubeRay (common/pod.go) then sets RAY_AUTH_MODE=token and RAY_AUTH_TOKEN, from a Secret it makes per
+        # Ray cluster, on every Ray container, and submits with the token; it needs Ray 2.52 or later
+        assert cluster["authOptions"] == {"mode": "token"}, name
+        assert tuple(map(int, cluster["rayVersion"].split("."))) >= (2, 52)
+        assert cluster["autoscalerOptions"]["securityContext"] == hardened, name  # the autoscaler's container
+        for i, template in enumerate(templates(spec)):
+            assert template["metadata"]["labels"]["app.kubernetes.io/part-of"] == "dualcam"  # networkpolicy.yaml
+            pod = template["spec"]
+            assert pod["securityContext"]["runAsNonRoot"] is True
+            assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+            (container,) = pod["containers"]
+            assert container["securityContext"] == hardened, name  # KubeRay copies it to its init container
+            # what Ray writes, each on an emptyDir: its session folder and logs, its object store, torch's cache
+            volumes = {v["name"]: v for v in pod["volumes"]}
+            writable = {m["mountPath"]: volumes[m["name"]].get("emptyDir") for m in container["volumeMounts"]
+                        if "configMap" not in volumes[m["name"]]}
+            assert set(writable) == {"/tmp", "/dev/shm", "/home/ray/.cache"}, name
+            assert writable["/dev/shm"]["medium"] == "Memory"
+            # only the head's autoscaler talks to Kubernetes
+            assert i == 0 or pod["automountServiceAccountToken"] is False, name
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare (namespaces)")
+def test_a_score_job_runs_where_only_the_pods_writable_paths_can_be_written():
+    """Ray and the score job on a read-only root filesystem with only the score RayJob's emptyDirs writable
+    (tests/read_only_root.sh: mount, network and PID namespaces of its own, so nothing outside is touched)."""
+    pod = templates(load(KUBERAY / "rayjob-score.yaml")["spec"])[0]["spec"]
+    (container,) = pod["containers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    home = str(Path.home())  # the image's is /home/ray
+    writable = [m["mountPath"].replace("/home/ray", home) for m in container["volumeMounts"]
+                if "emptyDir" in volumes[m["name"]]]
+    data = Path(tempfile.mkdtemp(dir="/var/tmp"))  # not under /tmp: that is an empty tmpfs in there
+    try:
+        c1, c2 = write_untrained_experts(data, 64)
+        write_synthetic_xrays(data / "images", 4, size=96)
+        output = Path(writable[0]) / "dualcam-out"
+        spec = data / "score.yaml"
+        spec.write_text(json.dumps({"job": "score_archive", "c1": c1, "c2": c2, "input": str(data / "images"),
+                                    "output": str(output), "batch_size": 4, "no_progress": True}))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_"))}
+        env.update({e["name"]: e["value"] for e in container["env"]}, PYTHONPATH=str(ROOT),
+                   PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
+        result = subprocess.run(["unshare", "-m", "-n", "-p", "--fork", "--mount-proc", "sh",
+                                 str(ROOT / "tests" / "read_only_root.sh"), str(spec), *writable],
+                                env=env, capture_output=True, text=True, timeout=900)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+    printed = result.stdout + result.stderr
+    assert f"read-only but for: {' '.join(writable)}" in printed, printed[-3000:]
+    assert result.returncode == 0 and "output holds 4 ok, 0 errors" in printed, printed[-5000:]
+    assert "Read-only file system" not in printed, printed[-5000:]
+
+
+def test_networkpolicy_lets_in_only_ray_pods_the_operator_and_prometheus():
+    policy = load(KUBERAY / "networkpolicy.yaml")
+    assert policy["metadata"]["namespace"] == NAMESPACE and policy["spec"]["policyTypes"] == ["Ingress"]
+    selected = policy["spec"]["podSelector"]["matchLabels"]
+    assert selected == {"app.kubernetes.io/part-of": "dualcam"}
+    ray_pods, operator, prometheus = policy["spec"]["ingress"]
+    assert ray_pods == {"from": [{"podSelector": {"matchLabels": selected}}]}
+    (source,) = operator["from"]
+    assert source["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "kuberay-system"}
+    assert source["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "kuberay-operator"}
+    assert operator["ports"] == [{"port": 8265, "protocol": "TCP"}]  # the dashboard and job server only
+    assert prometheus["ports"] == [{"port": 8080, "protocol": "TCP"}]  # Ray's metrics only
+    assert "helm install kuberay-operator kuberay/kuberay-operator --version 1.6.0 --namespace kuberay-system " \
+           "--create-namespace -f cluster/kuberay/operator-values.yaml" in DOCS
+    monitor = load(KUBERAY / "podmonitor.yaml")
+    assert monitor["spec"]["selector"]["matchLabels"] == selected
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"  # KubeRay's name for Ray's 8080
+
+
+def test_every_object_is_in_dualcams_namespace():
+    for path in sorted(KUBERAY.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc.get("kind") == "Namespace":
+                assert doc["metadata"]["name"] == NAMESPACE
+                assert doc["metadata"]["labels"]["pod-security.kubernetes.io/warn"] == "restricted"
+            elif path.name != "operator-values.yaml":  # helm values, not an object
+                assert doc["metadata"]["namespace"] == NAMESPACE, path.name
+
+
+@pytest.mark.parametrize("name", RAYJOBS)
+def test_a_retried_run_waits_for_the_dead_runs_lease(name):
+    assert load(KUBERAY / name)["spec"]["backoffLimit"] >= 1  # a rerun resumes: retrying is safe
+    job = load_spec(str(ROOT / "jobs" / "examples" / SPEC_FILES[RAYJOBS[name][0]]))
+    if job.job != "train_experts":  # training holds no lease; its retry goes on from Ray Train's checkpoints
+        assert job.options["wait_for_lease"] is True, "a retry would exit 2 while the dead driver's lease is live"
 
 
 def test_nightly_raycronjob_runs_the_rayjob_every_night():
@@ -140,13 +328,10 @@ def test_nightly_raycronjob_runs_the_rayjob_every_night():
     # robfig/cron's ParseStandard (KubeRay's parser): an optional CRON_TZ= prefix, then five fields
     zone, minute, hour, *days = cron["spec"]["schedule"].split()
     assert (zone, minute, hour, days) == ("CRON_TZ=UTC", "0", "1", ["*", "*", "*"])
-    # the operator runs RayCronJobs only with their feature gate on, as the README installs it
+    # the operator runs RayCronJobs only with their feature gate on, as docs/cluster.md installs it
     gates = {gate["name"]: gate["enabled"] for gate in load(KUBERAY / "operator-values.yaml")["featureGates"]}
     assert gates["RayCronJob"] is True
-    readme = (ROOT / "README.md").read_text()
-    assert "kubectl apply -f cluster/kuberay/nightly-score.yaml" in readme
-    assert "helm install kuberay-operator kuberay/kuberay-operator --version 1.6.0 -f " \
-           "cluster/kuberay/operator-values.yaml" in readme
+    assert "kubectl apply -f cluster/kuberay/nightly-score.yaml" in DOCS
 
 
 KUBERAY_CRD = ROOT / "tests" / "kuberay" / "ray.io_raycronjobs.yaml"
@@ -208,7 +393,7 @@ def cel_rule_paths(schema: dict, path: tuple = ()) -> list[tuple]:
     return found
 
 
-@pytest.mark.parametrize("name", ["rayjob-score.yaml", "nightly-score.yaml"])
+@pytest.mark.parametrize("name", [*RAYJOBS, "nightly-score.yaml"])
 def test_kuberay_manifests_follow_kuberays_crd_strictly(name):
     manifest = load(KUBERAY / name)
     assert manifest["apiVersion"] == "ray.io/v1" and manifest["kind"] in ("RayJob", "RayCronJob")
@@ -250,6 +435,78 @@ def test_every_image_runs_the_same_ray():
         "aws.yaml": re.search(r"rayproject/ray:([\d.]+)-", load(CLUSTER / "aws.yaml")["docker"]["image"]).group(1),
         "Dockerfile": re.search(r"^FROM rayproject/ray:([\d.]+)-", (CLUSTER / "Dockerfile").read_text(),
                                 re.MULTILINE).group(1),
-        "rayjob-score.yaml": load(KUBERAY / "rayjob-score.yaml")["spec"]["rayClusterSpec"]["rayVersion"],
+        **{name: load(KUBERAY / name)["spec"]["rayClusterSpec"]["rayVersion"] for name in RAYJOBS},
     }
     assert len(set(versions.values())) == 1, versions
+
+
+# --- IAM: each role only what its work needs --------------------------------------------------------
+
+IAM = CLUSTER / "iam"
+ARCHIVE, DATA, MODELS, RESULTS = (f"arn:aws:s3:::example-{b}" for b in ("archive", "data", "models", "results"))
+ACCOUNT = "arn:aws:{service}:us-east-1:123456789012"
+GRANTS = {
+    # score and drift: list and read the archive and the experts; read, write and delete under the results
+    # (resume reads them, the lease and the .inflight files are deleted, _logs/ written)
+    "scoring.json": {("s3:ListBucket", b) for b in (ARCHIVE, MODELS, RESULTS)}
+    | {("s3:GetObject", f"{b}/*") for b in (ARCHIVE, MODELS, RESULTS)}
+    | {(a, f"{RESULTS}/*") for a in ("s3:PutObject", "s3:DeleteObject")},
+    # train: read the labelled data; read (warm starts), write and delete experts and Ray Train's checkpoints
+    "training.json": {("s3:ListBucket", b) for b in (DATA, MODELS)} | {("s3:GetObject", f"{DATA}/*")}
+    | {(a, f"{MODELS}/*") for a in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject")},
+    # AWS nodes: read Ray's token, nothing else of Secrets Manager
+    "ray-token.json": {("secretsmanager:GetSecretValue",
+                        ACCOUNT.format(service="secretsmanager") + ":secret:dualcam/ray-auth-token-*")},
+}
+ROLES = {  # role: its policies; AWS's head and workers (cluster/aws.yaml), KubeRay's ServiceAccounts
+    "dualcam-ray-head": ("head.json", "ray-token.json", "scoring.json"),  # the drivers of score and drift run here
+    "dualcam-ray-worker": ("scoring.json", "ray-token.json"),
+    "dualcam-scoring": ("scoring.json",),
+    "dualcam-training": ("training.json",),
+}
+
+
+def grants(name: str) -> set[tuple[str, str]]:
+    """(action, resource) pairs a policy allows; every statement an Allow of listed actions on listed resources."""
+    pairs = set()
+    for statement in json.loads((IAM / name).read_text())["Statement"]:
+        assert statement["Effect"] == "Allow" and set(statement) <= {"Sid", "Effect", "Action", "Resource", "Condition"}
+        actions, resources = statement["Action"], statement["Resource"]
+        for action in [actions] if isinstance(actions, str) else actions:
+            pairs |= {(action, r) for r in ([resources] if isinstance(resources, str) else resources)}
+    return pairs
+
+
+@pytest.mark.parametrize("name", GRANTS)
+def test_each_data_role_may_do_only_its_jobs_work(name):
+    assert grants(name) == GRANTS[name]
+
+
+def test_only_training_writes_experts_and_nothing_may_do_everything():
+    for path in IAM.glob("*.json"):
+        pairs = grants(path.name)
+        assert not any("*" in action for action, _ in pairs), path.name
+        writes_models = {a for a, r in pairs if r.startswith(MODELS) and a in ("s3:PutObject", "s3:DeleteObject")}
+        assert bool(writes_models) == (path.name == "training.json"), path.name
+
+
+def test_the_aws_head_launches_and_ends_only_this_clusters_workers():
+    statements = {s["Sid"]: s for s in json.loads((IAM / "head.json").read_text())["Statement"]}
+    actions = {a for s in statements.values() for a in s["Action"]}
+    assert {a.split(":")[0] for a in actions} == {"ec2", "iam"}  # no S3 here: the drivers' S3 is scoring.json's
+    assert not any(a.startswith("s3:") for a in actions)
+    tagged = [s for s in statements.values() if {"ec2:TerminateInstances", "ec2:CreateTags"} & set(s["Action"])]
+    assert all(set(s["Condition"]["StringEquals"].values()) == {load(CLUSTER / "aws.yaml")["cluster_name"]}
+               for s in tagged)
+    (passing,) = (s for s in statements.values() if "iam:PassRole" in s["Action"])
+    assert passing["Action"] == ["iam:PassRole"]
+    worker_profile = load(CLUSTER / "aws.yaml")["available_node_types"]["gpu"]["node_config"]["IamInstanceProfile"]
+    assert passing["Resource"].rsplit("/", 1)[1] == worker_profile["Arn"].rsplit("/", 1)[1] == "dualcam-ray-worker"
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_docs_give_each_role_its_policies(role):
+    for policy in ROLES[role]:
+        assert f"aws iam put-role-policy --role-name {role} --policy-name dualcam-{Path(policy).stem} " \
+               f"--policy-document file://cluster/iam/{policy}" in DOCS, (role, policy)
+    assert {p.name for p in IAM.glob("*.json")} == {p for policies in ROLES.values() for p in policies}

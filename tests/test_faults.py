@@ -172,7 +172,7 @@ def test_a_driver_paused_past_its_lease_lands_nothing_after_the_takeover(
 @pytest.mark.parametrize(("victim", "title", "times"), [
     ("the scoring actor", SCORING_A_BATCH, 1),
     ("the scoring actor, twice", SCORING_A_BATCH, 2),
-    ("the write worker", "ray::Write", 1),
+    ("the write worker", "ray::MapBatches(count_rows)->Write", 1),  # Ray Data fuses the rows' count into it
 ])
 def test_rays_workers_killed_mid_run_are_replaced_and_the_run_finishes(
     ray_cluster, experts, images, tmp_path, drivers, observed, victim, title, times,
@@ -331,7 +331,7 @@ def test_a_ray_node_lost_mid_run_loses_no_input(experts, tmp_path, observed):
     write_synthetic_xrays(images, 300, size=96)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     script = ROOT / "tests" / "node_loss.py"
-    result = subprocess.run([sys.executable, str(script), *experts, str(images), str(out)], env=env,
+    result = subprocess.run([sys.executable, str(script), "score", *experts, str(images), str(out)], env=env,
                             capture_output=True, text=True, timeout=1200, start_new_session=True)
     assert result.returncode == 0, result.stderr[-5000:]
     # its one JSON line; Ray may print its own lines to stdout as the cluster shuts down
@@ -387,3 +387,26 @@ def test_a_training_worker_killed_mid_training_resumes_from_its_last_checkpoint(
     observed(f"expert {label}'s training worker SIGKILLed after epoch {k} of 3 was reported",
              resumed_from_epoch=k, epochs=len(history), exit=0)
     shutil.rmtree(out, ignore_errors=True)
+
+
+def test_a_training_node_lost_mid_epoch_resumes_from_its_last_checkpoint(tmp_path, observed):
+    """A spot GPU node taken away mid-epoch, on three nodes of a Ray of its own (tests/node_loss.py): Ray Train
+    (``FailureConfig(max_failures)``, which ``dualcam train`` sets) starts a new worker on the node left, which
+    goes on from the last reported checkpoint."""
+    labelled, out = tmp_path / "labelled", tmp_path / "models"
+    write_labelled_folder(labelled, 24)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "node_loss.py"), "train", str(labelled), str(out)],
+                            env=env, capture_output=True, text=True, timeout=1200, start_new_session=True)
+    assert result.returncode == 0, result.stderr[-5000:]
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    seen = json.loads(line)
+    assert seen["nodes"] == 3 and seen["alive_after"] == 2
+    assert seen["epochs"] == [1, 2, 3]
+    # removed after epoch 1 was reported and before epoch 2 was: epochs 2 and 3 ran on from epoch 1's checkpoint
+    assert seen["resumed_from_epoch"] == [None, 1, 1], seen
+    first, second, third = seen["epoch_end_after_removal_s"]
+    assert first < 0 < second < third
+    observed(f"the node of expert A's training worker removed {seen['removed_after_s']:.0f} s in, after epoch 1 "
+             f"of 3; epoch 2 ended {second:.0f} s after the removal, the run after {seen['total_s']:.0f} s",
+             resumed_from_epoch=1, epochs=3, exit=0)

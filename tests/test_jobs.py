@@ -1,5 +1,6 @@
 """Ray jobs: specs checked before any work, and the score and train jobs submitted to a real Ray head
-(`ray start --head` on 127.0.0.1, its job server, `ray job submit --working-dir`) against moto's S3."""
+(`ray start --head` on 127.0.0.1, its job server, `ray job submit --working-dir`) against moto's S3. The head
+runs with the clusters' auth settings (cluster/aws.yaml's start command): a job without the token is refused."""
 
 import json
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from dualcam import build_expert, save_expert
 from dualcam.bench.s3server import free_port
@@ -112,10 +114,14 @@ def test_a_spec_is_read_from_s3_too(s3_bucket):
     assert spec.options["c2_negatives"] == ["x", "y"]
 
 
-def test_make_submit_needs_a_spec_and_an_address():
+def test_make_submit_needs_a_spec_an_address_and_a_token():
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and not k.startswith("RAY_AUTH_")}
     result = subprocess.run(["make", "-s", "-C", str(ROOT), "submit", "JOB="], capture_output=True, text=True,
-                            env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, timeout=120)
+                            env=env, timeout=120)
     assert result.returncode != 0 and "usage: make submit JOB=spec.yaml RAY_ADDRESS=http://HEAD:8265" in result.stdout
+    result = subprocess.run(["make", "-s", "-C", str(ROOT), "submit", "JOB=jobs/examples/score.yaml",
+                             "RAY_ADDRESS=http://127.0.0.1:9"], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode != 0 and "make submit: set RAY_AUTH_TOKEN" in result.stdout
 
 
 # --- Jobs submitted to a real Ray head -------------------------------------------------------------
@@ -124,6 +130,8 @@ def test_make_submit_needs_a_spec_and_an_address():
 class Head:
     address: str
     env: dict
+    metrics: str
+    """Ray's metrics of this node, as Prometheus scrapes them."""
 
     def job_info(self, submission_id: str) -> dict:
         """Status and Ray's start and end times of a job, from the job server."""
@@ -135,30 +143,42 @@ class Head:
         return json.loads(out.strip().splitlines()[-1])
 
 
+def cluster_auth() -> tuple[str, str]:
+    """(RAY_AUTH_MODE, --dashboard-host) of the clusters' heads, from cluster/aws.yaml's head start command
+    (tests/test_cluster_configs.py checks that command, and KubeRay's authOptions, in full)."""
+    command = yaml.safe_load((ROOT / "cluster" / "aws.yaml").read_text())["head_start_ray_commands"][-1]
+    mode = re.search(r"export RAY_AUTH_MODE=(\w+)", command).group(1)
+    return mode, re.search(r"--dashboard-host=(\S+)", command).group(1)
+
+
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
     """A Ray head on 127.0.0.1 (2 CPUs, dashboard and job server, every port free), stopped afterwards.
 
     Its processes see no AWS settings: a job gets them from its runtime env, as on a cluster. Jobs run
-    this venv's `python` (first on PATH) and authenticate with a token of this module's own.
+    this venv's `python` (first on PATH). Auth as on the clusters: the mode of cluster/aws.yaml's head, with
+    a token of this module's own in RAY_AUTH_TOKEN (on a cluster, from the secret store).
     """
     temp_dir = tmp_path_factory.mktemp("ray")
     ports = {flag: free_port() for flag in HEAD_PORTS}
+    mode, dashboard_host = cluster_auth()
+    assert (mode, dashboard_host) == ("token", "127.0.0.1")  # loopback only, here as there
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_"))}
     env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
-               RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16),
+               RAY_AUTH_MODE=mode, RAY_AUTH_TOKEN=secrets.token_hex(16),
                RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")  # stop at once, not after up to 30 s of draining
     log = (temp_dir / "head.log").open("w")
     command = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-               "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=2", f"--temp-dir={temp_dir}",
-               "--disable-usage-stats", *(f"{flag}={port}" for flag, port in ports.items())]
+               f"--dashboard-host={dashboard_host}", "--include-dashboard=true", "--num-cpus=2",
+               f"--temp-dir={temp_dir}", "--disable-usage-stats", *(f"{flag}={port}" for flag, port in ports.items())]
     head = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 180
         while "Ray runtime started" not in (temp_dir / "head.log").read_text():
             assert head.poll() is None and time.monotonic() < deadline, (temp_dir / "head.log").read_text()[-3000:]
             time.sleep(1)
-        yield Head(f"http://127.0.0.1:{ports['--dashboard-port']}", env)
+        yield Head(f"http://127.0.0.1:{ports['--dashboard-port']}", env,
+                   f"http://127.0.0.1:{ports['--metrics-export-port']}/metrics")
     finally:
         # `ray stop` would stop every Ray on this machine; this head's processes share its session
         os.killpg(head.pid, signal.SIGTERM)
@@ -217,6 +237,54 @@ def test_score_job_submitted_with_make_submit(ray_head, s3_jobs, s3_endpoint, tm
     rows = read_results(f"{s3_jobs}/results/").to_pylist()
     assert sorted(r["uri"] for r in rows) == sorted(storage.list_files(f"{s3_jobs}/archive/"))
     assert all(r["status"] == "ok" and 0 <= r["p1"] <= 1 for r in rows)
+    # the rows, counted by dualcam.distributed.telemetry, on the node's metrics port as Prometheus reads it
+    assert scraped(ray_head, 'ray_dualcam_rows_scored_total{', ('kind="score"', 'status="ok"')) == 4
+
+
+def scraped(head: Head, metric: str, labels: tuple[str, ...], timeout: float = 90) -> float:
+    """The value of ``metric`` with ``labels`` on the head's metrics port, once Ray has exported it (every few s)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        text = urllib.request.urlopen(head.metrics, timeout=30).read().decode()
+        values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                  if line.startswith(metric) and all(label in line for label in labels)]
+        if values or time.monotonic() > deadline:
+            assert values, f"no {metric} with {labels} in {head.metrics}"
+            return sum(values)
+        time.sleep(2)
+
+
+def test_a_job_without_the_clusters_token_is_refused_and_one_with_it_runs(ray_head, tmp_path):
+    def submit(env: dict) -> tuple[str, subprocess.CompletedProcess]:
+        submission_id = f"dualcam-auth-{secrets.token_hex(4)}"
+        command = [str(BIN / "ray"), "job", "submit", "--address", ray_head.address, "--submission-id", submission_id,
+                   "--", "python", "-c", "print('the job ran')"]
+        return submission_id, subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+    # no token at all (no RAY_AUTH_*, and a home without ~/.ray/auth_token), and a wrong one
+    anonymous = {k: v for k, v in ray_head.env.items() if not k.startswith("RAY_AUTH_")} | {"HOME": str(tmp_path)}
+    wrong = {**ray_head.env, "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    refused = {}
+    for name, env in (("no token", anonymous), ("a wrong token", wrong)):
+        submission_id, result = submit(env)
+        printed = result.stdout + result.stderr
+        assert result.returncode != 0 and "the job ran" not in printed, (name, printed[-3000:])
+        # Ray's CLI says what the job server answered (no token; an invalid one)
+        assert re.search(r"Token authentication is enabled but (no authentication token was found|the "
+                         r"authentication token is invalid)", printed), (name, printed[-3000:])
+        refused[name] = submission_id
+        print(f"{name}: exit {result.returncode}: {printed.strip().splitlines()[-1][:300]}")
+    # the job server, asked with the token, never heard of them; with the token, the job runs
+    code = ("import sys; from ray.job_submission import JobSubmissionClient\n"
+            "print(' '.join(j.submission_id or '' for j in JobSubmissionClient(sys.argv[1]).list_jobs()))")
+    known = subprocess.run([sys.executable, "-c", code, ray_head.address], env=ray_head.env, capture_output=True,
+                           text=True, timeout=120, check=True).stdout.split()
+    assert not set(refused.values()) & set(known)
+    submission_id, result = submit(ray_head.env)
+    assert result.returncode == 0 and "the job ran" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
+    assert ray_head.job_info(submission_id)["status"] == "SUCCEEDED"
 
 
 def test_train_job_submitted_with_ray_job_submit(ray_head, s3_jobs, s3_endpoint, tmp_path, record_property):

@@ -6,6 +6,7 @@ options are one ``ArchiveOptions`` (``dualcam.scoring.archive_options``). The pi
 
     from_arrow(uris) -> map_batches(load_images)                   read + decode + preprocess, CPU
                      -> map_batches(DualScorer, ActorPoolStrategy)  both experts, GPU if any
+                     -> map_batches(count_rows)                     rows counted in Ray's metrics (telemetry)
                      -> write_parquet(output)                         on S3 staged, published under the lease
 
 On a CPU-only cluster both map steps take the same resources, so Ray fuses them into one actor
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dualcam.distributed import telemetry
 from dualcam.distributed.connect import connect
 from dualcam.distributed.request_gate import request_gate
 from dualcam.io import staging, storage
@@ -224,8 +226,9 @@ def run_archive(
     started = time.perf_counter()
     run = _prepare(scorer, first, second, input, output, options)
     storage.check_writable(output)  # before any work: a run that cannot write finds out now, not at its end
-    with Lease(output, options.lease_seconds, options.wait_for_lease,  # one writer per output
-               wait_timeout=options.lease_wait_timeout) as lease:
+    # one writer per output; each heartbeat of its lease counted in Ray's metrics
+    with Lease(output, options.lease_seconds, options.wait_for_lease, wait_timeout=options.lease_wait_timeout,
+               on_beat=telemetry.lease_beat) as lease:
         # checked again under the lease: a run that held it until now may have claimed a new output
         if _check_output(output, run.spec):
             storage.write_bytes(storage.join(output, RUN_FILE), run.spec.to_json().encode())
@@ -363,7 +366,7 @@ def _scored(
                    "slots": request_gate(ray, options.pacs_requests) if pacs else None,
                    "max_input_bytes": options.max_input_bytes},
     )
-    return ds.map_batches(
+    ds = ds.map_batches(
         scorer, fn_constructor_args=experts,
         fn_constructor_kwargs={"alpha": spec.alpha, "precision": spec.precision,
                                "threads": max(1, round(placement.cpus_per_actor))},
@@ -373,3 +376,6 @@ def _scored(
         compute=ray.data.ActorPoolStrategy(size=placement.actors, max_concurrent_calls_per_actor=2),
         num_cpus=placement.cpus_per_actor, num_gpus=placement.gpus_per_actor,
     )
+    # the rows counted in Ray's metrics (telemetry), on no CPU of the actors'
+    return ds.map_batches(telemetry.count_rows, fn_kwargs={"kind": scorer.layout.kind}, batch_format="pyarrow",
+                          num_cpus=0)

@@ -4,8 +4,9 @@ An error raised inside Ray reaches the driver rendered by Ray: the remote traceb
 colour codes, often wrapped in Ray Data's own error (``UserCodeException: UDF failed ...``) whose
 text is all that is left of the original. ``one_line`` finds the error the failing code raised and
 gives it as ``Type: message`` on one line (``OSError: [Errno 28] No space left on device while
-writing /results/x.parquet``); ``write_log`` keeps everything in a file for whoever looks next.
-No Ray here: Ray's errors are recognized by their module.
+writing /results/x.parquet``); ``write_log`` keeps everything in a file for whoever looks next, beside
+the run's output (``<output>/_logs/``, a local folder or an S3 prefix), where it outlives the machine
+or pod that ran the job. No Ray here: Ray's errors are recognized by their module.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import tempfile
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
+
+from dualcam.io import storage
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 """Terminal escape sequences (colours), which Ray puts into the errors it renders."""
@@ -67,17 +70,33 @@ def _last_raised_in_code(rendered: str) -> str | None:
     return found
 
 
-def log_dir() -> Path:
-    """``DUALCAM_LOG_DIR``, else ``dualcam-logs`` in the system's temporary folder."""
-    return Path(os.environ.get("DUALCAM_LOG_DIR") or Path(tempfile.gettempdir()) / "dualcam-logs")
+LOG_FOLDER = "_logs"
+"""The folder of an output that holds the logs of its runs' failures (``_``: not results, for readers)."""
 
 
-def write_log(err: BaseException) -> str:
-    """Write the command line and ``err``'s full traceback (colour codes removed) to a new log file; its path."""
+def log_dir(output: str | None = None) -> str:
+    """Where a log goes: ``DUALCAM_LOG_DIR`` when set, else ``<output>/_logs`` (a path or an s3:// prefix),
+    else ``dualcam-logs`` in the system's temporary folder."""
+    if os.environ.get("DUALCAM_LOG_DIR"):
+        return os.environ["DUALCAM_LOG_DIR"]
+    if output:
+        return storage.join(output, LOG_FOLDER)
+    return str(Path(tempfile.gettempdir()) / "dualcam-logs")
+
+
+def write_log(err: BaseException, output: str | None = None) -> str:
+    """Write the command line and ``err``'s full traceback (colour codes removed) to a new log file in
+    ``log_dir(output)``; its path or URI. When that cannot be written (the failure may be the very storage
+    the output is on), the log goes to the temporary folder instead."""
     now = datetime.now(timezone.utc)
-    folder = log_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"dualcam-{now:%Y%m%dT%H%M%S}-{os.getpid()}.log"
     story = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-    path.write_text(f"{now:%Y-%m-%d %H:%M:%S} UTC: {' '.join(sys.argv)}\n\n{ANSI.sub('', story)}")
-    return str(path)
+    text = f"{now:%Y-%m-%d %H:%M:%S} UTC: {' '.join(sys.argv)}\n\n{ANSI.sub('', story)}".encode()
+    name = f"dualcam-{now:%Y%m%dT%H%M%S}-{os.getpid()}.log"
+    for folder in dict.fromkeys((log_dir(output), log_dir())):
+        uri = storage.join(folder, name)
+        try:
+            storage.write_bytes(uri, text)
+            return uri
+        except OSError:
+            continue
+    raise OSError(f"could not write the log of {type(err).__name__} to {log_dir(output)} nor {log_dir()}")

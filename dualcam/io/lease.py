@@ -113,11 +113,13 @@ class Lease:
     """
 
     def __init__(self, output: str, seconds: float = LEASE_SECONDS, wait: bool = False,
-                 log: Callable[[str], None] | None = None, wait_timeout: float | None = None):
+                 log: Callable[[str], None] | None = None, wait_timeout: float | None = None,
+                 on_beat: Callable[[bool], None] | None = None):
         if not seconds > 0:
             raise ValueError(f"a lease lasts more than 0 seconds, got {seconds!r}")
         self.output, self.seconds, self.wait, self.wait_timeout = output, float(seconds), wait, wait_timeout
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.on_beat = on_beat or (lambda renewed: None)  # each heartbeat: renewed, or storage unreachable
         self.store = _S3Store(output) if storage.is_s3(output) else _LocalStore(output)
         self.holder = Holder.me(self.seconds)
         self.lost: str | None = None
@@ -188,8 +190,10 @@ class Lease:
         while self.lost is None and not self._stop.wait(interval):
             try:
                 self._renew()
+                self.on_beat(self.lost is None)
                 interval, unreachable_since = self.seconds / 3, None
             except OSError as err:
+                self.on_beat(False)
                 unreachable_since = unreachable_since or time.monotonic()
                 interval = min(self.seconds / 3, 2.0)
                 if time.monotonic() - unreachable_since > self.seconds:
