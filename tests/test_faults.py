@@ -142,20 +142,23 @@ def test_a_killed_drivers_s3_output_is_locked_until_its_lease_expires_then_resum
 
 @pytest.mark.parametrize("sigint", ["handled", "ignored"])
 def test_a_driver_paused_past_its_lease_lands_nothing_after_the_takeover(
-    ray_cluster, experts, images, s3_bucket, drivers, observed, sigint,
+    experts, images, s3_bucket, drivers, observed, sigint,
 ):
     import pyarrow.parquet as pq
 
     from dualcam.io import storage
 
-    inputs, out = f"{s3_bucket}/images", f"{s3_bucket}/out"
+    inputs, out = f"{s3_bucket}/{sigint}/images", f"{s3_bucket}/{sigint}/out"  # one bucket for both cases
     for path in sorted(images.iterdir()):
         storage.write_bytes(f"{inputs}/{path.name}", path.read_bytes())
     options = score_options(experts, inputs, out, lease_seconds=6)
-    stale = drivers("stale", joined(ray_cluster), ignore_sigint=sigint == "ignored", **options)
+    # each driver a Ray of its own (no RAY_ADDRESS), as on two machines: the paused driver's actors keep their
+    # CPUs, which on one shared 2-CPU Ray would leave the taker none
+    own_ray = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    stale = drivers("stale", own_ray, ignore_sigint=sigint == "ignored", **options)
     stale.wait_until(scoring, "scoring")
     os.kill(stale.pid, signal.SIGSTOP)  # the driver only: a frozen VM, a debugger; its Ray workers go on
-    taker = drivers("taker", joined(ray_cluster), **options, wait_for_lease=True)
+    taker = drivers("taker", own_ray, **options, wait_for_lease=True)
     assert taker.finish() == 0, taker.stderr()  # took the lease once it expired, cleared the stale staging
     os.kill(stale.pid, signal.SIGCONT)
     assert stale.finish() == 1, stale.stderr()
