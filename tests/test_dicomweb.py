@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import io
 import os
 import select
 import socket
@@ -18,6 +19,7 @@ import threading
 import time
 import urllib.error
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
@@ -208,9 +210,22 @@ def _load(server: test_pacs.OrthancServer) -> tuple[dict[datetime.date, list[tup
             sop = pydicom.dcmread(path, stop_before_pixels=True, force=True).get("SOPInstanceUID")
             if sop and sop not in files:
                 with contextlib.suppress(urllib.error.HTTPError):  # Orthanc refuses a file without a preamble
-                    server.store(path.read_bytes())
+                    server.store(_in_a_study(path))
                     files[str(sop)] = path
+    assert files, "no sample DICOM file was stored"
     return stored, files
+
+
+def _in_a_study(path: Path) -> bytes:
+    """A sample DICOM file as a PACS takes it: with study and series UIDs (the generated samples have none,
+    and Orthanc refuses an instance without them); its pixels, as stored, unchanged."""
+    dataset = pydicom.dcmread(path, force=True)
+    if "StudyInstanceUID" in dataset and "SeriesInstanceUID" in dataset:
+        return path.read_bytes()
+    dataset.StudyInstanceUID, dataset.SeriesInstanceUID = generate_uid(), generate_uid()
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    return buffer.getvalue()
 
 
 def _uri(root: str, study: str, series: str, sop: str) -> str:
