@@ -37,7 +37,7 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,7 +175,7 @@ def search(uri: str) -> tuple[pa.Table, pa.Table]:
     return table.sort_by("uri"), pa.table(skipped, pa.schema([("uri", pa.string()), ("modality", pa.string())]))
 
 
-def _matches(query: Query, tags: Any) -> Iterator[dict[str, Any]]:
+def _matches(query: Query, tags: Iterable[str]) -> Iterator[dict[str, Any]]:
     """Every instance the query matches, a page at a time until a page comes back empty (servers cap a
     page below what was asked for, some silently: a short page is not the last)."""
     fields = sorted(set(tags))

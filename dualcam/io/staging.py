@@ -58,7 +58,6 @@ class Publisher:
 
     def __init__(self, staged: str, output: str, still_held: Callable[[], None]):
         self.staged, self.output, self.still_held = staged, output, still_held
-        self.published = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"dualcam-publish {output}", daemon=True)
 
@@ -84,15 +83,11 @@ class Publisher:
             except OSError:
                 continue  # storage unreachable for now: the next turn, or the last pass, tries again
 
-    def publish(self) -> int:
-        """One pass: every complete staged file into the output; how many."""
-        moved = 0
+    def publish(self) -> None:
+        """One pass: every complete staged file into the output."""
         for uri in _listed(self.staged):
             self.still_held()
             storage.move(uri, storage.join(self.output, uri[len(self.staged):].lstrip("/")))
-            moved += 1
-        self.published += moved
-        return moved
 
 
 def _listed(prefix: str) -> list[str]:

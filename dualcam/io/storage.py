@@ -249,8 +249,15 @@ def put_if(uri: str, data: bytes, etag: str | None) -> str | None:
     when the condition did not hold (412, 409, or 404 for an object that has gone)."""
     bucket, key = split_s3(uri)
     condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+    answer = _conditional(uri, lambda: s3_client().put_object(Bucket=bucket, Key=key, Body=data, **condition))
+    return None if answer is None else str(answer["ETag"])
+
+
+def _conditional(uri: str, request: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+    """The answer to a conditional S3 request, or None when its condition did not hold (412, 409, or 404
+    for an object that has gone); other failures raise as ``_s3_error`` says."""
     try:
-        return s3_client().put_object(Bucket=bucket, Key=key, Body=data, **condition)["ETag"]
+        return request()
     except ClientError as err:
         if err.response.get("Error", {}).get("Code", "") in ("PreconditionFailed", "ConditionalRequestConflict",
                                                             "NoSuchKey"):
@@ -290,16 +297,7 @@ def read_tagged(uri: str) -> Tagged | None:
 def delete_if(uri: str, etag: str) -> bool:
     """Delete an S3 object only while it is unchanged since it had ``etag`` (``If-Match``); whether it was."""
     bucket, key = split_s3(uri)
-    try:
-        s3_client().delete_object(Bucket=bucket, Key=key, IfMatch=etag)
-        return True
-    except ClientError as err:
-        if err.response.get("Error", {}).get("Code", "") in ("PreconditionFailed", "ConditionalRequestConflict",
-                                                            "NoSuchKey"):
-            return False
-        raise _s3_error(uri, err) from None
-    except BotoCoreError as err:
-        raise _s3_error(uri, err) from None
+    return _conditional(uri, lambda: s3_client().delete_object(Bucket=bucket, Key=key, IfMatch=etag)) is not None
 
 
 def delete(uri: str) -> None:
