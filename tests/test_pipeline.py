@@ -407,6 +407,8 @@ def test_an_input_scored_but_not_in_the_output_fails_the_run_naming_it():
     assert summary.failure().startswith("2 of the 3 inputs this run scored are not in /out, e.g. /b.png")
     whole = ScoreSummary.of("/out", inputs, 2, pa.array(["/a.png"]), rows, 1.0)
     assert whole.missing == 0 and whole.failure() is None
+    on_s3 = ScoreSummary.of("s3://b/out", inputs, 0, pa.array(["/a.png", "/b.png"]), rows, 1.0)
+    assert "deleted from it while this run wrote" in on_s3.failure()  # no hint of a local folder per machine
 
 
 def test_a_file_over_the_byte_limit_is_its_error_row_and_the_limit_is_checked_first(ray_cluster, experts, tmp_path):

@@ -30,15 +30,16 @@ def exit_status(run: Callable[[], int], output: Callable[[], str | None] = lambd
     """``run()``'s exit status; 2, with the reason on stderr, when it raised for unusable input.
 
     A failure inside Ray's workers (an S3 write that keeps failing, say; Ray re-raises it as a
-    subclass of the original error) or a lease lost to another run is a failed run, not unusable
-    input: exit 1, with one line on stderr (``errorlog.one_line``) and the full traceback in a
-    log file whose path it names, beside the run's output (``output()``, asked only then:
+    subclass of the original error), storage failing under the driver once the run writes
+    (``errorlog.RunFailed``) or a lease lost to another run is a failed run, not unusable input:
+    exit 1, with one line on stderr (``errorlog.one_line``) and the full traceback in a log file
+    whose path it names, beside the run's output (``output()``, asked only then:
     ``<output>/_logs/``) when it has one.
     """
     try:
         return run()
     except Exception as err:
-        if errorlog.raised_by_ray(err) or isinstance(err, LeaseLost):
+        if errorlog.raised_by_ray(err) or isinstance(err, (LeaseLost, errorlog.RunFailed)):
             log = errorlog.write_log(err, output())
             print(f"dualcam: error: {errorlog.one_line(err)} (full traceback: {log})", file=sys.stderr)
             return 1

@@ -22,7 +22,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,7 @@ import pyarrow.compute as pc
 from dualcam.distributed import telemetry
 from dualcam.distributed.connect import connect
 from dualcam.distributed.request_gate import request_gate
-from dualcam.io import staging, storage
+from dualcam.io import errorlog, staging, storage
 from dualcam.io.checkpoints import ExpertMeta, load_meta, resolve_expert
 from dualcam.io.inputs import Inputs, read_inputs, skipped_files
 from dualcam.io.lease import Lease
@@ -119,9 +120,11 @@ class ScoreSummary:
         if self.repeated:
             return repeat_message(self.repeated, self.output)
         if self.missing:
+            why = ("were they deleted from it while this run wrote? a rerun scores them again"
+                   if storage.is_s3(self.output) else "were they written where this driver cannot read? a cluster "
+                   "of several machines needs an --output they all share, such as s3://")
             return (f"{self.missing} of the {self.scored_now} inputs this run scored are not in {self.output}, "
-                    f"e.g. {self.first_missing} (were they written where this driver cannot read? a cluster of "
-                    "several machines needs an --output they all share, such as s3://)")
+                    f"e.g. {self.first_missing} ({why})")
         if self.run_errors and not self.run_ok:
             return f"none of the {self.run_errors} inputs of this run could be scored; first error: {self.first_error}"
         if self.error_fraction > max_error_fraction:
@@ -254,14 +257,28 @@ def run_archive(
             scored = _scored(ray, blocks, scorer, run.experts, run.meta, run.spec, placement, options, bool(pacs))
             # Writing is I/O; it must not wait for CPUs the scoring actors hold. On S3, files are staged and
             # published only while this run holds the lease: a run paused past it lands nothing more.
-            with staging.fenced(output, lease.holder.token, lease.still_held) as into:
+            with _written_mid_run(output), staging.fenced(output, lease.holder.token, lease.still_held) as into:
                 scored.write_parquet(storage.absolute(into), filesystem=storage.parquet_filesystem(output),
                                      min_rows_per_file=options.rows_per_file, ray_remote_args={"num_cpus": 0})
-        rows = read_results(output, ["uri", "status", "error"], warn_duplicates=False)
-        if finish is not None:
-            finish()
+        with _written_mid_run(output):
+            rows = read_results(output, ["uri", "status", "error"], warn_duplicates=False)
+            if finish is not None:
+                finish()
     scored = run.inputs.table.column("uri").take(todo).combine_chunks()
     return ScoreSummary.of(output, run.inputs, state.done, scored, rows, time.perf_counter() - started)
+
+
+@contextmanager
+def _written_mid_run(output: str) -> Iterator[None]:
+    """The driver's own storage errors once the run writes are ``errorlog.RunFailed`` (exit 1), not unusable
+    arguments (exit 2); errors from Ray's workers already say so."""
+    try:
+        yield
+    except OSError as err:
+        if errorlog.raised_by_ray(err):
+            raise
+        raise errorlog.RunFailed(f"{output} failed under this run as it wrote: {err}; a rerun, once it is "
+                                 "back, scores every input it does not hold") from err
 
 
 def plan_archive(

@@ -27,6 +27,11 @@ _CHAINED = re.compile(r"^(?:The above exception was the direct cause of the foll
                       r"During handling of the above exception, another exception occurred):$", re.MULTILINE)
 
 
+class RunFailed(RuntimeError):
+    """Storage failed under a run that had begun writing (its output's bucket deleted, the store gone):
+    the run failed, not its arguments; a rerun, once storage is back, scores what is not in the output."""
+
+
 def raised_by_ray(err: BaseException) -> bool:
     """Whether ``err``, or an error it was raised from, is one of Ray's (a task, actor or node that failed)."""
     seen: set[int] = set()
