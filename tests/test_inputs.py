@@ -48,6 +48,33 @@ def test_malformed_manifests_are_refused_by_name(tmp_path, text, message):
         read_inputs(str(tmp_path / "m.csv"))
 
 
+def test_one_file_under_four_spellings_in_a_manifest_is_one_uri_listed_four_times(tmp_path):
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "d" / "a.png").write_bytes(b"x")
+    manifest = tmp_path / "d" / "m.csv"
+    manifest.write_text(f"uri\na.png\n./a.png\n{tmp_path}/d//a.png\nsub/../a.png\n{tmp_path}/d/sub/../a.png\n")
+    assert resolve_uris(pa.array(["a.png", "./a.png", f"{tmp_path}/d//a.png", "sub/../a.png"]), str(manifest)
+                        ).to_pylist() == [str(tmp_path / "d" / "a.png")] * 4
+    with pytest.raises(ValueError, match=f"1 URIs are listed more than once, e.g. {tmp_path / 'd' / 'a.png'}$"):
+        read_inputs(str(manifest))
+
+
+def test_inputs_carry_the_version_a_listing_gives_them(tmp_path, s3_bucket):
+    for root in (str(tmp_path / "x"), f"{s3_bucket}/x"):
+        for key in ("1.png", "deep/2.dcm"):
+            storage.write_bytes(f"{root}/{key}", key.encode())
+        table = read_inputs(root).table
+        assert table.column_names == ["uri", "input_version"]
+        uris = table.column("uri").to_pylist()
+        assert table.column("input_version").to_pylist() == [storage.version_of(u) for u in uris]
+    (tmp_path / "m.csv").write_text(f"uri,id\nx/1.png,1\n{s3_bucket}/x/1.png,2\n")
+    table = read_inputs(str(tmp_path / "m.csv")).table  # no stat or HEAD per entry: versions unknown
+    assert table.column("input_version").to_pylist() == [None, None]
+    (tmp_path / "clash.csv").write_text("uri,input_version\na.png,1\n")
+    with pytest.raises(ValueError, match="a manifest column may not be named 'input_version'"):
+        read_inputs(str(tmp_path / "clash.csv"))
+
+
 def test_an_s3_prefix_and_a_manifest_on_s3(s3_bucket):
     for key in ("x/1.png", "x/deep/2.dcm", "x/readme.md", "y/3.png"):
         storage.write_bytes(f"{s3_bucket}/{key}", b"x")

@@ -98,7 +98,7 @@ def test_a_folder_gives_one_row_per_input_equal_to_a_direct_computation(ray_clus
         assert row["p1"] == pytest.approx(l1.softmax(-1)[0, 1].item(), rel=1e-4)
         assert row["p2"] == pytest.approx(l2.softmax(-1)[0, 1].item(), rel=1e-4)
         assert row["heatmap_max"] == pytest.approx(heats[i].max(), rel=1e-6)
-        assert row["overlap"] == overlap(cams1[i], cams2[i]) and row["schema_version"] == SCORE.schema_version == 3
+        assert row["overlap"] == overlap(cams1[i], cams2[i]) and row["schema_version"] == SCORE.schema_version == 4
         assert (row["alpha"], row["c1_class"], row["c2_version"]) == (15.0, "COVID-19", e2.meta.version)
         # the peak (centre of the tied maxima: upsampling makes plateaus at the borders), against
         # the heatmap upsampled to the image itself, within one input pixel
@@ -237,12 +237,12 @@ def test_unusable_outputs_and_inputs_are_refused_before_any_work(experts, archiv
         score_archive(*experts, str(clash), str(tmp_path / "o"))
 
 
-@pytest.mark.parametrize("old_schema", [1, 2])
-def test_an_older_schema_output_never_receives_schema_3_rows(experts, archive, tmp_path, old_schema):
+@pytest.mark.parametrize("old_schema", [1, 2, 3])
+def test_an_older_schema_output_never_receives_schema_4_rows(experts, archive, tmp_path, old_schema):
     out = tmp_path / "old"
     out.mkdir()
     same_experts = RunSpec.of(SCORE, load_meta(experts[0]), load_meta(experts[1]), 5.0)
-    assert same_experts.schema_version == 3
+    assert same_experts.schema_version == 4
     (out / RUN_FILE).write_text(RunSpec(same_experts.first, same_experts.second, 5.0,
                                         schema_version=old_schema).to_json())
     before = sorted(out.iterdir())
@@ -347,12 +347,13 @@ def test_an_output_holding_an_input_twice_fails_until_repaired(ray_cluster, expe
 
 
 def test_a_dry_run_plans_without_ray_and_writes_nothing(experts, archive, tmp_path):
-    out = tmp_path / "out"  # an output this very run wrote some rows to: two ok, one error
+    out = tmp_path / "out"  # an output this run wrote rows to: two ok (one of a file changed since), one error
     out.mkdir()
     (out / RUN_FILE).write_text(RunSpec.of(SCORE, load_meta(experts[0]), load_meta(experts[1]), 5.0).to_json())
     images = [str(p) for p in sorted(archive.rglob("*")) if p.is_file() and p.name != "notes.txt"]
     pq.write_table(pa.table({"uri": images[:3], "status": ["ok", "ok", "error"],
-                             "error_kind": [None, None, "permanent"]}), out / "part-0.parquet")
+                             "error_kind": [None, None, "permanent"],
+                             "input_version": [storage.version_of(images[0]), "0:0", None]}), out / "part-0.parquet")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     score = ["score", "--c1", experts[0], "--c2", experts[1], "--input", str(archive), "--dry-run"]
     code = (  # Ray cannot even be imported here
@@ -369,8 +370,9 @@ def test_a_dry_run_plans_without_ray_and_writes_nothing(experts, archive, tmp_pa
     first, second = printed.split("dualcam: dry run")[1:]
     assert re.search(rf"inputs +{len(images)} ", first)
     assert re.search(r"skipped +1 +\(not an image's name\): \.txt 1", first)
-    assert re.search(r"already done +2 ", first) and re.search(r"to retry +1 ", first)
-    assert re.search(rf"to score +5 +of {len(images) - 2:,} not yet scored \(--limit 5\)", first)
+    assert re.search(r"already done +1 ", first) and re.search(r"to retry +1 ", first)
+    assert re.search(r"changed +1 +inputs since they were scored: scored again", first)
+    assert re.search(rf"to score +5 +of {len(images) - 1:,} not yet scored \(--limit 5\)", first)
     assert "rates         decoding 40.0 images/s per CPU, scoring 4.0 per CPU (given)" in first
     # 2 nodes of 8 CPUs: 16 actors of 1 CPU, each decoding then scoring: 16 / (1/40 + 1/4) images/s
     assert "2 nodes of 8 CPU, 0 GPU: 16 CPUs, 0 GPUs: 16 actor(s) of 1 CPU, 0 GPU; 1 block(s) of up to 16" in first
@@ -394,6 +396,32 @@ def test_a_run_is_judged_by_its_own_inputs_not_the_folders_history(ray_cluster, 
     new = score_archive(*experts, str(images), out, batch_size=4, progress=False)
     assert (new.scored_now, new.run_ok, new.run_errors, new.errors) == (1, 1, 0, 1) and new.failure(0.1) is None
     assert ": 1 ok, 0 errors; 5 already done;" in new.line()
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_an_input_replaced_after_scoring_is_scored_again_by_a_plain_rerun_once(ray_cluster, experts, tmp_path,
+                                                                              s3_bucket, where):
+    write_synthetic_xrays(tmp_path / "images", 3, size=64)
+    write_synthetic_xrays(tmp_path / "other", 1, size=96, seed=5)
+    root = str(tmp_path / "images") if where == "local" else f"{s3_bucket}/images"
+    out = str(tmp_path / "out") if where == "local" else f"{s3_bucket}/out"
+    if where == "s3":
+        for path in (tmp_path / "images").iterdir():
+            storage.write_bytes(f"{root}/{path.name}", path.read_bytes())
+    first = score_archive(*experts, root, out, batch_size=4, progress=False)
+    replaced, kept = f"{root}/synthetic-00001.png", f"{root}/synthetic-00002.png"
+    rows = by_uri(read_results(out))
+    assert rows[replaced]["input_version"] == storage.version_of(replaced) is not None
+    storage.write_bytes(replaced, b"\x89PNG\r\n\x1a\n broken in place")  # replaced, then fixed
+    broken = score_archive(*experts, root, out, batch_size=4, progress=False)
+    assert (first.scored_now, broken.scored_now, broken.already_done, broken.run_errors) == (3, 1, 2, 1)
+    storage.write_bytes(replaced, (tmp_path / "other" / "synthetic-00000.png").read_bytes())
+    fixed = score_archive(*experts, root, out, batch_size=4, progress=False)
+    assert (fixed.scored_now, fixed.run_ok, fixed.ok, fixed.errors, fixed.repeated) == (1, 1, 3, 0, 0)
+    now = by_uri(read_results(out))  # one row per input, the replaced one's of its new contents
+    assert sorted(now) == sorted(rows) and now[kept] == rows[kept]
+    assert (now[replaced]["width"], now[replaced]["input_version"]) == (96, storage.version_of(replaced))
+    assert score_archive(*experts, root, out, batch_size=4, progress=False).scored_now == 0
 
 
 def test_an_input_scored_but_not_in_the_output_fails_the_run_naming_it():

@@ -18,14 +18,16 @@ def inputs_table(n: int) -> pa.Table:
     ])
 
 
-def write_output(folder, rows: list[tuple[str, str]], per_file: int) -> None:
-    """Result files of (uri, status) rows: ``ok``, ``error`` (a permanent error) or ``transient``."""
+def write_output(folder, rows: list[tuple[str, ...]], per_file: int) -> None:
+    """Result files of (uri, status[, input_version]) rows; status ``ok``, ``error`` (a permanent error)
+    or ``transient``."""
     folder.mkdir()
     for part, start in enumerate(range(0, len(rows), per_file)):
-        chunk = rows[start:start + per_file]
+        chunk = [(*row, None)[:3] for row in rows[start:start + per_file]]
         pq.write_table(pa.table({
-            "uri": [u for u, _ in chunk], "status": ["ok" if s == "ok" else "error" for _, s in chunk],
-            "error_kind": pa.array([{"ok": None, "error": "permanent"}.get(s, s) for _, s in chunk], pa.string()),
+            "uri": [u for u, _, _ in chunk], "status": ["ok" if s == "ok" else "error" for _, s, _ in chunk],
+            "error_kind": pa.array([{"ok": None, "error": "permanent"}.get(s, s) for _, s, _ in chunk], pa.string()),
+            "input_version": pa.array([v for _, _, v in chunk], pa.string()),
         }), folder / f"part-{part:03d}.parquet")
 
 
@@ -51,6 +53,24 @@ def test_progress_leaves_exactly_the_inputs_not_in_the_output(tmp_path, monkeypa
 
     fresh = planning.progress(inputs, str(tmp_path / "nothing-yet"))
     assert fresh.pending.to_pylist() == list(range(50)) and fresh.done == 0
+
+
+@pytest.mark.parametrize("part_rows", [1, 10_000])
+def test_an_input_listed_with_another_version_than_it_was_scored_is_pending_again(tmp_path, monkeypatch, part_rows):
+    monkeypatch.setattr(planning, "PART_ROWS", part_rows)
+    listed = ["1:10", "2:20", "3:30", None, "5:50", "6:60"]
+    uris = [f"/archive/{i}.png" for i in range(len(listed))]
+    inputs = pa.table({"uri": uris, "input_version": pa.array(listed, pa.string())})
+    write_output(tmp_path / "out", [
+        (uris[0], "ok", "1:10"),  # the same version: done
+        (uris[1], "ok", "2:19"),  # rewritten since: scored again
+        (uris[2], "error", "3:29"),  # a permanent error, and the file replaced since (fixed?): scored again
+        (uris[3], "ok", "4:40"),  # its listing cannot say (None): done, as before versions
+        (uris[4], "ok", None),  # its row cannot say (a PACS instance): done
+    ], per_file=2)  # uris[5]: never scored
+    state = planning.progress(inputs, str(tmp_path / "out"))
+    assert inputs.take(state.pending).column("uri").to_pylist() == [uris[1], uris[2], uris[5]]
+    assert state.changed.to_pylist() == [uris[1], uris[2]] and state.done == 3
 
 
 def test_blocks_hold_the_pending_rows_once_in_order(tmp_path):

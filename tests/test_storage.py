@@ -17,7 +17,7 @@ from dualcam.io.results import (
     PERMANENT,
     TRANSIENT,
     drop_duplicates,
-    drop_error_rows,
+    drop_rows_to_redo,
     error_kind_of,
     read_results,
     tensor_array,
@@ -61,9 +61,9 @@ def test_dropping_error_rows_keeps_the_rest_whole(tmp_path):
                       "heatmap": tensor_array(heat, np.array([True, False, True, False]))})
     pq.write_table(table, tmp_path / "part-1.parquet")
     pq.write_table(table.slice(0, 1), tmp_path / "part-2.parquet")
-    assert drop_error_rows(str(tmp_path)) == 1  # what every run does: the transient row goes
+    assert drop_rows_to_redo(str(tmp_path)) == 1  # what every run does: the transient row goes
     assert read_results(str(tmp_path), ["uri"], warn_duplicates=False).column("uri").to_pylist() == ["a", "c", "d", "a"]
-    assert drop_error_rows(str(tmp_path), retry_errors=True) == 1  # --retry-errors: the permanent one too
+    assert drop_rows_to_redo(str(tmp_path), retry_errors=True) == 1  # --retry-errors: the permanent one too
     with pytest.warns(UserWarning, match="1 rows repeat an input that is already in the output"):
         left = read_results(str(tmp_path))
     assert left.column("uri").to_pylist() == ["a", "c", "a"]
@@ -218,6 +218,22 @@ def test_an_input_over_the_byte_limit_is_refused_unread(tmp_path, s3_bucket):
         with pytest.raises(storage.TooLarge, match=r"big.dcm: 2,000 bytes, over the limit of 1,999 per input") as big:
             read_input(uri, timeout=30, max_bytes=1999)
         assert error_kind_of(big.value) == PERMANENT  # the file itself: a plain rerun leaves it be
-        assert read_input(uri, timeout=30, max_bytes=2000) == b"x" * 2000
+        assert read_input(uri, timeout=30, max_bytes=2000).data == b"x" * 2000
     with pytest.raises(storage.StorageError, match="not a regular file but a folder"):
         read_input(str(tmp_path / "folder"), max_bytes=1)
+
+
+def test_a_listing_gives_each_file_the_version_a_read_of_it_gives_and_a_rewrite_changes_it(tmp_path, s3_bucket):
+    for root in (str(tmp_path / "archive"), f"{s3_bucket}/archive"):
+        for name in ("p1/a.png", "p2/b.png", "c.png"):
+            storage.write_bytes(storage.join(root, name), name.encode())
+        listed = storage.list_versioned(root)
+        uris, versions = listed.column("uri").to_pylist(), listed.column("version").to_pylist()
+        assert uris == sorted(storage.join(root, n) for n in ("p1/a.png", "p2/b.png", "c.png"))
+        assert None not in versions
+        assert versions == [storage.read(uri).version for uri in uris]
+        assert versions == storage.versions(listed.column("uri")).to_pylist()
+        storage.write_bytes(uris[0], b"another image, of another size")
+        assert storage.version_of(uris[0]) not in (None, versions[0])
+        assert storage.version_of(uris[1]) == versions[1]
+    assert storage.versions(pa.array([f"{s3_bucket}/gone.png", str(tmp_path / "gone.png")])).to_pylist() == [None] * 2

@@ -114,6 +114,21 @@ def test_rerunning_a_finished_command_trains_nothing(trained, labelled):
     assert [(e.label, e.already_trained) for e in mixed] == [("A", False), ("B", True)]
 
 
+def test_an_image_replaced_in_place_changes_the_training_key(tmp_path):
+    from dualcam.distributed.training import plan_experts
+
+    write_labelled_folder(tmp_path, 6)
+    def key() -> str:
+        plans, _ = plan_experts(str(tmp_path), ["A"], [None], [None], seed=3)
+        return plans[0].training_key(TINY)
+
+    before = key()
+    assert key() == before  # the same files: already trained
+    image = sorted((tmp_path / "A").iterdir())[0]
+    image.write_bytes(image.read_bytes() + b"\0")  # same name, other bytes
+    assert key() != before
+
+
 def test_warm_start_from_an_earlier_version_yields_a_new_version(trained, labelled, tmp_path):
     out, _ = trained
     previous = latest_version(str(out / "A"))

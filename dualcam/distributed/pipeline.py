@@ -43,7 +43,7 @@ from dualcam.io.results import (
     RunSpec,
     check_passthrough,
     data_files,
-    drop_error_rows,
+    drop_rows_to_redo,
     duplicate_rows,
     read_results,
     read_run_spec,
@@ -237,8 +237,9 @@ def run_archive(
             storage.write_bytes(storage.join(output, RUN_FILE), run.spec.to_json().encode())
         storage.remove_inflight(output)
         staging.clear(output)  # what runs that lost the lease (or died) left staged
-        drop_error_rows(output, options.retry_errors)  # transient ones always: the next run heals them
-        state = planning.progress(run.inputs.table, output)
+        state = planning.progress(run.inputs.table, output, options.retry_errors)
+        # error rows to retry (transient ones always: the next run heals them), and inputs changed since scored
+        drop_rows_to_redo(output, options.retry_errors, state.changed)
         todo = state.pending if options.limit is None else state.pending.slice(0, options.limit)
         if len(todo):
             ray = connect()
@@ -299,7 +300,8 @@ def plan_archive(
         kind=scorer.layout.kind, input=input, output=output, inputs=run.inputs.table.num_rows,
         read_seconds=read_seconds, skipped=run.inputs.skipped_kinds(),
         skipped_because=run.inputs.skipped_because, done=state.done,
-        retried=state.retried, retry_errors=options.retry_errors, pending=len(state.pending), limit=options.limit,
+        retried=state.retried, retry_errors=options.retry_errors, changed=len(state.changed),
+        pending=len(state.pending), limit=options.limit,
         batch_size=options.batch_size,
         clusters=[(c, planning.plan_placement({"CPU": c.cpus, "GPU": c.gpus}, options.actors,
                                               options.gpus_per_actor, options.cpus_per_actor)) for c in clusters],

@@ -16,6 +16,7 @@ Ray is imported inside functions only (``connect``), as in ``pipeline``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -59,16 +60,20 @@ class ExpertPlan:
     init_from: str | None = None
     counts: dict[str, tuple[int, int]] = field(default_factory=dict)
 
+    @functools.cached_property
     def data_fingerprint(self) -> str:
-        """A hash of the images, their targets and splits."""
+        """A hash of the images (each with its version, ``storage.version_of``: a retrain after an image was
+        replaced in place is not skipped as already trained), their targets and splits."""
         digest = hashlib.sha256()
-        for uri, target, split in zip(*(self.rows.column(c).to_pylist() for c in ("uri", "target", "split"))):
-            digest.update(f"{uri}\t{target}\t{split}\n".encode())
+        columns = [self.rows.column(c).to_pylist() for c in ("uri", "target", "split")]
+        for uri, version, target, split in zip(columns[0], storage.versions(self.rows.column("uri")).to_pylist(),
+                                               *columns[1:]):
+            digest.update(f"{uri}\t{version}\t{target}\t{split}\n".encode())
         return digest.hexdigest()
 
     def training_key(self, recipe: Recipe) -> str:
         """Same data and recipe, same key: an expert with this key needs no training again."""
-        described = json.dumps([self.data_fingerprint(), asdict(recipe)], sort_keys=True)
+        described = json.dumps([self.data_fingerprint, asdict(recipe)], sort_keys=True)
         return hashlib.sha256(described.encode()).hexdigest()
 
     def run_name(self, recipe: Recipe) -> str:
@@ -344,7 +349,7 @@ def _expert_meta(plan: ExpertPlan, recipe: Recipe) -> ExpertMeta:
 def _described(plan: ExpertPlan, recipe: Recipe) -> ExpertMeta:
     """The expert's metadata with its provenance (recipe, data, fingerprint); metrics still empty."""
     meta = _expert_meta(plan, recipe)
-    meta.data_fingerprint = plan.data_fingerprint()
+    meta.data_fingerprint = plan.data_fingerprint
     # weights: what training started from; a warm start's checkpoint, not the unused --weights
     meta.recipe = {**asdict(recipe), "arch": meta.arch, "image_size": meta.input_size,
                    "weights": plan.init_from or recipe.weights, "data": plan.data, "negatives": plan.negatives,

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from dualcam.io import dicomweb, inventory, storage
 from dualcam.io.imaging import image_names
+from dualcam.io.results import VERSION
 
 MANIFEST_SUFFIXES = (".csv", ".parquet")
 _TEXT_COLUMNS = ("uri", "patient_id", "patientid", "filename", "folder")
@@ -29,6 +30,8 @@ class Inputs:
     """The files to score (a ``uri`` column, plus any manifest columns to pass through)."""
 
     table: pa.Table
+    """``uri``, ``input_version`` (``storage.Read.version``, as listed; null where a listing cannot say) and
+    a manifest's other columns."""
     skipped: pa.ChunkedArray = field(default_factory=lambda: pa.chunked_array([], pa.string()))
     """Files under a folder or prefix (or in an inventory) that were not taken because their names are not
     images', or the instances of a PACS query that were not taken for their modality."""
@@ -71,11 +74,17 @@ def read_inputs(uri: str) -> Inputs:
         return Inputs(instances, skipped.column("uri"), f"modality not {' or '.join(dicomweb.DEFAULT_MODALITIES)}",
                       {f"modality {c['values']}": c["counts"] for c in sorted(counts, key=lambda c: -c["counts"])})
     if inventory.is_inventory(uri):
-        return _images(inventory.read_inventory(uri))
+        files = inventory.read_inventory(uri)
+        return _images(pa.table({"uri": files, "version": pa.nulls(len(files), pa.string())}))
     if is_manifest(uri):
-        return Inputs(read_manifest(uri))
+        table = read_manifest(uri)
+        if VERSION in table.column_names:
+            raise ValueError(f"{uri}: a manifest column may not be named {VERSION!r}: dualcam records there which "
+                             "version of each input it scored; rename it")
+        # unversioned: a stat or HEAD per entry would cost what reading a manifest in Arrow saves
+        return Inputs(table.append_column(VERSION, pa.nulls(table.num_rows, pa.string())))
     # Absolute, so that Ray workers (whose working directory may differ) find local files.
-    return _images(storage.list_uris(storage.absolute(uri)))
+    return _images(storage.list_versioned(storage.absolute(uri)))
 
 
 class Slots(Protocol):
@@ -94,19 +103,20 @@ exhaust a loader's memory (a 10 GB object is refused unread)."""
 
 def read_input(
     uri: str, timeout: float | None = None, slots: Slots | None = None, max_bytes: int | None = MAX_INPUT_BYTES,
-) -> bytes:
-    """One input's bytes, whatever names it: a WADO-RS instance URL (``dicomweb.retrieve``), an s3:// object
-    or a file (``storage.read_bytes``); ``storage.TooLarge`` for one over ``max_bytes``, unread.
+) -> storage.Read:
+    """One input's bytes and version, whatever names it: a WADO-RS instance URL (``dicomweb.retrieve``; no
+    version: an instance UID never names other bytes), an s3:// object or a file (``storage.read``);
+    ``storage.TooLarge`` for one over ``max_bytes``, unread.
 
     With ``timeout`` (seconds), a read not done by then raises TimeoutError (``storage.with_deadline``).
     With ``slots``, the read waits for a slot first (not counted in ``timeout``) and holds it until the
     request itself ends, even one abandoned at its deadline: the bound is on what the server sees.
     """
-    def read() -> bytes:
+    def read() -> storage.Read:
         try:
             if dicomweb.is_instance_url(uri):
-                return dicomweb.retrieve(uri, timeout or storage.READ_TIMEOUT, max_bytes)
-            return storage.read_bytes(uri, max_bytes=max_bytes)
+                return storage.Read(dicomweb.retrieve(uri, timeout or storage.READ_TIMEOUT, max_bytes), None)
+            return storage.read(uri, max_bytes=max_bytes)
         finally:
             if slots is not None:
                 slots.release()
@@ -116,13 +126,13 @@ def read_input(
     return read() if timeout is None else storage.with_deadline(read, timeout, uri)
 
 
-def _images(files: pa.Array | pa.ChunkedArray) -> Inputs:
-    """Listed files split into the images to score and the others, skipped."""
-    files = files if isinstance(files, pa.ChunkedArray) else pa.chunked_array([files])
-    images = image_names(files)
+def _images(listed: pa.Table) -> Inputs:
+    """Listed files (``uri``, ``version``) split into the images to score and the others, skipped."""
+    listed = listed.rename_columns(["uri", VERSION])
+    images = image_names(listed.column("uri"))
     if pc.all(images).as_py() is not False:  # the usual archive: no copy
-        return Inputs(pa.table({"uri": files}))
-    return Inputs(pa.table({"uri": files.filter(images)}), files.filter(pc.invert(images)))
+        return Inputs(listed)
+    return Inputs(listed.filter(images), listed.column("uri").filter(pc.invert(images)))
 
 
 def skipped_kinds(skipped: pa.Array) -> dict[str, int]:
@@ -249,15 +259,17 @@ def duplicates(uris: pa.ChunkedArray | pa.Array) -> tuple[int, str] | None:
 
 
 _ABSOLUTE = r"^(/|s3://|https?://)"
-"""Entries taken as they are: absolute paths and URLs (s3:// objects, DICOMweb instances)."""
+"""Entries not joined onto the manifest's folder: absolute paths and URLs (s3:// objects, DICOMweb instances)."""
+_URL = r"^(s3|https?)://"
+"""Entries taken as they are."""
 # Entries that pathlib or posixpath.normpath would change: ".", ".." or empty parts, or a trailing "/".
 _NOT_PLAIN = r"(^|/)\.{1,2}(/|$)|//|/$"
 
 
 def resolve_uris(entries: pa.Array | pa.ChunkedArray, manifest: str) -> pa.Array:
     """Each manifest entry made absolute as ``resolve_entry`` does, in Arrow: URLs (``s3://``, and
-    ``http(s)://`` for DICOMweb instances) and absolute paths as they are, plain relative paths joined
-    onto the manifest's folder, and the few entries with ``.``/``..``/empty parts through
+    ``http(s)://`` for DICOMweb instances) and plain absolute paths as they are, plain relative paths
+    joined onto the manifest's folder, and the few local entries with ``.``/``..``/empty parts through
     ``resolve_entry`` itself, so that both always agree."""
     if isinstance(entries, pa.ChunkedArray):
         entries = entries.combine_chunks()
@@ -269,7 +281,7 @@ def resolve_uris(entries: pa.Array | pa.ChunkedArray, manifest: str) -> pa.Array
         joined = entries
     else:
         joined = pc.if_else(absolute, entries, pc.binary_join_element_wise(folder, entries, ""))
-    odd = pc.and_not(pc.match_substring_regex(entries, _NOT_PLAIN), absolute)
+    odd = pc.and_not(pc.match_substring_regex(entries, _NOT_PLAIN), pc.match_substring_regex(entries, _URL))
     if not pc.any(odd).as_py():
         return joined
     fixed = [resolve_entry(entry, manifest) for entry in entries.filter(odd).to_pylist()]
@@ -277,11 +289,12 @@ def resolve_uris(entries: pa.Array | pa.ChunkedArray, manifest: str) -> pa.Array
 
 
 def resolve_entry(entry: str, manifest: str) -> str:
-    """One manifest entry made absolute: URLs and absolute paths as they are, others relative to the
-    manifest's folder (on S3, its prefix)."""
-    if re.match(_ABSOLUTE, entry):
+    """One manifest entry made absolute and normal: URLs as they are (an S3 key is the name it is listed
+    by), local paths without ``.``, ``..`` or empty parts (one file, one URI, however it is spelled;
+    symbolic links are not followed), relative ones taken from the manifest's folder (on S3, its prefix)."""
+    if re.match(_URL, entry):
         return entry
-    if storage.is_s3(manifest):
+    if storage.is_s3(manifest) and not entry.startswith("/"):
         bucket, key = storage.split_s3(manifest)
         return f"s3://{bucket}/" + posixpath.normpath(posixpath.join(posixpath.dirname(key), entry)).lstrip("/")
-    return str(Path(manifest).resolve().parent / entry)
+    return posixpath.normpath(posixpath.join(str(Path(manifest).resolve().parent), entry))

@@ -8,11 +8,11 @@ precision was recorded reads as ``fp32``: what dualcam computed before then, on 
 used bf16 autocast; such a folder should not be resumed with this version). Files whose names
 start with ``_`` or ``.`` are not data; pyarrow, pandas and DuckDB skip them by default.
 
-Both kinds share one frame: ``uri, status, error, error_kind, width, height`` first; then the kind's own
+Both kinds share one frame: ``uri, status, error, error_kind, input_version, width, height`` first; then the kind's own
 columns (``Layout.computed``); then ``alpha``, ``<role>_class, <role>_version, <role>_sha256``
 for each of the two experts, ``scored_at`` and ``schema_version``; then the manifest's columns.
 
-**Score** (``dualcam score``; experts ``c1``, ``c2``), schema version 3, in column order:
+**Score** (``dualcam score``; experts ``c1``, ``c2``), schema version 4, in column order:
 
 ==================  ==============================  ================================================
 column              type                            meaning
@@ -25,6 +25,11 @@ error_kind          string                          ``transient`` (no answer, th
                                                     tries the input again) or ``permanent`` (not an
                                                     image, undecodable, absent...: tried again only
                                                     with ``--retry-errors``); null when ok
+input_version       string                          which version of the input this row scored:
+                                                    ``<size>:<mtime_ns>`` of a file, the ETag of an
+                                                    S3 object; null for a DICOMweb instance (its
+                                                    UID never names other bytes). A run rescores
+                                                    an input listed with another version
 width, height       int32                           image size in pixels; null when undecodable
 p1, p2              float32                         in-class probability of expert 1 and expert 2
 cam1, cam2          fixed_shape_tensor float32      raw in-class CAMs (h, w), before any scaling
@@ -42,24 +47,26 @@ alpha               float32                         ADDK amplification
 c1_class, c1_version, c1_sha256                     identity of expert 1 (class of interest)
 c2_class, c2_version, c2_sha256                     identity of expert 2 (overlapping class)
 scored_at           timestamp[us, UTC]              when the batch was scored
-schema_version      int16                           3
+schema_version      int16                           4
 ...                                                 manifest columns, passed through unchanged
 ==================  ==============================  ================================================
 
-Version 2 had the same columns but ``error_kind``, version 1 neither it nor ``overlap``. Their outputs
+Version 3 had the same columns but ``input_version``, version 2 neither it nor ``error_kind``, version 1
+none of them nor ``overlap``. Their outputs
 stay readable (``read_results``,
 ``dualcam evaluate`` and ``dualcam render`` recompute the overlap from the stored CAMs), but are
 never extended: a rerun into such a folder is refused (its ``_run.json`` names the old schema).
 
 **Drift** (``dualcam drift``; experts ``old``, ``new``: two versions of one expert), schema
-version 2 (version 1 lacked ``error_kind``); the measures are defined, with their ranges, in
-``dualcam.maps.drift_measures``:
+version 3 (version 2 lacked ``input_version``, version 1 ``error_kind`` too); the measures are
+defined, with their ranges, in ``dualcam.maps.drift_measures``:
 
 ==========================  ==========================  ========================================
 column                      type                        meaning
 ==========================  ==========================  ========================================
 uri, status, error,         as above
-error_kind, width, height
+error_kind, input_version,
+width, height
 p_old, p_new                float32                     in-class probability of each version
 cam_old, cam_new            fixed_shape_tensor float32  raw in-class CAMs (h, w)
 gained                      fixed_shape_tensor float32  ADDK(ReLU(cam_new), ReLU(cam_old)): where
@@ -103,7 +110,9 @@ from dualcam.maps.numerics import DEFAULT_PRECISION, check_precision
 RUN_FILE = "_run.json"
 FLOAT, INT, TENSOR = "float32", "int32", "tensor"
 """Types of computed columns: a float32 or int32 per row, or an (h, w) float32 map per row."""
-_FRAME_HEAD = ("uri", "status", "error", "error_kind", "width", "height")
+VERSION = "input_version"
+"""The column that says which version of its input a row scored (``storage.Read.version``)."""
+_FRAME_HEAD = ("uri", "status", "error", "error_kind", VERSION, "width", "height")
 TRANSIENT, PERMANENT = "transient", "permanent"
 """The two kinds of error row (``error_kind``): tried again by the next run, or only when asked to."""
 _ID_FIELDS = ("class", "version", "sha256")
@@ -134,12 +143,12 @@ class Layout:
 SCORE = Layout("score", ("c1", "c2"), (
     ("p1", FLOAT), ("p2", FLOAT), ("cam1", TENSOR), ("cam2", TENSOR), ("heatmap", TENSOR), ("heatmap_max", FLOAT),
     ("overlap", FLOAT), *((name, INT) for name in ("peak_x", "peak_y", "box_x", "box_y", "box_w", "box_h")),
-), schema_version=3)
+), schema_version=4)
 DRIFT = Layout("drift", ("old", "new"), (
     ("p_old", FLOAT), ("p_new", FLOAT), ("cam_old", TENSOR), ("cam_new", TENSOR), ("gained", TENSOR), ("lost", TENSOR),
     ("cam_correlation", FLOAT), ("peak_shift_px", FLOAT), ("extra_mass_outside_old_top", FLOAT), ("delta_p", FLOAT),
     ("gained_peak_x", INT), ("gained_peak_y", INT),
-), schema_version=2)
+), schema_version=3)
 LAYOUTS = {layout.kind: layout for layout in (SCORE, DRIFT)}
 SCHEMA_VERSION = SCORE.schema_version
 OUTPUT_COLUMNS = SCORE.columns
@@ -260,6 +269,7 @@ def result_table(
         "status": pa.array(np.where(ok, "ok", "error"), pa.string()),
         "error": pa.array(list(errors), pa.string()),
         "error_kind": pc.if_else(pa.array(ok), pa.scalar(None, pa.string()), pc.fill_null(kinds, PERMANENT)),
+        VERSION: inputs.column(VERSION) if VERSION in inputs.column_names else pa.nulls(n, pa.string()),
     }
     for name in ("width", "height"):
         columns[name] = inputs.column(name).cast(pa.int32())
@@ -292,7 +302,7 @@ def _scatter(values: np.ndarray, ok: np.ndarray, dtype: pa.DataType) -> pa.Array
 
 def check_passthrough(column_names: Sequence[str], layout: Layout = SCORE) -> None:
     """Refuse manifest columns that would clash with result columns (a clear error before any work)."""
-    clashes = sorted(set(column_names) & (set(layout.columns) | set(_LOADER_COLUMNS)) - {"uri"})
+    clashes = sorted(set(column_names) & (set(layout.columns) | set(_LOADER_COLUMNS)) - {"uri", VERSION})
     if clashes:
         raise ValueError(f"manifest columns {', '.join(clashes)} clash with dualcam's result columns; rename them")
 
@@ -388,21 +398,24 @@ def retried(status: pa.ChunkedArray | pa.Array, kind: pa.ChunkedArray | pa.Array
     return failed if retry_errors else pc.and_(failed, pc.fill_null(pc.equal(kind, TRANSIENT), False))
 
 
-def drop_error_rows(output: str, retry_errors: bool = False) -> int:
-    """Rewrite each file of ``output`` that holds rows to try again (``retried``) without them; returns how
-    many went.
+def drop_rows_to_redo(output: str, retry_errors: bool = False, changed: pa.Array | None = None) -> int:
+    """Rewrite each file of ``output`` that holds rows to score again without them: error rows to try
+    again (``retried``) and the rows of the inputs ``changed`` (URIs) since they were scored; returns
+    how many went.
 
     Each file is replaced whole (atomically), so at every moment each input is in the output
     once or not at all: a run that then stops leaves the dropped inputs to the next run.
     """
+    changed = pa.array([], pa.string()) if changed is None else changed
     dropped = 0
     for uri in data_files(output):
-        rows = _read_parquet(uri, columns=["status", "error_kind"])
-        again = retried(rows.column("status"), rows.column("error_kind"), retry_errors)
-        errors = pc.sum(again).as_py() or 0
-        if errors:
+        rows = _read_parquet(uri, columns=["uri", "status", "error_kind"])
+        again = pc.or_(retried(rows.column("status"), rows.column("error_kind"), retry_errors),
+                       pc.is_in(rows.column("uri"), value_set=changed))
+        count = pc.sum(again).as_py() or 0
+        if count:
             _rewrite_keeping(uri, pc.invert(again))
-            dropped += errors
+            dropped += count
     return dropped
 
 

@@ -110,8 +110,27 @@ def _s3_error(uri: str, err: Exception) -> Exception:
     return TransientError(f"{uri}: S3 unreachable or misconfigured ({type(err).__name__}: {err})")
 
 
+class Read(NamedTuple):
+    """A file's or object's bytes and which version of it they are (``version_of``)."""
+
+    data: bytes
+    version: str | None
+    """``<size>:<mtime_ns>`` of a file, the ETag of an S3 object; None where the store has none."""
+
+
+def file_version(info: os.stat_result) -> str:
+    """A file's version: its size and modification time, which any rewrite of it changes."""
+    return f"{info.st_size}:{info.st_mtime_ns}"
+
+
 def read_bytes(uri: str, timeout: float | None = None, max_bytes: int | None = None) -> bytes:
-    """The whole object or file. Raises FileNotFoundError if absent, StorageError otherwise.
+    """The whole object or file (``read``, without its version)."""
+    return read(uri, timeout, max_bytes).data
+
+
+def read(uri: str, timeout: float | None = None, max_bytes: int | None = None) -> Read:
+    """The whole object or file, and its version as read. Raises FileNotFoundError if absent,
+    StorageError otherwise.
 
     Only regular files are read: a named pipe, a device or a folder raises StorageError at once
     (a pipe would otherwise wait for a writer forever). With ``timeout`` (seconds), a read that has
@@ -119,16 +138,41 @@ def read_bytes(uri: str, timeout: float | None = None, max_bytes: int | None = N
     With ``max_bytes``, a larger file or object raises ``TooLarge`` before any of it is read.
     """
     if timeout is not None:
-        return with_deadline(lambda: read_bytes(uri, max_bytes=max_bytes), timeout, uri)
+        return with_deadline(lambda: read(uri, max_bytes=max_bytes), timeout, uri)
     if not is_s3(uri):
         return _read_regular_file(uri, max_bytes)
     bucket, key = split_s3(uri)
     try:
         answer = s3_client().get_object(Bucket=bucket, Key=key)
         check_size(uri, answer["ContentLength"], max_bytes)
-        return answer["Body"].read()
+        return Read(answer["Body"].read(), _etag(answer))
     except (ClientError, BotoCoreError) as err:
         raise _s3_error(uri, err) from None
+
+
+def _etag(answer: dict[str, Any]) -> str | None:
+    """An S3 answer's ETag without its quotes: what a listing of the same object says."""
+    etag = answer.get("ETag")
+    return etag.strip('"') if etag else None
+
+
+def version_of(uri: str) -> str | None:
+    """The version ``read`` would give for ``uri`` now, without reading it (a ``stat``, an S3 HEAD);
+    None when it is absent or unreadable (its read then fails with the reason)."""
+    try:
+        if not is_s3(uri):
+            return file_version(os.stat(uri))
+        bucket, key = split_s3(uri)
+        return _etag(s3_client().head_object(Bucket=bucket, Key=key))
+    except (OSError, ClientError, BotoCoreError):
+        return None
+
+
+def versions(uris: pa.Array | pa.ChunkedArray, workers: int = LIST_WORKERS) -> pa.Array:
+    """``version_of`` each URI, ``workers`` at once: a request per URI, for the few thousand of a training set
+    (an archive's listing carries its versions for free)."""
+    with ThreadPoolExecutor(workers) as pool:
+        return pa.array(list(pool.map(version_of, uris.to_pylist())), pa.string())
 
 
 class TooLarge(StorageError):
@@ -142,7 +186,7 @@ def check_size(uri: str, size: int | None, max_bytes: int | None) -> None:
                        "not read")
 
 
-def _read_regular_file(path: str, max_bytes: int | None = None) -> bytes:
+def _read_regular_file(path: str, max_bytes: int | None = None) -> Read:
     # O_NONBLOCK: opening a named pipe returns at once instead of waiting for a writer; fstat then
     # looks at what was opened, so a file swapped for a pipe after listing is caught too.
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -156,7 +200,8 @@ def _read_regular_file(path: str, max_bytes: int | None = None) -> bytes:
         raise
     os.set_blocking(fd, True)
     with os.fdopen(fd, "rb") as f:
-        return f.read()
+        # the version before the read: one that a rewrite during it changed is rescored by the next run
+        return Read(f.read(), file_version(info))
 
 
 def _file_kind(mode: int) -> str:
@@ -344,49 +389,60 @@ def list_files(uri: str) -> list[str]:
 
 
 def list_uris(uri: str, workers: int = LIST_WORKERS) -> pa.ChunkedArray:
-    """Every file under a local folder or s3:// prefix as a sorted Arrow array (a file URI lists itself).
+    """The ``uri`` column of ``list_versioned``."""
+    return list_versioned(uri, workers).column("uri")
 
-    An archive of millions of files stays one Arrow buffer (its URIs' bytes plus 4 per file), never a
-    Python object per file. Local folders are walked in one ``os.scandir`` pass (no ``stat`` per file);
-    s3:// prefixes are listed by up to ``workers`` requests at once (``_list_s3``). Raises
-    FileNotFoundError when nothing is there, StorageError for other S3 failures.
+
+def list_versioned(uri: str, workers: int = LIST_WORKERS) -> pa.Table:
+    """Every file under a local folder or s3:// prefix, sorted, with its version (``Read.version``, null
+    where it cannot be known): Arrow columns ``uri`` and ``version``; a file URI lists itself.
+
+    An archive of millions of files stays a few Arrow buffers (its URIs' and versions' bytes plus 8 per
+    file), never a Python object per file. Local folders are walked in one ``os.scandir`` pass, a
+    ``stat`` per file for its version; s3:// prefixes are listed by up to ``workers`` requests at once
+    (``_list_s3``), the versions (ETags) coming with the keys. Raises FileNotFoundError when nothing is
+    there, StorageError for other S3 failures.
     """
     if is_s3(uri):
         bucket, prefix = split_s3(uri)
         if prefix and not prefix.endswith("/"):
             prefix += "/"
         try:
-            keys = _list_s3(s3_client(), bucket, prefix, workers)
+            listed = _list_s3(s3_client(), bucket, prefix, workers)
         except (ClientError, BotoCoreError) as err:
             raise _s3_error(uri, err) from None
-        markers = pc.ends_with(keys, "/")  # "folder/" objects mark folders: they are not files
-        return _sorted(keys.filter(pc.invert(markers)) if pc.any(markers).as_py() else keys, f"s3://{bucket}/")
+        markers = pc.ends_with(listed.column("uri"), "/")  # "folder/" objects mark folders: they are not files
+        return _sorted(listed.filter(pc.invert(markers)) if pc.any(markers).as_py() else listed, f"s3://{bucket}/")
     path = Path(uri)
     if path.is_file():
-        return pa.chunked_array([[str(path)]], pa.string())
+        return pa.table({"uri": [str(path)], "version": [file_version(path.stat())]})
     if not path.is_dir():
         raise FileNotFoundError(f"{uri}: no such file or folder")
     return _sorted(_list_local(str(path)))
 
 
-def _sorted(names: pa.StringArray, prefix: str = "") -> pa.ChunkedArray:
-    """``prefix + name`` for each name, in sorted order; built a chunk at a time so that the names are
-    held twice at most, not three times (unsorted, sorted, prefixed)."""
-    order = pc.sort_indices(names)
-    chunks = [pc.binary_join_element_wise(prefix, names.take(order.slice(i, _CHUNK)), "") if prefix
-              else names.take(order.slice(i, _CHUNK)) for i in range(0, len(names), _CHUNK)]
-    return pa.chunked_array(chunks, pa.string())
+def _sorted(listed: pa.Table, prefix: str = "") -> pa.Table:
+    """The rows in the order of their ``uri``, each made ``prefix + uri``; built a chunk at a time so that
+    the names are held twice at most, not three times (unsorted, sorted, prefixed)."""
+    order = pc.sort_indices(listed.column("uri"))
+    chunks = []
+    for i in range(0, len(order), _CHUNK):
+        chunk = listed.take(order.slice(i, _CHUNK))
+        if prefix:
+            chunk = chunk.set_column(0, "uri", pc.binary_join_element_wise(prefix, chunk.column("uri"), ""))
+        chunks.append(chunk)
+    return pa.concat_tables(chunks) if chunks else listed
 
 
 _CHUNK = 65_536  # names held as Python strings before they move into Arrow
 
 
-def _list_local(root: str) -> pa.Array:
+def _list_local(root: str) -> pa.Table:
     """Everything under ``root`` but folders, one ``os.scandir`` pass; symlinked folders are not followed,
     symlinked files are taken. A named pipe or a dangling link is listed too, so that it gets its error
     row instead of going missing. An unreadable folder raises (PermissionError naming it): skipping it
     would lose inputs unseen."""
-    chunks, names, folders = [], [], [root]
+    chunks, names, versions, folders = [], [], [], [root]
     while folders:
         with os.scandir(folders.pop()) as entries:
             for entry in entries:
@@ -394,11 +450,19 @@ def _list_local(root: str) -> pa.Array:
                     folders.append(entry.path)
                 elif not entry.is_dir():
                     names.append(entry.path)
+                    versions.append(_entry_version(entry))
         if len(names) >= _CHUNK:
-            chunks.append(pa.array(names, pa.string()))
-            names = []
-    chunks.append(pa.array(names, pa.string()))
-    return pa.chunked_array(chunks, pa.string())
+            chunks.append(pa.table({"uri": pa.array(names, pa.string()), "version": pa.array(versions, pa.string())}))
+            names, versions = [], []
+    chunks.append(pa.table({"uri": pa.array(names, pa.string()), "version": pa.array(versions, pa.string())}))
+    return pa.concat_tables(chunks)
+
+
+def _entry_version(entry: os.DirEntry[str]) -> str | None:
+    try:
+        return file_version(entry.stat())
+    except OSError:  # a dangling link: its read says why
+        return None
 
 
 _EXPAND_BELOW = 2
@@ -417,8 +481,9 @@ class _Span:
     last: str
 
 
-def _list_s3(client: S3Client, bucket: str, prefix: str, workers: int) -> pa.Array:
-    """The keys under ``prefix``, exactly those a single ``list_objects_v2`` paginator returns, in any order.
+def _list_s3(client: S3Client, bucket: str, prefix: str, workers: int) -> pa.Table:
+    """The keys under ``prefix`` (column ``uri``) and their ETags (``version``), exactly those a single
+    ``list_objects_v2`` paginator returns, in any order.
 
     A single paginator is one request after another, 1,000 keys each: 10,000 round trips for 10
     million objects. Here the tree is fanned out instead: prefixes are listed with ``Delimiter="/"``
@@ -442,16 +507,16 @@ def _list_s3(client: S3Client, bucket: str, prefix: str, workers: int) -> pa.Arr
                 keys += pool.map(lambda span: _list_span(client, bucket, span), spans)
                 break
             level = [sub for _, subs in children for sub in subs]
-    return pa.chunked_array(keys, pa.string()).combine_chunks()
+    return pa.concat_tables(keys).combine_chunks()
 
 
-def _list_level(client: S3Client, bucket: str, prefix: str) -> tuple[pa.Array, list[str]]:
+def _list_level(client: S3Client, bucket: str, prefix: str) -> tuple[pa.Table, list[str]]:
     """One level under ``prefix``: its own keys, and its sub-prefixes (sorted)."""
-    keys, prefixes = [], []
+    pages, prefixes = [], []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
-        keys += [obj["Key"] for obj in page.get("Contents", ())]
+        pages.append(_page_keys(page))
         prefixes += [p["Prefix"] for p in page.get("CommonPrefixes", ())]
-    return pa.array(keys, pa.string()), sorted(prefixes)
+    return pa.concat_tables(pages or [_page_keys({})]), sorted(prefixes)
 
 
 def _spans(children: list[tuple[str, list[str]]], most: int) -> list[_Span]:
@@ -465,31 +530,36 @@ def _spans(children: list[tuple[str, list[str]]], most: int) -> list[_Span]:
     return spans
 
 
-def _list_span(client: S3Client, bucket: str, span: _Span) -> pa.Array:
+def _list_span(client: S3Client, bucket: str, span: _Span) -> pa.Table:
     """Every key in the span's subtrees: under its one sub-prefix, or (several) from the first in key order
     until past the last, leaving out the keys directly under the parent (its delimiter listing had them)."""
     paginator = client.get_paginator("list_objects_v2")
     if span.first == span.last:
         pages = paginator.paginate(Bucket=bucket, Prefix=span.first)
-        return pa.chunked_array([_page_keys(page) for page in pages], pa.string()).combine_chunks()
+        return pa.concat_tables([_page_keys(page) for page in pages] or [_page_keys({})])
     # A key >= first lies in first's subtree or after it; S3 returns keys in UTF-8 binary order, as Arrow compares.
     pages = paginator.paginate(Bucket=bucket, Prefix=os.path.commonprefix([span.first, span.last]),
                                StartAfter=span.first[:-1])
-    kept = []
+    kept = [_page_keys({})]
     for page in pages:
-        keys = _page_keys(page)
+        listed = _page_keys(page)
+        keys = listed.column("uri")
         past = pc.and_not(pc.greater(keys, span.last), pc.starts_with(keys, span.last))
         end = pc.index(past, True).as_py()
-        keys = keys if end < 0 else keys.slice(0, end)
+        listed = listed if end < 0 else listed.slice(0, end)
+        keys = listed.column("uri")
         nested = pc.match_substring(pc.utf8_slice_codeunits(keys, len(span.parent)), "/")
-        kept.append(keys.filter(pc.and_(pc.greater_equal(keys, span.first), nested)))
+        kept.append(listed.filter(pc.and_(pc.greater_equal(keys, span.first), nested)))
         if end >= 0:
             break
-    return pa.chunked_array(kept, pa.string()).combine_chunks()
+    return pa.concat_tables(kept)
 
 
-def _page_keys(page: dict[str, Any]) -> pa.Array:
-    return pa.array([obj["Key"] for obj in page.get("Contents", ())], pa.string())
+def _page_keys(page: dict[str, Any]) -> pa.Table:
+    """A listing page's keys (``uri``) and ETags (``version``, unquoted)."""
+    objects = page.get("Contents", ())
+    return pa.table({"uri": pa.array([obj["Key"] for obj in objects], pa.string()),
+                     "version": pa.array([_etag(obj) for obj in objects], pa.string())})
 
 
 def arrow_source(uri: str) -> tuple[str, pafs.FileSystem | None]:

@@ -165,7 +165,7 @@ def _figures(
     for rank, row in enumerate(summary["top"], 1):
         uri, i = row["uri"], index[row["uri"]]
         try:
-            image = decode_image(read_input(uri), uri)
+            image = decode_image(read_input(uri).data, uri)
         except (DecodeError, OSError) as err:
             skipped.append(str(err) if uri in str(err) else f"{uri}: {err}")
             continue

@@ -210,7 +210,7 @@ def _draw(
     for i, row in enumerate(chosen.select(["uri", "p1", "p2", *_optional(chosen, "label", "overlap")]).to_pylist()):
         uri = row["uri"]
         try:
-            image = decode_image(read_input(uri), uri)
+            image = decode_image(read_input(uri).data, uri)
         except (DecodeError, OSError) as err:
             skipped.append(str(err) if uri in str(err) else f"{uri}: {err}")
             continue

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dualcam.io import storage
-from dualcam.io.results import read_results_in_parts, retried
+from dualcam.io.results import VERSION, read_results_in_parts, retried
 
 MAX_ROWS_PER_BLOCK = 1024
 PART_ROWS = 65_536
@@ -37,30 +37,43 @@ class Progress:
     retried: int
     """Inputs in the output only as error rows that a run scores again (they are pending): transient ones,
     or all with ``retry_errors`` (``results.retried``)."""
+    changed: pa.Array
+    """URIs of inputs in the output whose rows scored another version than the one listed now (pending:
+    a run drops their rows and scores them again)."""
 
 
 def progress(inputs: pa.Table, output: str, retry_errors: bool = False) -> Progress:
-    """Set the inputs against the rows of ``output``; reads nothing but its ``uri``, ``status`` and
-    ``error_kind`` columns and changes nothing.
+    """Set the inputs against the rows of ``output``; reads nothing but its ``uri``, ``status``,
+    ``error_kind`` and ``input_version`` columns and changes nothing.
 
-    A hashed set difference in Arrow (``is_in``), taken against the output a part at a time: a hash
-    set holds its URIs about 2.5 times over, so parts of at most a quarter as many rows as there are
-    inputs keep the driver's memory per input bounded however much of the archive is done, for
-    at most five passes over the inputs.
+    An input is done when the output holds a row of it that is not to be retried and that scored the
+    version listed now (or either version is unknown). A hashed set difference in Arrow (``is_in``),
+    taken against the output a part at a time: a hash set holds its URIs about 2.5 times over, so
+    parts of at most a quarter as many rows as there are inputs keep the driver's memory per input
+    bounded however much of the archive is done, for at most five passes over the inputs. Inputs
+    with versions cost one more copy of their URIs, joined to their versions, for the comparison.
     """
     release_unused()  # what reading the inputs freed
     uris = inputs.column("uri")
-    skip = retry = pc.is_in(uris, value_set=pa.array([], pa.string()))  # all false
-    for part in read_results_in_parts(output, ["uri", "status", "error_kind"], rows=max(PART_ROWS, len(uris) // 4)):
+    listed = inputs.column(VERSION) if VERSION in inputs.column_names else pa.nulls(len(uris), pa.string())
+    keys = pc.binary_join_element_wise(uris, listed, "\n")  # null where the version is unknown
+    skip = retry = changed = pc.is_in(uris, value_set=pa.array([], pa.string()))  # all false
+    columns = ["uri", "status", "error_kind", VERSION]
+    for part in read_results_in_parts(output, columns, rows=max(PART_ROWS, len(uris) // 4)):
         written = part.column("uri")
         failed = retried(part.column("status"), part.column("error_kind"), retry_errors)
         retry = pc.or_(retry, pc.is_in(uris, value_set=written.filter(failed)))
-        written = written.filter(pc.invert(failed))
-        skip = pc.or_(skip, pc.is_in(uris, value_set=written))
+        versioned = pc.is_valid(part.column(VERSION))
+        same = pc.is_in(keys, value_set=pc.binary_join_element_wise(written, part.column(VERSION), "\n")
+                        .filter(versioned))
+        changed = pc.or_(changed, pc.and_(pc.is_in(uris, value_set=written.filter(versioned)),
+                                          pc.and_not(pc.is_valid(keys), same)))
+        skip = pc.or_(skip, pc.is_in(uris, value_set=written.filter(pc.invert(failed))))
         del part, written
+    skip = pc.and_not(skip, changed)
     pending = pc.indices_nonzero(pc.invert(skip))
     release_unused()
-    return Progress(pending, len(uris) - len(pending), pc.sum(retry).as_py() or 0)
+    return Progress(pending, len(uris) - len(pending), pc.sum(retry).as_py() or 0, uris.filter(changed))
 
 
 @dataclass(frozen=True)
@@ -260,6 +273,7 @@ class RunPlan:
     done: int
     retried: int
     retry_errors: bool
+    changed: int
     pending: int
     limit: int | None
     batch_size: int
@@ -281,6 +295,8 @@ class RunPlan:
         if self.retried or self.retry_errors:
             which = "error rows (--retry-errors)" if self.retry_errors else "transient error rows"
             lines.append(f"  to retry      {self.retried:>12,}  inputs with {which}")
+        if self.changed:
+            lines.append(f"  changed       {self.changed:>12,}  inputs since they were scored: scored again")
         lines.append(f"  to score      {self.to_score:>12,}" + (
             f"  of {self.pending:,} not yet scored (--limit {self.limit:,})" if self.limit is not None else ""))
         if self.rates:

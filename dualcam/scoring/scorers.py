@@ -39,6 +39,7 @@ from dualcam.io.results import (
     PERMANENT,
     SCORE,
     TRANSIENT,
+    VERSION,
     Layout,
     RunSpec,
     error_kind_of,
@@ -77,6 +78,8 @@ class _Loaded(NamedTuple):
     error: str | None = None
     kind: str | None = None
     data: bytes | None = None
+    version: str | None = None
+    """Which version of the input was read (``storage.Read.version``)."""
 
     @classmethod
     def failed(cls, uri: str, err: Exception) -> _Loaded:
@@ -113,10 +116,10 @@ def _load_one(
     max_input_bytes: int,
 ) -> _Loaded:
     try:
-        data = read_input(uri, read_timeout, slots, max_input_bytes)
-        if device_jpeg and device_decode.takes(data, max_pixels):
-            return _Loaded(data=data)
-        return _decoded(uri, data, meta, max_pixels)
+        read = read_input(uri, read_timeout, slots, max_input_bytes)
+        if device_jpeg and device_decode.takes(read.data, max_pixels):
+            return _Loaded(data=read.data, version=read.version)
+        return _decoded(uri, read.data, meta, max_pixels)._replace(version=read.version)
     except Exception as err:  # any failure is this row's error, never the batch's
         return _Loaded.failed(uri, err)
 
@@ -139,8 +142,15 @@ def _with_inputs(batch: pa.Table, loaded: Sequence[_Loaded], input_size: int) ->
         if row.x is not None:
             pixels[i] = row.x
     sizes = [row.size for row in loaded]
+    # the version read; where the read failed, the version listed: an input fixed since is rescored
+    read = pa.array([row.version for row in loaded], pa.string())
+    if VERSION in batch.column_names:
+        listed = batch.column(VERSION)
+        batch = batch.drop_columns([VERSION])
+        read = pc.coalesce(read, listed)
     return (
-        batch.append_column("pixels", tensor_array(pixels, ok))
+        batch.append_column(VERSION, read)
+        .append_column("pixels", tensor_array(pixels, ok))
         .append_column("width", pa.array([s[1] if s else None for s in sizes], pa.int32()))
         .append_column("height", pa.array([s[0] if s else None for s in sizes], pa.int32()))
         .append_column("error", pa.array([row.error for row in loaded], pa.string()))
