@@ -70,6 +70,9 @@ def test_dropping_error_rows_keeps_the_rest_whole(tmp_path):
     np.testing.assert_array_equal(to_numpy(left.column("heatmap")), heat[[0, 2, 0]])
     # rewritten files get the mode of any new file (as Ray's writes), not a temporary file's 0600
     assert {p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {new_file_mode()}
+    assert drop_rows_to_redo(str(tmp_path), changed=pa.array(["a"])) == 2  # an input changed since: all its rows
+    assert read_results(str(tmp_path), ["uri"]).column("uri").to_pylist() == ["c"]
+    assert [p.name for p in tmp_path.iterdir()] == ["part-1.parquet"]  # a file left with no rows is deleted
 
 
 def test_repeated_rows_are_found_and_repaired_keeping_one_ok_row_per_input(tmp_path):

@@ -406,12 +406,12 @@ def drop_rows_to_redo(output: str, retry_errors: bool = False, changed: pa.Array
     Each file is replaced whole (atomically), so at every moment each input is in the output
     once or not at all: a run that then stops leaves the dropped inputs to the next run.
     """
-    changed = pa.array([], pa.string()) if changed is None else changed
-    dropped = 0
+    dropped, by_uri = 0, changed is not None and len(changed) > 0
     for uri in data_files(output):
-        rows = _read_parquet(uri, columns=["uri", "status", "error_kind"])
-        again = pc.or_(retried(rows.column("status"), rows.column("error_kind"), retry_errors),
-                       pc.is_in(rows.column("uri"), value_set=changed))
+        rows = _read_parquet(uri, columns=["status", "error_kind"] + (["uri"] if by_uri else []))
+        again = retried(rows.column("status"), rows.column("error_kind"), retry_errors)
+        if by_uri:  # the URI column, the bulk of a file's bytes, only read when needed
+            again = pc.or_(again, pc.is_in(rows.column("uri"), value_set=changed))
         count = pc.sum(again).as_py() or 0
         if count:
             _rewrite_keeping(uri, pc.invert(again))
