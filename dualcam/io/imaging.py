@@ -335,7 +335,8 @@ def _check_compressed_frame(ds: Dataset, name: str, width: int, height: int) -> 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            frame = Image.open(io.BytesIO(next(generate_frames(ds.PixelData, number_of_frames=1))))
+            frame = Image.open(io.BytesIO(next(generate_frames(ds.PixelData, number_of_frames=1))),
+                               formats=("JPEG", "JPEG2000"))  # as pydicom's Pillow decoder opens it
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         claimed = re.search(r"\((\d+) pixels\)", str(err))
         raise DecodeError(
