@@ -231,8 +231,40 @@ def test_a_failed_runs_log_goes_beside_its_output_or_else_to_the_temporary_folde
     assert log.startswith(f"{output}/_logs/dualcam-") and log.endswith(".log")
     assert "LeaseLost: another run took over the output" in storage.read_bytes(log).decode()
     fallback = Path(logged("s3://no-such-bucket-for-dualcam/results"))  # the output's storage refuses it
-    assert fallback.parent == Path(tempfile.gettempdir()) / "dualcam-logs" and "LeaseLost" in fallback.read_text()
+    assert fallback.parent == Path(tempfile.gettempdir()) / f"dualcam-logs-{os.getuid()}"
+    assert "LeaseLost" in fallback.read_text()
     fallback.unlink()
+
+
+def test_a_log_in_the_temporary_folder_is_this_users_alone(tmp_path, monkeypatch):
+    from dualcam.io import errorlog
+
+    monkeypatch.delenv("DUALCAM_LOG_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the system's temporary folder, for this test
+    folder = tmp_path / f"dualcam-logs-{os.getuid()}"
+    first, second = (Path(errorlog.write_log(RuntimeError(f"failure {n}"))) for n in (1, 2))
+    assert first.parent == second.parent == folder and first != second  # both kept, even in the same second
+    assert "RuntimeError: failure 2" in second.read_text()
+    assert (folder.stat().st_mode & 0o777, first.stat().st_mode & 0o777) == (0o700, 0o600)
+
+    folder.chmod(0o777)  # a folder others may write in: they could replace a log, or read the next
+    with pytest.raises(OSError, match=rf"could not write the log of RuntimeError to {folder} \({folder}: a folder, "
+                                      rf"owned by uid {os.getuid()}, mode 777; a log goes only into a folder that this "
+                                      r"user \(uid \d+\) owns and no one else can write\)"):
+        errorlog.write_log(RuntimeError("failure 3"))
+    folder.chmod(0o700)
+    elsewhere = tmp_path / "planted"
+    elsewhere.mkdir(mode=0o700)
+    for log in folder.iterdir():
+        log.unlink()
+    folder.rmdir()
+    folder.symlink_to(elsewhere)  # a link planted in its place
+    with pytest.raises(OSError, match=rf"{folder}: not a folder \(a link\?\)"):
+        errorlog.write_log(RuntimeError("failure 4"))
+    assert not list(elsewhere.iterdir())
+
+    monkeypatch.setenv("DUALCAM_LOG_DIR", str(tmp_path / "chosen"))  # the user's own choice, as before
+    assert Path(errorlog.write_log(RuntimeError("failure 5"))).parent == tmp_path / "chosen"
 
 
 def test_expert_show_takes_a_folder_of_versions_as_score_does(tmp_path):

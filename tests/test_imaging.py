@@ -14,11 +14,13 @@ from PIL import Image
 from dualcam.io.checkpoints import ExpertMeta
 from dualcam.io.imaging import (
     IMAGE_SUFFIXES,
+    MAX_PIXEL_BYTES,
     MAX_PIXELS,
     DecodeError,
     decode_image,
     image_names,
     is_image_name,
+    max_decoded_bytes,
     model_input,
     preprocess,
 )
@@ -154,6 +156,61 @@ def test_decompression_bomb_is_refused_before_decoding():
     with pytest.raises(DecodeError, match=r"^big.png: header claims 8000 x 7000 pixels"):
         model_input(png_header_only(8000, 7000), "big.png", META)
     assert MAX_PIXELS >= 4300 * 4300
+
+
+def _dicom_of(pixels: np.ndarray, bits: int, samples: int = 1, frames: int = 1) -> bytes:
+    """A DICOM of ``pixels`` (rows, cols[, samples]) stored in ``bits``-bit samples, ``frames`` times over."""
+    rows, cols = pixels.shape[:2]
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(rows, cols, np.zeros((rows, cols)))))
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, bits, bits - 1
+    if samples > 1:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = samples, "RGB", 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.PixelData = np.concatenate([pixels.astype(f"<u{bits // 8}").ravel()] * frames).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
+
+
+def test_decoded_size_is_bounded_in_bytes_not_only_in_pixels():
+    rgb = np.random.default_rng(5).integers(0, 256, (10, 10, 3))
+    # 100 pixels of 3 16-bit samples: 600 bytes, what 100 pixels may take; decoded
+    np.testing.assert_allclose(decode_image(_dicom_of(rgb, 16, 3), "rgb16.dcm", max_pixels=100), rgb / 65535, atol=1e-6)
+    # the same pixels in 32-bit samples: within the pixel limit, twice the byte limit
+    with pytest.raises(DecodeError, match=r"^rgb32.dcm: header claims 10 x 10 pixels of 12 bytes: 1,200 bytes decoded, "
+                                          r"over the limit of 600 \(dualcam.MAX_PIXELS x 6 bytes\); not decoded"):
+        decode_image(_dicom_of(rgb, 32, 3), "rgb32.dcm", max_pixels=100)
+    with pytest.raises(DecodeError, match=r"^frames.dcm: header claims 10 x 10 pixels of 2 bytes in 4 frames: 800 "):
+        model_input(_dicom_of(rgb[..., 0], 16, frames=4), "frames.dcm", META, max_pixels=100)
+    assert MAX_PIXEL_BYTES * MAX_PIXELS == max_decoded_bytes() == 300_000_000
+
+
+def _jpeg_dicom(side: int, rows: int = 8) -> bytes:
+    """A JPEG-baseline DICOM whose header claims ``rows`` x ``rows`` pixels and whose frame is ``side`` x ``side``."""
+    frame = io.BytesIO()
+    Image.new("L", (side, side)).save(frame, "JPEG")
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(rows, rows, np.zeros((rows, rows)))))
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGBaseline8Bit
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = pydicom.encaps.encapsulate([frame.getvalue()])
+    ds["PixelData"].VR = "OB"
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
+
+
+def test_a_dicom_frame_larger_than_its_header_is_refused_at_dualcams_limit_before_decoding():
+    assert Image.MAX_IMAGE_PIXELS == MAX_PIXELS
+    # 50.4 MP: over dualcam's limit, under Pillow's default one (89 MP), in a file whose header claims 8 x 8
+    with pytest.raises(DecodeError, match=r"^lying.dcm: its compressed pixel data holds a frame of 50410000 pixels, "
+                                          r"over the limit of 50000000 \(dualcam.MAX_PIXELS\), though its header "
+                                          r"claims 8 x 8: refusing a possible decompression bomb"):
+        decode_image(_jpeg_dicom(7100), "lying.dcm")
+    with pytest.raises(DecodeError, match=r"^small-lie.dcm: its compressed frame is 64 x 64 pixels, though its header "
+                                          r"claims 8 x 8; not decoded"):
+        decode_image(_jpeg_dicom(64), "small-lie.dcm")
+    assert decode_image(_jpeg_dicom(8), "honest.dcm").shape == (8, 8)
 
 
 def test_generated_dicom_with_window_and_rescale():

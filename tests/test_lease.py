@@ -1,6 +1,7 @@
 """One writer per output: the lease, held by real processes, locally and on S3 (moto), refused, waited for,
 expired after a SIGKILL, and lost after a pause. No Ray."""
 
+import re
 import signal
 import socket
 import subprocess
@@ -52,7 +53,8 @@ def test_a_second_run_is_refused_naming_the_holder_until_the_first_ends(output):
     recorded = Holder.from_json(storage.read_bytes(storage.join(output, LEASE_FILE)))
     assert (recorded.host, recorded.pid) == (socket.gethostname(), holder.pid)
     pattern = (rf"{output} is being written by another run \(held by host {socket.gethostname()}, pid {holder.pid}, "
-               r"started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC, lease expires .* UTC unless renewed\); .*--wait-for-lease")
+               r"started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC, lease expires .* UTC unless renewed; last renewed \d+ s "
+               r"ago\); .*--wait-for-lease")
     with pytest.raises(LeaseHeld, match=pattern), Lease(output):
         pass
     assert finish(holder) == (0, "")
@@ -178,3 +180,43 @@ def test_a_waiting_run_gives_up_after_its_timeout(output, monkeypatch):
         pass
     assert 1 <= time.monotonic() - started < 10
     assert finish(holder) == (0, "")
+
+
+def process_state(pid: int) -> str:
+    return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads a process's state in /proc")
+def test_a_stopped_holder_is_named_with_its_silent_heartbeat_and_its_lock_is_not_taken(tmp_path, monkeypatch):
+    monkeypatch.setattr(lease, "POLL_SECONDS", 0.2)
+    output = str(tmp_path / "out")
+    holder = hold(output, seconds=1)  # renews every third of a second while it runs
+    try:
+        holder.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while process_state(holder.pid) != "T" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.5)  # past a whole lease without a heartbeat
+        stopped = (rf"last renewed [1-9]\d* s ago; pid {holder.pid} on this host is stopped \(SIGSTOP\); resume it "
+                   rf"with kill -CONT {holder.pid} or end it")
+        with pytest.raises(LeaseHeld, match=rf"being written by another run \(held by host .*{stopped}\); let it"), \
+                Lease(output):
+            pass
+        said: list[str] = []
+        with pytest.raises(LeaseHeld, match=rf"after waiting 1 s .*{stopped}"), \
+                Lease(output, wait=True, log=said.append, wait_timeout=1):
+            pass
+        assert len(said) == 1 and "is stopped (SIGSTOP)" in said[0]
+        holder.send_signal(signal.SIGCONT)
+        record = storage.join(output, LEASE_FILE)
+        deadline = time.monotonic() + 10
+        while Holder.from_json(storage.read_bytes(record)).renewed_ago() > 0.5 and time.monotonic() < deadline:
+            time.sleep(0.05)  # until its heartbeat renews the lease again
+        with pytest.raises(LeaseHeld) as refused, Lease(output):
+            pass
+        assert "is stopped" not in str(refused.value) and re.search(r"last renewed [01] s ago\)", str(refused.value))
+        assert finish(holder) == (0, "")
+    finally:
+        holder.send_signal(signal.SIGCONT)
+        holder.kill()
+        holder.wait(60)

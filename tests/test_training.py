@@ -5,6 +5,8 @@ import dataclasses
 import io
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -15,7 +17,7 @@ from dualcam.io import storage
 from dualcam.io.checkpoints import latest_version, list_versions
 
 from conftest import kill_driver_when
-from samples import write_labelled_folder
+from samples import png_bytes, write_labelled_folder
 
 TINY = Recipe(arch="resnet18", weights="none", epochs=3, batch_size=8, image_size=64, lr=0.01, seed=3)
 TINY_ARGS = ["--arch", "resnet18", "--weights", "none", "--epochs", "3", "--batch-size", "8",
@@ -189,3 +191,59 @@ def test_training_data_and_output_on_s3(ray_cluster, labelled, s3_bucket):
     assert load_expert(done[0].uri).meta.metrics["history"][0]["train_images"] == 28
     missing = f"1 listed images are missing and left out, e.g. {s3_bucket}/images/B/gone.png"
     assert any(missing in line for line in logged)
+
+
+class Split:
+    """A split as ``train_loop`` reads it from Ray Train (``iter_batches``), from an Arrow table, without Ray."""
+
+    def __init__(self, table: pa.Table):
+        self.table = table
+
+    def iter_batches(self, batch_size: int, batch_format: str):
+        assert batch_format == "pyarrow"
+        for start in range(0, self.table.num_rows, batch_size):
+            yield self.table.slice(start, batch_size)
+
+
+def split_of(folder: Path, n: int, bad: int) -> Split:
+    """``n`` images of a split, half of them positives, the last ``bad`` of them not images at all."""
+    folder.mkdir()
+    uris = []
+    for i in range(n):
+        path = folder / f"{i:02d}.png"
+        pixels = np.full((48, 48), 40 + 150 * (i % 2), np.uint8)
+        path.write_bytes(b"not an image after all" if i >= n - bad else png_bytes(pixels))
+        uris.append(str(path))
+    return Split(pa.table({"uri": uris, "target": pa.array([i % 2 for i in range(n)], pa.int64())}))
+
+
+def test_validation_and_test_images_that_fail_to_load_are_counted_and_too_many_stop_training(tmp_path):
+    from dualcam.distributed import train_loop
+    from dualcam.distributed.train_loop import UnloadedImages, _evaluate, unloaded_note
+    from dualcam.distributed.training import TrainedExpert, results_table
+    from dualcam.io.checkpoints import ExpertMeta, build_expert
+
+    meta = ExpertMeta(arch="resnet18", class_name="A", input_size=64, color_mode="L")
+    model = build_expert("resnet18", "none")
+    cpu = torch.device("cpu")
+    val, test = split_of(tmp_path / "val", 20, bad=1), split_of(tmp_path / "test", 20, bad=0)  # 1 in 20: allowed
+    metrics = _evaluate(model, {"val": val, "test": test}, meta, 8, cpu)
+    first = str(tmp_path / "val" / "19.png")
+    assert (metrics["val_unloaded"], metrics["test_unloaded"]) == (1, 0) and "test_first_unloaded" not in metrics
+    assert metrics["val_first_unloaded"].startswith(f"{first}: not a PNG, JPEG or DICOM file")
+    assert unloaded_note(metrics) == (f"; 1 of the val images could not be loaded, left out of the metrics "
+                                      f"(first: {metrics['val_first_unloaded']})")
+    assert unloaded_note({**metrics, "val_unloaded": 0}) == ""
+
+    flat = {split: {k.split("_", 1)[1]: v for k, v in metrics.items() if k.startswith(f"{split}_")}
+            for split in ("val", "test")}  # as the published expert's metrics hold them
+    table = results_table([TrainedExpert("A", "out/A/v1", dataclasses.replace(meta, metrics=flat), 2)])
+    assert table.splitlines()[-1] == f"A: at epoch 2; 1 of the val images could not be loaded, left out of the " \
+                                     f"metrics (first: {metrics['val_first_unloaded']})"
+
+    too_many = split_of(tmp_path / "test-bad", 20, bad=2)  # 2 in 20: over MAX_UNLOADED_FRACTION
+    assert train_loop.MAX_UNLOADED_FRACTION == 0.05
+    with pytest.raises(UnloadedImages, match=r"^2 of the 20 test images could not be loaded, over 0.05 of them "
+                                             r"\(train_loop.MAX_UNLOADED_FRACTION\): .* First: "
+                                             f"{tmp_path / 'test-bad' / '18.png'}: not a PNG"):
+        _evaluate(model, {"val": val, "test": too_many}, meta, 8, cpu)

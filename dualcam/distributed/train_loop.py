@@ -5,7 +5,10 @@ and a config: the expert's metadata, the recipe, the checkpoint it starts from, 
 and where each epoch's weights go (``--export-epochs``). Every epoch trains on this worker's shard
 of the train split (DDP when the expert has several workers); then rank 0 evaluates the whole
 validation and test splits, saves the state (``STATE_FILE``: model, optimizer, epoch, history) as
-a Ray Train checkpoint and reports the metrics. A restarted run goes on from its latest checkpoint;
+a Ray Train checkpoint and reports the metrics. Validation and test images that fail to load are
+counted in the metrics (``val_unloaded``, ``val_first_unloaded``: the first such file and why) and said
+on the epoch's line; over ``MAX_UNLOADED_FRACTION`` of a split, training stops rather than report
+metrics over the rest. A restarted run goes on from its latest checkpoint;
 each epoch's ``resumed_from_epoch`` says from which (None: the run had not been interrupted).
 
 Epochs are counted from 1 everywhere a person or a file sees them: the line printed per epoch
@@ -36,7 +39,7 @@ from dualcam.io.checkpoints import META_FILE, POSITIVE_INDEX, ExpertMeta, build_
 from dualcam.io.labelled import SPLITS
 from dualcam.io.results import to_numpy
 from dualcam.maps.metrics import binary_metrics
-from dualcam.scoring.archive_options import check_value
+from dualcam.scoring.archive_options import MAX_ERROR_FRACTION, check_value
 from dualcam.scoring.scorers import load_images
 
 if TYPE_CHECKING:
@@ -45,6 +48,14 @@ if TYPE_CHECKING:
 STATE_FILE = "train_state.pt"
 """What a checkpoint of this loop holds (model, optimizer, epoch, history), in its directory."""
 AUGMENTATIONS = ("none", "light")
+MAX_UNLOADED_FRACTION = MAX_ERROR_FRACTION
+"""The largest share of the validation or the test split whose images may fail to load (0.05, as scoring's
+``--max-error-fraction``): over it, accuracy over the images left would not be the split's, so training
+stops (``UnloadedImages``); under it, the metrics say how many were left out and the first of them."""
+
+
+class UnloadedImages(RuntimeError):
+    """Too many of a validation or test split's images failed to load for its metrics to stand for it."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +143,8 @@ def train_loop(config: dict[str, Any]) -> None:
             if rank == 0:
                 print(f"[{meta.class_name}] epoch {epoch}/{recipe.epochs}: train loss {metrics['train_loss']:.4f}, "
                       f"val accuracy {metrics['val_accuracy']:.3f}, AUC {metrics['val_auc']:.3f}; "
-                      f"{metrics['train_images_per_second']:.1f} images/s per worker", flush=True)
+                      f"{metrics['train_images_per_second']:.1f} images/s per worker{unloaded_note(metrics)}",
+                      flush=True)
                 torch.save({"model": bare.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                             "history": history}, Path(directory) / STATE_FILE)
                 saved = ray.train.Checkpoint.from_directory(directory)
@@ -152,7 +164,7 @@ def _train_epoch(
     batches = shard.iter_batches(batch_size=recipe.batch_size, batch_format="pyarrow",
                                  local_shuffle_buffer_size=max(64, 4 * recipe.batch_size),
                                  local_shuffle_seed=recipe.seed * 1000 + epoch - 1)
-    for x, y in _loaded(batches, meta, device):
+    for x, y, _ in _loaded(batches, meta, device):
         if _all_sum([float(len(y) == 0)], device)[0]:
             continue  # a worker's images all failed to load: every worker skips the step, so DDP stays in step
         x = _light_augment(x) if recipe.augment == "light" else x
@@ -167,13 +179,41 @@ def _train_epoch(
 
 def _evaluate(
     model: torch.nn.Module, shards: dict[str, Any], meta: ExpertMeta, batch_size: int, device: torch.device,
-) -> dict[str, float]:
-    """``val_<metric>`` and ``test_<metric>`` of the unwrapped ``model`` on the whole splits (rank 0 only)."""
-    metrics = {}
+) -> dict[str, Any]:
+    """``val_<metric>`` and ``test_<metric>`` of the unwrapped ``model`` on the whole splits (rank 0 only),
+    with ``<split>_unloaded`` (how many images failed to load) and, if any, ``<split>_first_unloaded``.
+
+    ``UnloadedImages`` when more than ``MAX_UNLOADED_FRACTION`` of a split failed to load.
+    """
+    metrics: dict[str, Any] = {}
     for split in ("val", "test"):
-        labels, probs = _predict(model, shards[split], meta, batch_size, device)
+        labels, probs, unloaded = _predict(model, shards[split], meta, batch_size, device)
+        check_unloaded(split, unloaded, len(labels) + len(unloaded))
         metrics.update({f"{split}_{k}": float(v) for k, v in binary_metrics(labels, probs).items()})
+        metrics[f"{split}_unloaded"] = len(unloaded)
+        if unloaded:
+            metrics[f"{split}_first_unloaded"] = unloaded[0]
     return metrics
+
+
+def check_unloaded(split: str, unloaded: list[str], total: int, max_fraction: float = MAX_UNLOADED_FRACTION) -> None:
+    """``UnloadedImages`` naming the count and the first file when more than ``max_fraction`` of the ``total``
+    images of ``split`` failed to load (``unloaded``: their errors, each naming its file)."""
+    if unloaded and len(unloaded) > max_fraction * total:
+        raise UnloadedImages(
+            f"{len(unloaded)} of the {total} {split} images could not be loaded, over {max_fraction:g} of them "
+            f"(train_loop.MAX_UNLOADED_FRACTION): metrics over the rest would not be the {split} split's, so training "
+            f"stopped; fix or remove them. First: {unloaded[0]}")
+
+
+def unloaded_note(metrics: dict[str, Any]) -> str:
+    """What an epoch's line (or the training summary) adds when validation or test images failed to load; "" if none."""
+    parts = [f"{metrics[f'{split}_unloaded']} of the {split}" for split in ("val", "test")
+             if metrics.get(f"{split}_unloaded")]
+    if not parts:
+        return ""
+    first = metrics.get("val_first_unloaded") or metrics.get("test_first_unloaded")
+    return f"; {' and '.join(parts)} images could not be loaded, left out of the metrics (first: {first})"
 
 
 def read_state(checkpoint: Checkpoint) -> dict[str, Any]:
@@ -191,18 +231,19 @@ def _export_epoch(model: torch.nn.Module, export: dict[str, Any], metrics: dict[
 
 def _loaded(
     batches: Iterator[pa.Table], meta: ExpertMeta, device: torch.device,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(pixels, targets) on ``device`` per batch; loading runs one batch ahead in a thread.
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+    """(pixels, targets) on ``device`` per batch, and the errors of its rows that failed to load (each naming
+    its file); loading runs one batch ahead in a thread.
 
-    Rows that fail to load are dropped here (they were listed, existed and are counted in the
-    per-epoch ``train_images``), so one bad file never stops training.
+    Rows that fail to load are left out of the pixels, so one bad file never stops training; evaluation
+    counts them (``_evaluate``).
     """
-    def load(batch: pa.Table) -> tuple[torch.Tensor, torch.Tensor]:
+    def load(batch: pa.Table) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         loaded = load_images(batch, meta)
         ok = pc.is_null(loaded.column("error"))
         x = torch.tensor(to_numpy(loaded.column("pixels").filter(ok)))
         y = torch.tensor(loaded.column("target").filter(ok).to_numpy(zero_copy_only=False), dtype=torch.long)
-        return x, y
+        return x, y, loaded.column("error").drop_null().to_pylist()
 
     with ThreadPoolExecutor(1) as pool:
         pending = None
@@ -215,8 +256,10 @@ def _loaded(
             yield _to(pending.result(), device)
 
 
-def _to(xy: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return xy[0].to(device, non_blocking=True), xy[1].to(device, non_blocking=True)
+def _to(
+    xy: tuple[torch.Tensor, torch.Tensor, list[str]], device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    return xy[0].to(device, non_blocking=True), xy[1].to(device, non_blocking=True), xy[2]
 
 
 def _light_augment(x: torch.Tensor) -> torch.Tensor:
@@ -238,16 +281,18 @@ def _light_augment(x: torch.Tensor) -> torch.Tensor:
 @torch.inference_mode()
 def _predict(
     model: torch.nn.Module, dataset: Any, meta: ExpertMeta, batch_size: int, device: torch.device,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, in-class probabilities) of a whole split; ``model`` unwrapped, so no collectives."""
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(labels, in-class probabilities) of a whole split's images that loaded, and the errors of those that
+    did not; ``model`` unwrapped, so no collectives."""
     model.eval()
-    labels, probs = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
-    for x, y in _loaded(dataset.iter_batches(batch_size=batch_size, batch_format="pyarrow"), meta, device):
+    labels, probs, unloaded = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)], []
+    for x, y, errors in _loaded(dataset.iter_batches(batch_size=batch_size, batch_format="pyarrow"), meta, device):
+        unloaded += errors
         if len(y):
             logits = model(x.contiguous(memory_format=torch.channels_last)).float()
             probs.append(logits.softmax(-1)[:, POSITIVE_INDEX].cpu().numpy())
             labels.append(y.cpu().numpy())
-    return np.concatenate(labels), np.concatenate(probs)
+    return np.concatenate(labels), np.concatenate(probs), unloaded
 
 
 def _all_sum(values: list[float], device: torch.device) -> list[float]:

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dualcam.distributed.connect import connect, largest_node_cpus
-from dualcam.distributed.train_loop import Recipe, read_state, train_loop
+from dualcam.distributed.train_loop import Recipe, read_state, train_loop, unloaded_note
 from dualcam.io import errorlog, storage
 from dualcam.io.checkpoints import (
     META_FILE,
@@ -380,7 +380,8 @@ def _publish(output: str, plan: ExpertPlan, recipe: Recipe, result: Result, expo
 
 
 def results_table(experts: Sequence[TrainedExpert]) -> str:
-    """The short table printed at the end: test metrics of each expert's best epoch (counted from 1)."""
+    """The short table printed at the end: test metrics of each expert's best epoch (counted from 1), and a line
+    per expert whose validation or test images did not all load at that epoch (``train_loop.unloaded_note``)."""
     lines = [f"{'expert':20s} {'epoch':>5s} {'val acc':>8s} {'test acc':>8s} {'sens':>6s} {'spec':>6s} {'AUC':>6s}  "
              "checkpoint"]
     for e in experts:
@@ -388,4 +389,9 @@ def results_table(experts: Sequence[TrainedExpert]) -> str:
         lines.append(f"{e.label:20s} {e.best_epoch:5d} {val.get('accuracy', float('nan')):8.3f} "
                      f"{test.get('accuracy', float('nan')):8.3f} {test.get('sensitivity', float('nan')):6.3f} "
                      f"{test.get('specificity', float('nan')):6.3f} {test.get('auc', float('nan')):6.3f}  {e.uri}")
+    for e in experts:
+        flat = {f"{split}_{k}": v for split in ("val", "test") for k, v in e.meta.metrics.get(split, {}).items()}
+        note = unloaded_note(flat)
+        if note:
+            lines.append(f"{e.label}: at epoch {e.best_epoch}{note}")
     return "\n".join(lines)

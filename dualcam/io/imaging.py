@@ -25,9 +25,14 @@ Values, the same both ways:
   LUT Shape of INVERSE) is inverted so that bone is bright, as in MONOCHROME2. These are applied
   to the whole image before any reduction: the window and the min-max are not linear.
 
-Size checks (``MAX_PIXELS``) read the header only, before any pixel is decoded. Every failure
-raises ``DecodeError`` naming the file and the reason, so a batch job can record it against the
-input and move on.
+Size checks read the header only, before any pixel is decoded: at most ``MAX_PIXELS`` pixels, and at
+most ``MAX_PIXELS`` x ``MAX_PIXEL_BYTES`` bytes of decoded samples (rows x columns x samples x bytes
+per sample x frames). Pillow's own limit (``Image.MAX_IMAGE_PIXELS``) is set to ``MAX_PIXELS`` when
+this module is imported, so that a DICOM file whose compressed frame is larger than its header says
+is refused by the same bound. These bounds are also what bounds decoding time: a decoder cannot be
+interrupted, so nothing is decoded that the bounds refuse (README: Images). Every failure raises
+``DecodeError`` naming the file and the reason, so a batch job can record it against the input and
+move on.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageMode, UnidentifiedImageError
 
 from dualcam.io.checkpoints import ExpertMeta
 
@@ -54,7 +59,17 @@ if TYPE_CHECKING:
 
 MAX_PIXELS = 50_000_000
 """Decompression-bomb guard: images whose header claims more pixels (e.g. 7072 x 7072) are refused
-before any pixel is decoded. Chest X-rays run to about 4300 x 4300 (18.5 MP)."""
+before any pixel is decoded. Chest X-rays run to about 4300 x 4300 (18.5 MP). The one constant of
+the decoding bounds: the byte bound is derived from it, and Pillow's limit is set to it."""
+MAX_PIXEL_BYTES = 6
+"""The largest pixel an X-ray needs, in bytes (3 samples of 16 bits): an image whose decoded samples
+would take more than ``MAX_PIXELS`` pixels of this size (300 MB) is refused before decoding. Pixels
+alone do not bound memory: 50 MP of 3 32-bit samples are 600 MB decoded and some 2.4 GB at the
+peak of their conversion to float."""
+
+# Pillow's decompression-bomb limit is dualcam's: it warns over it (an error for DICOM frames, see
+# _check_compressed_frame) and raises over twice it, where its defaults are 89 and 179 MP.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".ima")
 _DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
@@ -166,7 +181,13 @@ def image_names(uris: pa.Array | pa.ChunkedArray) -> pa.BooleanArray:
     return pc.match_substring_regex(uris, f"(?is)^{_IMAGE_NAME}$")
 
 
-def _check_size(name: str, width: int, height: int, max_pixels: int) -> None:
+def max_decoded_bytes(max_pixels: int = MAX_PIXELS) -> int:
+    """The most bytes of decoded samples one image may take, for a pixel limit: ``MAX_PIXEL_BYTES`` a pixel."""
+    return max_pixels * MAX_PIXEL_BYTES
+
+
+def _check_size(name: str, width: int, height: int, max_pixels: int, pixel_bytes: int, frames: int = 1) -> None:
+    """DecodeError unless a header's image fits both bounds; ``pixel_bytes``: samples x bytes per sample."""
     if width < 1 or height < 1:
         raise DecodeError(name, f"header claims an empty image ({width} x {height})")
     if width * height > max_pixels:
@@ -175,6 +196,20 @@ def _check_size(name: str, width: int, height: int, max_pixels: int) -> None:
             f"header claims {width} x {height} pixels, over the limit of {max_pixels} "
             "(dualcam.MAX_PIXELS): refusing a possible decompression bomb",
         )
+    size, limit = width * height * pixel_bytes * frames, max_decoded_bytes(max_pixels)
+    if size > limit:
+        of_frames = f" in {frames} frames" if frames > 1 else ""
+        raise DecodeError(
+            name,
+            f"header claims {width} x {height} pixels of {pixel_bytes} bytes{of_frames}: {size:,} bytes decoded, "
+            f"over the limit of {limit:,} (dualcam.MAX_PIXELS x {MAX_PIXEL_BYTES} bytes); not decoded",
+        )
+
+
+def _mode_bytes(mode: str) -> int:
+    """Bytes a pixel of a Pillow mode takes: its bands x its sample's size."""
+    described = ImageMode.getmode(mode)
+    return len(described.bands) * np.dtype(described.typestr).itemsize
 
 
 def _decode_pil(data: bytes, name: str, max_pixels: int, min_side: int | None, grey: bool) -> _Decoded:
@@ -182,7 +217,7 @@ def _decode_pil(data: bytes, name: str, max_pixels: int, min_side: int | None, g
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im: Image.Image = Image.open(io.BytesIO(data), formats=("PNG", "JPEG"))
-            _check_size(name, im.width, im.height, max_pixels)
+            _check_size(name, im.width, im.height, max_pixels, _mode_bytes(im.mode))
             size = (im.height, im.width)
             if min_side and grey and im.format == "JPEG":
                 im.draft("L", im.size)  # libjpeg decodes a colour file's luma channel only, at full scale
@@ -263,16 +298,18 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int) -> _Decoded:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
         has_pixels = "PixelData" in ds
         width, height = int(ds.get("Columns") or 0), int(ds.get("Rows") or 0)
-        frames = int(ds.get("NumberOfFrames") or 1)
+        frames = max(1, int(ds.get("NumberOfFrames") or 1))
+        samples, bits = max(1, int(ds.get("SamplesPerPixel") or 1)), int(ds.get("BitsAllocated") or 8)
     except Exception as err:  # pydicom raises many types for malformed files
         raise DecodeError(name, f"not a readable DICOM file ({type(err).__name__}: {err})") from None
     if not has_pixels:
         if data[128:132] == b"DICM" or "Rows" in ds:
             raise DecodeError(name, "DICOM file has no pixel data (or is truncated before it)")
         raise DecodeError(name, f"not a PNG, JPEG or DICOM file ({_looks_like(data)})")
-    _check_size(name, width, height, max_pixels)
+    _check_size(name, width, height, max_pixels, samples * max(1, -(-bits // 8)), frames)
     if frames > 1:
         raise DecodeError(name, f"multi-frame DICOM ({frames} frames); a radiograph has one")
+    _check_compressed_frame(ds, name, width, height)
     try:
         image = _dicom_pixels(ds)
     except Exception as err:  # pixel handlers raise many types for unsupported or broken data
@@ -280,6 +317,39 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int) -> _Decoded:
     # Not reduced: the display values are float32 already, and box-averaging them costs as much as
     # the antialiased resize it would spare (measured on a 2500 x 2048 image).
     return _Decoded(image, (height, width), (1, 1))
+
+
+def _check_compressed_frame(ds: Dataset, name: str, width: int, height: int) -> None:
+    """DecodeError for compressed pixel data whose frame, as Pillow reads its header, is not the image the
+    DICOM header claims (which ``_check_size`` has bounded): refused before a pixel of it is decoded.
+
+    Pillow's own limit is dualcam's (``MAX_PIXELS``), and its warning over it is an error here: one
+    bound for what the DICOM header claims and what its frame does. Frames Pillow does not read (RLE)
+    are decoded by pydicom into the header's size.
+    """
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if syntax is None or not syntax.is_compressed or not syntax.is_encapsulated:
+        return
+    from pydicom.encaps import generate_frames
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            frame = Image.open(io.BytesIO(next(generate_frames(ds.PixelData, number_of_frames=1))),
+                               formats=("JPEG", "JPEG2000"))  # as pydicom's Pillow decoder opens it
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        claimed = re.search(r"\((\d+) pixels\)", str(err))
+        raise DecodeError(
+            name,
+            f"its compressed pixel data holds a frame of {claimed.group(1) if claimed else 'more'} pixels, over the "
+            f"limit of {Image.MAX_IMAGE_PIXELS} (dualcam.MAX_PIXELS), though its header claims {width} x {height}: "
+            "refusing a possible decompression bomb",
+        ) from None
+    except Exception:  # not a frame Pillow reads, or broken: pydicom's decoders say which when they decode it
+        return
+    if frame.size != (width, height):
+        raise DecodeError(name, f"its compressed frame is {frame.width} x {frame.height} pixels, though its header "
+                                f"claims {width} x {height}; not decoded")
 
 
 def _dicom_pixels(ds: Dataset) -> np.ndarray:

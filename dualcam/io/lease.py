@@ -3,7 +3,8 @@
 Two runs into one output would each score every input the other has not written yet, and the
 output would hold those inputs twice. So a run takes its output's lease before it looks at what
 is done, and holds it to its end; a second run is refused (``LeaseHeld``, naming the holder: host,
-pid, when it started, when its lease expires) or, with ``wait=True``, waits for the lease to be free.
+pid, when it started, when its lease expires, how long since its heartbeat, and whether it is a
+stopped process of this host) or, with ``wait=True``, waits for the lease to be free.
 
 The lease is ``_lease.json`` in the output (names starting with ``_`` are not data): the holder and
 ``expires``. A heartbeat thread renews it every third of its duration (``LEASE_SECONDS``), so it
@@ -22,7 +23,9 @@ expires only when its run is gone:
   does since 2024, as do MinIO and moto).
 - **Local** (and shared file systems): ``_lease.lock`` is held with an exclusive ``flock`` for the
   run's life. The kernel drops it the moment the process dies, so the rerun of a killed driver goes
-  on at once; ``_lease.json`` only tells others who holds it.
+  on at once; ``_lease.json`` only tells others who holds it, and when its heartbeat last renewed it. A
+  driver that is stopped (SIGSTOP, Ctrl-Z) keeps the lock: a waiting run says so, and how to resume or end
+  it, but never takes a lock the kernel says is held.
 
 A run that finds its lease taken (its driver was paused past the expiry and another run took the
 output over), or that could not renew it for a whole lease (its driver cut off from the store while
@@ -85,8 +88,32 @@ class Holder:
                    seconds)
 
     def describe(self) -> str:
-        return (f"held by host {self.host}, pid {self.pid}, started {_utc(self.started)}, "
-                f"lease expires {_utc(self.expires)} unless renewed")
+        """Who holds the lease and how long since its heartbeat renewed it (on the holder's clock, as ``expires``);
+        a holder stopped on this host is named so, since a stopped process keeps a local lease forever."""
+        if not self.expires:  # no record yet
+            return f"held by host {self.host}"
+        text = (f"held by host {self.host}, pid {self.pid}, started {_utc(self.started)}, "
+                f"lease expires {_utc(self.expires)} unless renewed; last renewed {self.renewed_ago():.0f} s ago")
+        if self.stopped_here():
+            text += (f"; pid {self.pid} on this host is stopped (SIGSTOP); resume it with kill -CONT {self.pid} "
+                     "or end it")
+        return text
+
+    def renewed_ago(self) -> float:
+        """Seconds since the holder last wrote its record (its heartbeat), on the holder's clock; 0 at the least."""
+        return max(0.0, time.time() - (self.expires - self.seconds))
+
+    def stopped_here(self) -> bool:
+        """Whether the holder is a process of this host in the stopped state (SIGSTOP, or held by a debugger):
+        its heartbeat stops, but its flock on a local lease lasts until it is resumed or ended."""
+        if self.host != socket.gethostname() or self.pid <= 0:
+            return False
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:  # gone, or no /proc (not Linux)
+            return False
+        fields = stat.rsplit(")", 1)[-1].split()  # after "pid (command)", which may hold spaces and parentheses
+        return bool(fields) and fields[0] in ("T", "t")
 
     def to_json(self) -> bytes:
         return json.dumps({**asdict(self), "started_utc": _utc(self.started), "expires_utc": _utc(self.expires)},
@@ -130,7 +157,8 @@ class Lease:
         self._interrupts_main = False
 
     def __enter__(self) -> Lease:
-        announced, waiting_since = False, time.monotonic()
+        announced: tuple[str, bool, bool] | None = None
+        waiting_since = time.monotonic()
         while (other := self.store.acquire(self.holder)) is not None:
             if not self.wait:
                 raise LeaseHeld(f"{self.output} is being written by another run ({other.describe()}); let it "
@@ -138,9 +166,11 @@ class Lease:
             if self.wait_timeout is not None and time.monotonic() - waiting_since > self.wait_timeout:
                 raise LeaseHeld(f"{self.output} is still being written by another run after waiting "
                                 f"{self.wait_timeout:g} s (--lease-wait-timeout): {other.describe()}")
-            if not announced:
+            # said again when the holder changes, stops, or its heartbeat falls silent for a whole lease
+            state = (other.token, other.stopped_here(), other.renewed_ago() > other.seconds)
+            if state != announced:
                 self.log(f"dualcam: waiting for the run writing {self.output} to end ({other.describe()})")
-                announced = True
+                announced = state
             time.sleep(POLL_SECONDS)
             self.holder = Holder.me(self.seconds, token=self.holder.token)
         self._interrupts_main = threading.current_thread() is threading.main_thread()
