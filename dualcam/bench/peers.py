@@ -15,8 +15,9 @@ and resize its ``__call__`` applies next (no option returns it: its issue #267);
 
 Then images/s of each library computing both experts' in-class maps, every library called as its users call it,
 with its defaults (MONAI's upsampled and min-max scaled maps, under ``torch.no_grad``; pytorch-grad-cam's upsampled,
-scaled numpy maps; Captum's grid maps), on its own copy of each expert, so no library's hooks touch another's run.
-Rounds are interleaved after a warm-up of each; the best round of each counts.
+scaled numpy maps; Captum's grid maps), each on its own copy of each expert, so no library's hooks touch another's
+run. Rounds are interleaved after a warm-up of each; the best round of each counts, for wall time (images/s) and
+for this process's CPU time (ms per image, less sensitive to other jobs on a shared machine) apart.
 
 The peers are the optional extra ``peers`` (``make peers`` installs them into ``.venv``); one that does not import
 is named and its rows left out. Run ``python -m dualcam.bench.peers --help``.
@@ -128,7 +129,8 @@ def captum_call(model: nn.Module) -> Callable[[torch.Tensor], object]:
 
 
 def dualcam_call(model: nn.Module) -> Callable[[torch.Tensor], object]:
-    """dualcam's closed form: one forward, no hooks, no backward."""
+    """dualcam's closed form, on its own copy of ``model`` as the others: one forward, no hooks, no backward."""
+    model = copy.deepcopy(model)
 
     def call(x: torch.Tensor) -> object:
         with torch.inference_mode():
@@ -210,24 +212,33 @@ def agreement(peer: Peer, models: list[nn.Module], x: torch.Tensor) -> Agreement
     return Agreement(peer.name, peer.transform, max_abs, max_rel)
 
 
-def images_per_second(
-    calls: dict[str, list[Callable[[torch.Tensor], object]]], batches: list[torch.Tensor], repeat: int,
-) -> dict[str, float]:
-    """Images/s of each library's calls (one per expert) over ``batches``: a warm-up each, then ``repeat``
-    interleaved rounds; the best round of each counts (this machine's noise is one-sided: other jobs)."""
+@dataclass(frozen=True)
+class Rate:
+    """One library's speed: wall-clock images/s, and this process's CPU milliseconds per image (all its threads),
+    which other jobs on a shared machine inflate far less than wall time."""
+
+    images_per_second: float
+    cpu_ms_per_image: float
+
+
+def rates(calls: dict[str, list[Callable[[torch.Tensor], object]]], batches: list[torch.Tensor], repeat: int,
+          ) -> dict[str, Rate]:
+    """Each library's calls (one per expert) over ``batches``: a warm-up each, then ``repeat`` interleaved rounds;
+    the best round of each counts, for wall and CPU time apart (this machine's noise is one-sided: other jobs)."""
     images = sum(len(b) for b in batches)
-    best = dict.fromkeys(calls, float("inf"))
+    wall, cpu = dict.fromkeys(calls, float("inf")), dict.fromkeys(calls, float("inf"))
     for pair in calls.values():
         for call in pair:
             call(batches[0])
     for _ in range(repeat):
         for name, pair in calls.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             for batch in batches:
                 for call in pair:
                     call(batch)
-            best[name] = min(best[name], time.perf_counter() - start)
-    return {name: images / seconds for name, seconds in best.items()}
+            wall[name] = min(wall[name], time.perf_counter() - start)
+            cpu[name] = min(cpu[name], time.process_time() - start_cpu)
+    return {name: Rate(images / wall[name], 1000 * cpu[name] / images) for name in calls}
 
 
 def experts(c1: str, c2: str) -> tuple[list[nn.Module], ExpertMeta, str]:
@@ -281,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
     batches = list(torch.split(x, args.batch_size))
     calls = {"dualcam forward_with_cams": [dualcam_call(m) for m in models]}
     calls.update({peer.name: [peer.call(m) for m in models] for peer in peers})
-    print_rates(images_per_second(calls, batches, args.repeat), args.batch_size, args.repeat)
+    print_rates(rates(calls, batches, args.repeat), args.batch_size, args.repeat)
     failed = [a for a in agreements if not a.holds]
     for a in failed:
         print(f"dualcam peers: FAILED: {a.peer} differs from {a.transform} by {a.max_abs:.3g} "
@@ -298,12 +309,13 @@ def print_agreements(agreements: list[Agreement], images: int) -> None:
               + ("holds" if a.holds else "FAILS"))
 
 
-def print_rates(rates: dict[str, float], batch_size: int, repeat: int) -> None:
-    base = rates["dualcam forward_with_cams"]
-    print(f"images/s, both experts' in-class maps, batch {batch_size}, best of {repeat} interleaved rounds")
-    print(f"  {'library':26s} {'images/s':>9s} {'ratio to dualcam':>17s}")
-    for name, rate in rates.items():
-        print(f"  {name:26s} {rate:9.1f} {rate / base:17.3f}")
+def print_rates(measured: dict[str, Rate], batch_size: int, repeat: int) -> None:
+    base = measured["dualcam forward_with_cams"]
+    print(f"both experts' in-class maps, batch {batch_size}, best of {repeat} interleaved rounds")
+    print(f"  {'library':26s} {'images/s':>9s} {'ratio to dualcam':>17s} {'CPU ms/image':>13s} {'ratio':>7s}")
+    for name, rate in measured.items():
+        print(f"  {name:26s} {rate.images_per_second:9.1f} {rate.images_per_second / base.images_per_second:17.3f} "
+              f"{rate.cpu_ms_per_image:13.1f} {rate.cpu_ms_per_image / base.cpu_ms_per_image:7.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
