@@ -47,8 +47,8 @@ from dualcam.maps.cam import forward_with_cams
 
 TOLERANCE = 1e-5
 """Largest |peer - expected| allowed, as a fraction of the expected map's largest |value|: about 80 float32
-rounding steps (2**-23 each), room for summing 512 to 2048 channels in another order; a wrong transform (a bias
-left in, a factor of h*w) is off by orders of magnitude more."""
+rounding steps (2**-23 each), room for summing 512 to 2048 channels in another order; a transform left out (the bias,
+the 1/(h*w)) is off by orders of magnitude more."""
 
 LAST_BLOCK = "layer4"
 """The ResNet module whose output is the features the head pools: what the peers hook."""
