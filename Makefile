@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := .demo
 
-.PHONY: venv lint lint-cluster test faults demo experiment bench scale precision gpu-check submit constraints \
+.PHONY: venv lint lint-cluster test faults demo experiment bench peers scale precision gpu-check submit constraints \
 	pin-image clean
 
 $(STAMP): pyproject.toml
@@ -14,6 +14,15 @@ $(STAMP): pyproject.toml
 	touch $@
 
 venv: $(STAMP)
+
+# pyproject.toml's peers extra (MONAI, pytorch-grad-cam, Captum) in .venv, under a constraint that holds torch and
+# torchvision at the versions .venv has: make peers and the tests compare against them (tests/test_peers.py).
+PEERS_STAMP := $(VENV)/.peers-installed
+$(PEERS_STAMP): $(STAMP)
+	$(BIN)/python -m pip freeze | grep -i -E '^(torch|torchvision)==' > $(VENV)/torch-constraint.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --constraint $(VENV)/torch-constraint.txt \
+		-e '.[peers]'
+	touch $@
 
 # ruff, then mypy (pyproject.toml's [tool.mypy]: every function annotated, calls checked across modules).
 lint: venv
@@ -35,8 +44,8 @@ lint-cluster: $(LINT_VENV)/.installed
 	$(LINT_VENV)/bin/python cluster/lint.py
 	$(LINT_VENV)/bin/python cluster/lint.py --self-check
 
-# Lint (ruff and mypy) first: CI runs make test, then make lint-cluster, then make faults.
-test: lint
+# The peers extra and lint (ruff and mypy) first: CI runs make test, then make lint-cluster, then make faults.
+test: $(PEERS_STAMP) lint
 	$(BIN)/python -m pytest
 
 # The fault suite: drivers, actors, S3 and a Ray node lost mid-run, each scenario's counts printed at the end.
@@ -61,6 +70,12 @@ experiment: venv
 BENCH_ARGS ?=
 bench: venv
 	$(BIN)/python -m dualcam.bench.speed $(BENCH_ARGS)
+
+# dualcam's CAMs against MONAI's CAM, pytorch-grad-cam's GradCAM and Captum's LayerGradCam on make demo's experts
+# (an untrained pair without them) and the sample X-rays: the identities, then images/s of each (docs/peers.md).
+PEERS_ARGS ?=
+peers: $(PEERS_STAMP)
+	$(BIN)/python -m dualcam.bench.peers $(PEERS_ARGS)
 
 # The driver's start-up (inputs, resume, blocks) at 10^4 to 10^6 inputs and listing a 50,000-object
 # moto tree, by one paginator and by storage.list_uris (about 19 minutes on this 2-core VM while other jobs loaded it, most of it moto's).
