@@ -34,6 +34,7 @@ from dualcam.distributed.train_loop import Recipe, read_state, train_loop
 from dualcam.io import errorlog, storage
 from dualcam.io.checkpoints import (
     META_FILE,
+    POSITIVE_INDEX,
     ExpertMeta,
     build_expert,
     latest_version,
@@ -152,6 +153,13 @@ def resolve_init_from(uris: Sequence[str], labels: Sequence[str]) -> dict[str, s
             raise ValueError(f"--init-from {uri}: neither an expert checkpoint nor a folder with <class>/<version>/ "
                              "checkpoints")
         chosen.update({label: v for label, v in found.items() if v})
+    for uri in chosen.values():
+        meta = load_meta(uri)
+        if (meta.num_outputs, meta.class_index, meta.activation) != (2, POSITIVE_INDEX, "softmax"):
+            raise ValueError(
+                f"--init-from {uri}: training warm-starts binary experts only (2 outputs, softmax, class at "
+                f"{POSITIVE_INDEX}); this one has {meta.num_outputs} outputs, class at {meta.class_index}, "
+                f"{meta.activation}")
     return chosen
 
 

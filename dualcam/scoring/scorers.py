@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import torch
 
 from dualcam.io import device_decode, storage
-from dualcam.io.checkpoints import POSITIVE_INDEX, Expert, ExpertMeta, load_expert, resolve_expert
+from dualcam.io.checkpoints import Expert, ExpertMeta, load_expert, resolve_expert
 from dualcam.io.imaging import MAX_PIXELS, model_input, preprocess
 from dualcam.io.inputs import MAX_INPUT_BYTES, Slots, read_input
 from dualcam.io.results import (
@@ -47,7 +47,7 @@ from dualcam.io.results import (
     to_numpy,
 )
 from dualcam.maps import drift_measures, regions
-from dualcam.maps.cam import forward_with_cams, upsample
+from dualcam.maps.cam import class_probability, forward_with_cams, upsample
 from dualcam.maps.kernel import DEFAULT_ALPHA, addk, overlap
 from dualcam.maps.numerics import DEFAULT_PRECISION, check_precision, computing_in
 from dualcam.scoring.archive_options import check_value
@@ -151,7 +151,8 @@ def _with_inputs(batch: pa.Table, loaded: Sequence[_Loaded], input_size: int) ->
 
 def check_same_expert(old: ExpertMeta, new: ExpertMeta, old_uri: str, new_uri: str) -> None:
     """Refuse two checkpoints that are not versions of one expert: drift compares like with like."""
-    fields = ("arch", "class_name", "input_size", "output_stride", "color_mode", "mean", "std")
+    fields = ("arch", "class_name", "num_outputs", "class_index", "activation", "input_size", "output_stride",
+              "color_mode", "mean", "std")
     differ = [f"{f} {getattr(old, f)!r} vs {getattr(new, f)!r}" for f in fields if getattr(old, f) != getattr(new, f)]
     if differ:
         raise ValueError(f"{old_uri} and {new_uri} are not two versions of the same expert: " + "; ".join(differ))
@@ -215,12 +216,15 @@ class PairScorer:
     @torch.inference_mode()
     def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both experts on a (B, 3, S, S) batch, in this scorer's precision: in-class probabilities
-        (2, B) and raw in-class CAMs (2, B, h, w), float32, left on the device."""
+        (2, B) and raw in-class CAMs (2, B, h, w), float32, left on the device; each expert's class is
+        its meta's ``class_index``, its probability read by its ``activation``."""
         x = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        metas = [expert.meta for expert in self.experts]
         with computing_in(self.precision, self.device):
-            outputs = [forward_with_cams(expert.model, x) for expert in self.experts]
-        probs = torch.stack([logits.float().softmax(-1)[:, POSITIVE_INDEX] for logits, _ in outputs])
-        cams = torch.stack([cams[:, POSITIVE_INDEX].float() for _, cams in outputs])
+            outputs = [forward_with_cams(expert.model, x, [expert.meta.class_index]) for expert in self.experts]
+        probs = torch.stack([class_probability(logits.float(), meta.class_index, meta.activation)
+                             for (logits, _), meta in zip(outputs, metas)])
+        cams = torch.stack([cams[:, 0].float() for _, cams in outputs])
         return probs, cams
 
     def score(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
