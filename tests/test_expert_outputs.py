@@ -115,6 +115,16 @@ def test_a_head_of_another_size_is_refused_naming_the_file_and_both_shapes(tmp_p
         load_expert(uri)
 
 
+def test_an_efficientnet_head_behind_dropout_is_checked_and_saved_by_its_module_path(tmp_path):
+    path = write_state(tmp_path / "b0.pt", get_model("efficientnet_b0", num_classes=3))
+    with pytest.raises(CheckpointError, match=r"its head classifier.1.weight has shape \(3, 1280\)"):
+        build_expert("efficientnet_b0", path)
+    uri = str(tmp_path / "b0")
+    save_expert(build_expert("efficientnet_b0", path, num_outputs=3), uri,
+                {"arch": "efficientnet_b0", "class_name": "x", "input_size": SIZE, "num_outputs": 3, "class_index": 0})
+    assert load_expert(uri).model.classifier[1].out_features == 3
+
+
 def test_an_imagenet_state_dict_gets_a_fresh_head_of_num_outputs(tmp_path):
     path = write_state(tmp_path / "imagenet.pt", get_model("resnet18"))
     assert build_expert("resnet18", path, num_outputs=5).fc.out_features == 5

@@ -8,12 +8,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from dualcam.commands.common import add_output_stride, check_output_folder
+from dualcam.commands.common import add_arch, add_output_stride, check_output_folder
 from dualcam.distributed.train_loop import Recipe
 from dualcam.io.checkpoints import (
     ACTIVATIONS,
     POSITIVE_INDEX,
-    SUPPORTED_ARCHS,
     ExpertMeta,
     build_expert,
     list_versions,
@@ -29,8 +28,7 @@ DESCRIPTION = None
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="expert_command", required=True, metavar="SUBCOMMAND")
     init = sub.add_parser("init", help="write an untrained or ImageNet-initialized expert checkpoint")
-    init.add_argument("--arch", choices=SUPPORTED_ARCHS, default=Recipe.arch,
-                      help=f"architecture (default {Recipe.arch})")
+    add_arch(init, Recipe.arch)
     init.add_argument("--class-name", required=True, help="the expert's class, e.g. COVID-19")
     init.add_argument("--num-outputs", type=int, default=None,
                       help="outputs of the model's last layer (default: as many as --class-names, else 2)")
