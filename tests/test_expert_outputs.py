@@ -30,8 +30,8 @@ def init_expert(tmp_path: Path, name: str, weights: str, **outputs) -> str:
     """``dualcam expert init`` of a resnet18 at 64 px; ``outputs``: its --num-outputs etc. flags."""
     flags = {"num_outputs": None, "class_index": None, "class_names": None, "activation": None, **outputs}
     out = str(tmp_path / name)
-    assert init(arch="resnet18", class_name=name, input_size=SIZE, color_mode="L", output_stride=32,
-                weights=weights, out=out, **flags) == 0
+    assert init(arch="resnet18", class_name=name, input_size=SIZE, color_mode="L", resize="whole", resize_size=None,
+                mean=None, std=None, output_stride=32, weights=weights, out=out, **flags) == 0
     return out
 
 

@@ -8,11 +8,15 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from dualcam.commands.common import add_arch, add_output_stride, check_output_folder
+from dualcam.commands.common import add_arch, add_output_stride, check_output_folder, floats
 from dualcam.distributed.train_loop import Recipe
 from dualcam.io.checkpoints import (
     ACTIVATIONS,
+    CROP_FRACTION,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     POSITIVE_INDEX,
+    RESIZES,
     ExpertMeta,
     build_expert,
     list_versions,
@@ -45,6 +49,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help=f"square input size in pixels (default {Recipe.image_size})")
     init.add_argument("--color-mode", choices=("L", "RGB"), default=ExpertMeta.color_mode,
                       help="L: grayscale on 3 channels (default)")
+    init.add_argument("--resize", choices=RESIZES, default=ExpertMeta.resize,
+                      help="how an image becomes the input, as the model was trained: whole (resized to the input "
+                      "size, no crop; default) or center-crop (short side to --resize-size, then the centre input "
+                      "size square, as torchvision's ImageNet presets)")
+    init.add_argument("--resize-size", type=int, default=None,
+                      help=f"center-crop: the short side before the crop (default input size / {CROP_FRACTION}, "
+                      "rounded: 256 for 224)")
+    init.add_argument("--mean", default=None, help="channel means the model was trained with, comma-separated "
+                      f"(default ImageNet's, {','.join(map(str, IMAGENET_MEAN))})")
+    init.add_argument("--std", default=None, help="channel standard deviations, comma-separated "
+                      f"(default ImageNet's, {','.join(map(str, IMAGENET_STD))})")
     add_output_stride(init, ExpertMeta.output_stride)
     init.add_argument("--weights", default="none",
                       help="none, imagenet (torchvision's, downloaded on first use: needs internet) or a state dict's "
@@ -62,13 +77,15 @@ def run(*, expert_command: str, **options: Any) -> int:
 
 
 def init(*, arch: str, class_name: str, num_outputs: int | None, class_index: int | None, class_names: str | None,
-         activation: str | None, input_size: int, color_mode: str, output_stride: int, weights: str,
-         out: str) -> int:
+         activation: str | None, input_size: int, color_mode: str, resize: str, resize_size: int | None,
+         mean: str | None, std: str | None, output_stride: int, weights: str, out: str) -> int:
     """``dualcam expert init``: write an expert checkpoint to ``out``, initialized from ``weights``."""
     check_output_folder(out, "--out")
     outputs = class_outputs(class_name, num_outputs, class_index, class_names, activation)
     meta = ExpertMeta(arch=arch, class_name=class_name, input_size=input_size, color_mode=color_mode,
-                      output_stride=output_stride, recipe={"init_weights": weights}, **outputs)
+                      resize=resize, resize_size=resize_size, mean=tuple(floats(mean)) if mean else IMAGENET_MEAN,
+                      std=tuple(floats(std)) if std else IMAGENET_STD, output_stride=output_stride,
+                      recipe={"init_weights": weights}, **outputs)
     model = build_expert(arch, weights, output_stride, meta.num_outputs)
     meta = save_expert(model, out, meta)
     print(f"wrote expert {meta.class_name!r} (output {meta.class_index} of {meta.num_outputs}, {meta.activation}; "

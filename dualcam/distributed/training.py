@@ -344,7 +344,8 @@ def _expert_meta(plan: ExpertPlan, recipe: Recipe) -> ExpertMeta:
     if plan.init_from:
         base = load_meta(plan.init_from)
         return ExpertMeta(arch=base.arch, class_name=plan.label, input_size=base.input_size, color_mode=base.color_mode,
-                          output_stride=base.output_stride, mean=base.mean, std=base.std)
+                          output_stride=base.output_stride, mean=base.mean, std=base.std, resize=base.resize,
+                          resize_size=base.resize_size)
     return ExpertMeta(arch=recipe.arch, class_name=plan.label, input_size=recipe.image_size,
                       color_mode=recipe.color_mode, output_stride=recipe.output_stride)
 

@@ -42,13 +42,17 @@ SUPPORTED_ARCHS = tuple(ARCHITECTURES)
 POSITIVE_INDEX = 1
 """The class's output in a binary expert (``dualcam train``'s, and the default)."""
 ACTIVATIONS = ("softmax", "sigmoid")
+RESIZES = ("whole", "center-crop")
+CROP_FRACTION = 0.875
+"""torchvision's ImageNet presets: the centre crop is 87.5% of the resized short side (224 of 256)."""
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_CLASSES = 1000
 META_FILE = "expert.json"
 WEIGHTS_FILE = "weights.pt"
 FORMAT_VERSION = 2
-"""2: num_outputs, class_index, activation and class_names (absent from a format 1 file: 2, 1, softmax, none)."""
+"""2: num_outputs, class_index, activation, class_names, resize and resize_size (absent from a format 1 file: 2, 1,
+softmax, none, whole)."""
 
 
 class CheckpointError(ValueError):
@@ -71,6 +75,10 @@ class ExpertMeta:
     ``class_names[class_index]`` where the names are recorded), its probability the ``activation``
     (``softmax`` over all outputs, or ``sigmoid`` of its own) of the logits, its CAM the raw one of
     that output (``dualcam.maps.cam``).
+    ``resize`` is how an image becomes the S x S input (S = ``input_size``): ``whole`` resizes all of it
+    to S x S (every pixel reaches a CAM cell); ``center-crop`` resizes its short side to ``resize_size``
+    (default round(S / 0.875): 256 for 224) and takes the centre S x S, as torchvision's
+    ``Resize(resize_size) + CenterCrop(S)`` (``imaging.input_window``).
     """
 
     arch: str
@@ -82,6 +90,8 @@ class ExpertMeta:
     class_index: int = POSITIVE_INDEX
     activation: str = "softmax"
     class_names: tuple[str, ...] = ()
+    resize: str = "whole"
+    resize_size: int | None = None
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     created_at: str = ""
@@ -105,6 +115,19 @@ class ExpertMeta:
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError(f"mean and std need 3 values each, std > 0; got {self.mean} and {self.std}")
         self._check_outputs()
+        if self.resize not in RESIZES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZES)}, got {self.resize!r}")
+        if self.resize_size is not None and (self.resize != "center-crop" or not isinstance(self.resize_size, int)
+                                             or self.resize_size < self.input_size):
+            raise ValueError(f"resize_size is for resize center-crop only, an integer >= input_size "
+                             f"{self.input_size}; got {self.resize_size!r} with resize {self.resize}")
+
+    @property
+    def resized_side(self) -> int:
+        """The side an image is resized to before any crop: S for ``whole``; the short side's for ``center-crop``."""
+        if self.resize == "whole":
+            return self.input_size
+        return self.resize_size or round(self.input_size / CROP_FRACTION)
 
     def _check_outputs(self) -> None:
         """ValueError unless num_outputs, class_index, activation and class_names describe one output."""

@@ -32,7 +32,7 @@ import torch
 
 from dualcam.io import device_decode, storage
 from dualcam.io.checkpoints import Expert, ExpertMeta, load_expert, resolve_expert
-from dualcam.io.imaging import MAX_PIXELS, model_input, preprocess
+from dualcam.io.imaging import MAX_PIXELS, input_window, model_input, preprocess
 from dualcam.io.inputs import MAX_INPUT_BYTES, Slots, read_input
 from dualcam.io.results import (
     DRIFT,
@@ -58,12 +58,14 @@ IO_THREADS = 8
 
 def check_same_input(meta1: ExpertMeta, meta2: ExpertMeta, uri1: str, uri2: str) -> None:
     """Refuse two experts that take different inputs: one batch must feed both, CAMs must share a grid."""
-    spec1 = meta1.input_size, meta1.color_mode, meta1.mean, meta1.std, meta1.output_stride
-    spec2 = meta2.input_size, meta2.color_mode, meta2.mean, meta2.std, meta2.output_stride
+    spec1 = meta1.input_size, meta1.color_mode, meta1.mean, meta1.std, meta1.resize, meta1.resized_side, \
+        meta1.output_stride
+    spec2 = meta2.input_size, meta2.color_mode, meta2.mean, meta2.std, meta2.resize, meta2.resized_side, \
+        meta2.output_stride
     if spec1 != spec2:
         raise ValueError(
             f"experts take different inputs: {uri1} {spec1} vs {uri2} {spec2} "
-            "(input_size, color_mode, mean, std and output_stride must match)"
+            "(input_size, color_mode, mean, std, resize, its size and output_stride must match)"
         )
 
 
@@ -152,7 +154,7 @@ def _with_inputs(batch: pa.Table, loaded: Sequence[_Loaded], input_size: int) ->
 def check_same_expert(old: ExpertMeta, new: ExpertMeta, old_uri: str, new_uri: str) -> None:
     """Refuse two checkpoints that are not versions of one expert: drift compares like with like."""
     fields = ("arch", "class_name", "num_outputs", "class_index", "activation", "input_size", "output_stride",
-              "color_mode", "mean", "std")
+              "color_mode", "mean", "std", "resize", "resized_side")
     differ = [f"{f} {getattr(old, f)!r} vs {getattr(new, f)!r}" for f in fields if getattr(old, f) != getattr(new, f)]
     if differ:
         raise ValueError(f"{old_uri} and {new_uri} are not two versions of the same expert: " + "; ".join(differ))
@@ -356,12 +358,13 @@ class DualScorer(PairScorer):
         return {k: v.cpu().numpy() for k, v in out.items()}
 
     def columns(self, scores: dict[str, np.ndarray], sizes: np.ndarray) -> dict[str, np.ndarray]:
-        """Peak and box mapped from the S x S input grid to each image's own (width, height) pixels."""
-        scale = _scale(sizes, self.meta.input_size)
+        """Peak and box mapped from the S x S input grid to each image's own (width, height) pixels (with a
+        centre crop, inside the part of the image the model saw)."""
+        scale, origin = _to_image(sizes, self.meta)
         x0y0, x1y1 = np.split(scores.pop("box").astype(np.float64), 2, axis=1)
-        lo = np.floor(x0y0 * scale)
-        hi = np.minimum(np.ceil((x1y1 + 1) * scale), sizes)
-        scores["peak_x"], scores["peak_y"] = _image_point(scores.pop("peak"), scale, sizes)
+        lo = np.floor(x0y0 * scale + origin)
+        hi = np.minimum(np.ceil((x1y1 + 1) * scale + origin), sizes)
+        scores["peak_x"], scores["peak_y"] = _image_point(scores.pop("peak"), scale, origin, sizes)
         scores["box_x"], scores["box_y"] = lo.astype(np.int32).T
         scores["box_w"], scores["box_h"] = (hi - lo).astype(np.int32).T
         return scores
@@ -405,20 +408,28 @@ class DriftScorer(PairScorer):
 
     def columns(self, scores: dict[str, np.ndarray], sizes: np.ndarray) -> dict[str, np.ndarray]:
         """Peaks mapped to image pixels: their distance is ``peak_shift_px``; the gained map's peak is kept."""
-        scale = _scale(sizes, self.meta.input_size)
+        scale, origin = _to_image(sizes, self.meta)
         scores["peak_shift_px"] = drift_measures.peak_shift_px(scores.pop("old_peak"), scores.pop("new_peak"), scale)
-        scores["gained_peak_x"], scores["gained_peak_y"] = _image_point(scores.pop("gained_peak"), scale, sizes)
+        scores["gained_peak_x"], scores["gained_peak_y"] = _image_point(scores.pop("gained_peak"), scale, origin,
+                                                                        sizes)
         return scores
 
 
-def _scale(sizes: np.ndarray, input_size: int) -> np.ndarray:
-    """(B, 2) image pixels per input pixel, x and y."""
-    return sizes.astype(np.float64) / input_size
+def _to_image(sizes: np.ndarray, meta: ExpertMeta) -> tuple[np.ndarray, np.ndarray]:
+    """For (B, 2) image (width, height): (B, 2) image pixels per input pixel, x and y, and (B, 2) where the
+    input's corner lies in the image, so that image = input * scale + origin in edge coordinates (origin 0
+    unless ``meta.resize`` crops; ``imaging.input_window``)."""
+    width, height = sizes[:, 0].astype(np.float64), sizes[:, 1].astype(np.float64)
+    resized_h, resized_w, top, left = input_window(meta, height, width)
+    scale = np.stack([width / resized_w, height / resized_h], 1)
+    return scale, np.stack([left, top], 1) * scale
 
 
-def _image_point(point: np.ndarray, scale: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _image_point(
+    point: np.ndarray, scale: np.ndarray, origin: np.ndarray, sizes: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """(B, 2) (x, y) in input pixels -> x, y in image pixels (int32, inside the image)."""
-    image = (point + 0.5) * scale - 0.5
+    image = (point + 0.5) * scale + origin - 0.5
     return tuple(np.clip(np.rint(image), 0, sizes - 1).astype(np.int32).T)
 
 
