@@ -10,7 +10,7 @@ import pytest
 import torch
 from torchvision.models import get_model
 
-from dualcam import DualScorer, forward_with_cams
+from dualcam import DualScorer, addk, forward_with_cams
 from dualcam.commands.expert import class_outputs, init
 from dualcam.distributed.training import resolve_init_from
 from dualcam.io.checkpoints import CheckpointError, ExpertMeta, build_expert, load_expert, load_meta, save_expert
@@ -135,3 +135,28 @@ def test_training_refuses_to_warm_start_from_a_non_binary_expert(tmp_path):
     uri = init_expert(tmp_path, "COVID-19", "none", num_outputs=3, class_index=1)
     with pytest.raises(ValueError, match="training warm-starts binary experts only .* this one has 3 outputs"):
         resolve_init_from([uri], ["COVID-19"])
+
+
+def test_two_classes_of_one_model_share_one_forward_pass_with_the_two_pass_heatmaps(tmp_path):
+    torch.manual_seed(0)
+    three = get_model("resnet18", num_classes=3).eval()
+    weights = write_state(tmp_path / "three.pt", three)
+    covid, pneumonia = (init_expert(tmp_path, name, weights, class_names=NAMES) for name in ("COVID-19", "pneumonia"))
+    assert load_meta(covid).sha256 == load_meta(pneumonia).sha256  # the same file: the same recorded weights
+    scorer = DualScorer(covid, pneumonia, alpha=15.0, device="cpu")
+    assert scorer.one_model and scorer.c1.model is scorer.c2.model
+    passes = []
+    scorer.c1.model.conv1.register_forward_hook(lambda *_: passes.append(1))
+    x = torch.randn(3, 3, SIZE, SIZE)
+    out = scorer.score(x)
+    assert len(passes) == 1
+    with torch.inference_mode():  # the two-pass path: each expert's own forward, its class's CAM
+        (l1, c1), (l2, c2) = (forward_with_cams(three, x, [k]) for k in (1, 2))
+    np.testing.assert_allclose(out["p1"], l1.softmax(-1)[:, 1].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(out["p2"], l2.softmax(-1)[:, 2].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(out["cam1"], c1[:, 0].numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out["cam2"], c2[:, 0].numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.log(out["heatmap"]), np.log(addk(c1[:, 0], c2[:, 0], 15.0).numpy()), atol=1e-3)
+    other = init_expert(tmp_path, "normal", write_state(tmp_path / "other.pt", get_model("resnet18", num_classes=3)),
+                        class_names=NAMES)
+    assert not DualScorer(covid, other, device="cpu").one_model  # other weights: a forward pass each

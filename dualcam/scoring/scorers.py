@@ -18,6 +18,7 @@ benchmarks and ``dualcam explain`` run them directly and the Ray layer only wire
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 import time
@@ -67,6 +68,13 @@ def check_same_input(meta1: ExpertMeta, meta2: ExpertMeta, uri1: str, uri2: str)
             f"experts take different inputs: {uri1} {spec1} vs {uri2} {spec2} "
             "(input_size, color_mode, mean, std, resize, its size and output_stride must match)"
         )
+
+
+def same_network(meta1: ExpertMeta, meta2: ExpertMeta) -> bool:
+    """Whether two experts run one network: the same weights (``sha256`` of ``weights.pt``), architecture and
+    output stride, so that one forward pass gives both their CAMs (two classes of one model)."""
+    return bool(meta1.sha256) and (meta1.sha256, meta1.arch, meta1.output_stride, meta1.num_outputs) == (
+        meta2.sha256, meta2.arch, meta2.output_stride, meta2.num_outputs)
 
 
 class _Loaded(NamedTuple):
@@ -161,7 +169,8 @@ def check_same_expert(old: ExpertMeta, new: ExpertMeta, old_uri: str, new_uri: s
 
 
 class PairScorer:
-    """Two experts on one device, one forward pass each per batch, and result rows: the Ray pipeline's actor.
+    """Two experts on one device, one forward pass each per batch (one in all where both are classes of one
+    model, ``same_network``), and result rows: the Ray pipeline's actor.
 
     The shared path of ``dualcam score`` and ``dualcam drift``. Both experts must take the same
     input (size, colour mode, normalization), so one preprocessed batch feeds both and their CAMs
@@ -189,6 +198,10 @@ class PairScorer:
         self.experts = tuple(load_expert(resolve_expert(e), self.device) if isinstance(e, str) else e
                              for e in (first, second))
         self.check_experts(self.experts[0].meta, self.experts[1].meta, self.experts[0].uri, self.experts[1].uri)
+        self.one_model = same_network(self.experts[0].meta, self.experts[1].meta)
+        """Both experts are classes of one network (the same weights): one forward pass gives both CAMs."""
+        if self.one_model:  # one copy on the device; the caller's Expert objects are left as they are
+            self.experts = (self.experts[0], dataclasses.replace(self.experts[1], model=self.experts[0].model))
         self.alpha = float(alpha)
         self.meta = self.experts[0].meta
         self.spec = RunSpec.of(self.layout, self.experts[0].meta, self.experts[1].meta, self.alpha, self.precision)
@@ -223,7 +236,11 @@ class PairScorer:
         x = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         metas = [expert.meta for expert in self.experts]
         with computing_in(self.precision, self.device):
-            outputs = [forward_with_cams(expert.model, x, [expert.meta.class_index]) for expert in self.experts]
+            if self.one_model:
+                logits, both = forward_with_cams(self.experts[0].model, x, [meta.class_index for meta in metas])
+                outputs = [(logits, both[:, :1]), (logits, both[:, 1:])]
+            else:
+                outputs = [forward_with_cams(expert.model, x, [expert.meta.class_index]) for expert in self.experts]
         probs = torch.stack([class_probability(logits.float(), meta.class_index, meta.activation)
                              for (logits, _), meta in zip(outputs, metas)])
         cams = torch.stack([cams[:, 0].float() for _, cams in outputs])
