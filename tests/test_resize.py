@@ -2,6 +2,7 @@
 image, on the CPU and the device decoder alike, and its peaks and boxes map back to the pixels the model saw."""
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -99,3 +100,22 @@ def test_whole_images_keep_todays_mapping():
     rh, rw, top, left = input_window(meta, np.array([300, 1000]), np.array([400, 50]))
     assert rh.tolist() == rw.tolist() == [224, 224] and top.tolist() == left.tolist() == [0, 0]
     assert image_window(meta, 300, 400) == (0, 0, 300, 400)
+
+
+def test_explain_draws_a_centre_crop_experts_heatmap_over_the_part_of_the_image_it_saw(tmp_path, capsys):
+    from dualcam.cli import main
+
+    image_path = tmp_path / "wide.png"
+    image_path.write_bytes(encoded(real_size_xray(np.random.default_rng(2), (120, 200)), "PNG"))
+    for name in ("a", "b"):
+        assert main(["expert", "init", "--arch", "resnet18", "--class-name", name, "--input-size", "64",
+                     "--resize", "center-crop", "--out", str(tmp_path / name)]) == 0
+    capsys.readouterr()
+    assert main(["explain", "--c1", str(tmp_path / "a"), "--c2", str(tmp_path / "b"), "--out", str(tmp_path / "o"),
+                 str(image_path)]) == 0
+    x, y = (int(v) for v in re.search(r"\(\s*(\d+), (\d+)\)\s+\S*wide.png", capsys.readouterr().out).groups())
+    top, left, bottom, right = image_window(ExpertMeta(**{**CROP, "input_size": 64}), 120, 200)
+    assert (top, left, bottom, right) == (7, 46, 112, 152)  # 120 x 200 -> 73 x 121, centre 64 x 64 at (4, 28)
+    assert left <= x < right and top <= y < bottom
+    with Image.open(tmp_path / "o" / "wide.addk.png") as overlay:  # the seen square, not the 200 x 120 image
+        assert overlay.size[0] < overlay.size[1]
