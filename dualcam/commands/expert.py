@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from dualcam.commands.common import add_arch, add_output_stride, check_output_folder, floats
+from dualcam.commands.common import add_arch, add_output_stride, check_output_folder, floats, labels
 from dualcam.distributed.train_loop import Recipe
 from dualcam.io.checkpoints import (
     ACTIVATIONS,
@@ -98,7 +98,7 @@ def class_outputs(class_name: str, num_outputs: int | None, class_index: int | N
     """``ExpertMeta``'s num_outputs, class_index, activation and class_names from ``expert init``'s flags, the
     defaults filled in (a binary softmax expert with the class at 1, as ``dualcam train`` makes); ValueError
     saying which flag is missing or wrong."""
-    names = tuple(n.strip() for n in class_names.split(",")) if class_names else ()
+    names = tuple(labels(class_names) or ())
     if names and class_name not in names:
         raise ValueError(f"--class-name {class_name!r} is not one of --class-names {', '.join(names)}")
     n = num_outputs if num_outputs is not None else len(names) or 2

@@ -400,8 +400,8 @@ def input_window(
         return full, full, np.zeros_like(full), np.zeros_like(full)
     resized_h = np.where(w <= h, np.floor(side * h / w), side).astype(np.int64)
     resized_w = np.where(w <= h, side, np.floor(side * w / h)).astype(np.int64)
-    return resized_h, resized_w, np.round((resized_h - s) / 2).astype(np.int64), np.round((resized_w - s) / 2).astype(
-        np.int64)
+    top, left = (np.round((resized - s) / 2).astype(np.int64) for resized in (resized_h, resized_w))
+    return resized_h, resized_w, top, left
 
 
 def image_window(meta: ExpertMeta, height: int, width: int) -> tuple[int, int, int, int]:
