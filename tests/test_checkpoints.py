@@ -35,10 +35,11 @@ def write_state(uri: str, state: dict) -> None:
     storage.write_bytes(uri, buf.getvalue())
 
 
-@pytest.mark.parametrize("arch,head", [("resnet18", "fc"), ("densenet121", "classifier")])
+@pytest.mark.parametrize("arch,head", [("resnet18", "fc"), ("densenet121", "classifier"),
+                                       ("efficientnet_b0", "classifier.1"), ("regnet_y_400mf", "fc")])
 def test_build_expert_has_binary_head(arch, head):
     model = build_expert(arch)
-    assert getattr(model, head).out_features == 2
+    assert model.get_submodule(head).out_features == 2
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 2)
 
 

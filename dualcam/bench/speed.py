@@ -1,6 +1,7 @@
 """``make bench``: images/s of each layer of scoring, measured in one run so the ratios mean something.
 
-(a) the bare forward of both experts (the limit), (b) the scorer class alone on loaded batches,
+(a) the bare forward of both experts (the limit), (b) the scorer class alone on loaded batches, and
+beside it a pair from one model (two classes of one network: one forward pass per batch),
 (c) the Ray pipeline from local files to Parquet, (d) the same from S3 (moto's server on
 127.0.0.1), all on generated images of the experts' input size; (g) the pipeline on real-size
 12-bit DICOM files (``--copies`` of them), read locally and from a PACS (Orthanc over DICOMweb on
@@ -239,6 +240,18 @@ def _experts(work: Path, arch: str, size: int) -> tuple[str, str]:
     return uris[0], uris[1]
 
 
+def _one_model_experts(work: Path, arch: str, size: int) -> tuple[str, str]:
+    """A pair from one model: outputs 1 and 0 of one untrained ``arch`` (seed 0), two experts of the same weights."""
+    torch.manual_seed(0)
+    model, uris = build_expert(arch), []
+    for name, index in (("one-c1", 1), ("one-c2", 0)):
+        uri = str(work / "experts" / name)
+        if not storage.exists(storage.join(uri, META_FILE)):
+            save_expert(model, uri, ExpertMeta(arch=arch, class_name=name, input_size=size, class_index=index))
+        uris.append(uri)
+    return uris[0], uris[1]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="dualcam-bench-"))
     c1, c2 = _experts(work, args.arch, args.size)
@@ -250,13 +263,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report = {"arch": args.arch, "images": args.n, "size": args.size, "batch_size": args.batch_size,
               "device": str(scorer.device), "precision": args.precision, "torch_threads": torch.get_num_threads()}
 
+    one_model = DualScorer(*_one_model_experts(work, args.arch, args.size), device=args.device,
+                           precision=args.precision)
     bare_forward(scorer, batches[:1])  # warm-up: first-call allocations and kernel selection
-    runs: dict[str, list[tuple[float, float]]] = {"a": [], "b": []}
+    runs: dict[str, list[tuple[float, float]]] = {"a": [], "b": [], "b_one": []}
     for _ in range(args.repeat):  # alternated, best of each: this machine's noise is a few percent
         runs["a"].append(timed(lambda: bare_forward(scorer, batches), args.n))
         runs["b"].append(timed(lambda: [scorer(b) for b in loaded], args.n))
+        runs["b_one"].append(timed(lambda: [one_model(b) for b in loaded], args.n))
     report["a_bare_forward"], report["a_bare_forward_peak_bytes"] = max(runs["a"])
     report["b_scorer"], report["b_scorer_peak_bytes"] = max(runs["b"])
+    report["b_one_model"], report["b_one_model_peak_bytes"] = max(runs["b_one"])
     report["b_over_a"] = report["b_scorer"] / report["a_bare_forward"]
     groups = {} if args.no_real_size else real_size_groups(work / "real-size", args.samples)
     report["e_load"] = {name: load_costs(paths, scorer.meta, args.repeat + 1) for name, paths in groups.items()}
@@ -408,6 +425,7 @@ def print_report(report: dict) -> None:
           f"{report['torch_threads']} torch threads" + (
               f"; pipeline actors of {report['cpus_per_actor']:g} CPUs" if report.get("cpus_per_actor") else ""))
     stages = [("a_bare_forward", "(a) bare forward of both experts"), ("b_scorer", "(b) scorer class alone"),
+              ("b_one_model", "(b) the same, pair from one model"),
               ("c_local", "(c) pipeline, local files -> Parquet"), ("d_s3", "(d) pipeline, S3 (moto) -> Parquet")]
     for key, label in stages:
         if key in report:

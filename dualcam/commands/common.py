@@ -18,7 +18,8 @@ from dualcam.io.checkpoints import CheckpointError
 from dualcam.io.imaging import DecodeError, decode_image, is_image_name
 from dualcam.io.inputs import skipped_files
 from dualcam.io.lease import LeaseLost
-from dualcam.maps.architectures import OUTPUT_STRIDES
+from dualcam.maps import architectures
+from dualcam.maps.architectures import ARCHITECTURES, OUTPUT_STRIDES
 from dualcam.scoring.archive_options import ArchiveOptions
 from dualcam.scoring.scorers import PairScorer
 
@@ -119,6 +120,22 @@ def add_input_output(parser: argparse.ArgumentParser) -> None:
                         "(dicomweb[s]://HOST[:PORT]/ROOT?QUERY, e.g. ...?StudyDate=yesterday; credentials from "
                         "DUALCAM_DICOMWEB_USER/_PASSWORD or _TOKEN)")
     parser.add_argument("--output", required=True, help="results folder: path or s3:// prefix")
+
+
+def add_arch(parser: argparse.ArgumentParser, default: str) -> None:
+    """--arch, one of the registry's (``dualcam.maps.architectures``); a torchvision model whose CAM would not be
+    exact (ConvNeXt, MobileNetV3, ViT) is refused saying why (the type runs before the choices, which job specs
+    check)."""
+    parser.add_argument("--arch", type=_arch, choices=tuple(ARCHITECTURES), default=default, metavar="ARCH",
+                        help=f"torchvision architecture: {', '.join(ARCHITECTURES)} (default {default})")
+
+
+def _arch(name: str) -> str:
+    try:
+        architectures.family(name)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return name
 
 
 def add_output_stride(parser: argparse.ArgumentParser, default: int) -> None:

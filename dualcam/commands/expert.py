@@ -8,10 +8,15 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from dualcam.commands.common import add_output_stride, check_output_folder
+from dualcam.commands.common import add_arch, add_output_stride, check_output_folder, floats, labels
 from dualcam.distributed.train_loop import Recipe
 from dualcam.io.checkpoints import (
-    SUPPORTED_ARCHS,
+    ACTIVATIONS,
+    CROP_FRACTION,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    POSITIVE_INDEX,
+    RESIZES,
     ExpertMeta,
     build_expert,
     list_versions,
@@ -27,18 +32,39 @@ DESCRIPTION = None
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="expert_command", required=True, metavar="SUBCOMMAND")
     init = sub.add_parser("init", help="write an untrained or ImageNet-initialized expert checkpoint")
-    init.add_argument("--arch", choices=SUPPORTED_ARCHS, default=Recipe.arch,
-                      help=f"architecture (default {Recipe.arch})")
-    init.add_argument("--class-name", required=True, help="the expert's positive class, e.g. COVID-19")
+    add_arch(init, Recipe.arch)
+    init.add_argument("--class-name", required=True, help="the expert's class, e.g. COVID-19")
+    init.add_argument("--num-outputs", type=int, default=None,
+                      help="outputs of the model's last layer (default: as many as --class-names, else 2)")
+    init.add_argument("--class-index", type=int, default=None,
+                      help="which output is the class, from 0 (default: --class-name's place in --class-names; "
+                      "else 1 of 2 outputs, 0 of 1; needed for other sizes)")
+    init.add_argument("--class-names", default=None,
+                      help="the model's outputs' names in order, comma-separated (e.g. normal,COVID-19,pneumonia): "
+                      "recorded, and --class-name looked up in them")
+    init.add_argument("--activation", choices=ACTIVATIONS, default=None,
+                      help="how the class's probability is read: softmax over the outputs, or sigmoid of the "
+                      "class's own (multi-label, single-logit); default softmax, sigmoid for 1 output")
     init.add_argument("--input-size", type=int, default=Recipe.image_size,
                       help=f"square input size in pixels (default {Recipe.image_size})")
     init.add_argument("--color-mode", choices=("L", "RGB"), default=ExpertMeta.color_mode,
                       help="L: grayscale on 3 channels (default)")
+    init.add_argument("--resize", choices=RESIZES, default=ExpertMeta.resize,
+                      help="how an image becomes the input, as the model was trained: whole (resized to the input "
+                      "size, no crop; default) or center-crop (short side to --resize-size, then the centre input "
+                      "size square, as torchvision's ImageNet presets)")
+    init.add_argument("--resize-size", type=int, default=None,
+                      help=f"center-crop: the short side before the crop (default input size / {CROP_FRACTION}, "
+                      "rounded: 256 for 224)")
+    init.add_argument("--mean", default=None, help="channel means the model was trained with, comma-separated "
+                      f"(default ImageNet's, {','.join(map(str, IMAGENET_MEAN))})")
+    init.add_argument("--std", default=None, help="channel standard deviations, comma-separated "
+                      f"(default ImageNet's, {','.join(map(str, IMAGENET_STD))})")
     add_output_stride(init, ExpertMeta.output_stride)
     init.add_argument("--weights", default="none",
                       help="none, imagenet (torchvision's, downloaded on first use: needs internet) or a state dict's "
-                      "path or s3:// URI, e.g. torchvision's ImageNet file copied from where there is internet "
-                      "(default none)")
+                      "path or s3:// URI: your model's (its last layer must have --num-outputs outputs), or "
+                      "torchvision's ImageNet file copied from where there is internet (default none)")
     init.add_argument("--out", required=True, help="checkpoint directory: a path or s3:// prefix")
     show = sub.add_parser("show", help="print a checkpoint's expert.json")
     show.add_argument("uri", help="checkpoint directory, or a folder of versions (latest shown): a path or s3:// "
@@ -50,17 +76,42 @@ def run(*, expert_command: str, **options: Any) -> int:
     return commands[expert_command](**options)
 
 
-def init(*, arch: str, class_name: str, input_size: int, color_mode: str, output_stride: int, weights: str,
-         out: str) -> int:
+def init(*, arch: str, class_name: str, num_outputs: int | None, class_index: int | None, class_names: str | None,
+         activation: str | None, input_size: int, color_mode: str, resize: str, resize_size: int | None,
+         mean: str | None, std: str | None, output_stride: int, weights: str, out: str) -> int:
     """``dualcam expert init``: write an expert checkpoint to ``out``, initialized from ``weights``."""
     check_output_folder(out, "--out")
-    model = build_expert(arch, weights, output_stride)
+    outputs = class_outputs(class_name, num_outputs, class_index, class_names, activation)
     meta = ExpertMeta(arch=arch, class_name=class_name, input_size=input_size, color_mode=color_mode,
-                      output_stride=output_stride, recipe={"init_weights": weights})
+                      resize=resize, resize_size=resize_size, mean=tuple(floats(mean)) if mean else IMAGENET_MEAN,
+                      std=tuple(floats(std)) if std else IMAGENET_STD, output_stride=output_stride,
+                      recipe={"init_weights": weights}, **outputs)
+    model = build_expert(arch, weights, output_stride, meta.num_outputs)
     meta = save_expert(model, out, meta)
-    print(f"wrote expert {meta.class_name!r} ({meta.arch}, {meta.input_size} px, weights {weights}) "
-          f"version {meta.version} to {out}")
+    print(f"wrote expert {meta.class_name!r} (output {meta.class_index} of {meta.num_outputs}, {meta.activation}; "
+          f"{meta.arch}, {meta.input_size} px, weights {weights}) version {meta.version} to {out}")
     return 0
+
+
+def class_outputs(class_name: str, num_outputs: int | None, class_index: int | None, class_names: str | None,
+                  activation: str | None) -> dict[str, Any]:
+    """``ExpertMeta``'s num_outputs, class_index, activation and class_names from ``expert init``'s flags, the
+    defaults filled in (a binary softmax expert with the class at 1, as ``dualcam train`` makes); ValueError
+    saying which flag is missing or wrong."""
+    names = tuple(labels(class_names) or ())
+    if names and class_name not in names:
+        raise ValueError(f"--class-name {class_name!r} is not one of --class-names {', '.join(names)}")
+    n = num_outputs if num_outputs is not None else len(names) or 2
+    if class_index is None:
+        if names:
+            class_index = names.index(class_name)
+        elif n in (1, 2):
+            class_index = 0 if n == 1 else POSITIVE_INDEX
+        else:
+            raise ValueError(f"a model with {n} outputs needs --class-index or --class-names to say which is "
+                             f"{class_name!r}")
+    return {"num_outputs": n, "class_index": class_index, "class_names": names,
+            "activation": activation or ("sigmoid" if n == 1 else "softmax")}
 
 
 def show(*, uri: str) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 import torch
 
 from dualcam.commands.common import add_expert_pair, check_output_folder, decoded, input_files
-from dualcam.io.imaging import model_input
+from dualcam.io.imaging import image_window, model_input
 from dualcam.io.inputs import skipped_files
 from dualcam.maps import regions
 from dualcam.maps.cam import upsample
@@ -73,14 +73,16 @@ def run(
             failed += 1
             print(f"{'-':>6} {'-':>6}  {'-':>12}  {err}")
             continue
-        model_x, _ = model_input(data, uri, scorer.meta)  # what `dualcam score` gives the model; overlay: whole image
+        model_x, _ = model_input(data, uri, scorer.meta)  # what `dualcam score` gives the model
         result = scorer.score(model_x[None])
         p1, p2 = float(result["p1"][0]), float(result["p2"][0])
-        heat = upsample(result["heatmap"][0], image.shape[:2])
+        top, left, bottom, right = image_window(scorer.meta, *image.shape[:2])  # overlay: what the model saw
+        seen = image[top:bottom, left:right]
+        heat = upsample(result["heatmap"][0], seen.shape[:2])
         x, y = (round(v) for v in regions.peak(torch.from_numpy(heat)[None])[0].tolist())
-        title = f"ADDK(CAM1, CAM2) alpha={scorer.alpha:g}  p1={p1:.3f} p2={p2:.3f}  peak ({x}, {y})"
-        panel_row(image, [(title, heat)], marks=[(x, y)], side=OVERLAY_SIDE).save(folder / f"{names[uri]}.addk.png")
-        print(f"{p1:6.3f} {p2:6.3f}  {f'({x}, {y})':>12}  {uri}")
+        title = f"ADDK(CAM1, CAM2) alpha={scorer.alpha:g}  p1={p1:.3f} p2={p2:.3f}  peak ({x + left}, {y + top})"
+        panel_row(seen, [(title, heat)], marks=[(x, y)], side=OVERLAY_SIDE).save(folder / f"{names[uri]}.addk.png")
+        print(f"{p1:6.3f} {p2:6.3f}  {f'({x + left}, {y + top})':>12}  {uri}")
     elapsed = time.perf_counter() - start
     skipped_note = f"; {skipped_files(skipped)}" if skipped else ""
     print(f"{len(files) - failed} explained, {failed} failed, in {elapsed:.1f} s; overlays in {folder}/{skipped_note}")

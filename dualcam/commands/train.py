@@ -6,10 +6,9 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from dualcam.commands.common import add_output_stride, check_output_folder, labels
+from dualcam.commands.common import add_arch, add_output_stride, check_output_folder, labels
 from dualcam.distributed.train_loop import AUGMENTATIONS, Recipe
 from dualcam.distributed.training import results_table, train_experts
-from dualcam.io.checkpoints import SUPPORTED_ARCHS
 
 HELP = "fine-tune the binary experts on Ray Train, both at once (the paper's recipe by default)"
 DESCRIPTION = (
@@ -40,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "others)")
     parser.add_argument("--views", default="PA", help="views kept from the COVID-19 collection, comma-separated "
                         "(default PA)")
-    parser.add_argument("--arch", choices=SUPPORTED_ARCHS, default=Recipe.arch, help=f"default {Recipe.arch}")
+    add_arch(parser, Recipe.arch)
     parser.add_argument("--weights", default=Recipe.weights, help="starting weights: imagenet (torchvision's, "
                         "downloaded: needs internet), none, or a state dict's path or s3:// URI; not used with "
                         f"--init-from (default {Recipe.weights})")

@@ -35,6 +35,7 @@ from dualcam.distributed.train_loop import Recipe, read_state, train_loop, unloa
 from dualcam.io import errorlog, storage
 from dualcam.io.checkpoints import (
     META_FILE,
+    POSITIVE_INDEX,
     ExpertMeta,
     build_expert,
     latest_version,
@@ -157,6 +158,13 @@ def resolve_init_from(uris: Sequence[str], labels: Sequence[str]) -> dict[str, s
             raise ValueError(f"--init-from {uri}: neither an expert checkpoint nor a folder with <class>/<version>/ "
                              "checkpoints")
         chosen.update({label: v for label, v in found.items() if v})
+    for uri in chosen.values():
+        meta = load_meta(uri)
+        if (meta.num_outputs, meta.class_index, meta.activation) != (2, POSITIVE_INDEX, "softmax"):
+            raise ValueError(
+                f"--init-from {uri}: training warm-starts binary experts only (2 outputs, softmax, class at "
+                f"{POSITIVE_INDEX}); this one has {meta.num_outputs} outputs, class at {meta.class_index}, "
+                f"{meta.activation}")
     return chosen
 
 
@@ -341,7 +349,8 @@ def _expert_meta(plan: ExpertPlan, recipe: Recipe) -> ExpertMeta:
     if plan.init_from:
         base = load_meta(plan.init_from)
         return ExpertMeta(arch=base.arch, class_name=plan.label, input_size=base.input_size, color_mode=base.color_mode,
-                          output_stride=base.output_stride, mean=base.mean, std=base.std)
+                          output_stride=base.output_stride, mean=base.mean, std=base.std, resize=base.resize,
+                          resize_size=base.resize_size)
     return ExpertMeta(arch=recipe.arch, class_name=plan.label, input_size=recipe.image_size,
                       color_mode=recipe.color_mode, output_stride=recipe.output_stride)
 

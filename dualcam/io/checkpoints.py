@@ -1,16 +1,19 @@
-"""Binary experts: a torchvision classifier with a 2-output head, and its checkpoint on disk or S3.
+"""Experts: one class of a torchvision classifier, and its checkpoint on disk or S3.
 
 An expert checkpoint is a directory (local path or s3:// prefix) holding
 
 * ``weights.pt``: the state dict, written by ``torch.save`` and read back only with
   ``torch.load(..., weights_only=True)``, so a checkpoint can never run code;
 * ``expert.json``: everything needed to use the weights without guessing (``ExpertMeta``):
-  architecture, class name, input size, colour mode and channel normalization, plus provenance
+  architecture, class name, which output is the class and how its probability is read, input size,
+  colour mode and channel normalization, plus provenance
   (created_at, version id, the weights' sha256, metrics, training-data fingerprint, recipe).
 
 ``expert.json`` is written last, so a directory without it is a save that did not finish, and a
 directory with it is never written again: a version id always names the same weights.
-Output index 1 of every expert is the in-class score (``POSITIVE_INDEX``).
+An expert is (model, class): ``num_outputs`` outputs, of which ``class_index`` is the class, its
+probability read by ``activation``. Experts ``dualcam train`` makes, and checkpoints written before
+these fields existed, have 2 outputs, softmax, class at ``POSITIVE_INDEX``.
 """
 
 from __future__ import annotations
@@ -37,11 +40,19 @@ from dualcam.maps.architectures import ARCHITECTURES, check_output_stride
 
 SUPPORTED_ARCHS = tuple(ARCHITECTURES)
 POSITIVE_INDEX = 1
+"""The class's output in a binary expert (``dualcam train``'s, and the default)."""
+ACTIVATIONS = ("softmax", "sigmoid")
+RESIZES = ("whole", "center-crop")
+CROP_FRACTION = 0.875
+"""torchvision's ImageNet presets: the centre crop is 87.5% of the resized short side (224 of 256)."""
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_CLASSES = 1000
 META_FILE = "expert.json"
 WEIGHTS_FILE = "weights.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: num_outputs, class_index, activation, class_names, resize and resize_size (absent from a format 1 file: 2, 1,
+softmax, none, whole)."""
 
 
 class CheckpointError(ValueError):
@@ -60,6 +71,14 @@ class ExpertMeta:
     an X-ray stored as RGB and as L give the same input); "RGB" keeps colour.
     ``output_stride`` 16 keeps a ResNet's last stage at the previous stage's resolution, doubling
     the CAM grid on each side (224 px: 14x14 instead of 7x7); see ``build_expert``.
+    The model has ``num_outputs`` outputs; the expert's class is output ``class_index`` (named
+    ``class_names[class_index]`` where the names are recorded), its probability the ``activation``
+    (``softmax`` over all outputs, or ``sigmoid`` of its own) of the logits, its CAM the raw one of
+    that output (``dualcam.maps.cam``).
+    ``resize`` is how an image becomes the S x S input (S = ``input_size``): ``whole`` resizes all of it
+    to S x S (every pixel reaches a CAM cell); ``center-crop`` resizes its short side to ``resize_size``
+    (default round(S / 0.875): 256 for 224) and takes the centre S x S, as torchvision's
+    ``Resize(resize_size) + CenterCrop(S)`` (``imaging.input_window``).
     """
 
     arch: str
@@ -67,6 +86,12 @@ class ExpertMeta:
     input_size: int
     color_mode: str = "L"
     output_stride: int = 32
+    num_outputs: int = 2
+    class_index: int = POSITIVE_INDEX
+    activation: str = "softmax"
+    class_names: tuple[str, ...] = ()
+    resize: str = "whole"
+    resize_size: int | None = None
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     created_at: str = ""
@@ -89,6 +114,37 @@ class ExpertMeta:
         self.mean, self.std = tuple(self.mean), tuple(self.std)
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError(f"mean and std need 3 values each, std > 0; got {self.mean} and {self.std}")
+        self._check_outputs()
+        if self.resize not in RESIZES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZES)}, got {self.resize!r}")
+        if self.resize_size is not None and (self.resize != "center-crop" or not isinstance(self.resize_size, int)
+                                             or self.resize_size < self.input_size):
+            raise ValueError(f"resize_size is for resize center-crop only, an integer >= input_size "
+                             f"{self.input_size}; got {self.resize_size!r} with resize {self.resize}")
+
+    @property
+    def resized_side(self) -> int:
+        """The side an image is resized to before any crop: S for ``whole``; the short side's for ``center-crop``."""
+        if self.resize == "whole":
+            return self.input_size
+        return self.resize_size or round(self.input_size / CROP_FRACTION)
+
+    def _check_outputs(self) -> None:
+        """ValueError unless num_outputs, class_index, activation and class_names describe one output."""
+        n, k = self.num_outputs, self.class_index
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"num_outputs must be an integer >= 1, got {n!r}")
+        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < n:
+            raise ValueError(f"class_index must be an integer from 0 to num_outputs - 1 = {n - 1}, got {k!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if self.activation == "softmax" and n < 2:
+            raise ValueError("softmax needs num_outputs >= 2; a single-logit model's probability is its sigmoid")
+        self.class_names = tuple(self.class_names)
+        if self.class_names and len(self.class_names) != n:
+            raise ValueError(f"class_names has {len(self.class_names)} names for num_outputs {n}")
+        if self.class_names and self.class_names[k] != self.class_name:
+            raise ValueError(f"class_names[{k}] is {self.class_names[k]!r}, not class_name {self.class_name!r}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ExpertMeta:
@@ -120,27 +176,30 @@ def imagenet_weights(arch: str) -> WeightsEnum:
     return get_model_weights(arch).DEFAULT
 
 
-def build_expert(arch: str, weights: str | None = None, output_stride: int = 32) -> nn.Module:
-    """A torchvision ``arch`` whose final layer is replaced by 2 outputs (index 1 = in-class).
+def build_expert(arch: str, weights: str | None = None, output_stride: int = 32, num_outputs: int = 2) -> nn.Module:
+    """A torchvision ``arch`` whose final layer has ``num_outputs`` outputs (2: a binary expert, index 1 = in-class).
 
     ``weights``: None (random init); ``"imagenet"`` (torchvision's pretrained weights, downloaded
-    into torch's hub cache on first use); or a path or s3:// URI to a state dict for the same
-    arch, either ImageNet's 1000-class one (for clusters without internet) or a 2-output one.
+    into torch's hub cache on first use; a fresh head); or a path or s3:// URI to a state dict for the
+    same arch: either ImageNet's 1000-class one (for clusters without internet; a fresh head) or one
+    whose head has ``num_outputs`` outputs, loaded whole. Any other head size is refused, naming both
+    shapes: a trained head is never silently replaced.
 
     ``output_stride`` 16 (ResNets only) gives a finer CAM grid with the same parameters, so any
     ResNet weights still load (how: ``dualcam.maps.architectures``).
     """
     check_output_stride(arch, output_stride)
     if weights in (None, "none"):
-        return architectures.with_head(architectures.build(arch, output_stride, weights=None), 2)
+        return architectures.with_head(architectures.build(arch, output_stride, weights=None), num_outputs)
     if weights == "imagenet":
-        return architectures.with_head(_imagenet_model(arch, output_stride), 2)
+        return architectures.with_head(_imagenet_model(arch, output_stride), num_outputs)
     state = _read_state_dict(weights)
     head = architectures.family(arch).head
     n_out = state[f"{head}.weight"].shape[0] if f"{head}.weight" in state else None
-    model = _skeleton(arch, num_classes=2 if n_out == 2 else 1000, output_stride=output_stride)
+    imagenet = n_out == IMAGENET_CLASSES and num_outputs != IMAGENET_CLASSES
+    model = _skeleton(arch, num_classes=IMAGENET_CLASSES if imagenet else num_outputs, output_stride=output_stride)
     _load_into(model, state, weights, arch)
-    return architectures.with_head(model, 2) if n_out != 2 else model
+    return architectures.with_head(model, num_outputs) if imagenet else model
 
 
 def save_expert(model: nn.Module, uri: str, meta: ExpertMeta | Mapping[str, Any]) -> ExpertMeta:
@@ -165,7 +224,7 @@ def save_expert_version(model: nn.Module, root: str, meta: ExpertMeta | Mapping[
 def _versioned(model: nn.Module, meta: ExpertMeta | Mapping[str, Any], uri: str) -> tuple[bytes, ExpertMeta]:
     meta = meta if isinstance(meta, ExpertMeta) else ExpertMeta.from_dict(meta)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _check_fits(state, meta.arch, uri)
+    _check_fits(state, meta, uri)
     buf = io.BytesIO()
     torch.save(state, buf)
     data = buf.getvalue()
@@ -255,7 +314,7 @@ def load_expert(uri: str, device: str | torch.device = "cpu") -> Expert:
             f"{WEIGHTS_FILE} is truncated or altered ({len(data)} bytes, sha256 {digest[:12]}..., "
             f"{META_FILE} says {meta.sha256[:12]}...)",
         )
-    model = _skeleton(meta.arch, output_stride=meta.output_stride)
+    model = _skeleton(meta.arch, meta.num_outputs, meta.output_stride)
     _load_into(model, _parse_state_dict(data, weights_uri), uri, meta.arch)
     return Expert(model=model.to(device).eval(), meta=meta, uri=uri)
 
@@ -281,11 +340,19 @@ def _skeleton(arch: str, num_classes: int = 2, output_stride: int = 32) -> nn.Mo
         return architectures.build(arch, output_stride, weights=None, num_classes=num_classes)
 
 
-def _check_fits(state: Mapping[str, torch.Tensor], arch: str, uri: str) -> None:
-    _load_into(_skeleton(arch), state, uri, arch)
+def _check_fits(state: Mapping[str, torch.Tensor], meta: ExpertMeta, uri: str) -> None:
+    _load_into(_skeleton(meta.arch, meta.num_outputs, meta.output_stride), state, uri, meta.arch)
 
 
 def _load_into(model: nn.Module, state: Mapping[str, torch.Tensor], uri: str, arch: str) -> None:
+    """Assign ``state`` to ``model``'s skeleton; a head of another size, or any other misfit, is a CheckpointError."""
+    head = architectures.family(arch).head
+    want, got = architectures.head(model).weight.shape, state.get(f"{head}.weight")
+    if got is not None and got.shape[1:] == want[1:] and got.shape != want:
+        raise CheckpointError(
+            uri, f"its head {head}.weight has shape {tuple(got.shape)} ({got.shape[0]} outputs), but the expert's "
+            f"{arch} head has shape {tuple(want)} ({want[0]} outputs): give num_outputs {got.shape[0]} "
+            "(expert init --num-outputs) if that is the model")
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:

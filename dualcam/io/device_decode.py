@@ -84,9 +84,9 @@ class DeviceDecoder:
     def _input(self, image: torch.Tensor) -> torch.Tensor:
         """(C, H, W) uint8 -> (3, S, S) model input, as ``model_input`` makes it from the same pixels."""
         height, width = image.shape[-2:]
-        ky, kx = box_factors((height, width), REDUCE_MARGIN * self.meta.input_size)
+        ky, kx = box_factors((height, width), REDUCE_MARGIN * self.meta.resized_side)
         reduced = box_reduce(image, ky, kx).to(torch.float32).div_(255.0)
-        return input_tensor(reduced, self.meta, (height / ky, width / kx))
+        return input_tensor(reduced, self.meta, (height / ky, width / kx), (height, width))
 
 
 def box_reduce(image: torch.Tensor, ky: int, kx: int) -> torch.Tensor:

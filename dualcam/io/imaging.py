@@ -121,8 +121,8 @@ def model_input(
 
     Raises ``DecodeError`` as ``decode_image`` does.
     """
-    decoded = _decode(data, name, max_pixels, REDUCE_MARGIN * meta.input_size, grey=meta.color_mode == "L")
-    return preprocess(decoded.image, meta, decoded.extent), decoded.size
+    decoded = _decode(data, name, max_pixels, REDUCE_MARGIN * meta.resized_side, grey=meta.color_mode == "L")
+    return preprocess(decoded.image, meta, decoded.extent, decoded.size), decoded.size
 
 
 def _decode(data: bytes, name: str, max_pixels: int, min_side: int | None = None, grey: bool = False) -> _Decoded:
@@ -409,40 +409,77 @@ def _grey_display(ds: Dataset, pixels: np.ndarray, inverse: bool) -> np.ndarray:
     return scaled[np.subtract(pixels, base, dtype=np.int32) if base else pixels]
 
 
-def preprocess(image: np.ndarray, meta: ExpertMeta, extent: tuple[float, float] | None = None) -> torch.Tensor:
+def preprocess(
+    image: np.ndarray, meta: ExpertMeta, extent: tuple[float, float] | None = None, size: tuple[int, int] | None = None,
+) -> torch.Tensor:
     """The model input for one decoded image: (3, S, S) float32, S = ``meta.input_size``.
 
-    Resized to S x S with antialiased bilinear filtering and no crop (every image pixel maps to
-    a CAM cell, so heatmaps cover the whole image); in colour mode "L" converted to luminance
-    and repeated over three channels; then normalized with ``meta.mean`` and ``meta.std``.
-    ``model_input`` ends here, so training, scoring and explaining cannot disagree. ``extent``
-    (rows, columns) is how much of ``image`` the picture covers, in its pixels, when its last row
-    or column averages a partial box (``model_input``'s reduced images); default: all of it.
+    Resized with antialiased bilinear filtering as ``meta.resize`` says (``input_window``): ``whole``,
+    to S x S with no crop (every image pixel maps to a CAM cell, so heatmaps cover the whole image), or
+    ``center-crop``, as the model was trained; in colour mode "L" converted to luminance and repeated
+    over three channels; then normalized with ``meta.mean`` and ``meta.std``. ``model_input`` ends
+    here, so training, scoring and explaining cannot disagree. ``extent`` (rows, columns) is how much
+    of ``image`` the picture covers, in its pixels, when its last row or column averages a partial box
+    (``model_input``'s reduced images; default: all of it), and ``size`` the image's own (H, W) before
+    that reduction (default: the extent).
     """
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
         raise ValueError(f"preprocess expects (H, W) or (H, W, 3), got shape {image.shape}")
     t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-    return input_tensor(t.permute(2, 0, 1) if t.ndim == 3 else t[None], meta, extent)
+    return input_tensor(t.permute(2, 0, 1) if t.ndim == 3 else t[None], meta, extent, size)
 
 
-def input_tensor(image: torch.Tensor, meta: ExpertMeta, extent: tuple[float, float] | None = None) -> torch.Tensor:
+def input_tensor(
+    image: torch.Tensor, meta: ExpertMeta, extent: tuple[float, float] | None = None,
+    size: tuple[int, int] | None = None,
+) -> torch.Tensor:
     """``preprocess`` for a (C, H, W) float32 image in [0, 1] (C = 1 or 3) on any device: the
-    (3, S, S) model input, on that device. The one resize and normalization of every path
+    (3, S, S) model input, on that device. The one resize, crop and normalization of every path
     (``model_input`` on CPU, ``device_decode`` on the scorer's device)."""
     t = image
     if meta.color_mode == "L" and t.shape[0] == 3:
         t = torch.einsum("c,chw->hw", torch.tensor(_LUMA, device=t.device), t)[None]
-    size = (meta.input_size, meta.input_size)
+    height, width = size or extent or t.shape[1:]
+    resized_h, resized_w, top, left = (int(v) for v in input_window(meta, height, width))
+    resized = (resized_h, resized_w)
     if extent is None or tuple(extent) == t.shape[1:]:
-        t = F.interpolate(t[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+        t = F.interpolate(t[None], size=resized, mode="bilinear", antialias=True, align_corners=False)[0]
     else:  # the scale maps the covered extent, not the array, onto the input: no stretch at the far edges
-        scales = [_scale(n, covered, meta.input_size) for n, covered in zip(t.shape[1:], extent)]
+        scales = [_scale(n, covered, side) for n, covered, side in zip(t.shape[1:], extent, resized)]
         t = F.interpolate(t[None], scale_factor=scales, recompute_scale_factor=False,
                           mode="bilinear", antialias=True, align_corners=False)[0]
-    t = t.expand(3, *size)
+    s = meta.input_size
+    t = t[:, top:top + s, left:left + s].expand(3, s, s)
     mean = torch.tensor(meta.mean, dtype=torch.float32, device=t.device)[:, None, None]
     std = torch.tensor(meta.std, dtype=torch.float32, device=t.device)[:, None, None]
     return ((t - mean) / std).contiguous()
+
+
+def input_window(
+    meta: ExpertMeta, height: float | np.ndarray, width: float | np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Where an image of (height, width) pixels goes in the model input: it is resized to (resized_h,
+    resized_w), and the S x S input is the window of that at (top, left). ``whole``: (S, S, 0, 0);
+    ``center-crop``: torchvision's ``Resize(resized_side)`` (short side to it, the long side's length
+    truncated) then ``CenterCrop(S)`` (offsets rounded half to even). Element-wise over arrays, so the
+    scorers map a batch's CAM positions back to each image's pixels with the same arithmetic."""
+    h, w = np.asarray(height, np.float64), np.asarray(width, np.float64)
+    s, side = meta.input_size, meta.resized_side
+    if meta.resize == "whole":
+        full = np.full(np.broadcast(h, w).shape, s, np.int64)
+        return full, full, np.zeros_like(full), np.zeros_like(full)
+    resized_h = np.where(w <= h, np.floor(side * h / w), side).astype(np.int64)
+    resized_w = np.where(w <= h, side, np.floor(side * w / h)).astype(np.int64)
+    top, left = (np.round((resized - s) / 2).astype(np.int64) for resized in (resized_h, resized_w))
+    return resized_h, resized_w, top, left
+
+
+def image_window(meta: ExpertMeta, height: int, width: int) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right), exclusive, in image pixels: the part of an image the model input shows
+    (all of it unless ``meta.resize`` crops), rounded to whole pixels, for drawing a heatmap over it."""
+    resized_h, resized_w, top, left = (int(v) for v in input_window(meta, height, width))
+    s, sy, sx = meta.input_size, height / resized_h, width / resized_w
+    return round(top * sy), round(left * sx), round((top + s) * sy), round((left + s) * sx)
 
 
 def _scale(n: int, covered: float, size: int) -> float:

@@ -4,7 +4,8 @@ feature maps come from, and which layer is its linear head.
 A CAM is exact only for a network that ends in global average pooling and one linear layer, so an
 architecture is supported only where both are known; checkpoints (``dualcam.io.checkpoints``) and
 CAMs (``dualcam.maps.cam``) read the same entry. To add an architecture, add a ``Family`` (once per
-torchvision model class) and its ``ARCHITECTURES`` entries.
+torchvision model class) and its ``ARCHITECTURES`` entries. Models whose head does more than that
+are refused with the reason (``NOT_CAM_EXACT``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import DenseNet, ResNet, get_model
+from torchvision.models import (
+    ConvNeXt,
+    DenseNet,
+    EfficientNet,
+    MobileNetV3,
+    RegNet,
+    ResNet,
+    VisionTransformer,
+    get_model,
+)
 
 OUTPUT_STRIDES = (32, 16)
 
@@ -30,6 +40,16 @@ def _resnet_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def _densenet_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     assert isinstance(model, DenseNet)
     return F.relu(model.features(x))
+
+
+def _efficientnet_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    assert isinstance(model, EfficientNet)
+    return model.features(x)
+
+
+def _regnet_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    assert isinstance(model, RegNet)
+    return model.trunk_output(model.stem(x))
 
 
 def _resnet_at_stride(name: str, output_stride: int, **kwargs: Any) -> nn.Module:
@@ -56,7 +76,8 @@ class Family:
 
     model_class: type[nn.Module]
     head: str
-    """Attribute of the final ``nn.Linear`` (the CAM's weights; replaced by a 2-output layer in an expert)."""
+    """Module path of the final ``nn.Linear`` (the CAM's weights; its state dict keys' prefix): ``fc``, or
+    ``classifier.1`` behind EfficientNet's dropout, the identity in eval mode."""
     features: Callable[[nn.Module, torch.Tensor], torch.Tensor]
     """(model, x) -> (B, C, h, w): the maps the head's global average pooling reads."""
     build: Callable[..., nn.Module]
@@ -66,15 +87,25 @@ class Family:
 
 RESNET = Family(ResNet, "fc", _resnet_features, _resnet_at_stride, OUTPUT_STRIDES)
 DENSENET = Family(DenseNet, "classifier", _densenet_features, _plain)
+EFFICIENTNET = Family(EfficientNet, "classifier.1", _efficientnet_features, _plain)
+REGNET = Family(RegNet, "fc", _regnet_features, _plain)
 
 ARCHITECTURES: dict[str, Family] = {
-    "resnet18": RESNET,
-    "resnet34": RESNET,
-    "resnet50": RESNET,
-    "resnet101": RESNET,
-    "resnet152": RESNET,
-    "densenet121": DENSENET,
+    **dict.fromkeys(("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+                     "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2"), RESNET),
+    **dict.fromkeys(("densenet121", "densenet161", "densenet169", "densenet201"), DENSENET),
+    **dict.fromkeys((f"efficientnet_b{i}" for i in range(8)), EFFICIENTNET),
+    **dict.fromkeys((f"regnet_{kind}_{size}" for kind in "xy"
+                     for size in ("400mf", "800mf", "1_6gf", "3_2gf", "8gf", "16gf", "32gf")), REGNET),
+    "regnet_y_128gf": REGNET,
 }
+
+NOT_CAM_EXACT: tuple[tuple[str, type[nn.Module], str], ...] = (
+    ("convnext", ConvNeXt, "its head normalizes after pooling (LayerNorm)"),
+    ("mobilenet_v3", MobileNetV3, "its head has a hidden layer after pooling (Linear + Hardswish)"),
+    ("vit_", VisionTransformer, "it is a transformer whose head reads a class token, not pooled feature maps"),
+)
+"""(name prefix, torchvision class, why): models that are not global average pooling + one linear layer."""
 
 
 def family(arch: str) -> Family:
@@ -82,6 +113,9 @@ def family(arch: str) -> Family:
     try:
         return ARCHITECTURES[arch]
     except KeyError:
+        for prefix, _, why in NOT_CAM_EXACT:
+            if arch.startswith(prefix):
+                raise ValueError(f"{arch}: {why}, so a CAM would not be exact") from None
         raise ValueError(f"arch {arch!r} is not one of {', '.join(ARCHITECTURES)}") from None
 
 
@@ -105,21 +139,24 @@ def family_of(model: nn.Module) -> Family:
     for entry in ARCHITECTURES.values():
         if isinstance(model, entry.model_class):
             return entry
+    for _, model_class, why in NOT_CAM_EXACT:
+        if isinstance(model, model_class):
+            raise TypeError(f"{type(model).__name__}: {why}, so a CAM would not be exact")
     supported = dict.fromkeys(entry.model_class.__name__ for entry in ARCHITECTURES.values())
     raise TypeError(
-        f"dualcam supports torchvision {' and '.join(supported)} models (a CAM needs their known head), "
+        f"dualcam supports torchvision {', '.join(supported)} models (a CAM needs their known head), "
         f"not {type(model).__name__}"
     )
 
 
 def head(model: nn.Module) -> nn.Linear:
     """The model's final linear layer."""
-    layer = getattr(model, family_of(model).head)
+    layer = model.get_submodule(family_of(model).head)
     assert isinstance(layer, nn.Linear)
     return layer
 
 
 def with_head(model: nn.Module, outputs: int) -> nn.Module:
     """``model`` with its final layer replaced by a fresh one of ``outputs`` outputs (same inputs)."""
-    setattr(model, family_of(model).head, nn.Linear(head(model).in_features, outputs))
+    model.set_submodule(family_of(model).head, nn.Linear(head(model).in_features, outputs))
     return model

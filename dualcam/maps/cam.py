@@ -8,6 +8,8 @@ CAMs are returned raw: no ReLU, no bias, no scaling.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -17,19 +19,33 @@ from dualcam.maps.architectures import family_of, head
 from dualcam.maps.kernel import ArrayLike
 
 
-def forward_with_cams(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward pass: (logits (B, K), cams (B, K, h, w)).
+def forward_with_cams(
+    model: nn.Module, x: torch.Tensor, classes: Sequence[int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass: (logits (B, K), cams (B, K', h, w)), K' = K or ``len(classes)``.
 
-    ``cams[:, c] = sum_k W[c, k] * f_k`` over the final feature maps f (ResNet: ``layer4``'s
-    output; DenseNet: ``relu(features(x))``), so ``cams[:, c].mean((-2, -1)) + b[c] ==
-    logits[:, c]``. Runs under whatever grad/autocast mode the caller set.
+    ``cams[:, j] = sum_k W[c, k] * f_k`` with c = ``classes[j]`` (every class if None) over the final
+    feature maps f (``architectures``' ``features`` of the model's family), so
+    ``cams[:, j].mean((-2, -1)) + b[c] == logits[:, c]``. Only the CAMs asked for are computed: a
+    1000-class head's are 1000 maps. Runs under whatever grad/autocast mode the caller set.
     """
     entry = family_of(model)
     linear = head(model)
     f = entry.features(model, x)
     logits = linear(f.mean(dim=(-2, -1)))
-    cams = torch.einsum("kc,bchw->bkhw", linear.weight.to(f.dtype), f)
+    weight = linear.weight if classes is None else linear.weight[list(classes)]
+    cams = torch.einsum("kc,bchw->bkhw", weight.to(f.dtype), f)
     return logits, cams
+
+
+def class_probability(logits: torch.Tensor, class_index: int, activation: str) -> torch.Tensor:
+    """(B,) probability of class ``class_index`` from (B, K) logits: ``softmax`` over the K outputs (classes
+    that exclude each other), or ``sigmoid`` of the class's own logit (multi-label or single-logit heads)."""
+    if activation == "softmax":
+        return logits.softmax(-1)[:, class_index]
+    if activation == "sigmoid":
+        return logits[:, class_index].sigmoid()
+    raise ValueError(f"activation must be softmax or sigmoid, got {activation!r}")
 
 
 def upsample(maps: ArrayLike, size: tuple[int, int]) -> ArrayLike:

@@ -18,6 +18,7 @@ benchmarks and ``dualcam explain`` run them directly and the Ray layer only wire
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 import time
@@ -31,8 +32,8 @@ import pyarrow.compute as pc
 import torch
 
 from dualcam.io import device_decode, storage
-from dualcam.io.checkpoints import POSITIVE_INDEX, Expert, ExpertMeta, load_expert, resolve_expert
-from dualcam.io.imaging import MAX_PIXELS, model_input, preprocess
+from dualcam.io.checkpoints import Expert, ExpertMeta, load_expert, resolve_expert
+from dualcam.io.imaging import MAX_PIXELS, input_window, model_input, preprocess
 from dualcam.io.inputs import MAX_INPUT_BYTES, Slots, read_input
 from dualcam.io.results import (
     DRIFT,
@@ -48,7 +49,7 @@ from dualcam.io.results import (
     to_numpy,
 )
 from dualcam.maps import drift_measures, regions
-from dualcam.maps.cam import forward_with_cams, upsample
+from dualcam.maps.cam import class_probability, forward_with_cams, upsample
 from dualcam.maps.kernel import DEFAULT_ALPHA, addk, overlap
 from dualcam.maps.numerics import DEFAULT_PRECISION, check_precision, computing_in
 from dualcam.scoring.archive_options import check_value
@@ -59,13 +60,22 @@ IO_THREADS = 8
 
 def check_same_input(meta1: ExpertMeta, meta2: ExpertMeta, uri1: str, uri2: str) -> None:
     """Refuse two experts that take different inputs: one batch must feed both, CAMs must share a grid."""
-    spec1 = meta1.input_size, meta1.color_mode, meta1.mean, meta1.std, meta1.output_stride
-    spec2 = meta2.input_size, meta2.color_mode, meta2.mean, meta2.std, meta2.output_stride
+    spec1 = meta1.input_size, meta1.color_mode, meta1.mean, meta1.std, meta1.resize, meta1.resized_side, \
+        meta1.output_stride
+    spec2 = meta2.input_size, meta2.color_mode, meta2.mean, meta2.std, meta2.resize, meta2.resized_side, \
+        meta2.output_stride
     if spec1 != spec2:
         raise ValueError(
             f"experts take different inputs: {uri1} {spec1} vs {uri2} {spec2} "
-            "(input_size, color_mode, mean, std and output_stride must match)"
+            "(input_size, color_mode, mean, std, resize, its size and output_stride must match)"
         )
+
+
+def same_network(meta1: ExpertMeta, meta2: ExpertMeta) -> bool:
+    """Whether two experts run one network: the same weights (``sha256`` of ``weights.pt``), architecture and
+    output stride, so that one forward pass gives both their CAMs (two classes of one model)."""
+    return bool(meta1.sha256) and (meta1.sha256, meta1.arch, meta1.output_stride, meta1.num_outputs) == (
+        meta2.sha256, meta2.arch, meta2.output_stride, meta2.num_outputs)
 
 
 class _Loaded(NamedTuple):
@@ -161,14 +171,16 @@ def _with_inputs(batch: pa.Table, loaded: Sequence[_Loaded], input_size: int) ->
 
 def check_same_expert(old: ExpertMeta, new: ExpertMeta, old_uri: str, new_uri: str) -> None:
     """Refuse two checkpoints that are not versions of one expert: drift compares like with like."""
-    fields = ("arch", "class_name", "input_size", "output_stride", "color_mode", "mean", "std")
+    fields = ("arch", "class_name", "num_outputs", "class_index", "activation", "input_size", "output_stride",
+              "color_mode", "mean", "std", "resize", "resized_side")
     differ = [f"{f} {getattr(old, f)!r} vs {getattr(new, f)!r}" for f in fields if getattr(old, f) != getattr(new, f)]
     if differ:
         raise ValueError(f"{old_uri} and {new_uri} are not two versions of the same expert: " + "; ".join(differ))
 
 
 class PairScorer:
-    """Two experts on one device, one forward pass each per batch, and result rows: the Ray pipeline's actor.
+    """Two experts on one device, one forward pass each per batch (one in all where both are classes of one
+    model, ``same_network``), and result rows: the Ray pipeline's actor.
 
     The shared path of ``dualcam score`` and ``dualcam drift``. Both experts must take the same
     input (size, colour mode, normalization), so one preprocessed batch feeds both and their CAMs
@@ -196,6 +208,10 @@ class PairScorer:
         self.experts = tuple(load_expert(resolve_expert(e), self.device) if isinstance(e, str) else e
                              for e in (first, second))
         self.check_experts(self.experts[0].meta, self.experts[1].meta, self.experts[0].uri, self.experts[1].uri)
+        self.one_model = same_network(self.experts[0].meta, self.experts[1].meta)
+        """Both experts are classes of one network (the same weights): one forward pass gives both CAMs."""
+        if self.one_model:  # one copy on the device; the caller's Expert objects are left as they are
+            self.experts = (self.experts[0], dataclasses.replace(self.experts[1], model=self.experts[0].model))
         self.alpha = float(alpha)
         self.meta = self.experts[0].meta
         self.spec = RunSpec.of(self.layout, self.experts[0].meta, self.experts[1].meta, self.alpha, self.precision)
@@ -225,12 +241,19 @@ class PairScorer:
     @torch.inference_mode()
     def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both experts on a (B, 3, S, S) batch, in this scorer's precision: in-class probabilities
-        (2, B) and raw in-class CAMs (2, B, h, w), float32, left on the device."""
+        (2, B) and raw in-class CAMs (2, B, h, w), float32, left on the device; each expert's class is
+        its meta's ``class_index``, its probability read by its ``activation``."""
         x = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        metas = [expert.meta for expert in self.experts]
         with computing_in(self.precision, self.device):
-            outputs = [forward_with_cams(expert.model, x) for expert in self.experts]
-        probs = torch.stack([logits.float().softmax(-1)[:, POSITIVE_INDEX] for logits, _ in outputs])
-        cams = torch.stack([cams[:, POSITIVE_INDEX].float() for _, cams in outputs])
+            if self.one_model:
+                logits, both = forward_with_cams(self.experts[0].model, x, [meta.class_index for meta in metas])
+                outputs = [(logits, both[:, :1]), (logits, both[:, 1:])]
+            else:
+                outputs = [forward_with_cams(expert.model, x, [expert.meta.class_index]) for expert in self.experts]
+        probs = torch.stack([class_probability(logits.float(), meta.class_index, meta.activation)
+                             for (logits, _), meta in zip(outputs, metas)])
+        cams = torch.stack([cams[:, 0].float() for _, cams in outputs])
         return probs, cams
 
     def score(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
@@ -362,12 +385,13 @@ class DualScorer(PairScorer):
         return {k: v.cpu().numpy() for k, v in out.items()}
 
     def columns(self, scores: dict[str, np.ndarray], sizes: np.ndarray) -> dict[str, np.ndarray]:
-        """Peak and box mapped from the S x S input grid to each image's own (width, height) pixels."""
-        scale = _scale(sizes, self.meta.input_size)
+        """Peak and box mapped from the S x S input grid to each image's own (width, height) pixels (with a
+        centre crop, inside the part of the image the model saw)."""
+        scale, origin = _to_image(sizes, self.meta)
         x0y0, x1y1 = np.split(scores.pop("box").astype(np.float64), 2, axis=1)
-        lo = np.floor(x0y0 * scale)
-        hi = np.minimum(np.ceil((x1y1 + 1) * scale), sizes)
-        scores["peak_x"], scores["peak_y"] = _image_point(scores.pop("peak"), scale, sizes)
+        lo = np.floor(x0y0 * scale + origin)
+        hi = np.minimum(np.ceil((x1y1 + 1) * scale + origin), sizes)
+        scores["peak_x"], scores["peak_y"] = _image_point(scores.pop("peak"), scale, origin, sizes)
         scores["box_x"], scores["box_y"] = lo.astype(np.int32).T
         scores["box_w"], scores["box_h"] = (hi - lo).astype(np.int32).T
         return scores
@@ -411,20 +435,28 @@ class DriftScorer(PairScorer):
 
     def columns(self, scores: dict[str, np.ndarray], sizes: np.ndarray) -> dict[str, np.ndarray]:
         """Peaks mapped to image pixels: their distance is ``peak_shift_px``; the gained map's peak is kept."""
-        scale = _scale(sizes, self.meta.input_size)
+        scale, origin = _to_image(sizes, self.meta)
         scores["peak_shift_px"] = drift_measures.peak_shift_px(scores.pop("old_peak"), scores.pop("new_peak"), scale)
-        scores["gained_peak_x"], scores["gained_peak_y"] = _image_point(scores.pop("gained_peak"), scale, sizes)
+        scores["gained_peak_x"], scores["gained_peak_y"] = _image_point(scores.pop("gained_peak"), scale, origin,
+                                                                        sizes)
         return scores
 
 
-def _scale(sizes: np.ndarray, input_size: int) -> np.ndarray:
-    """(B, 2) image pixels per input pixel, x and y."""
-    return sizes.astype(np.float64) / input_size
+def _to_image(sizes: np.ndarray, meta: ExpertMeta) -> tuple[np.ndarray, np.ndarray]:
+    """For (B, 2) image (width, height): (B, 2) image pixels per input pixel, x and y, and (B, 2) where the
+    input's corner lies in the image, so that image = input * scale + origin in edge coordinates (origin 0
+    unless ``meta.resize`` crops; ``imaging.input_window``)."""
+    width, height = sizes[:, 0].astype(np.float64), sizes[:, 1].astype(np.float64)
+    resized_h, resized_w, top, left = input_window(meta, height, width)
+    scale = np.stack([width / resized_w, height / resized_h], 1)
+    return scale, np.stack([left, top], 1) * scale
 
 
-def _image_point(point: np.ndarray, scale: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _image_point(
+    point: np.ndarray, scale: np.ndarray, origin: np.ndarray, sizes: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """(B, 2) (x, y) in input pixels -> x, y in image pixels (int32, inside the image)."""
-    image = (point + 0.5) * scale - 0.5
+    image = (point + 0.5) * scale + origin - 0.5
     return tuple(np.clip(np.rint(image), 0, sizes - 1).astype(np.int32).T)
 
 
