@@ -1,5 +1,7 @@
 """``make bench``'s arithmetic: the steady part of a pipeline run, and the bounds (f) is held against."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -36,3 +38,13 @@ def test_too_few_images_for_a_steady_part_are_refused_before_anything_runs(capsy
         main(["--n", "16", "--batch-size", "16"])
     assert exit.value.code == 2
     assert "--n must be at least two batches (32)" in capsys.readouterr().err
+
+
+def test_make_scale_runs_end_to_end_on_small_archives(tmp_path):
+    from dualcam.bench import scale
+
+    figures = tmp_path / "scale.json"
+    assert scale.main(["--sizes", "200,400", "--repeat", "1", "--no-listing", "--json", str(figures)]) == 0
+    sizes = json.loads(figures.read_text())["sizes"]
+    assert sorted((s["kind"], s["inputs"]) for s in sizes) == [("inventory", 200), ("inventory", 400),
+                                                                ("manifest", 200), ("manifest", 400)]

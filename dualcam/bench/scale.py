@@ -79,6 +79,7 @@ def _score_rows(root: Path, rows: np.ndarray) -> pa.Table:
         "status": pa.array(np.where(ok, "ok", "error")),
         "error": pa.array([None if o else "x: corrupt" for o in ok], pa.string()),
         "error_kind": pa.array([None if o else "permanent" for o in ok], pa.string()),
+        "input_version": pa.array([f"{200_000 + i}:1796600000000000000" for i in rows]),
         "p1": pa.array(rng.random(k, dtype=np.float32)), "p2": pa.array(rng.random(k, dtype=np.float32)), **maps,
     })
 

@@ -51,23 +51,26 @@ def progress(inputs: pa.Table, output: str, retry_errors: bool = False) -> Progr
     taken against the output a part at a time: a hash set holds its URIs about 2.5 times over, so
     parts of at most a quarter as many rows as there are inputs keep the driver's memory per input
     bounded however much of the archive is done, for at most five passes over the inputs. Inputs
-    with versions cost one more copy of their URIs, joined to their versions, for the comparison.
+    with versions (listed) cost one more copy of their URIs, joined to their versions, and two more
+    passes per part, for the comparison; without (a manifest), nothing more.
     """
     release_unused()  # what reading the inputs freed
     uris = inputs.column("uri")
     listed = inputs.column(VERSION) if VERSION in inputs.column_names else pa.nulls(len(uris), pa.string())
-    keys = pc.binary_join_element_wise(uris, listed, "\n")  # null where the version is unknown
+    # versions compared only where the inputs have some (a listing's; a manifest's are unknown)
+    keys = pc.binary_join_element_wise(uris, listed, "\n") if listed.null_count < len(listed) else None
     skip = retry = changed = pc.is_in(uris, value_set=pa.array([], pa.string()))  # all false
-    columns = ["uri", "status", "error_kind", VERSION]
+    columns = ["uri", "status", "error_kind"] + ([VERSION] if keys is not None else [])
     for part in read_results_in_parts(output, columns, rows=max(PART_ROWS, len(uris) // 4)):
         written = part.column("uri")
         failed = retried(part.column("status"), part.column("error_kind"), retry_errors)
         retry = pc.or_(retry, pc.is_in(uris, value_set=written.filter(failed)))
-        versioned = pc.is_valid(part.column(VERSION))
-        same = pc.is_in(keys, value_set=pc.binary_join_element_wise(written, part.column(VERSION), "\n")
-                        .filter(versioned))
-        changed = pc.or_(changed, pc.and_(pc.is_in(uris, value_set=written.filter(versioned)),
-                                          pc.and_not(pc.is_valid(keys), same)))
+        if keys is not None:
+            versioned = pc.is_valid(part.column(VERSION))
+            same = pc.is_in(keys, value_set=pc.binary_join_element_wise(written, part.column(VERSION), "\n")
+                            .filter(versioned))
+            changed = pc.or_(changed, pc.and_(pc.is_in(uris, value_set=written.filter(versioned)),
+                                              pc.and_not(pc.is_valid(keys), same)))
         skip = pc.or_(skip, pc.is_in(uris, value_set=written.filter(pc.invert(failed))))
         del part, written
     skip = pc.and_not(skip, changed)
