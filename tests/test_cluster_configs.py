@@ -94,7 +94,7 @@ def test_aws_launcher_config():
     head = types[config["head_node_type"]]
     assert head["resources"].get("GPU", 0) == 0
     (gpu_name, gpu), = ((name, t) for name, t in types.items() if name != config["head_node_type"])
-    assert gpu["min_workers"] == 0, "no GPU node kept up between runs (docs/runbook.md: cost)"
+    assert gpu["min_workers"] == 0, "no GPU node kept up between runs (docs/cluster.md: cost)"
     assert 0 < gpu["max_workers"] <= config["max_workers"] and config["idle_timeout_minutes"] <= 10
     node = gpu["node_config"]
     assert re.match(r"[gp]\d", node["InstanceType"]), "the worker type must have NVIDIA GPUs"
@@ -126,6 +126,8 @@ def test_aws_nodes_start_ray_with_token_auth_and_the_dashboard_on_loopback():
     head, worker = start_command(config, "head_start_ray_commands"), start_command(config, "worker_start_ray_commands")
     assert head[:3] == ["ray", "start", "--head"] and "--dashboard-host=127.0.0.1" in head
     assert worker[:3] == ["ray", "start", "--address=$RAY_HEAD_IP:6379"]
+    # Ray's and dualcam's metrics on a port Prometheus can be told (docs/cluster.md), as on KubeRay; else random
+    assert "--metrics-export-port=8080" in head and "--metrics-export-port=8080" in worker
     # Ray's own defaults otherwise (ray/autoscaler/aws/defaults.yaml): the launcher's bootstrap still works
     assert "--autoscaling-config=~/ray_bootstrap_config.yaml" in head
 
@@ -497,7 +499,11 @@ def test_only_training_writes_experts_and_nothing_may_do_everything():
 def test_the_aws_head_launches_and_ends_only_this_clusters_workers():
     statements = {s["Sid"]: s for s in json.loads((IAM / "head.json").read_text())["Statement"]}
     actions = {a for s in statements.values() for a in s["Action"]}
-    assert {a.split(":")[0] for a in actions} == {"ec2", "iam"}  # no S3 here: the drivers' S3 is scoring.json's
+    # the head's actions, pinned: describe, launch, tag and end instances (cache_stopped_nodes: false, so no stop or
+    # start), pass the workers their role; nothing else, and no S3 here (the drivers' S3 is scoring.json's)
+    assert actions == {"ec2:DescribeInstances", "ec2:DescribeImages", "ec2:DescribeSubnets",
+                       "ec2:DescribeSecurityGroups", "ec2:DescribeKeyPairs", "ec2:DescribeInstanceTypes",
+                       "ec2:RunInstances", "ec2:CreateTags", "ec2:TerminateInstances", "iam:PassRole"}
     assert not any(a.startswith("s3:") for a in actions)
     tagged = [s for s in statements.values() if {"ec2:TerminateInstances", "ec2:CreateTags"} & set(s["Action"])]
     assert all(set(s["Condition"]["StringEquals"].values()) == {load(CLUSTER / "aws.yaml")["cluster_name"]}
