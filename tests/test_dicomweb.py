@@ -100,6 +100,22 @@ def test_the_first_part_of_a_multipart_answer_is_the_file():
         dicomweb.first_part(body[:30], "multipart/related; boundary=b1", "u")
 
 
+
+@pytest.mark.parametrize("code, kind", [(404, PERMANENT), (400, PERMANENT), (401, TRANSIENT), (403, TRANSIENT),
+                                        (429, TRANSIENT), (500, TRANSIENT), (503, TRANSIENT)])
+def test_an_http_status_gives_its_error_kind(code, kind):
+    """A missing instance is permanent; throttling, a server error or refused credentials mid-run are retried."""
+    assert error_kind_of(dicomweb._http_error("http://pacs/dw/studies/1/series/2/instances/3", code, "x")) == kind
+
+
+def test_a_server_that_does_not_answer_in_time_is_a_transient_error():
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # takes the connection, never answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/dw/studies/1/series/2/instances/3"
+        started = time.monotonic()
+        with pytest.raises(OSError, match="did not answer") as late:
+            dicomweb.retrieve(url, timeout=0.5)
+    assert error_kind_of(late.value) == TRANSIENT and time.monotonic() - started < 10
+
 # ---- a real PACS -------------------------------------------------------------------------------------
 
 class CountingProxy:
