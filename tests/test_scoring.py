@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dualcam import DualScorer, addk, build_expert, forward_with_cams, load_expert, load_meta, model_input, save_expert
+from dualcam.distributed.crash_ledger import Ledger
 from dualcam.io.results import OUTPUT_COLUMNS, to_numpy
 from dualcam.maps.kernel import overlap
 from dualcam.scoring.scorers import load_images, score_images
@@ -123,3 +124,48 @@ def test_out_of_device_memory_halves_the_forward_passes(experts, tmp_path, monke
     failed = scorer(loaded)  # not even one image fits: that batch's rows carry the error, the actor lives on
     assert failed.column("status").to_pylist() == ["error"] * 5 and scorer.max_rows == 1
     assert failed.column("error")[0].as_py() == "scoring failed: OutOfMemoryError: no memory"
+
+
+class RecordingLedger(Ledger):
+    """The pipeline's ledger, keeping what was started at each call (what else was in flight with it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[list[str], bool]] = []
+
+    def start(self, uris: list[str], alone: bool = False) -> list[int]:
+        self.calls.append((list(uris), alone))
+        return super().start(uris, alone)
+
+
+def test_inputs_in_flight_when_workers_died_load_alone_then_become_error_rows_unread(experts, tmp_path):
+    scorer = DualScorer(*experts, device="cpu")
+    uris = [str(p) for p in write_synthetic_xrays(tmp_path, 3, size=64)]
+    ledger = RecordingLedger()
+    ledger.start(uris)  # a worker started this batch and died
+    first = load_images(pa.table({"uri": uris}), scorer.meta, ledger=ledger)
+    assert first.column("error").to_pylist() == [None] * 3
+    assert ledger.calls[1:] == [(uris, False)] + [([uri], True) for uri in uris]  # then each alone
+    assert ledger.deaths == dict.fromkeys(uris, 1) and not ledger.started  # each death counted once
+
+    poison = uris[1]
+    ledger.start([poison], alone=True)
+    ledger.start([poison], alone=True)  # its worker died twice more while it loaded alone
+    assert ledger.deaths[poison] == 2
+    Path(poison).unlink()  # were it read, its error would be "no such file"
+    second = load_images(pa.table({"uri": uris}), scorer.meta, ledger=ledger)
+    assert second.column("error").to_pylist() == [
+        None, f"{poison}: 3 workers died while it was being read or decoded (killed for memory, or a crash in a "
+              "decoder); not tried again unless --retry-errors", None]
+    assert second.column("error_kind").to_pylist() == [None, "permanent", None]
+    assert ledger.calls[-3:] == [(uris, False), ([uris[0]], True), ([uris[2]], True)] and not ledger.started
+
+
+def test_a_batch_no_worker_died_on_loads_together_and_leaves_nothing_started(experts, tmp_path):
+    scorer = DualScorer(*experts, device="cpu")
+    uris = [str(p) for p in write_synthetic_xrays(tmp_path, 3, size=64)]
+    ledger = RecordingLedger()
+    plain = load_images(pa.table({"uri": uris}), scorer.meta)
+    tracked = load_images(pa.table({"uri": uris}), scorer.meta, ledger=ledger)
+    assert tracked.equals(plain)
+    assert ledger.calls == [(uris, False)] and not ledger.started and not +ledger.deaths

@@ -22,9 +22,9 @@ import dataclasses
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -98,9 +98,30 @@ class _Loaded(NamedTuple):
         return cls(error=message if uri in message else f"{uri}: {message}", kind=error_kind_of(err))
 
 
+class Ledger(Protocol):
+    """Run-wide record of the inputs being loaded (``dualcam.distributed.crash_ledger``): ``start`` gives each
+    input's worker deaths so far and marks it as started (at once where it has none; else only ``alone``),
+    ``finish`` unmarks it."""
+
+    def start(self, uris: list[str], alone: bool = False) -> list[int]: ...
+
+    def finish(self, uris: list[str]) -> None: ...
+
+
+POISON_DEATHS = 3
+"""Workers that may die with an input in flight (its batch's, then its own, alone) before it becomes a
+permanent error row unread: the first death cannot be told from a batch-mate's, and one may be a
+neighbour's doing (a node out of memory, an actor killed)."""
+
+_LOADING = threading.Lock()
+"""One batch loads at a time in a process (an actor runs two calls: one loads while the other scores), so
+that a worker that dies while a suspect input loads alone died of that input."""
+
+
 def load_images(
     batch: pa.Table, meta: ExpertMeta, max_pixels: int = MAX_PIXELS, read_timeout: float = storage.READ_TIMEOUT,
     device_jpeg: bool = False, slots: Slots | None = None, max_input_bytes: int = MAX_INPUT_BYTES,
+    ledger: Ledger | None = None,
 ) -> pa.Table:
     """Add ``pixels`` ((3, S, S) model input, null on error), ``width``, ``height``, ``error``,
     ``error_kind`` and ``data``.
@@ -113,12 +134,36 @@ def load_images(
     With ``device_jpeg`` (loaders of a scorer on a GPU), a JPEG its device decoder takes
     (``device_decode.takes``) is only read: its bytes are in ``data`` and its other columns null
     until the scorer decodes it.
+    With a ``ledger`` (the pipeline's), inputs in flight when an earlier worker died load one at a
+    time, and one that was in flight at ``POISON_DEATHS`` deaths is a permanent error row, unread.
     """
     uris = batch.column("uri").to_pylist()
-    with ThreadPoolExecutor(min(IO_THREADS, max(1, len(uris)))) as pool:
-        loaded = list(pool.map(
-            lambda uri: _load_one(uri, meta, max_pixels, read_timeout, device_jpeg, slots, max_input_bytes), uris))
-    return _with_inputs(batch, loaded, meta.input_size)
+
+    def load(uri: str) -> _Loaded:
+        return _load_one(uri, meta, max_pixels, read_timeout, device_jpeg, slots, max_input_bytes)
+
+    with _LOADING:
+        deaths = ledger.start(uris) if ledger else [0] * len(uris)
+        fresh = [uri for uri, n in zip(uris, deaths) if not n]
+        with ThreadPoolExecutor(min(IO_THREADS, max(1, len(fresh)))) as pool:
+            loaded = dict(zip(fresh, pool.map(load, fresh)))
+        if ledger:
+            ledger.finish(fresh)
+            loaded.update((uri, _load_suspect(uri, n, load, ledger)) for uri, n in zip(uris, deaths) if n)
+    return _with_inputs(batch, [loaded[uri] for uri in uris], meta.input_size)
+
+
+def _load_suspect(uri: str, deaths: int, load: Callable[[str], _Loaded], ledger: Ledger) -> _Loaded:
+    """An input that was in flight when a worker died, loaded alone; at ``POISON_DEATHS`` its error row."""
+    if deaths >= POISON_DEATHS:
+        return _Loaded(error=f"{uri}: {deaths} workers died while it was being read or decoded (killed for "
+                             "memory, or a crash in a decoder); not tried again unless --retry-errors",
+                       kind=PERMANENT)
+    ledger.start([uri], alone=True)
+    try:
+        return load(uri)
+    finally:
+        ledger.finish([uri])
 
 
 def _load_one(
