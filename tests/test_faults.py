@@ -236,8 +236,8 @@ def test_an_input_that_kills_its_worker_each_time_becomes_one_error_row_never_re
     assert len(killed) == POISON_DEATHS
     assert_whole(rows, [str(p) for p in folder.iterdir()], errors=1)
     assert rows.filter(pa.compute.equal(rows.column("status"), "error")).column("error").to_pylist() == [
-        f"{poison}: 3 workers died while it was being read or decoded (killed for memory, or a crash in a "
-        "decoder); not tried again unless --retry-errors"]
+        f"{poison}: 3 workers died while it was being read or decoded (killed for memory, a crash in a "
+        "decoder, or decoding past 300 s); not tried again unless --retry-errors"]
 
     rerun = drivers("rerun", joined(ray_cluster), **score_options(experts, folder, out))
     assert rerun.finish() == 0, rerun.stderr()
