@@ -3,6 +3,7 @@ server as one, watching a folder and Ray's workers, and the checks every scenari
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -104,15 +105,16 @@ def assert_whole(rows: pa.Table, expected_uris, errors: int = 0) -> None:
         pa.compute.equal(rows.column("status"), "error")).column("error").to_pylist()
 
 
-class Created:
-    """The names created in a folder so far, from Linux's inotify queue: a file that lives a
-    millisecond between two looks (a small Parquet file being written) is still seen."""
+class Watched:
+    """Linux inotify events on a path so far, read from the kernel's queue: one that lives a millisecond
+    between two looks (a small Parquet file being written) is still seen. Each event's name (empty for a
+    file's own events)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, path: Path, mask: int):
         libc = ctypes.CDLL(None, use_errno=True)
         self.fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if self.fd < 0 or libc.inotify_add_watch(self.fd, str(folder).encode(), 0x100) < 0:  # IN_CREATE
-            raise OSError(ctypes.get_errno(), f"inotify on {folder}")
+        if self.fd < 0 or libc.inotify_add_watch(self.fd, str(path).encode(), mask) < 0:
+            raise OSError(ctypes.get_errno(), f"inotify on {path}")
         self.names: list[str] = []
 
     def __call__(self) -> list[str]:
@@ -128,6 +130,33 @@ class Created:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+class Created(Watched):
+    """The names created in a folder so far."""
+
+    def __init__(self, folder: Path):
+        super().__init__(folder, 0x100)  # IN_CREATE
+
+
+class Opened(Watched):
+    """One entry per time a file was opened so far."""
+
+    def __init__(self, file: Path):
+        super().__init__(file, 0x20)  # IN_OPEN
+
+
+def holding_open(file: Path) -> list[int]:
+    """This session's Ray processes that have ``file`` open now."""
+    def holds(pid: int) -> bool:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) == str(file):
+                        return True
+        return False
+
+    return [pid for pid in ray_processes("") if holds(pid)]
 
 
 def ray_processes(titled: str) -> list[int]:

@@ -48,3 +48,25 @@ def test_make_scale_runs_end_to_end_on_small_archives(tmp_path):
     sizes = json.loads(figures.read_text())["sizes"]
     assert sorted((s["kind"], s["inputs"]) for s in sizes) == [("inventory", 200), ("inventory", 400),
                                                                 ("manifest", 200), ("manifest", 400)]
+
+
+def test_draft_decoding_is_measured_on_the_jpegs_of_a_folder(tmp_path, capsys):
+    from PIL import Image
+
+    from dualcam.bench import draft_decoding
+    from dualcam.bench.fixtures import random_experts
+    from dualcam.synthetic.scenarios import synthetic_xray
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        pixels = (synthetic_xray(700, np.random.default_rng(i)) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(images / f"{i}.jpg")
+    (images / "skipped.png").write_bytes(b"not a JPEG: left out")
+    c1, c2 = random_experts(tmp_path / "experts", size=64)
+    assert draft_decoding.main(["--c1", c1, "--c2", c2, "--images", str(images)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"2 JPEGs of {images}") and "| draft | " in out
+    meta, data = draft_decoding.DualScorer(c1, c2, device="cpu").meta, (images / "0.jpg").read_bytes()
+    full, draft = draft_decoding.model_input(data, "0.jpg", meta)[0], draft_decoding.draft_input(data, meta)
+    assert draft.shape == full.shape == (3, 64, 64) and 0 < (draft - full).abs().mean() < 0.1  # another decoding

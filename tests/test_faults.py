@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,8 +29,10 @@ import pyarrow as pa
 import pytest
 
 from dualcam import load_meta
+from dualcam.bench.s3server import free_port
 from dualcam.cli import main
 from dualcam.io.results import data_files
+from dualcam.scoring.scorers import POISON_DEATHS
 from dualcam.synthetic.scenarios import write_synthetic_xrays
 
 from conftest import ROOT
@@ -37,9 +41,11 @@ from fault_harness import (
     Created,
     Driver,
     MotoProcess,
+    Opened,
     assert_whole,
     counts,
     folder_rows,
+    holding_open,
     joined,
     ray_processes,
     score_options,
@@ -202,6 +208,44 @@ def test_rays_workers_killed_mid_run_are_replaced_and_the_run_finishes(
     assert_whole(rows, [str(p) for p in images.iterdir()])
 
 
+def test_an_input_that_kills_its_worker_each_time_becomes_one_error_row_never_read_again(
+    ray_cluster, experts, images, tmp_path, drivers, observed,
+):
+    # Each time a worker opens the file, it is SIGKILLed while it reads, as the kernel kills a process out of
+    # memory (a decoder's segfault ends it the same way): Ray alone restarts the actor and retries for ever.
+    folder = tmp_path / "images"
+    shutil.copytree(images, folder)
+    poison = folder / "poison.png"
+    with open(poison, "wb") as file:
+        file.truncate(400 * 2**20)  # sparse, under the byte limit: a read long enough to be seen at it
+    opened, out = Opened(poison), tmp_path / "out"
+    driver = drivers("driver", joined(ray_cluster), **score_options(experts, folder, out))
+    killed: list[int] = []
+    while driver.process.poll() is None:
+        if len(opened()) > len(killed):
+            readers = holding_open(poison)
+            assert readers, "a read of the poison file ended before it could be killed"
+            for pid in readers:
+                os.kill(pid, signal.SIGKILL)
+            killed.append(readers[0])
+        time.sleep(0.002)
+    assert driver.finish() == 0, driver.stderr()
+    rows = folder_rows(out)
+    observed(f"a file whose worker is killed each time it is read: {len(killed)} workers killed",
+             **counts(rows, N + 1), exit=0)
+    assert len(killed) == POISON_DEATHS
+    assert_whole(rows, [str(p) for p in folder.iterdir()], errors=1)
+    assert rows.filter(pa.compute.equal(rows.column("status"), "error")).column("error").to_pylist() == [
+        f"{poison}: 3 workers died while it was being read or decoded (killed for memory, a crash in a "
+        "decoder, or decoding past 300 s); not tried again unless --retry-errors"]
+
+    rerun = drivers("rerun", joined(ray_cluster), **score_options(experts, folder, out))
+    assert rerun.finish() == 0, rerun.stderr()
+    observed("then a plain rerun", **counts(folder_rows(out), N + 1), exit=0)
+    assert len(opened()) == len(killed) and folder_rows(out).num_rows == N + 1  # never read again
+    opened.close()
+
+
 # --- S3 frozen and lost ------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -349,6 +393,68 @@ def test_a_ray_node_lost_mid_run_loses_no_input(experts, tmp_path, observed):
              "written", **counts(rows, 300), exit=0)
     assert seen["nodes"] == 3 and seen["actors"] == 3 and seen["alive_after"] == 2
     assert_whole(rows, [str(p) for p in images.iterdir()])
+
+
+# --- a local output on a cluster of several machines -----------------------------------------------------
+
+NODE_PORTS = ("--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
+              "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port")
+
+
+def node_with_own_disk(start: list[str], disk: Path, log: Path, auth: dict[str, str]) -> subprocess.Popen:
+    """``ray start ... --block`` in a mount namespace of its own where ``disk`` is a fresh tmpfs: a node on this
+    host whose files under ``disk`` nobody else sees, as another machine's. Ready once it says so."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_"))}  # on 127.0.0.1 by its flag
+    env.update(RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0", **auth)
+    ports = [f"{flag}={free_port()}" for flag in NODE_PORTS]
+    with log.open("w") as out:
+        node = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount -t tmpfs node "$0" && exec "$@"',
+             str(disk), sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--node-ip-address=127.0.0.1",
+             "--num-cpus=1", "--disable-usage-stats", *ports, *start],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while "Ray runtime started" not in log.read_text():
+        assert node.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+    return node
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="nodes with disks of their own need mount namespaces: root and unshare (CI runs as root)")
+def test_a_local_output_on_several_machines_is_refused_before_any_input_is_read(
+    experts, images, tmp_path, drivers, observed,
+):
+    # A head and a worker node, each with its own disk at the output's folder; the driver beside them, as on a
+    # machine of its own that reaches the cluster at RAY_ADDRESS: Ray's tasks would write the rows on the nodes'
+    # disks, where the driver never sees them.
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    port = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ray-")  # short: Ray's socket paths live under it
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}  # as on the clusters
+    nodes = []
+    try:
+        nodes.append(node_with_own_disk(["--head", f"--port={port}", "--include-dashboard=false",
+                                         f"--temp-dir={temp_dir}"], disk, tmp_path / "head.log", auth))
+        nodes.append(node_with_own_disk([f"--address=127.0.0.1:{port}"], disk, tmp_path / "worker.log", auth))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        env.update(RAY_ADDRESS=f"127.0.0.1:{port}", **auth)
+        out = disk / "out"
+        driver = drivers("driver", env, **score_options(experts, images, out))
+        assert driver.finish() == 2, driver.stderr()
+    finally:
+        for node in nodes:
+            os.killpg(node.pid, signal.SIGTERM)
+            node.wait(timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    rows = folder_rows(out)
+    observed("a local --output on a head and a worker node with disks of their own", **counts(rows, N), exit=2)
+    assert rows.num_rows == 0 and "dualcam: scoring" not in driver.stderr()
+    assert driver.stderr().strip().splitlines()[-1] == (
+        f"dualcam: error: --output {out} is not on a disk the whole cluster shares: 2 of its 2 nodes (e.g. "
+        f"{driver.stderr().split('(e.g. ')[1][:12]}) do not see it, and rows they wrote would be missing from it; a "
+        "cluster of several machines needs an --output they all share, such as s3://")
 
 
 # --- a training worker killed ---------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """The dual-expert scorer, pinned to a direct computation with forward_with_cams and addk."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,9 +10,10 @@ import pytest
 import torch
 
 from dualcam import DualScorer, addk, build_expert, forward_with_cams, load_expert, load_meta, model_input, save_expert
+from dualcam.distributed.crash_ledger import Ledger
 from dualcam.io.results import OUTPUT_COLUMNS, to_numpy
 from dualcam.maps.kernel import overlap
-from dualcam.scoring.scorers import load_images, score_images
+from dualcam.scoring.scorers import DEADLINE_EXIT, load_images, score_images
 from dualcam.synthetic.scenarios import synthetic_xray, write_synthetic_xrays
 
 from samples import bad_inputs
@@ -123,3 +126,64 @@ def test_out_of_device_memory_halves_the_forward_passes(experts, tmp_path, monke
     failed = scorer(loaded)  # not even one image fits: that batch's rows carry the error, the actor lives on
     assert failed.column("status").to_pylist() == ["error"] * 5 and scorer.max_rows == 1
     assert failed.column("error")[0].as_py() == "scoring failed: OutOfMemoryError: no memory"
+
+
+class RecordingLedger(Ledger):
+    """The pipeline's ledger, keeping what was started at each call (what else was in flight with it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[list[str], bool]] = []
+
+    def start(self, uris: list[str], alone: bool = False) -> list[int]:
+        self.calls.append((list(uris), alone))
+        return super().start(uris, alone)
+
+
+def test_inputs_in_flight_when_workers_died_load_alone_then_become_error_rows_unread(experts, tmp_path):
+    scorer = DualScorer(*experts, device="cpu")
+    uris = [str(p) for p in write_synthetic_xrays(tmp_path, 3, size=64)]
+    ledger = RecordingLedger()
+    ledger.start(uris)  # a worker started this batch and died
+    first = load_images(pa.table({"uri": uris}), scorer.meta, ledger=ledger)
+    assert first.column("error").to_pylist() == [None] * 3
+    assert ledger.calls[1:] == [(uris, False)] + [([uri], True) for uri in uris]  # then each alone
+    assert ledger.deaths == dict.fromkeys(uris, 1) and not ledger.started  # each death counted once
+
+    poison = uris[1]
+    ledger.start([poison], alone=True)
+    ledger.start([poison], alone=True)  # its worker died twice more while it loaded alone
+    assert ledger.deaths[poison] == 2
+    Path(poison).unlink()  # were it read, its error would be "no such file"
+    second = load_images(pa.table({"uri": uris}), scorer.meta, ledger=ledger)
+    assert second.column("error").to_pylist() == [
+        None, f"{poison}: 3 workers died while it was being read or decoded (killed for memory, a crash in a "
+              "decoder, or decoding past 300 s); not tried again unless --retry-errors", None]
+    assert second.column("error_kind").to_pylist() == [None, "permanent", None]
+    assert ledger.calls[-3:] == [(uris, False), ([uris[0]], True), ([uris[2]], True)] and not ledger.started
+
+
+def test_a_batch_no_worker_died_on_loads_together_and_leaves_nothing_started(experts, tmp_path):
+    scorer = DualScorer(*experts, device="cpu")
+    uris = [str(p) for p in write_synthetic_xrays(tmp_path, 3, size=64)]
+    ledger = RecordingLedger()
+    plain = load_images(pa.table({"uri": uris}), scorer.meta)
+    tracked = load_images(pa.table({"uri": uris}), scorer.meta, ledger=ledger)
+    assert tracked.equals(plain)
+    assert ledger.calls == [(uris, False)] and not ledger.started and not +ledger.deaths
+
+
+def test_a_decode_past_its_deadline_ends_the_loader_saying_which(experts, tmp_path):
+    # In its own process, as a run's loader: a decoder cannot be interrupted, so the loader ends itself and the
+    # run's ledger counts the death (above). Without a ledger (explain, the Python API) there is no deadline.
+    uri = str(write_synthetic_xrays(tmp_path, 1, size=2000)[0])
+    code = ("import sys, pyarrow as pa\nfrom dualcam import load_meta\n"
+            "from dualcam.distributed.crash_ledger import Ledger\nfrom dualcam.scoring.scorers import load_images\n"
+            f"meta = load_meta({experts[0]!r})\n"
+            f"load_images(pa.table({{'uri': [{uri!r}]}}), meta, ledger=Ledger() if sys.argv[1] == 'run' else None, "
+            "decode_deadline=1e-3)\nprint('loaded')\n")
+    ended = subprocess.run([sys.executable, "-c", code, "run"], capture_output=True, text=True, timeout=300)
+    assert ended.returncode == DEADLINE_EXIT and ended.stdout == ""
+    assert ended.stderr == f"dualcam: decoding {uri} ran past its deadline of 0.001 s: ending this worker\n"
+    alone = subprocess.run([sys.executable, "-c", code, "alone"], capture_output=True, text=True, timeout=300)
+    assert (alone.returncode, alone.stdout) == (0, "loaded\n"), alone.stderr

@@ -73,10 +73,11 @@ def _to_tf32(t: torch.Tensor) -> torch.Tensor:
     return bits.view(torch.float32)
 
 
-def table(deviations: dict[str, dict[str, np.ndarray]], alphas: Sequence[float] = ALPHAS) -> str:
-    """The README's table (Markdown) of ``measure``'s output."""
+def table(deviations: dict[str, dict[str, np.ndarray]], alphas: Sequence[float] = ALPHAS, what: str = "precision",
+          ) -> str:
+    """The README's table (Markdown) of ``measure``'s output, a row per ``what`` compared with float32's maps."""
     heads = [f"heatmap max error / its max, alpha {a:g}: median (worst image)" for a in alphas]
-    lines = ["| precision | CAM1 max error / its max (median) | " + " | ".join(heads)
+    lines = [f"| {what} | CAM1 max error / its max (median) | " + " | ".join(heads)
              + " | heatmap peak in another cell |", "|---" * (len(alphas) + 3) + "|"]
     for precision, d in deviations.items():
         cells = [f"{np.median(d[f'heatmap {a:g}']):.2%} ({d[f'heatmap {a:g}'].max():.2%})" for a in alphas]

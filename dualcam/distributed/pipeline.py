@@ -20,6 +20,7 @@ GPU (``device_decode``), and decode the rest (PNG, DICOM, the JPEGs nvJPEG handl
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ import pyarrow.compute as pc
 
 from dualcam.distributed import telemetry
 from dualcam.distributed.connect import connect
+from dualcam.distributed.crash_ledger import crash_ledger
 from dualcam.distributed.request_gate import request_gate
 from dualcam.io import errorlog, staging, storage
 from dualcam.io.checkpoints import ExpertMeta, load_meta, resolve_expert
@@ -243,6 +245,7 @@ def run_archive(
         todo = state.pending if options.limit is None else state.pending.slice(0, options.limit)
         if len(todo):
             ray = connect()
+            _check_shared(ray, output)
             placement = planning.plan_placement(ray.cluster_resources(), options.actors, options.gpus_per_actor,
                                                 options.cpus_per_actor)
             rows_per_block = planning.block_rows(len(todo), int(ray.cluster_resources().get("CPU", 1)),
@@ -280,6 +283,31 @@ def _written_mid_run(output: str) -> Iterator[None]:
             raise
         raise errorlog.RunFailed(f"{output} failed under this run as it wrote: {err}; a rerun, once it is "
                                  "back, scores every input it does not hold") from err
+
+
+def _check_shared(ray: ModuleType, output: str) -> None:
+    """ValueError, before any input is read, where a joined cluster's node does not see the local folder
+    ``output``: the rows its tasks wrote would land on its own disk (the run's check of what it scored would
+    find them missing at its end). One probe file, and one task on no CPU per node; nothing to check for an
+    s3:// output or a Ray this run started on this machine. Nodes that join later are not seen here."""
+    if storage.is_s3(output) or not os.environ.get("RAY_ADDRESS"):
+        return
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+    probe = storage.join(output, f".dualcam-shared-{secrets.token_hex(6)}")
+    storage.write_bytes(probe, b"dualcam checks that every node of the cluster sees this folder\n")
+    try:
+        sees = ray.remote(num_cpus=0)(os.path.exists)
+        seen = ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(probe)
+                        for node in nodes], timeout=300)
+    finally:
+        storage.delete(probe)
+    blind = [node for node, sees_it in zip(nodes, seen) if not sees_it]
+    if blind:
+        raise ValueError(f"--output {output} is not on a disk the whole cluster shares: {len(blind)} of its "
+                         f"{len(nodes)} nodes (e.g. {blind[0][:12]}) do not see it, and rows they wrote would be "
+                         "missing from it; a cluster of several machines needs an --output they all share, such as s3://")
 
 
 def plan_archive(
@@ -372,7 +400,8 @@ def _scored(
 ) -> Dataset:
     """The lazy Ray Dataset of result rows for the inputs in ``blocks`` (object refs of ``planning.blocks``,
     put one at a time: what ``from_arrow`` does with a list it holds whole); with ``pacs``, its
-    reads share ``options.pacs_requests`` slots (``request_gate``)."""
+    reads share ``options.pacs_requests`` slots (``request_gate``). Its loaders keep one ``crash_ledger``: an
+    input that keeps killing its worker becomes an error row, where Ray alone would retry it for ever."""
     batch_size = options.batch_size
     load_resources = (
         {"num_cpus": 1, "num_gpus": 0} if placement.gpus_per_actor
@@ -383,7 +412,7 @@ def _scored(
         load_images, batch_format="pyarrow", batch_size=batch_size, **load_resources,
         fn_kwargs={"meta": meta, "read_timeout": options.read_timeout, "device_jpeg": bool(placement.gpus_per_actor),
                    "slots": request_gate(ray, options.pacs_requests) if pacs else None,
-                   "max_input_bytes": options.max_input_bytes},
+                   "max_input_bytes": options.max_input_bytes, "ledger": crash_ledger(ray)},
     )
     ds = ds.map_batches(
         scorer, fn_constructor_args=experts,

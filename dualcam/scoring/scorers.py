@@ -19,12 +19,14 @@ benchmarks and ``dualcam explain`` run them directly and the Ray layer only wire
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import ClassVar, NamedTuple
+from contextlib import contextmanager
+from typing import ClassVar, NamedTuple, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -98,9 +100,38 @@ class _Loaded(NamedTuple):
         return cls(error=message if uri in message else f"{uri}: {message}", kind=error_kind_of(err))
 
 
+class Ledger(Protocol):
+    """Run-wide record of the inputs being loaded (``dualcam.distributed.crash_ledger``): ``start`` gives each
+    input's worker deaths so far and marks it as started (at once where it has none; else only ``alone``),
+    ``finish`` unmarks it."""
+
+    def start(self, uris: list[str], alone: bool = False) -> list[int]: ...
+
+    def finish(self, uris: list[str]) -> None: ...
+
+
+POISON_DEATHS = 3
+"""Workers that may die with an input in flight (its batch's, then its own, alone) before it becomes a
+permanent error row unread: the first death cannot be told from a batch-mate's, and one may be a
+neighbour's doing (a node out of memory, an actor killed)."""
+
+DECODE_DEADLINE = 300.0
+"""Seconds one input's decoding may take in a run's loader before the loader ends its own process: a decoder
+cannot be interrupted, but a worker can be ended, and the run's ledger then counts a death for the input in
+flight (``POISON_DEATHS`` make it an error row). The largest images let through take a few seconds."""
+
+DEADLINE_EXIT = 75
+"""The exit status of a loader that ended itself at ``DECODE_DEADLINE``."""
+
+_LOADING = threading.Lock()
+"""One batch loads at a time in a process (an actor runs two calls: one loads while the other scores), so
+that a worker that dies while a suspect input loads alone died of that input."""
+
+
 def load_images(
     batch: pa.Table, meta: ExpertMeta, max_pixels: int = MAX_PIXELS, read_timeout: float = storage.READ_TIMEOUT,
     device_jpeg: bool = False, slots: Slots | None = None, max_input_bytes: int = MAX_INPUT_BYTES,
+    ledger: Ledger | None = None, decode_deadline: float = DECODE_DEADLINE,
 ) -> pa.Table:
     """Add ``pixels`` ((3, S, S) model input, null on error), ``width``, ``height``, ``error``,
     ``error_kind`` and ``data``.
@@ -113,25 +144,74 @@ def load_images(
     With ``device_jpeg`` (loaders of a scorer on a GPU), a JPEG its device decoder takes
     (``device_decode.takes``) is only read: its bytes are in ``data`` and its other columns null
     until the scorer decodes it.
+    With a ``ledger`` (the pipeline's), inputs in flight when an earlier worker died load one at a
+    time, one that was in flight at ``POISON_DEATHS`` deaths is a permanent error row, unread, and a
+    decode still running after ``decode_deadline`` seconds ends this process (``DEADLINE_EXIT``).
     """
     uris = batch.column("uri").to_pylist()
-    with ThreadPoolExecutor(min(IO_THREADS, max(1, len(uris)))) as pool:
-        loaded = list(pool.map(
-            lambda uri: _load_one(uri, meta, max_pixels, read_timeout, device_jpeg, slots, max_input_bytes), uris))
-    return _with_inputs(batch, loaded, meta.input_size)
+    deadline = decode_deadline if ledger else None
+
+    def load(uri: str) -> _Loaded:
+        return _load_one(uri, meta, max_pixels, read_timeout, device_jpeg, slots, max_input_bytes, deadline)
+
+    with _LOADING:
+        deaths = ledger.start(uris) if ledger else [0] * len(uris)
+        fresh = [uri for uri, n in zip(uris, deaths) if not n]
+        with ThreadPoolExecutor(min(IO_THREADS, max(1, len(fresh)))) as pool:
+            loaded = dict(zip(fresh, pool.map(load, fresh)))
+        if ledger:
+            ledger.finish(fresh)
+            loaded.update((uri, _load_suspect(uri, n, load, ledger)) for uri, n in zip(uris, deaths) if n)
+    return _with_inputs(batch, [loaded[uri] for uri in uris], meta.input_size)
+
+
+def _load_suspect(uri: str, deaths: int, load: Callable[[str], _Loaded], ledger: Ledger) -> _Loaded:
+    """An input that was in flight when a worker died, loaded alone; at ``POISON_DEATHS`` its error row."""
+    if deaths >= POISON_DEATHS:
+        return _Loaded(error=f"{uri}: {deaths} workers died while it was being read or decoded (killed for "
+                             f"memory, a crash in a decoder, or decoding past {DECODE_DEADLINE:g} s); not tried "
+                             "again unless --retry-errors", kind=PERMANENT)
+    ledger.start([uri], alone=True)
+    try:
+        return load(uri)
+    finally:
+        ledger.finish([uri])
 
 
 def _load_one(
     uri: str, meta: ExpertMeta, max_pixels: int, read_timeout: float, device_jpeg: bool, slots: Slots | None,
-    max_input_bytes: int,
+    max_input_bytes: int, decode_deadline: float | None,
 ) -> _Loaded:
     try:
         read = read_input(uri, read_timeout, slots, max_input_bytes)
         if device_jpeg and device_decode.takes(read.data, max_pixels):
             return _Loaded(data=read.data, version=read.version)
-        return _decoded(uri, read.data, meta, max_pixels)._replace(version=read.version)
+        with _ended_after(decode_deadline, f"decoding {uri}"):
+            return _decoded(uri, read.data, meta, max_pixels)._replace(version=read.version)
     except Exception as err:  # any failure is this row's error, never the batch's
         return _Loaded.failed(uri, err)
+
+
+@contextmanager
+def _ended_after(seconds: float | None, what: str) -> Iterator[None]:
+    """Ends this process, saying why on stderr (Ray's worker log), if the block is still running after
+    ``seconds`` (None: no deadline)."""
+    if seconds is None:
+        yield
+        return
+
+    def end() -> None:
+        print(f"dualcam: {what} ran past its deadline of {seconds:g} s: ending this worker", file=sys.stderr,
+              flush=True)
+        os._exit(DEADLINE_EXIT)
+
+    timer = threading.Timer(seconds, end)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def _decoded(uri: str, data: bytes, meta: ExpertMeta, max_pixels: int = MAX_PIXELS) -> _Loaded:
