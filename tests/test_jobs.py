@@ -238,7 +238,8 @@ def test_score_job_submitted_with_make_submit(ray_head, s3_jobs, s3_endpoint, tm
     assert sorted(r["uri"] for r in rows) == sorted(storage.list_files(f"{s3_jobs}/archive/"))
     assert all(r["status"] == "ok" and 0 <= r["p1"] <= 1 for r in rows)
     # the rows, counted by dualcam.distributed.telemetry, on the node's metrics port as Prometheus reads it
-    assert scraped(ray_head, 'ray_dualcam_rows_scored_total{', ('kind="score"', 'status="ok"')) == 4
+    labels = ('kind="score"', 'status="ok"', 'error_kind="none"')
+    assert scraped(ray_head, 'ray_dualcam_rows_scored_total{', labels) == 4
 
 
 def scraped(head: Head, metric: str, labels: tuple[str, ...], timeout: float = 90) -> float:

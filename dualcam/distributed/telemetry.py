@@ -3,8 +3,9 @@ node's metrics port (``--metrics-export-port``; 8080, named ``metrics``, on Kube
 (cluster/kuberay/podmonitor.yaml; queries in docs/cluster.md). As Prometheus names them (Ray adds the ``ray_``
 prefix, Prometheus a counter's ``_total``):
 
-- ``ray_dualcam_rows_scored_total{kind, status}``: result rows scored, ``kind`` score or drift, ``status`` ok or
-  error (the row's input could not be read, decoded or scored);
+- ``ray_dualcam_rows_scored_total{kind, status, error_kind}``: result rows scored, ``kind`` score or drift,
+  ``status`` ok or error (the row's input could not be read, decoded or scored), ``error_kind`` of an error row
+  transient (a later run retries it) or permanent, ``none`` for an ok row;
 - ``ray_dualcam_lease_renewals_total{result}``: the output lease's heartbeats (``dualcam.io.lease``): renewed, or
   failed (its storage unreachable; after a lease's worth of failures another run may take the output over).
 
@@ -36,11 +37,14 @@ def _counter(name: str, description: str, tags: tuple[str, ...]) -> Counter:
 
 
 def count_rows(batch: pa.Table, kind: str) -> pa.Table:
-    """A Ray Data step after scoring: count ``batch``'s rows by ``status``, and pass the batch on as it is."""
-    rows = _counter(ROWS_SCORED, "result rows scored, by kind (score, drift) and status (ok, error)",
-                    ("kind", "status"))
-    for entry in pc.value_counts(batch.column("status")).to_pylist():
-        rows.inc(entry["counts"], tags={"kind": kind, "status": str(entry["values"])})
+    """A Ray Data step after scoring: count ``batch``'s rows by ``status`` and ``error_kind``, and pass the batch
+    on as it is."""
+    rows = _counter(ROWS_SCORED, "result rows scored, by kind (score, drift), status (ok, error) and error kind "
+                    "(transient, permanent, none)", ("kind", "status", "error_kind"))
+    keys = pc.binary_join_element_wise(batch.column("status"), pc.fill_null(batch.column("error_kind"), "none"), "/")
+    for entry in pc.value_counts(keys).to_pylist():
+        status, error_kind = str(entry["values"]).split("/")
+        rows.inc(entry["counts"], tags={"kind": kind, "status": status, "error_kind": error_kind})
     return batch
 
 
