@@ -44,9 +44,10 @@ lint-cluster: $(LINT_VENV)/.installed
 	$(LINT_VENV)/bin/python cluster/lint.py
 	$(LINT_VENV)/bin/python cluster/lint.py --self-check
 
-# The peers extra and lint (ruff and mypy) first: CI runs make test, then make lint-cluster, then make faults.
+# The peers extra and lint (ruff and mypy) first: CI runs make test, then make lint-cluster, then make faults. The 25
+# slowest tests are listed at the end, so a CI log says where the time went.
 test: $(PEERS_STAMP) lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
 # The fault suite: drivers, actors, S3 and a Ray node lost mid-run, each scenario's counts printed at the end.
 faults: venv
