@@ -15,13 +15,14 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# pyproject.toml's peers extra (MONAI, pytorch-grad-cam, Captum) in .venv, under a constraint that holds torch and
-# torchvision at the versions .venv has: make peers and the tests compare against them (tests/test_peers.py).
+# pyproject.toml's peers extra (MONAI, pytorch-grad-cam, Captum) and xrv extra (TorchXRayVision) in .venv, under a
+# constraint that holds torch and torchvision at the versions .venv has: make peers and the tests compare against
+# them (tests/test_peers.py, tests/test_xrv.py).
 PEERS_STAMP := $(VENV)/.peers-installed
 $(PEERS_STAMP): $(STAMP)
 	$(BIN)/python -m pip freeze | grep -i -E '^(torch|torchvision)==' > $(VENV)/torch-constraint.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --constraint $(VENV)/torch-constraint.txt \
-		-e '.[peers]'
+		-e '.[peers,xrv]'
 	touch $@
 
 # ruff, then mypy (pyproject.toml's [tool.mypy]: every function annotated, calls checked across modules).
@@ -44,8 +45,8 @@ lint-cluster: $(LINT_VENV)/.installed
 	$(LINT_VENV)/bin/python cluster/lint.py
 	$(LINT_VENV)/bin/python cluster/lint.py --self-check
 
-# The peers extra and lint (ruff and mypy) first: CI runs make test, then make lint-cluster, then make faults. The 25
-# slowest tests are listed at the end, so a CI log says where the time went.
+# The peers and xrv extras and lint (ruff and mypy) first: CI runs make test, then make lint-cluster, then make
+# faults. The 25 slowest tests are listed at the end, so a CI log says where the time went.
 test: $(PEERS_STAMP) lint
 	$(BIN)/python -m pytest --durations=25
 

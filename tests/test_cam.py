@@ -15,7 +15,7 @@ FINAL_LAYER = {ResNet: ("layer4", False), DenseNet: ("features", True), Efficien
                RegNet: ("trunk_output", False)}
 """torchvision class -> (the layer whose output the head pools, whether a ReLU comes between), read from
 torchvision's own forward methods."""
-ONE_PER_FAMILY = ("resnet18", "densenet121", "efficientnet_b0", "regnet_y_400mf")
+ONE_PER_FAMILY = ("resnet18", "densenet121", "efficientnet_b0", "regnet_y_400mf", "xrv-densenet121", "xrv-resnet50")
 HEAVY = {"resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2", "densenet201",
          "efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "regnet_x_8gf", "regnet_x_16gf", "regnet_x_32gf",
          "regnet_y_8gf", "regnet_y_16gf", "regnet_y_32gf", "regnet_y_128gf"}
@@ -35,6 +35,16 @@ def final_features_by_hook(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.relu(captured["f"]) if relu else captured["f"]
 
 
+def inputs(arch: str, *shape: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dualcam's (B, 3, H, W) input, the network's own): the same random tensor, but for TorchXRayVision's
+    one-channel networks, which take one channel where dualcam gives three equal ones (colour mode L)."""
+    if not arch.startswith("xrv-"):
+        x = torch.randn(shape[0], 3, *shape[1:], dtype=dtype)
+        return x, x
+    x = torch.randn(shape[0], 1, *shape[1:], dtype=dtype)
+    return x.expand(-1, 3, -1, -1), x
+
+
 def test_the_invariants_cover_every_family():
     assert {ARCHITECTURES[arch] for arch in ONE_PER_FAMILY} == set(ARCHITECTURES.values())
 
@@ -43,11 +53,11 @@ def test_the_invariants_cover_every_family():
 def test_cam_invariants(arch):
     torch.manual_seed(0)
     model = build_expert(arch).double().eval()
-    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    x, own = inputs(arch, 2, 64, 64, dtype=torch.float64)
     with torch.inference_mode():
         logits, cams = forward_with_cams(model, x)
-        reference_logits = model(x)
-        f = final_features_by_hook(model, x)
+        reference_logits = model(own)
+        f = final_features_by_hook(model, own)
     linear = architectures.head(model)
     assert logits.shape == (2, 2) and cams.shape == (2, 2, *f.shape[-2:])
     # the same logits as the network's own forward
@@ -81,9 +91,9 @@ def test_float32_channels_last_matches():
 def test_every_class_cam_plus_its_bias_is_the_real_models_logit(arch):
     torch.manual_seed(0)
     model = architectures.build(arch, weights=None).eval()  # torchvision's own 1000-class model
-    x = torch.randn(1, 3, 64, 64)
+    x, own = inputs(arch, 1, 64, 64)
     with torch.inference_mode():
-        logits = model(x)  # torchvision's forward, not dualcam's
+        logits = model(own)  # torchvision's forward, not dualcam's
         _, cams = forward_with_cams(model, x)
     assert cams.shape == (1, 1000, 2, 2)  # 64 px at stride 32: a mean over 4 cells, not one
     # float32 (float64 is many times slower for depthwise convolutions on a CPU): the two sums differ only in

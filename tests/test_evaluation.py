@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dualcam.cli import main
+from dualcam.io.imaging import InputGeometry
 from dualcam.io.results import RUN_FILE, ExpertId, RunSpec, read_results, read_run_spec, result_table
 from dualcam.maps import localization
 from dualcam.maps.kernel import addk, overlap
@@ -161,3 +162,15 @@ def test_drift_outputs_are_refused_by_evaluate_and_render(tmp_path):
         evaluate(str(results), str(boxes))
     with pytest.raises(ValueError, match="a dualcam drift output; render draws dualcam score outputs"):
         render_results(str(results), tmp_path / "report")
+
+
+def test_a_centre_crop_run_measures_its_maps_against_the_boxes_within_the_square_the_experts_saw(tmp_path):
+    results, boxes = tmp_path / "results", tmp_path / "boxes.csv"
+    _write_results(results, boxes)
+    spec = read_run_spec(str(results))
+    # a 30 px input cut from the 60 px image resized to 60: the maps cover image pixels 15 to 45 each way
+    cropped = RunSpec(spec.first, spec.second, spec.alpha, geometry=InputGeometry(30, "center-crop", 60))
+    (results / RUN_FILE).write_text(cropped.to_json())
+    uniform = _row(evaluate(str(results), str(boxes), alphas=[5.0], kernels=["addk"]), "uniform")
+    # F1 (10, 20, 20, 10) keeps x 15-30, y 20-30 of the 30 x 30 window; S (40, 40, 10, 10) x and y 40-45
+    assert uniform["energy_F1"] == pytest.approx(150 / 900) and uniform["energy_S"] == pytest.approx(25 / 900)

@@ -2,9 +2,12 @@
 image, on the CPU and the device decoder alike, and its peaks and boxes map back to the pixels the model saw."""
 
 import io
+import json
 import re
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -14,7 +17,11 @@ from dualcam import DualScorer, build_expert, save_expert
 from dualcam.bench.fixtures import real_size_xray
 from dualcam.io.checkpoints import ExpertMeta
 from dualcam.io.device_decode import DeviceDecoder
-from dualcam.io.imaging import decode_image, image_window, input_window, model_input
+from dualcam.io.imaging import InputGeometry, decode_image, image_window, input_window, model_input
+from dualcam.io.results import RUN_FILE, RunSpec
+from dualcam.reports.drawing import BOX_COLORS, GAP, LEGEND_HEIGHT, SCALE_HEIGHT, TITLE_HEIGHT
+from dualcam.reports.score_page import render_results
+from dualcam.scoring.scorers import load_images
 
 CROP = {"arch": "resnet18", "class_name": "x", "input_size": 224, "resize": "center-crop"}
 
@@ -119,3 +126,45 @@ def test_explain_draws_a_centre_crop_experts_heatmap_over_the_part_of_the_image_
     assert left <= x < right and top <= y < bottom
     with Image.open(tmp_path / "o" / "wide.addk.png") as overlay:  # the seen square, not the 200 x 120 image
         assert overlay.size[0] < overlay.size[1]
+
+
+def crop_pair(root, size: int = 64) -> DualScorer:
+    uris = []
+    for name in ("a", "b"):
+        uris.append(str(root / name))
+        save_expert(build_expert("resnet18"), uris[-1], {**CROP, "input_size": size, "class_name": name})
+    return DualScorer(*uris, device="cpu")
+
+
+def test_a_run_records_where_its_experts_input_lies_and_older_runs_read_as_the_whole_image(tmp_path):
+    spec = crop_pair(tmp_path).spec
+    assert spec.geometry == InputGeometry(64, "center-crop", 73)
+    assert RunSpec.from_json(spec.to_json()).geometry == spec.geometry
+    assert spec.window(120, 200) == (7, 46, 112, 152)  # as explain's (image_window)
+    older = json.loads(spec.to_json())
+    del older["input"]
+    assert RunSpec.from_json(json.dumps(older)) == spec  # resumable: the experts' versions fix the geometry
+    assert RunSpec.from_json(json.dumps(older)).window(120, 200) == (0, 0, 120, 200)
+
+
+def test_render_draws_a_centre_crop_runs_maps_over_the_square_the_experts_saw(tmp_path):
+    scorer = crop_pair(tmp_path)
+    image = tmp_path / "wide.png"
+    image.write_bytes(encoded(real_size_xray(np.random.default_rng(2), (120, 200)), "PNG"))
+    out = tmp_path / "results"
+    out.mkdir()
+    pq.write_table(scorer(load_images(pa.table({"uri": [str(image)]}), scorer.meta)), out / "part-0.parquet")
+    (out / RUN_FILE).write_text(scorer.spec.to_json())
+    # one box across the window's left edge (46), one outside it: the first is cut to the window, the second left out
+    (tmp_path / "boxes.csv").write_text(f"uri,x,y,w,h,kind\n{image},30,20,40,30,F1\n{image},0,0,20,20,S\n")
+    rendered = render_results(str(out), tmp_path / "report", n=1, alphas=(5,), boxes=str(tmp_path / "boxes.csv"),
+                              side=None, review=0)
+    with Image.open(tmp_path / "report" / "images" / "01-wide.png-triple.png") as triple:
+        drawn = np.asarray(triple.convert("RGB"))
+    assert rendered.images == 1
+    assert drawn.shape[1] == 3 * 106 + 2 * GAP  # the 106 x 105 window of the 200 x 120 image, at its own size
+    assert drawn.shape[0] == TITLE_HEIGHT + 105 + SCALE_HEIGHT + LEGEND_HEIGHT
+    f1 = np.array(BOX_COLORS[0], np.uint8)
+    column = drawn[TITLE_HEIGHT:TITLE_HEIGHT + 105, :106]
+    assert (column[13:43, 0] == f1).all()  # the F1 box, cut at the window's left edge, rows 20 to 50 less 7
+    assert not (column[:13, :30] == f1).all(-1).any()

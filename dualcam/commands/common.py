@@ -127,7 +127,8 @@ def add_arch(parser: argparse.ArgumentParser, default: str) -> None:
     exact (ConvNeXt, MobileNetV3, ViT) is refused saying why (the type runs before the choices, which job specs
     check)."""
     parser.add_argument("--arch", type=_arch, choices=tuple(ARCHITECTURES), default=default, metavar="ARCH",
-                        help=f"torchvision architecture: {', '.join(ARCHITECTURES)} (default {default})")
+                        help=f"torchvision architecture, or TorchXRayVision's (xrv-*): {', '.join(ARCHITECTURES)} "
+                        f"(default {default})")
 
 
 def _arch(name: str) -> str:

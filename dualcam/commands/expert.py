@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dualcam.commands.common import add_arch, add_output_stride, check_output_folder, floats, labels
@@ -24,6 +25,7 @@ from dualcam.io.checkpoints import (
     resolve_expert,
     save_expert,
 )
+from dualcam.maps import xrv
 
 HELP = "create and inspect expert checkpoints"
 DESCRIPTION = None
@@ -45,14 +47,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     init.add_argument("--activation", choices=ACTIVATIONS, default=None,
                       help="how the class's probability is read: softmax over the outputs, or sigmoid of the "
                       "class's own (multi-label, single-logit); default softmax, sigmoid for 1 output")
-    init.add_argument("--input-size", type=int, default=Recipe.image_size,
-                      help=f"square input size in pixels (default {Recipe.image_size})")
-    init.add_argument("--color-mode", choices=("L", "RGB"), default=ExpertMeta.color_mode,
+    init.add_argument("--input-size", type=int, default=None,
+                      help=f"square input size in pixels (default {Recipe.image_size}; TorchXRayVision's: its own)")
+    init.add_argument("--color-mode", choices=("L", "RGB"), default=None,
                       help="L: grayscale on 3 channels (default)")
-    init.add_argument("--resize", choices=RESIZES, default=ExpertMeta.resize,
+    init.add_argument("--resize", choices=RESIZES, default=None,
                       help="how an image becomes the input, as the model was trained: whole (resized to the input "
                       "size, no crop; default) or center-crop (short side to --resize-size, then the centre input "
-                      "size square, as torchvision's ImageNet presets)")
+                      "size square, as torchvision's ImageNet presets; TorchXRayVision's: center-crop, short side to "
+                      "the input size)")
     init.add_argument("--resize-size", type=int, default=None,
                       help=f"center-crop: the short side before the crop (default input size / {CROP_FRACTION}, "
                       "rounded: 256 for 224)")
@@ -64,7 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     init.add_argument("--weights", default="none",
                       help="none, imagenet (torchvision's, downloaded on first use: needs internet) or a state dict's "
                       "path or s3:// URI: your model's (its last layer must have --num-outputs outputs), or "
-                      "torchvision's ImageNet file copied from where there is internet (default none)")
+                      "torchvision's ImageNet file copied from where there is internet (default none); for "
+                      "xrv-densenet121 and xrv-resnet50 also TorchXRayVision's published weights by name, e.g. "
+                      "densenet121-res224-all (downloaded by torchxrayvision: pip install 'dualcam[xrv]')")
     init.add_argument("--out", required=True, help="checkpoint directory: a path or s3:// prefix")
     show = sub.add_parser("show", help="print a checkpoint's expert.json")
     show.add_argument("uri", help="checkpoint directory, or a folder of versions (latest shown): a path or s3:// "
@@ -77,24 +82,35 @@ def run(*, expert_command: str, **options: Any) -> int:
 
 
 def init(*, arch: str, class_name: str, num_outputs: int | None, class_index: int | None, class_names: str | None,
-         activation: str | None, input_size: int, color_mode: str, resize: str, resize_size: int | None,
-         mean: str | None, std: str | None, output_stride: int, weights: str, out: str) -> int:
-    """``dualcam expert init``: write an expert checkpoint to ``out``, initialized from ``weights``."""
+         activation: str | None, input_size: int | None, color_mode: str | None, resize: str | None,
+         resize_size: int | None, mean: str | None, std: str | None, output_stride: int, weights: str, out: str) -> int:
+    """``dualcam expert init``: write an expert checkpoint to ``out``, initialized from ``weights``. Flags not given
+    take TorchXRayVision's preprocessing and outputs for its archs (``xrv.preprocessing``), else the defaults;
+    xrv's weights' operating point for the class is recorded (``ExpertMeta.op_threshold``)."""
     check_output_folder(out, "--out")
-    outputs = class_outputs(class_name, num_outputs, class_index, class_names, activation)
-    meta = ExpertMeta(arch=arch, class_name=class_name, input_size=input_size, color_mode=color_mode,
-                      resize=resize, resize_size=resize_size, mean=tuple(floats(mean)) if mean else IMAGENET_MEAN,
-                      std=tuple(floats(std)) if std else IMAGENET_STD, output_stride=output_stride,
+    preset = xrv.preprocessing(arch) if xrv.is_xrv(arch) else {}
+    outputs = class_outputs(class_name, num_outputs, class_index, class_names or preset.get("class_names"),
+                            activation or preset.get("activation"))
+    meta = ExpertMeta(arch=arch, class_name=class_name, input_size=input_size or preset.get("input_size",
+                      Recipe.image_size), color_mode=color_mode or preset.get("color_mode", ExpertMeta.color_mode),
+                      resize=resize or preset.get("resize", ExpertMeta.resize),
+                      resize_size=resize_size or preset.get("resize_size"),
+                      mean=tuple(floats(mean)) if mean else preset.get("mean", IMAGENET_MEAN),
+                      std=tuple(floats(std)) if std else preset.get("std", IMAGENET_STD), output_stride=output_stride,
                       recipe={"init_weights": weights}, **outputs)
     model = build_expert(arch, weights, output_stride, meta.num_outputs)
+    if xrv.is_xrv(arch):
+        meta = dataclasses.replace(meta, op_threshold=xrv.operating_point(getattr(model, xrv.OP_THRESHS, None),
+                                                                          meta.class_index))
     meta = save_expert(model, out, meta)
-    print(f"wrote expert {meta.class_name!r} (output {meta.class_index} of {meta.num_outputs}, {meta.activation}; "
-          f"{meta.arch}, {meta.input_size} px, weights {weights}) version {meta.version} to {out}")
+    point = f", operating point {meta.op_threshold:g}" if meta.op_threshold is not None else ""
+    print(f"wrote expert {meta.class_name!r} (output {meta.class_index} of {meta.num_outputs}, {meta.activation}"
+          f"{point}; {meta.arch}, {meta.input_size} px, weights {weights}) version {meta.version} to {out}")
     return 0
 
 
-def class_outputs(class_name: str, num_outputs: int | None, class_index: int | None, class_names: str | None,
-                  activation: str | None) -> dict[str, Any]:
+def class_outputs(class_name: str, num_outputs: int | None, class_index: int | None,
+                  class_names: str | Sequence[str] | None, activation: str | None) -> dict[str, Any]:
     """``ExpertMeta``'s num_outputs, class_index, activation and class_names from ``expert init``'s flags, the
     defaults filled in (a binary softmax expert with the class at 1, as ``dualcam train`` makes); ValueError
     saying which flag is missing or wrong."""

@@ -12,8 +12,9 @@ An expert checkpoint is a directory (local path or s3:// prefix) holding
 ``expert.json`` is written last, so a directory without it is a save that did not finish, and a
 directory with it is never written again: a version id always names the same weights.
 An expert is (model, class): ``num_outputs`` outputs, of which ``class_index`` is the class, its
-probability read by ``activation``. Experts ``dualcam train`` makes, and checkpoints written before
-these fields existed, have 2 outputs, softmax, class at ``POSITIVE_INDEX``.
+probability read by ``activation`` (and, for TorchXRayVision's models, its ``op_threshold``). Experts
+``dualcam train`` makes, and checkpoints written before these fields existed, have 2 outputs, softmax,
+class at ``POSITIVE_INDEX``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from torch import nn
 from torchvision.models import WeightsEnum, get_model_weights
 
 from dualcam.io import storage
-from dualcam.maps import architectures
+from dualcam.maps import architectures, xrv
 from dualcam.maps.architectures import ARCHITECTURES, check_output_stride
 
 SUPPORTED_ARCHS = tuple(ARCHITECTURES)
@@ -50,9 +51,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_CLASSES = 1000
 META_FILE = "expert.json"
 WEIGHTS_FILE = "weights.pt"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """2: num_outputs, class_index, activation, class_names, resize and resize_size (absent from a format 1 file: 2, 1,
-softmax, none, whole)."""
+softmax, none, whole). 3: op_threshold (absent: none)."""
 
 
 class CheckpointError(ValueError):
@@ -79,6 +80,8 @@ class ExpertMeta:
     to S x S (every pixel reaches a CAM cell); ``center-crop`` resizes its short side to ``resize_size``
     (default round(S / 0.875): 256 for 224) and takes the centre S x S, as torchvision's
     ``Resize(resize_size) + CenterCrop(S)`` (``imaging.input_window``).
+    ``op_threshold``: TorchXRayVision's operating point for the class (its weights' ``op_threshs``), which its
+    probability is calibrated to after the sigmoid (``dualcam.maps.xrv``); None: the activation alone.
     """
 
     arch: str
@@ -92,6 +95,7 @@ class ExpertMeta:
     class_names: tuple[str, ...] = ()
     resize: str = "whole"
     resize_size: int | None = None
+    op_threshold: float | None = None
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     created_at: str = ""
@@ -108,6 +112,8 @@ class ExpertMeta:
             raise ValueError(f"input_size must be an integer >= 32 pixels, got {self.input_size!r}")
         if self.color_mode not in ("L", "RGB"):
             raise ValueError(f"color_mode must be 'L' or 'RGB', got {self.color_mode!r}")
+        if xrv.is_xrv(self.arch) and self.color_mode != "L":
+            raise ValueError(f"{self.arch} takes one grey channel: color_mode must be 'L'")
         if not self.class_name:
             raise ValueError("class_name must not be empty")
         check_output_stride(self.arch, self.output_stride)
@@ -140,6 +146,10 @@ class ExpertMeta:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if self.activation == "softmax" and n < 2:
             raise ValueError("softmax needs num_outputs >= 2; a single-logit model's probability is its sigmoid")
+        t = self.op_threshold
+        if t is not None and (self.activation != "sigmoid" or not isinstance(t, float) or not 0 < t < 1):
+            raise ValueError(f"op_threshold is an operating point after a sigmoid, in (0, 1); got {t!r} with "
+                             f"activation {self.activation}")
         self.class_names = tuple(self.class_names)
         if self.class_names and len(self.class_names) != n:
             raise ValueError(f"class_names has {len(self.class_names)} names for num_outputs {n}")
@@ -183,7 +193,9 @@ def build_expert(arch: str, weights: str | None = None, output_stride: int = 32,
     into torch's hub cache on first use; a fresh head); or a path or s3:// URI to a state dict for the
     same arch: either ImageNet's 1000-class one (for clusters without internet; a fresh head) or one
     whose head has ``num_outputs`` outputs, loaded whole. Any other head size is refused, naming both
-    shapes: a trained head is never silently replaced.
+    shapes: a trained head is never silently replaced. TorchXRayVision's archs take xrv's state dicts (their
+    ``op_threshs`` kept on the model as a buffer that ``state_dict`` leaves out) or the name of its published
+    weights (``xrv.PUBLISHED``, downloaded by xrv), not ``imagenet``.
 
     ``output_stride`` 16 (ResNets only) gives a finer CAM grid with the same parameters, so any
     ResNet weights still load (how: ``dualcam.maps.architectures``).
@@ -191,9 +203,24 @@ def build_expert(arch: str, weights: str | None = None, output_stride: int = 32,
     check_output_stride(arch, output_stride)
     if weights in (None, "none"):
         return architectures.with_head(architectures.build(arch, output_stride, weights=None), num_outputs)
+    if weights == "imagenet" and xrv.is_xrv(arch):
+        raise ValueError(f"{arch} has no ImageNet weights: give a state dict or one of "
+                         f"{', '.join(xrv.PUBLISHED[arch])}")
     if weights == "imagenet":
         return architectures.with_head(_imagenet_model(arch, output_stride), num_outputs)
-    state = _read_state_dict(weights)
+    if not xrv.is_xrv(arch):
+        return _loaded(arch, _read_state_dict(weights), weights, output_stride, num_outputs)
+    published = weights in xrv.PUBLISHED[arch]
+    state, points = xrv.torchvision_state(
+        xrv.published_state(arch, weights) if published else _read_state_dict(weights))
+    model = _loaded(arch, state, weights, output_stride, num_outputs)
+    if points is not None:
+        model.register_buffer(xrv.OP_THRESHS, points, persistent=False)
+    return model
+
+
+def _loaded(arch: str, state: dict[str, torch.Tensor], weights: str, output_stride: int, num_outputs: int) -> nn.Module:
+    """``arch`` with ``state`` loaded: whole, or ImageNet's 1000-class one under a fresh head of ``num_outputs``."""
     head = architectures.family(arch).head
     n_out = state[f"{head}.weight"].shape[0] if f"{head}.weight" in state else None
     imagenet = n_out == IMAGENET_CLASSES and num_outputs != IMAGENET_CLASSES

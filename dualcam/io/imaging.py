@@ -42,6 +42,7 @@ import math
 import re
 import struct
 import warnings
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -455,8 +456,23 @@ def input_tensor(
     return ((t - mean) / std).contiguous()
 
 
+@dataclass(frozen=True)
+class InputGeometry:
+    """What places an expert's S x S input in an image (``input_window``): ``ExpertMeta``'s input_size, resize and
+    resized_side. A run records it (``results.RunSpec``), so that ``render`` and ``evaluate`` put stored maps over
+    the part of each image the model saw without the experts at hand."""
+
+    input_size: int
+    resize: str = "whole"
+    resized_side: int = 0
+
+    @classmethod
+    def of(cls, meta: ExpertMeta) -> InputGeometry:
+        return cls(meta.input_size, meta.resize, meta.resized_side)
+
+
 def input_window(
-    meta: ExpertMeta, height: float | np.ndarray, width: float | np.ndarray,
+    meta: ExpertMeta | InputGeometry, height: float | np.ndarray, width: float | np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Where an image of (height, width) pixels goes in the model input: it is resized to (resized_h,
     resized_w), and the S x S input is the window of that at (top, left). ``whole``: (S, S, 0, 0);
@@ -474,7 +490,7 @@ def input_window(
     return resized_h, resized_w, top, left
 
 
-def image_window(meta: ExpertMeta, height: int, width: int) -> tuple[int, int, int, int]:
+def image_window(meta: ExpertMeta | InputGeometry, height: int, width: int) -> tuple[int, int, int, int]:
     """(top, left, bottom, right), exclusive, in image pixels: the part of an image the model input shows
     (all of it unless ``meta.resize`` crops), rounded to whole pixels, for drawing a heatmap over it."""
     resized_h, resized_w, top, left = (int(v) for v in input_window(meta, height, width))

@@ -3,7 +3,9 @@
 An output folder (local or s3://) holds Parquet files, one row per input, plus ``_run.json``, which
 records the kind of run (``score`` or ``drift``), its two experts, alpha, precision and schema
 version that every row was computed with (a rerun of another kind, with other experts, another
-alpha or another precision into the same folder is refused). A ``_run.json`` written before
+alpha or another precision into the same folder is refused), and where the experts' input lies in
+an image (``input``: ``imaging.InputGeometry``, so that render, evaluate and the drift page put maps
+over the part of an image the model saw; absent before it was recorded: the whole image). A ``_run.json`` written before
 precision was recorded reads as ``fp32``: what dualcam computed before then, on CPU (on CUDA it
 used bf16 autocast; such a folder should not be resumed with this version). Files whose names
 start with ``_`` or ``.`` are not data; pyarrow, pandas and DuckDB skip them by default.
@@ -95,7 +97,7 @@ import json
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -105,6 +107,7 @@ import pyarrow.parquet as pq
 
 from dualcam.io import storage
 from dualcam.io.checkpoints import ExpertMeta
+from dualcam.io.imaging import InputGeometry, image_window
 from dualcam.maps.numerics import DEFAULT_PRECISION, check_precision
 
 RUN_FILE = "_run.json"
@@ -184,13 +187,21 @@ class RunSpec:
     kind: str = SCORE.kind
     precision: str = DEFAULT_PRECISION
     """How the forward passes computed (``dualcam.maps.numerics``)."""
+    geometry: InputGeometry | None = field(default=None, compare=False)
+    """Where both experts' input lies in an image (``_run.json``'s ``input``); None for runs recorded before it
+    was, read as the whole image. Not compared: the experts' versions already fix it."""
 
     @classmethod
     def of(
         cls, layout: Layout, meta1: ExpertMeta, meta2: ExpertMeta, alpha: float, precision: str = DEFAULT_PRECISION,
     ) -> RunSpec:
         return cls(ExpertId.of(meta1), ExpertId.of(meta2), float(alpha), layout.schema_version, layout.kind,
-                   check_precision(precision))
+                   check_precision(precision), InputGeometry.of(meta1))
+
+    def window(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(top, left, bottom, right) in an image of that size: the part the experts saw (``imaging.image_window``);
+        all of it for runs that did not record their geometry."""
+        return image_window(self.geometry, height, width) if self.geometry else (0, 0, height, width)
 
     @property
     def layout(self) -> Layout:
@@ -203,7 +214,7 @@ class RunSpec:
     def to_json(self) -> str:
         roles = dict(zip(self.layout.roles, map(asdict, self.experts)))
         spec = {"kind": self.kind, **roles, "alpha": self.alpha, "precision": self.precision,
-                "schema_version": self.schema_version}
+                "schema_version": self.schema_version, **({"input": asdict(self.geometry)} if self.geometry else {})}
         return json.dumps(spec, indent=2)
 
     @classmethod
@@ -214,7 +225,8 @@ class RunSpec:
             raise ValueError(f"{RUN_FILE} names an unknown kind of run {kind!r}; upgrade dualcam")
         first, second = (ExpertId(**data[role]) for role in LAYOUTS[kind].roles)
         precision = data.get("precision", DEFAULT_PRECISION)  # folders scored before precision was recorded
-        return cls(first, second, float(data["alpha"]), int(data["schema_version"]), kind, precision)
+        geometry = InputGeometry(**data["input"]) if "input" in data else None  # and before the input's geometry
+        return cls(first, second, float(data["alpha"]), int(data["schema_version"]), kind, precision, geometry)
 
     def describe(self) -> str:
         """One line for messages: the kind, both experts, alpha, precision and schema."""

@@ -4,8 +4,9 @@ feature maps come from, and which layer is its linear head.
 A CAM is exact only for a network that ends in global average pooling and one linear layer, so an
 architecture is supported only where both are known; checkpoints (``dualcam.io.checkpoints``) and
 CAMs (``dualcam.maps.cam``) read the same entry. To add an architecture, add a ``Family`` (once per
-torchvision model class) and its ``ARCHITECTURES`` entries. Models whose head does more than that
-are refused with the reason (``NOT_CAM_EXACT``).
+torchvision model class) and its ``ARCHITECTURES`` entries. TorchXRayVision's DenseNet-121 and ResNet-50
+(``xrv-densenet121``, ``xrv-resnet50``; ``dualcam.maps.xrv``) are torchvision's with a one-channel stem.
+Models whose head does more than that are refused with the reason (``NOT_CAM_EXACT``).
 """
 
 from __future__ import annotations
@@ -33,13 +34,20 @@ OUTPUT_STRIDES = (32, 16)
 
 def _resnet_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     assert isinstance(model, ResNet)
-    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    x = model.maxpool(model.relu(model.bn1(model.conv1(_stem_input(model.conv1, x)))))
     return model.layer4(model.layer3(model.layer2(model.layer1(x))))
 
 
 def _densenet_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     assert isinstance(model, DenseNet)
-    return F.relu(model.features(x))
+    return F.relu(model.features(_stem_input(model.features.conv0, x)))
+
+
+def _stem_input(stem: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` as the first convolution takes it: a one-channel stem (TorchXRayVision's) reads the first of the grey
+    input's three equal channels (colour mode L), so every expert takes the same (B, 3, S, S) batch."""
+    assert isinstance(stem, nn.Conv2d)
+    return x[:, :stem.in_channels] if stem.in_channels < x.shape[1] else x
 
 
 def _efficientnet_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -70,6 +78,20 @@ def _plain(name: str, output_stride: int, **kwargs: Any) -> nn.Module:
     return get_model(name, **kwargs)
 
 
+XRV_BASES = {"xrv-densenet121": "densenet121", "xrv-resnet50": "resnet50"}
+"""TorchXRayVision's models (``dualcam.maps.xrv``) by the torchvision network each is, but for its stem."""
+
+
+def _one_channel(name: str, output_stride: int, **kwargs: Any) -> nn.Module:
+    """TorchXRayVision's ``name``: torchvision's network with a one-channel first convolution, as xrv builds it
+    (its DenseNet's layers and its ResNet's inner ``model`` have torchvision's names and computations)."""
+    base = XRV_BASES[name]
+    model = _resnet_at_stride(base, output_stride, **kwargs) if base.startswith("resnet") else get_model(base, **kwargs)
+    stem = "conv1" if base.startswith("resnet") else "features.conv0"
+    model.set_submodule(stem, nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False))
+    return model
+
+
 @dataclass(frozen=True)
 class Family:
     """What every architecture built on one torchvision model class shares."""
@@ -89,6 +111,8 @@ RESNET = Family(ResNet, "fc", _resnet_features, _resnet_at_stride, OUTPUT_STRIDE
 DENSENET = Family(DenseNet, "classifier", _densenet_features, _plain)
 EFFICIENTNET = Family(EfficientNet, "classifier.1", _efficientnet_features, _plain)
 REGNET = Family(RegNet, "fc", _regnet_features, _plain)
+XRV_DENSENET = Family(DenseNet, "classifier", _densenet_features, _one_channel)
+XRV_RESNET = Family(ResNet, "fc", _resnet_features, _one_channel, OUTPUT_STRIDES)
 
 ARCHITECTURES: dict[str, Family] = {
     **dict.fromkeys(("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
@@ -98,6 +122,8 @@ ARCHITECTURES: dict[str, Family] = {
     **dict.fromkeys((f"regnet_{kind}_{size}" for kind in "xy"
                      for size in ("400mf", "800mf", "1_6gf", "3_2gf", "8gf", "16gf", "32gf")), REGNET),
     "regnet_y_128gf": REGNET,
+    "xrv-densenet121": XRV_DENSENET,
+    "xrv-resnet50": XRV_RESNET,
 }
 
 NOT_CAM_EXACT: tuple[tuple[str, type[nn.Module], str], ...] = (

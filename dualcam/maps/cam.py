@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dualcam.maps import xrv
 from dualcam.maps.architectures import family_of, head
 from dualcam.maps.kernel import ArrayLike
 
@@ -38,14 +39,18 @@ def forward_with_cams(
     return logits, cams
 
 
-def class_probability(logits: torch.Tensor, class_index: int, activation: str) -> torch.Tensor:
+def class_probability(
+    logits: torch.Tensor, class_index: int, activation: str, op_threshold: float | None = None,
+) -> torch.Tensor:
     """(B,) probability of class ``class_index`` from (B, K) logits: ``softmax`` over the K outputs (classes
-    that exclude each other), or ``sigmoid`` of the class's own logit (multi-label or single-logit heads)."""
+    that exclude each other), or ``sigmoid`` of the class's own logit (multi-label or single-logit heads), then
+    calibrated to ``op_threshold`` if given (TorchXRayVision's ``op_norm``: ``xrv.probability``)."""
     if activation == "softmax":
         return logits.softmax(-1)[:, class_index]
-    if activation == "sigmoid":
-        return logits[:, class_index].sigmoid()
-    raise ValueError(f"activation must be softmax or sigmoid, got {activation!r}")
+    if activation != "sigmoid":
+        raise ValueError(f"activation must be softmax or sigmoid, got {activation!r}")
+    p = logits[:, class_index].sigmoid()
+    return p if op_threshold is None else xrv.probability(p, op_threshold)
 
 
 def upsample(maps: ArrayLike, size: tuple[int, int]) -> ArrayLike:

@@ -169,6 +169,8 @@ def _figures(
         except (DecodeError, OSError) as err:
             skipped.append(str(err) if uri in str(err) else f"{uri}: {err}")
             continue
+        y0, x0, y1, x1 = spec.window(*image.shape[:2])  # the part of the image the experts saw
+        image = image[y0:y1, x0:x1]
         panels = [(f"old {spec.first.version} p={row['p_old']:.3f}", cam_old[i]),
                   (f"new {spec.second.version} p={row['p_new']:.3f}", cam_new[i]),
                   (f"ADDK(new, old) alpha={summary['alpha']:g}", gained[i])]

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import torch
 
 from dualcam.io.labelled import read_boxes
-from dualcam.io.results import RUN_FILE, read_results, read_run_spec, to_numpy
+from dualcam.io.results import RUN_FILE, RunSpec, read_results, read_run_spec, to_numpy
 from dualcam.maps import localization
 from dualcam.maps.kernel import ALPHAS, KERNELS, Kernel, check_alphas, get_kernel, overlap, sharpen
 from dualcam.maps.metrics import binary_metrics, roc_auc
@@ -99,7 +99,7 @@ def evaluate(results: str, boxes: str, *, alphas: Sequence[float] = ALPHAS,
         for kind, box in found:
             known.setdefault((uri, kind), []).append(box)
     kinds = map_kinds(alphas, kernels)
-    per_image = _localize(c1, known, kinds, boxes)
+    per_image = _localize(c1, known, kinds, boxes, spec)
     cam1, cam2, stored = (_maps(c1, name) for name in ("cam1", "cam2", "heatmap"))
     recomputed = get_kernel("addk")(cam1, cam2, spec.alpha)
     correlation = localization.cam_correlation(cam1, cam2).numpy()
@@ -141,10 +141,13 @@ def overlap_auc(rankings: Sequence[dict[str, Any]]) -> float | None:
     return None if auc != auc else auc
 
 
-def _localize(c1: pa.Table, known: dict, kinds: list[MapKind], boxes_uri: str) -> list[dict[str, np.ndarray]]:
+def _localize(
+    c1: pa.Table, known: dict, kinds: list[MapKind], boxes_uri: str, spec: RunSpec,
+) -> list[dict[str, np.ndarray]]:
     """Per kind, per target and measure: one value per image (NaN where the target has no box).
 
-    An image's target is the union of its boxes of that kind."""
+    An image's target is the union of its boxes of that kind, within the part of the image the experts saw
+    (``RunSpec.window``: all of it unless they take a centre crop), which the maps cover."""
     uris = c1.column("uri").to_pylist()
     missing = [u for u in uris if (u, "F1") not in known]
     if missing:
@@ -157,7 +160,8 @@ def _localize(c1: pa.Table, known: dict, kinds: list[MapKind], boxes_uri: str) -
             rows = c1.take(pa.array(chunk))
             cam1, cam2 = _maps(rows, "cam1"), _maps(rows, "cam2")
             boxes = {t: [known.get((uris[i], t), []) for i in chunk] for t in TARGETS}
-            targets = {t: localization.box_masks(boxes[t], size) for t in TARGETS}
+            top, left, bottom, right = spec.window(*size)
+            targets = {t: localization.box_masks(boxes[t], size)[:, top:bottom, left:right] for t in TARGETS}
             for k, kind in enumerate(kinds):
                 maps = kind.make(cam1, cam2, targets["F1"])
                 for target in TARGETS:

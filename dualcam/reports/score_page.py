@@ -40,7 +40,8 @@ DEFAULT_REVIEW = 8
 POSITIVE = 0.5
 """p1 at or above which expert 1 calls an image its class."""
 PANEL_NOTE = (
-    "Each panel shows its map upsampled to the image and scaled on its own: the colour bar under it runs from "
+    "Each panel shows its map upsampled to the image (to the part of it the experts saw, where they take a centre "
+    "crop) and scaled on its own: the colour bar under it runs from "
     "that map's minimum (black) to its maximum (yellow), both given. Colours are not comparable across panels; "
     "the numbers under them are. Stored maps stay raw."
 )
@@ -214,7 +215,10 @@ def _draw(
         except (DecodeError, OSError) as err:
             skipped.append(str(err) if uri in str(err) else f"{uri}: {err}")
             continue
-        own = boxes.get(uri, [])
+        top, left, bottom, right = spec.window(*image.shape[:2])  # the part of the image the experts saw
+        image = image[top:bottom, left:right]
+        own = [(kind, seen) for kind, box in boxes.get(uri, [])
+               if (seen := _within(box, top, left, bottom, right)) is not None]
         triple = [
             (f"CAM1 {spec.first.class_name} p1={row['p1']:.3f}", cam1[i]),
             (f"CAM2 {spec.second.class_name} p2={row['p2']:.3f}", cam2[i]),
@@ -232,6 +236,14 @@ def _draw(
                           f"{about}: {kernel} at alpha {', '.join(f'{a:g}' for a in alphas)}")
         drawn += 1
     return drawn, skipped
+
+
+def _within(box: Box, top: int, left: int, bottom: int, right: int) -> Box | None:
+    """``box`` (x, y, w, h) in image pixels as drawn over the window (top, left, bottom, right) of the image: cut to
+    it and in its coordinates; None where none of it lies inside."""
+    x, y, w, h = box
+    x0, y0, x1, y1 = max(x, left), max(y, top), min(x + w, right), min(y + h, bottom)
+    return (x0 - left, y0 - top, x1 - x0, y1 - y0) if x1 > x0 and y1 > y0 else None
 
 
 def _optional(table: pa.Table, *names: str) -> list[str]:

@@ -331,7 +331,7 @@ class PairScorer:
                 outputs = [(logits, both[:, :1]), (logits, both[:, 1:])]
             else:
                 outputs = [forward_with_cams(expert.model, x, [expert.meta.class_index]) for expert in self.experts]
-        probs = torch.stack([class_probability(logits.float(), meta.class_index, meta.activation)
+        probs = torch.stack([class_probability(logits.float(), meta.class_index, meta.activation, meta.op_threshold)
                              for (logits, _), meta in zip(outputs, metas)])
         cams = torch.stack([cams[:, 0].float() for _, cams in outputs])
         return probs, cams
