@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from dualcam.commands.common import add_scenario_run, check_output_folder, labels
 from dualcam.distributed.connect import connect
-from dualcam.synthetic.runs import DEMO_RECIPE, REGIMES, SEEDS, check_seeds, experiment, regime
+from dualcam.synthetic.runs import EXPERIMENT_N, EXPERIMENT_RECIPE, REGIMES, SEEDS, check_seeds, experiment, regime
 from dualcam.synthetic.scenarios import SCENARIOS, check_overlap_arguments, get_scenario
 
 HELP = "compare training regimes on the class-overlap scenarios (make experiment)"
@@ -24,7 +24,7 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="folder or s3:// prefix for data, experts, results and tables")
-    add_scenario_run(parser, n=200, epochs=DEMO_RECIPE.epochs)
+    add_scenario_run(parser, n=EXPERIMENT_N, epochs=EXPERIMENT_RECIPE.epochs)
     parser.add_argument("--regimes", default=",".join(r.name for r in REGIMES), help="comma-separated (default: all)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help="comma-separated data scenarios (default: all)")
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(*, out: str, n: int, size: int, seed: int, epochs: int, regimes: str, scenarios: str, seeds: int) -> int:
-    recipe = replace(DEMO_RECIPE, epochs=epochs)  # checked here, before Ray starts
+    recipe = replace(EXPERIMENT_RECIPE, epochs=epochs)  # checked here, before Ray starts
     check_overlap_arguments(n, size, seed)
     check_seeds(seeds)
     names = [regime(name).name for name in labels(regimes) or []]
