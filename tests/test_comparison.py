@@ -38,6 +38,13 @@ def test_tables_give_means_with_intervals_over_seeds():
     assert table.endswith("pooled over every regime of both scenarios: 0.75 [-2.43, 3.93]")
 
 
+def test_one_seed_gives_values_without_intervals():
+    table = comparison_tables(EVALUATIONS[:2])
+    assert table.startswith("Seed 0 alone: each cell is its value (no interval); on the C1 test images")
+    assert "| CAM1 |  | 0.90 | 0.40 | 0.00 | 0.00 |" in table
+    assert "| addk | 5 | none stated (1/1 seeds lower) |" in table
+
+
 def test_summary_keeps_the_per_seed_values():
     summary = summarize(EVALUATIONS)
     assert summary["seeds"] == [0, 1] and summary["interval"] == "95% t interval over seeds (N - 1 df)"

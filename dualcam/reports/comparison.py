@@ -90,8 +90,10 @@ def comparison_tables(evaluations: Sequence[Evaluation]) -> str:
     """Markdown, per scenario: pointing game and energy in box per map and regime; the maps against
     CAM1; what explains them (correlation, positive rates, AUCs, overlap); then the overlap AUCs."""
     seeds = seeds_of(evaluations)
-    lines = [f"Seeds {', '.join(map(str, seeds))}: each cell is the mean over seeds [its {LEVEL:.0%} t interval, "
-             f"{len(seeds) - 1} df]; on the C1 test images, F1 is C1's own feature, S the shared one."]
+    cells = (f"Seeds {', '.join(map(str, seeds))}: each cell is the mean over seeds [its {LEVEL:.0%} t interval, "
+             f"{len(seeds) - 1} df]" if len(seeds) > 1
+             else f"Seed {seeds[0]} alone: each cell is its value (no interval)")
+    lines = [f"{cells}; on the C1 test images, F1 is C1's own feature, S the shared one."]
     for scenario in _ordered(e["scenario"] for e in evaluations):
         lines += _scenario_tables(evaluations, scenario, _regimes(evaluations, scenario), len(seeds))
     lines += ["", "Overlap score, AUC ranking the images where CAM1 points at S above those where it points at F1, "
