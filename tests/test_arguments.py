@@ -65,6 +65,7 @@ def cases(tmp) -> list[tuple[list[str], str]]:
         (["demo", "--out", BAD, "--n", "3"], "n must be at least 5 images per class"),
         (["demo", "--out", afile], f"--out {afile} is a file, not a folder"),
         (["experiment", "--out", BAD, "--regimes", "paper,nope"], "unknown regime 'nope'"),
+        (["experiment", "--out", BAD, "--seeds", "0"], "seeds must be an integer >= 1, got 0"),
         (["evaluate", "--results", images, "--boxes", f"{tmp}/boxes.csv", "--json", f"{BAD}/e.json", "--alphas",
           "5,-inf"], "evaluate: alphas must be finite numbers >= 0, got [5.0, -inf]"),
         (["evaluate", "--results", images, "--boxes", f"{tmp}/boxes.csv", "--json", f"{BAD}/e.json", "--kernel",
