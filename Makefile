@@ -62,7 +62,8 @@ demo: venv
 
 # The four training regimes compared on both data scenarios, overlap and salient-shared, once per seed
 # (3 seeds; each draws its own data): 100 images per class and 6 epochs per seed, half the images and
-# three quarters of the epochs of the one-seed run that took 40 minutes here (README: Does ADDK help?).
+# three quarters of the epochs of the one-seed run that took 40 minutes here; 51 minutes on 2 CPU cores
+# shared with other jobs (README: Does ADDK help?).
 EXPERIMENT := .experiment
 experiment: venv
 	rm -rf $(EXPERIMENT)

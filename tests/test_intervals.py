@@ -33,7 +33,7 @@ def test_t_interval_by_hand():
 def test_missing_values_are_left_out_and_said():
     assert t_interval([None, math.nan]) is None and format_interval(None) == "–"
     one = t_interval([0.25, None, math.nan])
-    assert one == Interval(0.25, None, None, 1) and format_interval(one, of=3) == "0.25 (1 seeds)"
+    assert one == Interval(0.25, None, None, 1) and format_interval(one, of=3) == "0.25 (1 seed)"
     two = t_interval([1.0, 3.0, None])  # s = sqrt(2), half-width 12.706 * sqrt(2) / sqrt(2)
     assert two is not None and format_interval(two, of=3) == "2.00 [-10.71, 14.71] (2 seeds)"
     assert format_interval(t_interval([0.0, 0.0, 0.0]), of=3) == "0.00 [0.00, 0.00]"

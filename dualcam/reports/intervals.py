@@ -74,14 +74,14 @@ def t_interval(values: Sequence[float | None], level: float = LEVEL) -> Interval
 
 def format_interval(interval: Interval | None, of: int | None = None) -> str:
     """``0.62 [0.48, 0.76]``; the mean alone from one value, "–" from none, and ``(2 seeds)``
-    appended when fewer than ``of`` seeds had a value."""
+    appended when fewer than ``of`` seeds had a value (``(1 seed)``)."""
     if interval is None:
         return "–"
     text = f"{interval.mean:.2f}"
     if interval.low is not None and interval.high is not None:
         text += f" [{interval.low:.2f}, {interval.high:.2f}]"
     if of is not None and interval.n < of:
-        text += f" ({interval.n} seeds)"
+        text += f" ({interval.n} seed{'' if interval.n == 1 else 's'})"
     return text
 
 
