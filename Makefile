@@ -63,14 +63,14 @@ demo: venv
 # The four training regimes compared on both data scenarios, overlap and salient-shared, once per seed
 # (3 seeds; each draws its own data): 100 images per class and 6 epochs per seed, half the images and
 # three quarters of the epochs of the one-seed run that took 40 minutes here; 51 minutes on 2 CPU cores
-# shared with other jobs (README: Does ADDK help?).
+# shared with other jobs (docs/science/does-addk-help.md).
 EXPERIMENT := .experiment
 experiment: venv
 	rm -rf $(EXPERIMENT)
 	$(BIN)/dualcam experiment --out $(EXPERIMENT)
 
 # Images/s of the bare forward, the scorer, and the pipeline from local files and from S3 (moto); then
-# loading costs and the pipeline on real-size files (README: Speed, Actors on CPUs).
+# loading costs and the pipeline on real-size files (docs/guide/scoring.md: Speed, Actors on CPUs).
 BENCH_ARGS ?=
 bench: venv
 	$(BIN)/python -m dualcam.bench.speed $(BENCH_ARGS)
@@ -87,13 +87,13 @@ SCALE_ARGS ?=
 scale: venv
 	$(BIN)/python -m dualcam.bench.scale $(SCALE_ARGS)
 
-# The error each precision causes against float32 (README: Precision); on CPU, autocast emulates the GPU.
+# The error each precision causes against float32 (docs/operations/gpus.md); on CPU, autocast emulates the GPU.
 PRECISION_ARGS ?=
 precision: venv
 	$(BIN)/python -m dualcam.bench.precision_table $(PRECISION_ARGS)
 
 # On a GPU machine: the GPU tests, then forward, decode and pipeline rates and GPU-against-CPU heatmaps
-# (README: GPU). Without CUDA both say so and skip.
+# (docs/operations/gpus.md). Without CUDA both say so and skip.
 GPU_CHECK_ARGS ?=
 gpu-check: venv
 	$(BIN)/python -m pytest -m gpu -rs tests/test_gpu.py

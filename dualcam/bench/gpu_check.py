@@ -1,4 +1,4 @@
-"""``make gpu-check``, after the GPU tests: what this machine's GPU does with dualcam (README: GPU).
+"""``make gpu-check``, after the GPU tests: what this machine's GPU does with dualcam (docs/operations/gpus.md).
 
 1. the bare forward of a ResNet-18, -50 and -152 pair at 224 px in fp32, fp16 and bf16: image
    pairs/s and peak GPU memory (``speed.bare_forward``, randomly initialized experts);

@@ -1,4 +1,4 @@
-"""``make precision``: the error each precision causes against float32, the README's precision table.
+"""``make precision``: the error each precision causes against float32, the precision table of docs/operations/gpus.md.
 
 Both experts score the same model inputs (``imaging.model_input`` of each file, made once) in
 every precision on one device; each run's raw CAMs are compared with the float32 run's by
@@ -75,7 +75,8 @@ def _to_tf32(t: torch.Tensor) -> torch.Tensor:
 
 def table(deviations: dict[str, dict[str, np.ndarray]], alphas: Sequence[float] = ALPHAS, what: str = "precision",
           ) -> str:
-    """The README's table (Markdown) of ``measure``'s output, a row per ``what`` compared with float32's maps."""
+    """The table (Markdown) of ``measure``'s output in docs/operations/gpus.md, a row per ``what`` compared with
+    float32's maps."""
     heads = [f"heatmap max error / its max, alpha {a:g}: median (worst image)" for a in alphas]
     lines = [f"| {what} | CAM1 max error / its max (median) | " + " | ".join(heads)
              + " | heatmap peak in another cell |", "|---" * (len(alphas) + 3) + "|"]

@@ -21,7 +21,7 @@ DESCRIPTION = (
     "Score every image of an archive with an old and a new version of one expert (or two epochs "
     "of one training run) on Ray, in one pass, and write one Parquet row per input: both CAMs, ADDK(new, old) "
     "(where attention was gained) and ADDK(old, new) (where it was lost), and the drift measures "
-    "cam_correlation, peak_shift_px, extra_mass_outside_old_top and delta_p (see the README). An image has "
+    "cam_correlation, peak_shift_px, extra_mass_outside_old_top and delta_p (see docs/guide/drift.md). An image has "
     f"drifted when {PRIMARY_MEASURE} < --threshold. Summaries: <output>/_drift.json and a page, "
     "<output>/_report/index.html, with the figure triples of the most drifted images. Rerunning "
     "the same command resumes. Exit status: 0 done, drift within --max-drift-share; 1 too many inputs failed "

@@ -1,6 +1,6 @@
 """JPEGs decoded in batches on the scorer's device: the GPU's way from bytes to model inputs.
 
-On a GPU node the model is not what limits scoring; decoding is (README: Cores for a GPU). So a
+On a GPU node the model is not what limits scoring; decoding is (docs/reference/images.md). So a
 scoring actor that holds a GPU gets the JPEGs as bytes (its loaders only read them: ``takes``
 says which) and decodes them together with nvJPEG, through torchvision's batched
 ``decode_jpeg(list, device=...)``. It then computes what ``imaging.model_input`` computes from the

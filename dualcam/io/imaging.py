@@ -10,8 +10,8 @@ One decoder, two ways out:
   factors (``box_factors``), in their own sample type, down to no less than 2 S a side; and
   ``preprocess`` makes the one antialiased resize to S. Training, scoring and ``dualcam explain``
   all take this path, and the GPU's (``device_decode``) computes the same for JPEGs; it differs
-  from resizing the whole decoded image by about 0.002 on average in normalized units (README:
-  Images; bounded by ``tests/test_faithfulness.py``). JPEGs are decoded at full scale, not at
+  from resizing the whole decoded image by about 0.002 on average in normalized units
+  (docs/reference/images.md; bounded by ``tests/test_faithfulness.py``). JPEGs are decoded at full scale, not at
   libjpeg's reduced DCT scales, which nvJPEG does not have: a GPU and a CPU run must agree, and
   ADDK amplifies the small differences those scales make into visibly different heatmaps.
 
@@ -30,7 +30,7 @@ most ``MAX_PIXELS`` x ``MAX_PIXEL_BYTES`` bytes of decoded samples (rows x colum
 per sample x frames). Pillow's own limit (``Image.MAX_IMAGE_PIXELS``) is set to ``MAX_PIXELS`` when
 this module is imported, so that a DICOM file whose compressed frame is larger than its header says
 is refused by the same bound. These bounds are also what bounds decoding time: a decoder cannot be
-interrupted, so nothing is decoded that the bounds refuse (README: Images). Every failure raises
+interrupted, so nothing is decoded that the bounds refuse (docs/reference/images.md). Every failure raises
 ``DecodeError`` naming the file and the reason, so a batch job can record it against the input and
 move on.
 """

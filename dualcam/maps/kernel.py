@@ -132,7 +132,7 @@ def unshared(x: ArrayLike, x_prime: ArrayLike, alpha: float = DEFAULT_ALPHA) -> 
     it never raises a cell above ``sharpen(x, alpha)`` (it only takes out), never lowers a cell
     expert 2 does not claim, and stays within a factor exp(alpha * t) of it. A second map with no
     positive value claims nothing, so K(x, x') = sharpen(x). Same types, guards and errors as
-    ``addk``. Measured in the README ("Does ADDK help?"): it does not remove S where CAM1 leans
+    ``addk``. Measured in docs/science/does-addk-help.md: it does not remove S where CAM1 leans
     on it, and it loses some F1 pointing; kept as a measured variant, not as a fix.
     """
     a, b = _checked("unshared", x, x_prime, alpha)

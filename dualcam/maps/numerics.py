@@ -2,7 +2,7 @@
 
 ADDK exponentiates the CAMs' normalized differences, so whatever rounding the CAMs carry comes out
 amplified by alpha: bf16 autocast moves heatmaps by a tenth of their maximum at alpha 5 and more
-than a third at alpha 50 (README: Precision). Float32 is the default on every device, so that a GPU
+than a third at alpha 50 (docs/operations/gpus.md). Float32 is the default on every device, so that a GPU
 run reproduces a CPU run within float32 noise; the others are for users who accept that error:
 
 * ``fp32``: float32, with TF32 off for convolutions and matrix products (cuDNN allows TF32 for
@@ -10,8 +10,8 @@ run reproduces a CPU run within float32 noise; the others are for users who acce
 * ``tf32``: float32 storage, TF32 tensor cores allowed (CUDA; on CPU it computes as ``fp32``);
 * ``fp16``, ``bf16``: torch autocast to float16 or bfloat16 on the scorer's device (CUDA, or CPU).
 
-``deviation`` measures one run against another from their raw CAMs: the measures of the README's
-precision table and of ``make gpu-check``'s GPU-against-CPU line.
+``deviation`` measures one run against another from their raw CAMs: the measures of the
+precision table (docs/operations/gpus.md) and of ``make gpu-check``'s GPU-against-CPU line.
 """
 
 from __future__ import annotations

@@ -132,7 +132,7 @@ def add_precision(parser: argparse.ArgumentParser) -> None:
     """--precision, default ``DEFAULT_PRECISION``: every command that runs the experts takes it."""
     parser.add_argument("--precision", choices=PRECISIONS, default=ArchiveOptions.precision,
                         help=f"how the experts compute (default {DEFAULT_PRECISION}, the same on CPU and GPU; "
-                        "tf32, fp16 and bf16 are faster on GPUs and move heatmaps: README, Precision)")
+                        "tf32, fp16 and bf16 are faster on GPUs and move heatmaps: docs/operations/gpus.md)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -96,7 +96,7 @@ def plan_placement(
     torch thread. Many one-thread actors beat fewer many-thread ones on CPUs: a forward pass split over
     threads waits at every layer for its slowest thread, and any other process on the node (the driver,
     Ray's own) stalls it (``make bench`` on 2 cores, real-size files: two 1-CPU actors 17.2 images/s, one
-    2-CPU actor 14.2). Each actor holds its own copy of both experts (README: Actors on CPUs)."""
+    2-CPU actor 14.2). Each actor holds its own copy of both experts (docs/guide/scoring.md)."""
     gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 1.0)
     if gpus_per_actor is None:
         gpus_per_actor = 1.0 if gpus else 0.0

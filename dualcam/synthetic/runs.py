@@ -44,8 +44,8 @@ EXPERIMENT_RECIPE = replace(DEMO_RECIPE, epochs=6)
 """``make experiment``'s size per seed: 100 images per class (20 C1 test images) and 6 epochs, half
 the images and three quarters of the epochs of its one-seed version, so that three seeds take not
 much longer than that one did (50.9 min against 39.7, both on a shared 2-core machine). It costs
-the experts: in the three-seed run half of them ended below 0.9 validation accuracy (README: Does
-ADDK help?); ``--epochs 8`` trains them further, for longer."""
+the experts: in the three-seed run half of them ended below 0.9 validation accuracy
+(docs/science/does-addk-help.md); ``--epochs 8`` trains them further, for longer."""
 
 
 @dataclass(frozen=True)
