@@ -44,7 +44,7 @@ def cases(tmp) -> list[tuple[list[str], str]]:
         ([*explain, "--alpha", "-1", images], "alpha must be a finite number >= 0, got -1.0"),
         ([*explain, empty], f"{empty}: no image files found (1 other file skipped (not an image's name), e.g. "
                             f"{empty}/notes.csv)"),
-        ([*explain[:-1], afile, images], f"--out {afile} is a file, not a folder"),
+        ([*explain[:-1], afile, images], f"--output {afile} is a file, not a folder"),
         (["decode", empty], f"{empty}: no image files found"),
         (["decode", f"{tmp}/nowhere"], f"{tmp}/nowhere: no such file or folder"),
         ([*train, "--epochs", "0"], "epochs must be an integer >= 1, got 0"),
@@ -73,7 +73,7 @@ def cases(tmp) -> list[tuple[list[str], str]]:
         (["evaluate", "--results", images, "--boxes", f"{tmp}/boxes.csv", "--output", f"{BAD}/e.json", "--kernels",
           "addk,nope"], "unknown kernel 'nope'"),
         (["expert", "init", "--class-name", "A", "--arch", "resnet18", "--output", afile],
-         f"--out {afile} is a file, not a folder"),
+         f"--output {afile} is a file, not a folder"),
     ]
 
 
