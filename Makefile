@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := .demo
 
-.PHONY: venv lint lint-cluster test faults demo experiment bench peers scale precision gpu-check submit constraints \
+.PHONY: venv docs lint lint-cluster test faults demo experiment bench peers scale precision gpu-check submit constraints \
 	pin-image clean
 
 $(STAMP): pyproject.toml
@@ -26,6 +26,10 @@ $(PEERS_STAMP): $(STAMP)
 	touch $@
 
 # ruff, then mypy (pyproject.toml's [tool.mypy]: every function annotated, calls checked across modules).
+# The reference pages made from the code (docs/reference/cli.md, schema.md); a test fails when they are stale.
+docs: venv
+	$(BIN)/python -m dualcam.reference docs/reference
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -58,7 +62,7 @@ faults: venv
 # paper's regime on Ray Train, the test split scored on Ray Data, localization measured, figures drawn.
 demo: venv
 	rm -rf $(DEMO)
-	$(BIN)/dualcam demo --out $(DEMO)
+	$(BIN)/dualcam demo --output $(DEMO)
 
 # The four training regimes compared on both data scenarios, overlap and salient-shared, once per seed
 # (3 seeds; each draws its own data): 100 images per class and 6 epochs per seed, half the images and
@@ -67,7 +71,7 @@ demo: venv
 EXPERIMENT := .experiment
 experiment: venv
 	rm -rf $(EXPERIMENT)
-	$(BIN)/dualcam experiment --out $(EXPERIMENT)
+	$(BIN)/dualcam experiment --output $(EXPERIMENT)
 
 # Images/s of the bare forward, the scorer, and the pipeline from local files and from S3 (moto); then
 # loading costs and the pipeline on real-size files (docs/guide/scoring.md: Speed, Actors on CPUs).

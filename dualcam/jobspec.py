@@ -4,9 +4,9 @@ A spec names its job and gives the options of the matching command, each long op
 with ``_`` for ``-`` (``--batch-size 16`` is ``batch_size: 16``, a flag is ``true``; labels and
 ``init_from`` may be YAML lists)::
 
-    job: score_archive                   # jobs/score_archive.py: the options of `dualcam score`
-    c1: s3://models/COVID-19/20261127T081500Z-ab12cd34
-    c2: s3://models/pneumonia/20261126T221000Z-9f8e7d6c
+    job: score                           # jobs/score.py: the options of `dualcam score`
+    expert1: s3://models/COVID-19/20261127T081500Z-ab12cd34
+    expert2: s3://models/pneumonia/20261126T221000Z-9f8e7d6c
     input: s3://archive/cxr/
     output: s3://results/cxr/
 
@@ -15,7 +15,8 @@ it leaves out, are those of the command's parser (``add_arguments`` of its modul
 ``dualcam.commands``), and a job calls that module's ``run``, so a job and the command with the same
 options do the same work, print the same lines and end with the same exit status: 0 done, 1
 failed, 2 unusable spec, arguments, experts, input or output; for drift, ``DRIFT_EXIT`` (3) when
-too many images drifted.
+too many images drifted. A job is named as its command is. The old job names and keys
+(``commands.renamed``) still work for one release, with a notice.
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ from typing import Any
 
 import yaml
 
-from dualcam.commands import drift, score, train
+from dualcam.commands import drift, renamed, score, train
 from dualcam.commands.common import exit_status, options_of
 from dualcam.io import storage
 
-JOBS: dict[str, ModuleType] = {"score_archive": score, "train_experts": train, "detect_drift": drift}
-"""Job name -> the command it runs (``dualcam.commands``); ``jobs/<name>.py`` is its Ray job entrypoint."""
+JOBS: dict[str, ModuleType] = {"score": score, "train": train, "drift": drift}
+"""Job name, the command's -> the command it runs (``dualcam.commands``); ``jobs/<name>.py`` is its Ray job
+entrypoint."""
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,12 @@ def load_spec(uri: str) -> JobSpec:
     if not isinstance(spec, dict):
         raise ValueError(f"{uri}: a job spec is a mapping of options, got {type(spec).__name__}")
     job = spec.pop("job", None)
+    if job in renamed.JOBS:
+        renamed.notice(f"job: {job}", f"job: {renamed.JOBS[job]}", uri)
+        job = renamed.JOBS[job]
     if job not in JOBS:
         raise ValueError(f"{uri}: 'job' must be one of {', '.join(JOBS)}, got {job!r}")
+    spec = renamed.rewrite_keys(spec, JOBS[job].RENAMED, uri)
     options = options_of(JOBS[job])
     for key in spec:
         if key not in options:
@@ -84,7 +90,7 @@ def load_spec(uri: str) -> JobSpec:
     return JobSpec(uri, job, spec)
 
 
-LIST_OPTIONS = frozenset({"c1_negatives", "c2_negatives", "views", "init_from"})
+LIST_OPTIONS = frozenset({"class1_negatives", "class2_negatives", "views", "init_from"})
 """Options a spec may give as a YAML list (the command line: comma-separated, or repeated)."""
 
 
@@ -110,6 +116,9 @@ def _type_problem(action: argparse.Action, key: str, value: Any) -> str | None:
 
 def run_job(job: str, argv: Sequence[str]) -> int:
     """``python jobs/<job>.py SPEC``: run the spec at SPEC (a path or s3:// URI); the exit status."""
+    if job in renamed.JOBS:
+        renamed.notice(f"jobs/{job}.py", f"jobs/{renamed.JOBS[job]}.py", "dualcam")
+        job = renamed.JOBS[job]
     if len(argv) != 1:
         print(f"usage: python jobs/{job}.py SPEC.yaml", file=sys.stderr)
         return 2

@@ -1,10 +1,4 @@
-"""Ray job: compare two versions of an expert on an archive, as `dualcam drift` does. The spec: dualcam/jobspec.py.
-
-    python jobs/detect_drift.py SPEC.yaml         # on the Ray at RAY_ADDRESS, else a local one
-    make submit JOB=SPEC.yaml RAY_ADDRESS=http://HEAD:8265
-
-Exits 3 when more than max_drift_share of the images drifted, so a scheduler can alert on it.
-"""
+"""The old name of jobs/drift.py, kept for one release: it says so on stderr, then runs the same job."""
 
 import sys
 

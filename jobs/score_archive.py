@@ -1,8 +1,4 @@
-"""Ray job: score an archive into Parquet, as `dualcam score` does. The spec: dualcam/jobspec.py.
-
-    python jobs/score_archive.py SPEC.yaml        # on the Ray at RAY_ADDRESS, else a local one
-    make submit JOB=SPEC.yaml RAY_ADDRESS=http://HEAD:8265
-"""
+"""The old name of jobs/score.py, kept for one release: it says so on stderr, then runs the same job."""
 
 import sys
 

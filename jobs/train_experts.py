@@ -1,8 +1,4 @@
-"""Ray job: train the experts on Ray Train, as `dualcam train` does. The spec: dualcam/jobspec.py.
-
-    python jobs/train_experts.py SPEC.yaml        # on the Ray at RAY_ADDRESS, else a local one
-    make submit JOB=SPEC.yaml RAY_ADDRESS=http://HEAD:8265
-"""
+"""The old name of jobs/train.py, kept for one release: it says so on stderr, then runs the same job."""
 
 import sys
 

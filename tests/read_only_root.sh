@@ -4,7 +4,7 @@
 # In this mount namespace only, every mount but /proc, /sys and /dev is made read-only and each WRITABLE
 # folder gets an empty tmpfs (the pods' emptyDirs); the network namespace has loopback only (Ray's default
 # ports are free there) and every process ends with the PID namespace. Starts a Ray head with token auth,
-# submits jobs/score_archive.py SPEC (this checkout's, on PYTHONPATH), prints each of Ray's log lines about a
+# submits jobs/score.py SPEC (this checkout's, on PYTHONPATH), prints each of Ray's log lines about a
 # read-only file system, and exits with the job's status.
 set -u
 spec=$1
@@ -24,7 +24,7 @@ ray start --head --block --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 
     > /tmp/head.log 2>&1 &
 for _ in $(seq 180); do grep -q "Ray runtime started" /tmp/head.log && break; sleep 1; done
 grep -q "Ray runtime started" /tmp/head.log || { echo "the head did not start:"; tail -30 /tmp/head.log; exit 3; }
-ray job submit --address http://127.0.0.1:8265 -- python "$PYTHONPATH/jobs/score_archive.py" "$spec"
+ray job submit --address http://127.0.0.1:8265 -- python "$PYTHONPATH/jobs/score.py" "$spec"
 status=$?
 grep -rh "Read-only file system" /tmp/ray/session_latest/logs /tmp/head.log
 exit $status

@@ -16,11 +16,11 @@ def cases(tmp) -> list[tuple[list[str], str]]:
     """(argv, what the error line says) for each command; ``BAD`` in argv is the output that must not appear."""
     afile = f"{tmp}/afile.txt"
     images, empty = f"{tmp}/images", f"{tmp}/empty"
-    pair = ["--c1", f"{tmp}/c1", "--c2", f"{tmp}/c2"]  # never read: every refusal comes before the experts
+    pair = ["--expert1", f"{tmp}/c1", "--expert2", f"{tmp}/c2"]  # never read: every refusal comes before the experts
     score = ["score", *pair, "--input", images, "--output", BAD]
-    drift = ["drift", "--old", f"{tmp}/c1", "--new", f"{tmp}/c1", "--input", images, "--output", BAD]
-    train = ["train", "--data", f"{tmp}/manifest.csv", "--c1", "A", "--output", BAD]
-    explain = ["explain", *pair, "--out", BAD]
+    drift = ["drift", "--old-expert", f"{tmp}/c1", "--new-expert", f"{tmp}/c1", "--input", images, "--output", BAD]
+    train = ["train", "--data", f"{tmp}/manifest.csv", "--class1", "A", "--output", BAD]
+    explain = ["explain", *pair, "--output", BAD]
     return [
         ([*score, "--alpha", "-1"], "alpha must be a finite number >= 0, got -1.0"),
         ([*score, "--alpha", "nan"], "alpha must be a finite number >= 0, got nan"),
@@ -35,64 +35,66 @@ def cases(tmp) -> list[tuple[list[str], str]]:
         ([*drift, "--alpha", "nan"], "alpha must be a finite number >= 0, got nan"),
         ([*drift, "--threshold", "2"], "threshold is compared with cam_correlation in [-1, 1], got 2.0"),
         ([*drift, "--max-drift-share", "nan"], "max_drift_share is a share of images in [0, 1], got nan"),
-        ([*drift, "--top-k", "-1"], "top_k must be >= 0, got -1"),
+        ([*drift, "--rows", "-1"], "(--rows, top_k) must be >= 0, got -1"),
         ([*drift[:-1], afile], f"--output {afile} is a file, not a folder"),
-        (["render", "--results", images, "--out", BAD, "--alphas", "-1,nan"],
+        (["render", "--results", images, "--output", BAD, "--alphas", "-1,nan"],
          "render: alphas must be finite numbers >= 0, got [-1.0, nan]"),  # argparse read -1,nan as an option
-        (["render", "--results", images, "--out", BAD, "--n", "0"], "render: n must be at least 1, got 0"),
-        (["render", "--results", images, "--out", afile], f"--out {afile} is a file, not a folder"),
+        (["render", "--results", images, "--output", BAD, "--rows", "0"], "render: --rows must be at least 1, got 0"),
+        (["render", "--results", images, "--output", afile], f"--output {afile} is a file, not a folder"),
         ([*explain, "--alpha", "-1", images], "alpha must be a finite number >= 0, got -1.0"),
         ([*explain, empty], f"{empty}: no image files found (1 other file skipped (not an image's name), e.g. "
                             f"{empty}/notes.csv)"),
-        ([*explain[:-1], afile, images], f"--out {afile} is a file, not a folder"),
+        ([*explain[:-1], afile, images], f"--output {afile} is a file, not a folder"),
         (["decode", empty], f"{empty}: no image files found"),
         (["decode", f"{tmp}/nowhere"], f"{tmp}/nowhere: no such file or folder"),
         ([*train, "--epochs", "0"], "epochs must be an integer >= 1, got 0"),
         ([*train, "--lr", "nan"], "lr must be a number > 0, got nan"),
         ([*train, "--momentum", "1"], "momentum must be a number in [0, 1), got 1.0"),
         ([*train, "--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
-        ([*train, "--image-size", "16"], "image_size must be an integer >= 32 (pixels), got 16"),
+        ([*train, "--input-size", "16"], "image_size must be an integer >= 32 (pixels), got 16"),
         ([*train, "--arch", "densenet121", "--output-stride", "16"], "output_stride 16 is supported for ResNets"),
         ([*train, "--workers-per-expert", "0"], "workers_per_expert must be an integer >= 1, got 0"),
         ([*train, "--cpus-per-worker", "0"], "cpus_per_worker must be a number > 0, got 0.0"),
         ([*train, "--max-failures", "-1"], "max_failures must be an integer >= 0, got -1"),
         ([*train, "--weights", f"{tmp}/nope.pt"], f"--weights {tmp}/nope.pt: no such state dict"),
         ([*train[:-1], afile], f"--output {afile} is a file, not a folder"),
-        (["synth", "--out", BAD, "--n", "2"], "n must be at least 5 images per class (for 60/20/20 splits), got 2"),
-        (["synth", "--out", BAD, "--size", "16"], "size must be at least 48 pixels for the features to be drawn"),
-        (["synth", "--out", BAD, "--seed", "-1"], "seed must be an integer >= 0, got -1"),
-        (["demo", "--out", BAD, "--epochs", "0"], "epochs must be an integer >= 1, got 0"),
-        (["demo", "--out", BAD, "--n", "3"], "n must be at least 5 images per class"),
-        (["demo", "--out", afile], f"--out {afile} is a file, not a folder"),
-        (["experiment", "--out", BAD, "--regimes", "paper,nope"], "unknown regime 'nope'"),
-        (["experiment", "--out", BAD, "--seeds", "0"], "seeds must be an integer >= 1, got 0"),
-        (["evaluate", "--results", images, "--boxes", f"{tmp}/boxes.csv", "--json", f"{BAD}/e.json", "--alphas",
+        (["synth", "--output", BAD, "--per-class", "2"],
+         "--per-class (images per class) must be at least 5 (for 60/20/20 splits), got 2"),
+        (["synth", "--output", BAD, "--image-side", "16"],
+         "--image-side must be at least 48 pixels for the features to be drawn"),
+        (["synth", "--output", BAD, "--seed", "-1"], "seed must be an integer >= 0, got -1"),
+        (["demo", "--output", BAD, "--epochs", "0"], "epochs must be an integer >= 1, got 0"),
+        (["demo", "--output", BAD, "--per-class", "3"], "--per-class (images per class) must be at least 5"),
+        (["demo", "--output", afile], f"--output {afile} is a file, not a folder"),
+        (["experiment", "--output", BAD, "--regimes", "paper,nope"], "unknown regime 'nope'"),
+        (["experiment", "--output", BAD, "--seeds", "0"], "seeds must be an integer >= 1, got 0"),
+        (["evaluate", "--results", images, "--boxes", f"{tmp}/boxes.csv", "--output", f"{BAD}/e.json", "--alphas",
           "5,-inf"], "evaluate: alphas must be finite numbers >= 0, got [5.0, -inf]"),
-        (["evaluate", "--results", images, "--boxes", f"{tmp}/boxes.csv", "--json", f"{BAD}/e.json", "--kernel",
+        (["evaluate", "--results", images, "--boxes", f"{tmp}/boxes.csv", "--output", f"{BAD}/e.json", "--kernels",
           "addk,nope"], "unknown kernel 'nope'"),
-        (["expert", "init", "--class-name", "A", "--arch", "resnet18", "--out", afile],
-         f"--out {afile} is a file, not a folder"),
+        (["expert", "init", "--class-name", "A", "--arch", "resnet18", "--output", afile],
+         f"--output {afile} is a file, not a folder"),
     ]
 
 
 SPECS = [  # (spec, what the error line says), each run by its job's entrypoint function
-    ({"job": "score_archive", "alpha": -1}, "alpha must be a finite number >= 0, got -1"),
-    ({"job": "score_archive", "alpha": "5"}, "alpha must be a number, got '5'"),
-    ({"job": "score_archive", "batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
-    ({"job": "score_archive", "batch_size": 2.5}, "batch_size must be an integer, got 2.5"),
-    ({"job": "score_archive", "max_error_fraction": 2}, "max_error_fraction must be a share in [0, 1], got 2"),
-    ({"job": "score_archive", "retry_errors": "yes"}, "retry_errors must be true or false, got 'yes'"),
-    ({"job": "score_archive", "input": ["a", "b"]}, "input must be a string, got ['a', 'b']"),
-    ({"job": "detect_drift", "threshold": 2}, "threshold is compared with cam_correlation in [-1, 1], got 2"),
-    ({"job": "detect_drift", "top_k": "all"}, "top_k must be an integer, got 'all'"),
-    ({"job": "train_experts", "epochs": 0}, "epochs must be an integer >= 1, got 0"),
-    ({"job": "train_experts", "arch": "resnet999"}, "arch must be one of resnet18, resnet34"),
-    ({"job": "train_experts", "views": ["PA", 1]}, "views must be a string or a list of strings, got ['PA', 1]"),
+    ({"job": "score", "alpha": -1}, "alpha must be a finite number >= 0, got -1"),
+    ({"job": "score", "alpha": "5"}, "alpha must be a number, got '5'"),
+    ({"job": "score", "batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
+    ({"job": "score", "batch_size": 2.5}, "batch_size must be an integer, got 2.5"),
+    ({"job": "score", "max_error_fraction": 2}, "max_error_fraction must be a share in [0, 1], got 2"),
+    ({"job": "score", "retry_errors": "yes"}, "retry_errors must be true or false, got 'yes'"),
+    ({"job": "score", "input": ["a", "b"]}, "input must be a string, got ['a', 'b']"),
+    ({"job": "drift", "threshold": 2}, "threshold is compared with cam_correlation in [-1, 1], got 2"),
+    ({"job": "drift", "rows": "all"}, "rows must be an integer, got 'all'"),
+    ({"job": "train", "epochs": 0}, "epochs must be an integer >= 1, got 0"),
+    ({"job": "train", "arch": "resnet999"}, "arch must be one of resnet18, resnet34"),
+    ({"job": "train", "views": ["PA", 1]}, "views must be a string or a list of strings, got ['PA', 1]"),
 ]
 SPEC_BASE = {
-    "score_archive": {"c1": "c1", "c2": "c2", "input": "images", "output": BAD},
-    "detect_drift": {"old": "c1", "new": "c1", "input": "images", "output": BAD},
-    "train_experts": {"data": "manifest.csv", "c1": "A", "output": BAD},
+    "score": {"expert1": "c1", "expert2": "c2", "input": "images", "output": BAD},
+    "drift": {"old_expert": "c1", "new_expert": "c1", "input": "images", "output": BAD},
+    "train": {"data": "manifest.csv", "class1": "A", "output": BAD},
 }
 
 
@@ -139,8 +141,9 @@ print(json.dumps(out))
 
 
 @pytest.mark.parametrize("index", range(len(cases("T"))), ids=lambda i: " ".join(cases("T")[i][0][:1] + [
-    a for a in cases("T")[i][0] if a.startswith("--") and a not in ("--c1", "--c2", "--old", "--new", "--input",
-                                                                    "--output", "--out", "--results", "--data")]))
+    a for a in cases("T")[i][0] if a.startswith("--") and a not in (
+        "--expert1", "--expert2", "--old-expert", "--new-expert", "--class1", "--input", "--output", "--results",
+        "--data")]))
 def test_a_command_refuses_an_unusable_argument_before_any_work(refused, index):
     tmp, results, _, made = refused
     status, stderr = results[index]

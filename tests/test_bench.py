@@ -64,7 +64,7 @@ def test_draft_decoding_is_measured_on_the_jpegs_of_a_folder(tmp_path, capsys):
         Image.fromarray(pixels).save(images / f"{i}.jpg")
     (images / "skipped.png").write_bytes(b"not a JPEG: left out")
     c1, c2 = random_experts(tmp_path / "experts", size=64)
-    assert draft_decoding.main(["--c1", c1, "--c2", c2, "--images", str(images)]) == 0
+    assert draft_decoding.main(["--expert1", c1, "--expert2", c2, "--images", str(images)]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"2 JPEGs of {images}") and "| draft | " in out
     meta, data = draft_decoding.DualScorer(c1, c2, device="cpu").meta, (images / "0.jpg").read_bytes()

@@ -73,18 +73,18 @@ def test_import_and_score_without_ray(tmp_path):
 
 
 def test_synth_writes_the_overlap_scenario(tmp_path, capsys):
-    assert main(["synth", "--out", str(tmp_path), "--n", "5", "--size", "48", "--seed", "2"]) == 0
+    assert main(["synth", "--output", str(tmp_path), "--per-class", "5", "--image-side", "48", "--seed", "2"]) == 0
     out = capsys.readouterr().out
     assert "wrote 15 synthetic 48 px images of the overlap scenario (5 each of C1, C2, normal)" in out
     assert (tmp_path / "manifest.csv").is_file() and (tmp_path / "boxes.csv").is_file()
     assert len(list(tmp_path.glob("images/*/*.png"))) == 15
     salient = tmp_path / "salient"
-    args = ["--n", "5", "--size", "48", "--seed", "2", "--scenario", "salient-shared"]
-    assert main(["synth", "--out", str(salient), *args]) == 0
+    args = ["--per-class", "5", "--image-side", "48", "--seed", "2", "--scenario", "salient-shared"]
+    assert main(["synth", "--output", str(salient), *args]) == 0
     assert "of the salient-shared scenario" in capsys.readouterr().out
     assert (salient / "images/C1/C1-00000.png").read_bytes() != (tmp_path / "images/C1/C1-00000.png").read_bytes()
     with pytest.raises(SystemExit):
-        main(["synth", "--out", str(tmp_path / "x"), "--scenario", "nope"])
+        main(["synth", "--output", str(tmp_path / "x"), "--scenario", "nope"])
     assert "invalid choice: 'nope'" in capsys.readouterr().err
 
 
@@ -98,10 +98,10 @@ def test_init_explain_end_to_end(tmp_path, capsys):
         (images / patient / "IM0001.png").write_bytes((images / "synthetic-00000.png").read_bytes())
     for name in ("COVID-19", "pneumonia"):
         assert main(["expert", "init", "--arch", "resnet18", "--class-name", name, "--input-size", "64",
-                     "--out", str(tmp_path / name)]) == 0
+                     "--output", str(tmp_path / name)]) == 0
     capsys.readouterr()
-    code = main(["explain", "--c1", str(tmp_path / "COVID-19"), "--c2", str(tmp_path / "pneumonia"),
-                 "--alpha", "15", "--out", str(out), str(images)])
+    code = main(["explain", "--expert1", str(tmp_path / "COVID-19"), "--expert2", str(tmp_path / "pneumonia"),
+                 "--alpha", "15", "--output", str(out), str(images)])
     printed = capsys.readouterr().out
     assert code == 1  # as decode: any file that cannot be explained fails the command, after the others
     assert sorted(p.name for p in out.iterdir()) == [
@@ -144,8 +144,8 @@ def test_decode_and_explain_exit_as_score_does(tmp_path, capsys):
     assert main(["decode", str(bad)]) == 1
     for name in ("a", "b"):
         main(["expert", "init", "--arch", "resnet18", "--class-name", name, "--input-size", "64",
-              "--out", str(tmp_path / name)])
-    pair = ["--c1", str(tmp_path / "a"), "--c2", str(tmp_path / "b"), "--out", str(tmp_path / "overlays")]
+              "--output", str(tmp_path / name)])
+    pair = ["--expert1", str(tmp_path / "a"), "--expert2", str(tmp_path / "b"), "--output", str(tmp_path / "overlays")]
     capsys.readouterr()
     assert main(["explain", *pair, str(bad)]) == 1  # all failed
     assert "0 explained, 1 failed" in capsys.readouterr().out
@@ -164,7 +164,7 @@ def test_decode_counts_what_it_skips_under_an_s3_prefix(s3_bucket, tmp_path):
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     write_synthetic_xrays(tmp_path, 1, size=40)
-    result = run("explain", "--c1", str(tmp_path / "nope"), "--c2", str(tmp_path / "nope"), str(tmp_path))
+    result = run("explain", "--expert1", str(tmp_path / "nope"), "--expert2", str(tmp_path / "nope"), str(tmp_path))
     assert result.returncode == 2
     assert f"dualcam: error: {tmp_path / 'nope'}: no expert.json" in result.stderr
 
@@ -172,7 +172,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 def test_expert_show_on_s3(s3_bucket):
     uri = f"{s3_bucket}/experts/covid"
     result = run("expert", "init", "--arch", "resnet18", "--class-name", "COVID-19", "--input-size", "64",
-                 "--out", uri, env=dict(os.environ))
+                 "--output", uri, env=dict(os.environ))
     assert result.returncode == 0, result.stderr
     shown = run("expert", "show", uri, env=dict(os.environ))
     assert shown.returncode == 0 and '"class_name": "COVID-19"' in shown.stdout
@@ -286,7 +286,7 @@ def test_imagenet_weights_offline_say_what_weights_also_takes(tmp_path):
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "https_proxy": "http://127.0.0.1:9",
            "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": "", "NO_PROXY": ""}
     result = run("expert", "init", "--arch", "resnet18", "--class-name", "x", "--weights", "imagenet",
-                 "--out", str(tmp_path / "x"), env=env)
+                 "--output", str(tmp_path / "x"), env=env)
     assert result.returncode == 2
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("dualcam: error: could not download torchvision's ImageNet weights for resnet18 (https://")

@@ -57,7 +57,8 @@ def test_example_specs_are_valid_for_their_entrypoint(path):
 def test_cluster_specs_point_at_s3():
     for name in ("score.yaml", "train.yaml", "drift.yaml"):
         options = load_spec(str(ROOT / "jobs" / "examples" / name)).options
-        keys = ("c1", "c2", "old", "new", "input", "output", "data", "c1_data", "c2_data")
+        keys = ("expert1", "expert2", "old_expert", "new_expert", "input", "output", "data", "class1_data",
+                "class2_data")
         uris = [v for k, v in options.items() if k in keys and isinstance(v, str) and "/" in v]
         assert uris and all(u.startswith("s3://") for u in uris), name
 
@@ -151,11 +152,11 @@ def test_ray_token_is_read_from_the_secret_store(s3_endpoint):
 # --- KubeRay ---------------------------------------------------------------------------------------
 
 RAYJOBS = {  # file: (its script, the ConfigMap holding its spec, its ServiceAccount)
-    "rayjob-score.yaml": ("score_archive", "dualcam-score-spec", "dualcam-scoring"),
-    "rayjob-drift.yaml": ("detect_drift", "dualcam-drift-spec", "dualcam-scoring"),
-    "rayjob-train.yaml": ("train_experts", "dualcam-train-spec", "dualcam-training"),
+    "rayjob-score.yaml": ("score", "dualcam-score-spec", "dualcam-scoring"),
+    "rayjob-drift.yaml": ("drift", "dualcam-drift-spec", "dualcam-scoring"),
+    "rayjob-train.yaml": ("train", "dualcam-train-spec", "dualcam-training"),
 }
-SPEC_FILES = {"score_archive": "score.yaml", "detect_drift": "drift.yaml", "train_experts": "train.yaml"}
+SPEC_FILES = {"score": "score.yaml", "drift": "drift.yaml", "train": "train.yaml"}
 NAMESPACE = "dualcam"
 DOCS = (ROOT / "docs" / "cluster.md").read_text()
 
@@ -216,7 +217,8 @@ def test_the_rayjobs_differ_only_in_their_job_and_identity():
     score = load(KUBERAY / "rayjob-score.yaml")
     for name, (script, configmap, account) in RAYJOBS.items():
         job = load(KUBERAY / name)
-        text = yaml.safe_dump(score).replace("score_archive", script).replace("dualcam-score-spec", configmap) \
+        text = yaml.safe_dump(score).replace("jobs/score.py", f"jobs/{script}.py") \
+            .replace("dualcam-score-spec", configmap) \
             .replace("score.yaml", SPEC_FILES[script]).replace("dualcam-scoring", account) \
             .replace("dualcam-score", job["metadata"]["labels"]["app.kubernetes.io/name"])
         expected = yaml.safe_load(text)
@@ -273,7 +275,7 @@ def test_a_score_job_runs_where_only_the_pods_writable_paths_can_be_written():
         write_synthetic_xrays(data / "images", 4, size=96)
         output = Path(writable[0]) / "dualcam-out"
         spec = data / "score.yaml"
-        spec.write_text(json.dumps({"job": "score_archive", "c1": c1, "c2": c2, "input": str(data / "images"),
+        spec.write_text(json.dumps({"job": "score", "expert1": c1, "expert2": c2, "input": str(data / "images"),
                                     "output": str(output), "batch_size": 4, "no_progress": True}))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_"))}
         env.update({e["name"]: e["value"] for e in container["env"]}, PYTHONPATH=str(ROOT),
@@ -322,7 +324,7 @@ def test_every_object_is_in_dualcams_namespace():
 def test_a_retried_run_waits_for_the_dead_runs_lease(name):
     assert load(KUBERAY / name)["spec"]["backoffLimit"] >= 1  # a rerun resumes: retrying is safe
     job = load_spec(str(ROOT / "jobs" / "examples" / SPEC_FILES[RAYJOBS[name][0]]))
-    if job.job != "train_experts":  # training holds no lease; its retry goes on from Ray Train's checkpoints
+    if job.job != "train":  # training holds no lease; its retry goes on from Ray Train's checkpoints
         assert job.options["wait_for_lease"] is True, "a retry would exit 2 while the dead driver's lease is live"
 
 

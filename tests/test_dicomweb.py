@@ -296,7 +296,8 @@ def test_instances_from_the_pacs_score_as_the_same_files_on_disk(ray_cluster, ex
 def test_a_dry_run_counts_what_the_query_matches(experts, pacs, tmp_path):
     server, _, _ = pacs
     out = tmp_path / "out"
-    result = _cli(["score", "--c1", experts[0], "--c2", experts[1], "--input", server.dicomweb("StudyDate=20261205"),
+    result = _cli(["score", "--expert1", experts[0], "--expert2", experts[1], "--input",
+                   server.dicomweb("StudyDate=20261205"),
                    "--output", str(out), "--dry-run"])
     assert result.returncode == 0, result.stderr
     assert "inputs                   5" in result.stdout
@@ -307,7 +308,8 @@ def test_a_dry_run_counts_what_the_query_matches(experts, pacs, tmp_path):
 def test_a_wrong_password_ends_in_one_line_exit_2_before_any_work(experts, pacs, tmp_path):
     server, _, _ = pacs
     out = tmp_path / "out"
-    result = _cli(["score", "--c1", experts[0], "--c2", experts[1], "--input", server.dicomweb("StudyDate=yesterday"),
+    result = _cli(["score", "--expert1", experts[0], "--expert2", experts[1], "--input",
+                   server.dicomweb("StudyDate=yesterday"),
                    "--output", str(out)], {dicomweb.ENV_PASSWORD: "not-the-password"})
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -371,7 +373,7 @@ def test_the_bound_on_requests_in_flight_holds_across_loaders(ray_cluster, exper
 
 
 def test_pacs_requests_is_checked_before_any_work(experts, tmp_path):
-    result = _cli(["score", "--c1", experts[0], "--c2", experts[1], "--input", "dicomweb://127.0.0.1:9/dw",
+    result = _cli(["score", "--expert1", experts[0], "--expert2", experts[1], "--input", "dicomweb://127.0.0.1:9/dw",
                    "--output", str(tmp_path / "out"), "--pacs-requests", "0"])
     assert result.returncode == 2 and "pacs_requests must be an integer >= 1" in result.stderr
 

@@ -80,7 +80,8 @@ def planted(tmp_path_factory) -> tuple[str, str, Path]:
 def test_a_planted_marker_is_flagged(ray_cluster, planted, tmp_path, capsys):
     old, new, images = planted
     out = tmp_path / "drift"
-    code = main(["drift", "--old", old, "--new", new, "--input", str(images), "--output", str(out), "--no-progress"])
+    code = main(["drift", "--old-expert", old, "--new-expert", new, "--input", str(images), "--output", str(out),
+                 "--no-progress"])
     printed = capsys.readouterr()
     assert code == DRIFT_EXIT, printed.err
     assert "more than the allowed 5.0%" in printed.out and "images drifted" in printed.err
@@ -135,7 +136,8 @@ def test_identical_versions_show_no_drift_on_s3(ray_cluster, expert, s3_bucket, 
     for path in write_synthetic_xrays(tmp_path, 5, size=90):
         storage.write_bytes(f"{s3_bucket}/archive/{path.name}", path.read_bytes())
     version, out = f"{s3_bucket}/experts/v1", f"{s3_bucket}/drift"
-    args = ["drift", "--old", version, "--new", version, "--input", f"{s3_bucket}/archive", "--output", out,
+    args = ["drift", "--old-expert", version, "--new-expert", version, "--input", f"{s3_bucket}/archive", "--output",
+            out,
             "--no-progress", "--batch-size", "2"]
     assert main(args) == 0, capsys.readouterr().err
     assert "drift: 0 of 5 images drifted" in capsys.readouterr().out
@@ -159,7 +161,8 @@ def test_identical_versions_show_no_drift_on_s3(ray_cluster, expert, s3_bucket, 
 
     assert main([*args, "--alpha", "15"]) == 2  # one output, one configuration: as score
     assert "holds results of other experts, another alpha, precision or schema (drift: old" in capsys.readouterr().err
-    assert main(["score", "--c1", version, "--c2", version, "--input", f"{s3_bucket}/archive", "--output", out]) == 2
+    assert main(["score", "--expert1", version, "--expert2", version, "--input", f"{s3_bucket}/archive", "--output",
+                 out]) == 2
     assert "holds results of other experts" in capsys.readouterr().err
 
 
@@ -176,7 +179,7 @@ def test_different_experts_are_refused_before_any_work(expert, tmp_path, capsys)
     assert "are not two versions of the same expert: arch 'resnet18' vs 'resnet34'" in run_without_ray(code)
     assert not (tmp_path / "out").exists()
     args = ["--input", str(images), "--output", str(tmp_path / "o")]
-    assert main(["drift", "--old", expert, "--new", other, *args]) == 2
+    assert main(["drift", "--old-expert", expert, "--new-expert", other, *args]) == 2
     assert "are not two versions of the same expert" in capsys.readouterr().err
 
 
@@ -186,7 +189,8 @@ def test_a_folder_where_nothing_decodes_fails_in_one_line(ray_cluster, expert, t
     for name in ("a.png", "b.jpg"):
         (bad / name).write_bytes(b"junk, not an image")
     out = tmp_path / "out"
-    code = main(["drift", "--old", expert, "--new", expert, "--input", str(bad), "--output", str(out), "--no-progress"])
+    code = main(["drift", "--old-expert", expert, "--new-expert", expert, "--input", str(bad), "--output", str(out),
+                 "--no-progress"])
     captured = capsys.readouterr()
     assert code == 1  # as score: a run with nothing scored failed, whatever it says of drift
     assert captured.err.count("dualcam: run failed: none of the 2 inputs of this run could be scored; first error") == 1
@@ -200,10 +204,11 @@ def test_a_folder_where_nothing_decodes_fails_in_one_line(ray_cluster, expert, t
 @pytest.mark.parametrize(("option", "value", "reason"), [
     ("--threshold", "1.5", "threshold is compared with cam_correlation in [-1, 1]"),
     ("--max-drift-share", "-0.1", "max_drift_share is a share of images in [0, 1]"),
-    ("--top-k", "-1", "top_k must be >= 0"),
+    ("--rows", "-1", "(--rows, top_k) must be >= 0"),
 ])
 def test_meaningless_options_are_refused_before_any_work(expert, tmp_path, capsys, option, value, reason):
-    args = ["drift", "--old", expert, "--new", expert, "--input", str(tmp_path), "--output", str(tmp_path / "o")]
+    args = ["drift", "--old-expert", expert, "--new-expert", expert, "--input", str(tmp_path), "--output",
+            str(tmp_path / "o")]
     assert main([*args, option, value]) == 2
     assert reason in capsys.readouterr().err and not (tmp_path / "o").exists()
 

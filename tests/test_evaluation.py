@@ -119,7 +119,7 @@ def test_schema_1_outputs_evaluate_alike(tmp_path):
 def test_cli_writes_json_next_to_the_results(tmp_path, capsys):
     results, boxes = tmp_path / "results", tmp_path / "boxes.csv"
     _write_results(results, boxes)
-    args = ["--results", str(results), "--boxes", str(boxes), "--alphas", "5", "--kernel", "gated"]
+    args = ["--results", str(results), "--boxes", str(boxes), "--alphas", "5", "--kernels", "gated"]
     assert main(["evaluate", *args]) == 0
     written = json.loads((results / "_evaluation.json").read_text())
     maps = ["CAM1", "CAM2", "gated", "CAM1 sharpened", "uniform", "F1 box pooled"]
@@ -130,7 +130,7 @@ def test_cli_writes_json_next_to_the_results(tmp_path, capsys):
 def test_clear_errors(tmp_path, capsys):
     results, boxes = tmp_path / "results", tmp_path / "boxes.csv"
     _write_results(results, boxes)
-    assert main(["evaluate", "--results", str(results), "--boxes", str(boxes), "--kernel", "nope"]) == 2
+    assert main(["evaluate", "--results", str(results), "--boxes", str(boxes), "--kernels", "nope"]) == 2
     assert "unknown kernel 'nope'" in capsys.readouterr().err
     boxes.write_text("uri,x,y,w,h,kind\nimages/other.png,1,1,1,1,F1\n")
     assert main(["evaluate", "--results", str(results), "--boxes", str(boxes)]) == 2

@@ -31,7 +31,7 @@ def init_expert(tmp_path: Path, name: str, weights: str, **outputs) -> str:
     flags = {"num_outputs": None, "class_index": None, "class_names": None, "activation": None, **outputs}
     out = str(tmp_path / name)
     assert init(arch="resnet18", class_name=name, input_size=SIZE, color_mode="L", resize="whole", resize_size=None,
-                mean=None, std=None, output_stride=32, weights=weights, out=out, **flags) == 0
+                mean=None, std=None, output_stride=32, weights=weights, output=out, **flags) == 0
     return out
 
 

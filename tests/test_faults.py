@@ -132,7 +132,7 @@ def test_a_killed_drivers_s3_output_is_locked_until_its_lease_expires_then_resum
     observed("driver with an S3 output SIGKILLed after the first file", **counts(left, N), exit="SIGKILL")
 
     # a rerun at once (here, in this process: it stops before Ray, at the lease)
-    command = ["score", "--c1", experts[0], "--c2", experts[1], "--input", inputs, "--output", out]
+    command = ["score", "--expert1", experts[0], "--expert2", experts[1], "--input", inputs, "--output", out]
     assert main(command) == 2
     assert f"is being written by another run (held by host {socket.gethostname()}, pid {killed.pid}, " \
            in capsys.readouterr().err
@@ -464,9 +464,9 @@ def test_a_training_worker_killed_mid_training_resumes_from_its_last_checkpoint(
 ):
     labelled, out = tmp_path / "labelled", tmp_path / "models"
     write_labelled_folder(labelled, 24)
-    command = [str(Path(sys.executable).parent / "dualcam"), "train", "--data", str(labelled), "--c1", "A",
-               "--c2", "B", "--c2-negatives", "normal", "--output", str(out), "--arch", "resnet18", "--weights",
-               "none", "--epochs", "3", "--batch-size", "8", "--image-size", "64", "--lr", "0.01", "--seed", "3"]
+    command = [str(Path(sys.executable).parent / "dualcam"), "train", "--data", str(labelled), "--class1", "A",
+               "--class2", "B", "--class2-negatives", "normal", "--output", str(out), "--arch", "resnet18", "--weights",
+               "none", "--epochs", "3", "--batch-size", "8", "--input-size", "64", "--lr", "0.01", "--seed", "3"]
     driver = subprocess.Popen(command, env=joined(ray_cluster), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, start_new_session=True)
     try:

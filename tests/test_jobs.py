@@ -45,7 +45,7 @@ def write_spec(path: Path, spec: dict) -> str:
 
 # --- Specs, no Ray ---------------------------------------------------------------------------------
 
-JOB_COMMANDS = [("score_archive", "score"), ("train_experts", "train"), ("detect_drift", "drift")]
+JOB_COMMANDS = [("score", "score"), ("train", "train"), ("drift", "drift")]
 
 
 @pytest.mark.parametrize(("job", "command"), JOB_COMMANDS)
@@ -85,33 +85,49 @@ def test_run_in_python_has_the_commands_defaults(job, command):
 
 
 def test_unusable_specs_exit_2_naming_the_file_and_the_key(tmp_path, capsys):
-    base = {"job": "score_archive", "c1": "a", "c2": "b", "input": "in", "output": "out"}
+    base = {"job": "score", "expert1": "a", "expert2": "b", "input": "in", "output": "out"}
     unknown = write_spec(tmp_path / "unknown.yaml", {**base, "batch-size": 8})
     # the entrypoint itself, as a job runs it: no Ray is started for a spec that cannot run
-    result = subprocess.run([sys.executable, str(ROOT / "jobs" / "score_archive.py"), unknown],
+    result = subprocess.run([sys.executable, str(ROOT / "jobs" / "score.py"), unknown],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert f"{unknown}: unknown option 'batch-size' for score_archive (did you mean 'batch_size'?)" in result.stderr
+    assert f"{unknown}: unknown option 'batch-size' for score (did you mean 'batch_size'?)" in result.stderr
 
-    missing = write_spec(tmp_path / "missing.yaml", {k: v for k, v in base.items() if k != "c2"})
-    assert run_job("score_archive", [missing]) == 2
-    assert f"{missing}: missing option 'c2' for score_archive" in capsys.readouterr().err
-    assert run_job("train_experts", [write_spec(tmp_path / "s.yaml", base)]) == 2
-    assert "is a score_archive spec; run it with jobs/score_archive.py" in capsys.readouterr().err
-    (tmp_path / "list.yaml").write_text("- job: score_archive\n")
-    assert run_job("score_archive", [str(tmp_path / "list.yaml")]) == 2
+    missing = write_spec(tmp_path / "missing.yaml", {k: v for k, v in base.items() if k != "expert2"})
+    assert run_job("score", [missing]) == 2
+    assert f"{missing}: missing option 'expert2' for score" in capsys.readouterr().err
+    assert run_job("train", [write_spec(tmp_path / "s.yaml", base)]) == 2
+    assert "is a score spec; run it with jobs/score.py" in capsys.readouterr().err
+    (tmp_path / "list.yaml").write_text("- job: score\n")
+    assert run_job("score", [str(tmp_path / "list.yaml")]) == 2
     assert "a job spec is a mapping of options, got list" in capsys.readouterr().err
-    assert run_job("score_archive", [str(tmp_path / "nowhere.yaml")]) == 2
-    assert run_job("score_archive", []) == 2
-    assert "usage: python jobs/score_archive.py SPEC.yaml" in capsys.readouterr().err
+    assert run_job("score", [str(tmp_path / "nowhere.yaml")]) == 2
+    assert run_job("score", []) == 2
+    assert "usage: python jobs/score.py SPEC.yaml" in capsys.readouterr().err
+
+
+def test_a_spec_in_the_old_names_still_loads_saying_what_to_use(tmp_path, capsys):
+    old = write_spec(tmp_path / "old.yaml", {"job": "detect_drift", "old": "a", "new": "b", "top_k": 3,
+                                             "input": "in", "output": "out"})
+    spec = load_spec(old)
+    assert (spec.job, spec.options) == ("drift", {"old_expert": "a", "new_expert": "b", "rows": 3, "input": "in",
+                                                  "output": "out"})
+    notices = capsys.readouterr().err.splitlines()
+    assert notices == [f"{old}: warning: {was} is deprecated; use {now} ({was} goes in dualcam 0.2)" for was, now in
+                       [("job: detect_drift", "job: drift"), ("old", "old_expert"), ("new", "new_expert"),
+                        ("top_k", "rows")]]
+    both = write_spec(tmp_path / "both.yaml", {"job": "score", "c1": "a", "expert1": "a", "expert2": "b",
+                                               "input": "in", "output": "out"})
+    with pytest.raises(ValueError, match="c1 and expert1 are one option; keep expert1"):
+        load_spec(both)
 
 
 def test_a_spec_is_read_from_s3_too(s3_bucket):
-    spec = b"job: train_experts\nc1: A\noutput: s3://m/\nc2_negatives: [x, y]\n"
+    spec = b"job: train\nclass1: A\noutput: s3://m/\nclass2_negatives: [x, y]\n"
     storage.write_bytes(f"{s3_bucket}/specs/train.yaml", spec)
     spec = load_spec(f"{s3_bucket}/specs/train.yaml")
-    assert (spec.job, spec.entrypoint) == ("train_experts", "jobs/train_experts.py")
-    assert spec.options["c2_negatives"] == ["x", "y"]
+    assert (spec.job, spec.entrypoint) == ("train", "jobs/train.py")
+    assert spec.options["class2_negatives"] == ["x", "y"]
 
 
 def test_make_submit_needs_a_spec_an_address_and_a_token():
@@ -216,7 +232,7 @@ def job_env(s3_endpoint: str) -> dict:
 
 def test_score_job_submitted_with_make_submit(ray_head, s3_jobs, s3_endpoint, tmp_path, record_property):
     spec = write_spec(tmp_path / "score.yaml", {
-        "job": "score_archive", "c1": f"{s3_jobs}/experts/COVID-19", "c2": f"{s3_jobs}/experts/pneumonia",
+        "job": "score", "expert1": f"{s3_jobs}/experts/COVID-19", "expert2": f"{s3_jobs}/experts/pneumonia",
         "input": f"{s3_jobs}/archive/", "output": f"{s3_jobs}/results/", "batch_size": 4, "no_progress": True})
     runtime_env = tmp_path / "runtime_env.yaml"  # cluster/runtime_env.yaml less pip: nothing is installed here
     runtime_env.write_text(json.dumps({"env_vars": job_env(s3_endpoint)}))
@@ -227,7 +243,7 @@ def test_score_job_submitted_with_make_submit(ray_head, s3_jobs, s3_endpoint, tm
     wall = time.monotonic() - started
     printed = result.stdout + result.stderr
     assert result.returncode == 0, printed[-6000:]
-    assert "Running entrypoint for job raysubmit_" in printed and f"python jobs/score_archive.py {spec}" in printed
+    assert "Running entrypoint for job raysubmit_" in printed and f"python jobs/score.py {spec}" in printed
     assert f"output holds 4 ok, 0 errors; results in {s3_jobs}/results/" in printed
     info = ray_head.job_info(re.search(r"Job '(raysubmit_\w+)' succeeded", printed).group(1))
     assert info["status"] == "SUCCEEDED"
@@ -290,14 +306,14 @@ def test_a_job_without_the_clusters_token_is_refused_and_one_with_it_runs(ray_he
 
 def test_train_job_submitted_with_ray_job_submit(ray_head, s3_jobs, s3_endpoint, tmp_path, record_property):
     spec = write_spec(tmp_path / "train.yaml", {
-        "job": "train_experts", "data": f"{s3_jobs}/labelled/", "c1": "A", "output": f"{s3_jobs}/models/",
-        "arch": "resnet18", "weights": "none", "epochs": 1, "batch_size": 8, "image_size": 64})
+        "job": "train", "data": f"{s3_jobs}/labelled/", "class1": "A", "output": f"{s3_jobs}/models/",
+        "arch": "resnet18", "weights": "none", "epochs": 1, "batch_size": 8, "input_size": 64})
     submission_id = f"dualcam-train-{secrets.token_hex(4)}"
     started = time.monotonic()
     result = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", ray_head.address, "--submission-id", submission_id,
          "--working-dir", str(ROOT), "--runtime-env-json", json.dumps({"env_vars": job_env(s3_endpoint)}),
-         "--", "python", "jobs/train_experts.py", spec],
+         "--", "python", "jobs/train.py", spec],
         env=ray_head.env, capture_output=True, text=True, timeout=600)
     wall = time.monotonic() - started
     printed = result.stdout + result.stderr

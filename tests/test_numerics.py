@@ -77,7 +77,7 @@ def test_the_precision_is_in_the_run_file_and_job_specs(tmp_path):
     assert RunSpec.from_json(legacy).precision == "fp32" and "fp32" in RunSpec.from_json(legacy).describe()
     assert SCORE.kind in spec.describe() and ", bf16, " in spec.describe()
     path = tmp_path / "score.yaml"
-    path.write_text("job: score_archive\nc1: a\nc2: b\ninput: in\noutput: out\nprecision: fp16\n")
+    path.write_text("job: score\nexpert1: a\nexpert2: b\ninput: in\noutput: out\nprecision: fp16\n")
     assert load_spec(str(path)).arguments()["precision"] == "fp16"
-    path.write_text("job: detect_drift\nold: a\nnew: b\ninput: in\noutput: out\n")
+    path.write_text("job: drift\nold_expert: a\nnew_expert: b\ninput: in\noutput: out\n")
     assert load_spec(str(path)).arguments()["precision"] == "fp32"

@@ -58,7 +58,7 @@ def test_the_script_compares_and_times_every_peer_on_x_rays_through_model_input(
         image.save(buf, format="PNG")
         (tmp_path / "images" / f"{i}.png").write_bytes(buf.getvalue())
     c1, c2 = random_experts(tmp_path / "experts", size=SIZE)
-    assert main(["--c1", c1, "--c2", c2, "--samples", str(tmp_path), "--n", "2", "--batch-size", "2",
+    assert main(["--expert1", c1, "--expert2", c2, "--samples", str(tmp_path), "--n", "2", "--batch-size", "2",
                  "--repeat", "1"]) == 0
     captured = capsys.readouterr()
     assert f"{c1} and {c2} (resnet18), {SIZE} px, 2x2 grid; 2 X-rays" in captured.out

@@ -188,7 +188,7 @@ def test_results_read_back_without_ray(ray_cluster, experts, archive, tmp_path):
 
 
 def test_cli_exit_codes(ray_cluster, experts, archive, tmp_path, capsys):
-    c = ["--c1", experts[0], "--c2", experts[1], "--no-progress"]
+    c = ["--expert1", experts[0], "--expert2", experts[1], "--no-progress"]
     bad = tmp_path / "bad"
     bad.mkdir()
     for name, data in list(bad_inputs().items())[:2]:
@@ -329,7 +329,7 @@ def test_rewritten_files_keep_the_mode_of_the_files_ray_wrote(ray_cluster, exper
 def test_an_output_holding_an_input_twice_fails_until_repaired(ray_cluster, experts, tmp_path, capsys):
     images, out = tmp_path / "images", tmp_path / "out"
     write_synthetic_xrays(images, 6, size=96)
-    args = ["score", "--c1", experts[0], "--c2", experts[1], "--input", str(images), "--output", str(out),
+    args = ["score", "--expert1", experts[0], "--expert2", experts[1], "--input", str(images), "--output", str(out),
             "--no-progress"]
     assert main(args) == 0
     capsys.readouterr()
@@ -339,8 +339,8 @@ def test_an_output_holding_an_input_twice_fails_until_repaired(ray_cluster, expe
     captured = capsys.readouterr()
     assert "output holds 12 ok, 0 errors (6 rows repeat an input)" in captured.out
     assert f"run failed: 6 rows repeat an input that is already in the output (two runs wrote into it at once?); " \
-           f"`dualcam repair {out}` keeps one row per input" in captured.err
-    assert main(["repair", str(out)]) == 0
+           f"`dualcam repair --output {out}` keeps one row per input" in captured.err
+    assert main(["repair", "--output", str(out)]) == 0
     assert f"removed 6 rows that repeated an input; {out} holds 6 rows, one per input" in capsys.readouterr().out
     assert main(args) == 0
     assert "output holds 6 ok, 0 errors; results" in capsys.readouterr().out
@@ -355,7 +355,7 @@ def test_a_dry_run_plans_without_ray_and_writes_nothing(experts, archive, tmp_pa
                              "error_kind": [None, None, "permanent"],
                              "input_version": [storage.version_of(images[0]), "0:0", None]}), out / "part-0.parquet")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    score = ["score", "--c1", experts[0], "--c2", experts[1], "--input", str(archive), "--dry-run"]
+    score = ["score", "--expert1", experts[0], "--expert2", experts[1], "--input", str(archive), "--dry-run"]
     code = (  # Ray cannot even be imported here
         "import os\nos.environ.pop('RAY_ADDRESS', None)\nfrom dualcam.cli import main\n"
         f"assert main({score!r} + ['--output', {str(out)!r}, '--retry-errors', '--limit', '5', "

@@ -274,7 +274,8 @@ def test_render_without_label_takes_the_highest_p1_and_skips_undecodable_images(
 def test_render_command(scored, tmp_path, capsys):
     root, _ = scored
     results = str(root / "results")
-    assert main(["render", "--results", results, "--out", str(tmp_path / "r"), "--n", "1", "--alphas", "5,15"]) == 0
+    assert main(["render", "--results", results, "--output", str(tmp_path / "r"), "--rows", "1", "--alphas",
+                 "5,15"]) == 0
     assert f"1 images drawn, 0 listed for review (4 figures, 0 skipped); report: {tmp_path / 'r' / 'index.html'}" \
         in capsys.readouterr().out  # the untrained expert 1 calls none positive
     for args, message in [
@@ -282,10 +283,10 @@ def test_render_command(scored, tmp_path, capsys):
         (["--results", results, "--kernel", "nope"], "unknown kernel 'nope'"),
         (["--results", results, "--alphas", "1,x"], "expected comma-separated numbers, got '1,x'"),
         (["--results", results, "--alphas", "-1"], "alphas must be finite numbers >= 0"),
-        (["--results", results, "--review", "-1"], "review must be at least 0"),
+        (["--results", results, "--review-rows", "-1"], "--review-rows must be at least 0"),
         (["--results", results, "--evaluation", str(tmp_path / "missing.json")], "missing.json"),
     ]:
-        assert main(["render", "--out", str(tmp_path / "bad"), *args]) == 2, args
+        assert main(["render", "--output", str(tmp_path / "bad"), *args]) == 2, args
         assert message in capsys.readouterr().err, args
 
 

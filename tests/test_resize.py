@@ -116,9 +116,10 @@ def test_explain_draws_a_centre_crop_experts_heatmap_over_the_part_of_the_image_
     image_path.write_bytes(encoded(real_size_xray(np.random.default_rng(2), (120, 200)), "PNG"))
     for name in ("a", "b"):
         assert main(["expert", "init", "--arch", "resnet18", "--class-name", name, "--input-size", "64",
-                     "--resize", "center-crop", "--out", str(tmp_path / name)]) == 0
+                     "--resize", "center-crop", "--output", str(tmp_path / name)]) == 0
     capsys.readouterr()
-    assert main(["explain", "--c1", str(tmp_path / "a"), "--c2", str(tmp_path / "b"), "--out", str(tmp_path / "o"),
+    assert main(["explain", "--expert1", str(tmp_path / "a"), "--expert2", str(tmp_path / "b"), "--output",
+                 str(tmp_path / "o"),
                  str(image_path)]) == 0
     x, y = (int(v) for v in re.search(r"\(\s*(\d+), (\d+)\)\s+\S*wide.png", capsys.readouterr().out).groups())
     top, left, bottom, right = image_window(ExpertMeta(**{**CROP, "input_size": 64}), 120, 200)

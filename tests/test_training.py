@@ -21,7 +21,7 @@ from samples import png_bytes, write_labelled_folder
 
 TINY = Recipe(arch="resnet18", weights="none", epochs=3, batch_size=8, image_size=64, lr=0.01, seed=3)
 TINY_ARGS = ["--arch", "resnet18", "--weights", "none", "--epochs", "3", "--batch-size", "8",
-             "--image-size", "64", "--lr", "0.01", "--seed", "3"]
+             "--input-size", "64", "--lr", "0.01", "--seed", "3"]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def trained(ray_cluster, labelled, tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("trained")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        code = main(["train", "--data", str(labelled), "--c1", "A", "--c2", "B", "--c2-negatives", "normal",
+        code = main(["train", "--data", str(labelled), "--class1", "A", "--class2", "B", "--class2-negatives", "normal",
                      "--output", str(out), "--export-epochs", *TINY_ARGS])
     assert code == 0
     return out, printed.getvalue()

@@ -138,7 +138,7 @@ def xrv_expert(tmp_path: Path, pathology: str, weights: str) -> str:
     out = str(tmp_path / pathology)
     assert init(arch="xrv-densenet121", class_name=pathology, num_outputs=None, class_index=None, class_names=None,
                 activation=None, input_size=None, color_mode=None, resize=None, resize_size=None, mean=None,
-                std=None, output_stride=32, weights=weights, out=out) == 0
+                std=None, output_stride=32, weights=weights, output=out) == 0
     return out
 
 

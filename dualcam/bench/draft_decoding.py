@@ -8,7 +8,7 @@ model's resized side, as ``model_input`` keeps its box-reduced images, then the 
 experts score both, and ``numerics.deviation`` says how far the draft maps are from the full ones (the
 precision table's measures), beside each path's CPU time per image, on one thread.
 
-``python -m dualcam.bench.draft_decoding --c1 .demo/experts/C1 --c2 .demo/experts/C2``; no Ray.
+``python -m dualcam.bench.draft_decoding --expert1 .demo/experts/C1 --expert2 .demo/experts/C2``; no Ray.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ def cpu_ms(make: Callable[[bytes], torch.Tensor], files: Sequence[bytes]) -> tup
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dualcam.bench.draft_decoding",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--c1", required=True, help="expert 1 (e.g. make demo's .demo/experts/C1)")
-    parser.add_argument("--c2", required=True, help="expert 2 (e.g. make demo's .demo/experts/C2)")
+    parser.add_argument("--expert1", required=True, help="expert 1 (e.g. make demo's .demo/experts/C1)")
+    parser.add_argument("--expert2", required=True, help="expert 2 (e.g. make demo's .demo/experts/C2)")
     parser.add_argument("--images", type=Path,
                         default=Path(os.environ.get("DUALCAM_XRAY_SAMPLES", "../shared/data/xray")) / "images",
                         help="folder of X-rays; its JPEGs are used (default ../shared/data/xray/images)")
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         parser.error(f"no JPEGs in {args.images}")
     torch.set_num_threads(1)
-    scorer = DualScorer(args.c1, args.c2, device="cpu")
+    scorer = DualScorer(args.expert1, args.expert2, device="cpu")
     files = [p.read_bytes() for p in paths]
     full, full_ms = cpu_ms(lambda data: model_input(data, "x.jpg", scorer.meta)[0], files)
     draft, draft_ms = cpu_ms(lambda data: draft_input(data, scorer.meta), files)
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     pixels = (draft - full).abs().amax(dim=(1, 2, 3))
     print(f"{len(files)} JPEGs of {args.images} ({sum(map(len, files)) / len(files) / 1e6:.2f} MB mean); "
-          f"{args.c1} and {args.c2} at {scorer.meta.input_size} px; CPU, one thread")
+          f"{args.expert1} and {args.expert2} at {scorer.meta.input_size} px; CPU, one thread")
     print(f"model input, CPU ms per image: full-scale decode {full_ms:.1f}, draft {draft_ms:.1f} "
           f"({full_ms / draft_ms:.2f}x); largest input difference (normalized units): median "
           f"{pixels.median():.3f}, worst {pixels.max():.3f}")

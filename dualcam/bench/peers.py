@@ -279,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
     if not peers:
         print("dualcam peers: no peer to compare with", file=sys.stderr)
         return 1
-    models, meta, described = experts(args.c1, args.c2)
+    models, meta, described = experts(args.expert1, args.expert2)
     if not all(isinstance(m, ResNet) for m in models):
         raise ValueError(f"the peers hook a ResNet's {LAST_BLOCK}; {meta.arch} is not one")
     x = xrays(args.samples, args.n, meta)
@@ -320,8 +320,10 @@ def print_rates(measured: dict[str, Rate], batch_size: int, repeat: int) -> None
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dualcam.bench.peers", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--c1", default=".demo/experts/C1", help="expert 1 (default: make demo's, .demo/experts/C1)")
-    parser.add_argument("--c2", default=".demo/experts/C2", help="expert 2 (default: make demo's, .demo/experts/C2)")
+    parser.add_argument("--expert1", default=".demo/experts/C1",
+                        help="expert 1 (default: make demo's, .demo/experts/C1)")
+    parser.add_argument("--expert2", default=".demo/experts/C2",
+                        help="expert 2 (default: make demo's, .demo/experts/C2)")
     parser.add_argument("--samples", type=Path,
                         default=Path(os.environ.get("DUALCAM_XRAY_SAMPLES", "../shared/data/xray")),
                         help="the sample X-rays (default ../shared/data/xray)")

@@ -95,8 +95,8 @@ def sample_files(folder: Path, n: int) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dualcam.bench.precision_table",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--c1", help="expert 1 (default: a randomly initialized --arch, seed --seed)")
-    parser.add_argument("--c2", help="expert 2 (default: a randomly initialized --arch, seed --seed + 1)")
+    parser.add_argument("--expert1", help="expert 1 (default: a randomly initialized --arch, seed --seed)")
+    parser.add_argument("--expert2", help="expert 2 (default: a randomly initialized --arch, seed --seed + 1)")
     parser.add_argument("--arch", default="resnet18", help="architecture of the random experts (default resnet18)")
     parser.add_argument("--size", type=int, default=224, help="input size of the random experts (default 224)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random experts (default 0)")
@@ -107,17 +107,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="torch device (default cpu: autocast emulation)")
     parser.add_argument("--precisions", default=",".join(PRECISIONS), help="default: all")
     args = parser.parse_args(argv)
-    if (args.c1 is None) != (args.c2 is None):
-        parser.error("give both --c1 and --c2, or neither")
+    if (args.expert1 is None) != (args.expert2 is None):
+        parser.error("give both --expert1 and --expert2, or neither")
     files = sample_files(args.images, args.n)
     if not files:
         parser.error(f"no images in {args.images}")
     with tempfile.TemporaryDirectory(prefix="dualcam-precision-") as tmp:
-        experts = (args.c1, args.c2) if args.c1 else random_experts(tmp, args.arch, args.size, args.seed)
+        experts = (args.expert1, args.expert2) if args.expert1 else random_experts(tmp, args.arch, args.size, args.seed)
         start = time.process_time()
         deviations = measure(experts, files, args.device, args.precisions.split(","))
         size = load_meta(resolve_expert(experts[0])).input_size
-    pair = (f"{experts[0]} and {experts[1]}" if args.c1
+    pair = (f"{experts[0]} and {experts[1]}" if args.expert1
             else f"random {args.arch} pair (seeds {args.seed}, {args.seed + 1})")
     print(f"{len(files)} images of {args.images}; {pair} at {size} px; {args.device}; "
           f"{time.process_time() - start:.0f} CPU s")

@@ -26,6 +26,28 @@ from dualcam.scoring.scorers import PairScorer
 USAGE_ERRORS = (CheckpointError, DecodeError, ValueError, OSError)
 """What the library raises for unusable arguments, experts, input or output: exit status 2."""
 
+EXIT_STATUSES = {
+    0: "done",
+    1: "the work ran but failed",
+    2: "nothing was done (the reason is on stderr): unusable arguments, experts, input or output, found before any "
+       "work",
+    3: "more than --max-drift-share of the images drifted",
+}
+"""What each exit status means for every command; a command's ``EXITS`` say what more it means there."""
+
+RAY_FAILED = ("or Ray, storage once the run wrote, or the output's lease failed (one line on stderr, the traceback "
+              "in the log file it names)")
+"""What else exit status 1 means for a command that runs on Ray (``exit_status``)."""
+LEASE_HELD = "or another run is writing into --output (see --wait-for-lease)"
+"""What else exit status 2 means for a command that holds an output's lease (``dualcam.io.lease``)."""
+
+
+def exit_epilog(exits: dict[int, str]) -> str:
+    """The end of a command's ``--help``, one line per exit status it returns: the status, its meaning in
+    ``EXIT_STATUSES`` and what more it means for this command (``exits``)."""
+    lines = (f"{status}: {EXIT_STATUSES[status]}{f'; {detail}' if detail else ''}" for status, detail in exits.items())
+    return "\n".join(("Exit status:", *lines))
+
 
 def exit_status(run: Callable[[], int], output: Callable[[], str | None] = lambda: None) -> int:
     """``run()``'s exit status; 2, with the reason on stderr, when it raised for unusable input.
@@ -106,10 +128,12 @@ def floats(text: str) -> list[float]:
 
 
 def add_expert_pair(parser: argparse.ArgumentParser) -> None:
-    """--c1 and --c2: what every command that scores with both experts takes."""
-    parser.add_argument("--c1", required=True, help="expert 1 (class of interest): a checkpoint, or a folder of its "
+    """--expert1 and --expert2: what every command that scores with both experts takes."""
+    parser.add_argument("--expert1", required=True,
+                        help="expert 1 (class of interest): a checkpoint, or a folder of its "
                         "versions (latest used); path or s3://")
-    parser.add_argument("--c2", required=True, help="expert 2 (the overlapping class): a checkpoint, or a folder of "
+    parser.add_argument("--expert2", required=True,
+                        help="expert 2 (the overlapping class): a checkpoint, or a folder of "
                         "its versions (latest used); path or s3://")
 
 
@@ -144,12 +168,24 @@ def add_output_stride(parser: argparse.ArgumentParser, default: int) -> None:
                         help=f"16 doubles the CAM grid (ResNets: last stage kept at stride 16; default {default})")
 
 
+SCENARIO_RENAMED = {"--n": "--per-class", "--size": "--image-side"}
+"""Old spellings of the scenario's options (``add_scenario_run``, synth)."""
+
+
 def add_scenario_run(parser: argparse.ArgumentParser, n: int, epochs: int) -> None:
-    """--n, --size, --seed and --epochs: what the class-overlap scenario's runs (demo, experiment) take."""
-    parser.add_argument("--n", type=int, default=n, help=f"images per class (default {n})")
-    parser.add_argument("--size", type=int, default=96, help="image side in pixels (default 96)")
-    parser.add_argument("--seed", type=int, default=0, help="data, splits and training seed (default 0)")
+    """--per-class, --image-side, --seed and --epochs: what the class-overlap scenario's runs (demo, experiment)
+    take."""
+    add_scenario_data(parser, n)
     parser.add_argument("--epochs", type=int, default=epochs, help=f"default {epochs}")
+
+
+def add_scenario_data(parser: argparse.ArgumentParser, n: int) -> None:
+    """--per-class, --image-side and --seed: what the class-overlap scenario's data are drawn with."""
+    parser.add_argument("--per-class", type=int, default=n, help=f"images per class (default {n})")
+    parser.add_argument("--image-side", type=int, default=96, help="side of the generated images in pixels "
+                        "(default 96)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data and splits, and of training where the "
+                        "command trains (default 0)")
 
 
 def input_files(uris: Sequence[str]) -> tuple[list[str], list[str]]:

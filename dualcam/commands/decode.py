@@ -12,9 +12,10 @@ HELP = "check that images decode; one line per file"
 DESCRIPTION = (
     "Decode each file as dualcam score would and print one line per file: its size, colour and value range, or "
     "why it cannot be read. Folders and s3:// prefixes are searched for image names, as score does; other files "
-    "there are counted as skipped. Exit status: 0 every file decoded; 1 any file failed; 2 unusable arguments "
-    "or nothing to decode (no image files found)."
+    "there are counted as skipped."
 )
+RENAMED: dict[str, str] = {}
+EXITS = {0: "every file decoded", 1: "a file failed (each is listed, on stdout)", 2: "or no image files found"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

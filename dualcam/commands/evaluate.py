@@ -18,6 +18,8 @@ DESCRIPTION = (
     "CAM1-CAM2 correlation, the overlap score and how well it flags the images where CAM1 points at S, and "
     "each expert's accuracy. Maps are recomputed from the stored raw CAMs."
 )
+RENAMED = {"--json": "--output", "--kernel": "--kernels"}
+EXITS = {0: "", 2: ""}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,19 +28,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--boxes", required=True, help="boxes file: CSV/Parquet with uri, x, y, w, h, kind (F1, S)")
     parser.add_argument("--alphas", default=",".join(f"{a:g}" for a in ALPHAS),
                         help="comma-separated alphas (default 1,5,15,50)")
-    parser.add_argument("--kernel", default=",".join(DEFAULT_KERNELS),
+    parser.add_argument("--kernels", default=",".join(DEFAULT_KERNELS),
                         help=f"comma-separated kernels of {', '.join(KERNELS)} (default: all): addk is the paper's, "
                         "gated (ReLU(CAM1)/max * ADDK) and unshared (CAM1 sharpened less what CAM2 claims) "
                         "dualcam's own")
     parser.add_argument("--split", default="test", help="the split measured when results have a split column "
                         "(default test; '' for all)")
-    parser.add_argument("--json", help=f"where the JSON goes (default <results>/{EVALUATION_FILE})")
+    parser.add_argument("--output",
+                        help=f"where the JSON goes: a path or s3:// URI (default <results>/{EVALUATION_FILE})")
 
 
-def run(*, results: str, boxes: str, alphas: str, kernel: str, split: str, json: str | None) -> int:
-    """Evaluate, write the JSON, print the table and where the JSON went. ``alphas``, ``kernel``: comma-separated."""
-    evaluation = evaluate(results, boxes, alphas=floats(alphas), kernels=labels(kernel) or [], split=split or None)
-    out = json or storage.join(results, EVALUATION_FILE)
+def run(*, results: str, boxes: str, alphas: str, kernels: str, split: str, output: str | None) -> int:
+    """Evaluate, write the JSON, print the table and where the JSON went. ``alphas``, ``kernels``: comma-separated."""
+    evaluation = evaluate(results, boxes, alphas=floats(alphas), kernels=labels(kernels) or [], split=split or None)
+    out = output or storage.join(results, EVALUATION_FILE)
     storage.write_json(out, evaluation)
     print(format_table(evaluation))
     print(f"evaluation written to {out}")

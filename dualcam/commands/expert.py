@@ -9,7 +9,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dualcam.commands.common import add_arch, add_output_stride, check_output_folder, floats, labels
+from dualcam.commands import renamed
+from dualcam.commands.common import add_arch, add_output_stride, check_output_folder, exit_epilog, floats, labels
 from dualcam.distributed.train_loop import Recipe
 from dualcam.io.checkpoints import (
     ACTIVATIONS,
@@ -27,13 +28,16 @@ from dualcam.io.checkpoints import (
 )
 from dualcam.maps import xrv
 
-HELP = "create and inspect expert checkpoints"
+HELP = "turn your model's weights into an expert checkpoint, and inspect checkpoints"
 DESCRIPTION = None
+RENAMED: dict[str, str] = {}
+EXITS = {0: "", 2: ""}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="expert_command", required=True, metavar="SUBCOMMAND")
-    init = sub.add_parser("init", help="write an untrained or ImageNet-initialized expert checkpoint")
+    init = sub.add_parser("init", help="write an expert checkpoint from your model's weights (a state dict), "
+                          "ImageNet's or none", epilog=exit_epilog(EXITS), renamed=renamed.OUT)
     add_arch(init, Recipe.arch)
     init.add_argument("--class-name", required=True, help="the expert's class, e.g. COVID-19")
     init.add_argument("--num-outputs", type=int, default=None,
@@ -64,14 +68,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     init.add_argument("--std", default=None, help="channel standard deviations, comma-separated "
                       f"(default ImageNet's, {','.join(map(str, IMAGENET_STD))})")
     add_output_stride(init, ExpertMeta.output_stride)
-    init.add_argument("--weights", default="none",
-                      help="none, imagenet (torchvision's, downloaded on first use: needs internet) or a state dict's "
-                      "path or s3:// URI: your model's (its last layer must have --num-outputs outputs), or "
-                      "torchvision's ImageNet file copied from where there is internet (default none); for "
+    init.add_argument("--weights", default=None,
+                      help=f"required from dualcam {renamed.REMOVED_IN} (until then none when not given, with a "
+                      "notice): none, imagenet (torchvision's, downloaded on first use: needs internet) or a state "
+                      "dict's path or s3:// URI: your model's (its last layer must have --num-outputs outputs), or "
+                      "torchvision's ImageNet file copied from where there is internet; for "
                       "xrv-densenet121 and xrv-resnet50 also TorchXRayVision's published weights by name, e.g. "
                       "densenet121-res224-all (downloaded by torchxrayvision: pip install 'dualcam[xrv]')")
-    init.add_argument("--out", required=True, help="checkpoint directory: a path or s3:// prefix")
-    show = sub.add_parser("show", help="print a checkpoint's expert.json")
+    init.add_argument("--output", required=True, help="checkpoint directory: a path or s3:// prefix")
+    show = sub.add_parser("show", help="print a checkpoint's expert.json", epilog=exit_epilog(EXITS))
     show.add_argument("uri", help="checkpoint directory, or a folder of versions (latest shown): a path or s3:// "
                       "prefix")
 
@@ -83,11 +88,15 @@ def run(*, expert_command: str, **options: Any) -> int:
 
 def init(*, arch: str, class_name: str, num_outputs: int | None, class_index: int | None, class_names: str | None,
          activation: str | None, input_size: int | None, color_mode: str | None, resize: str | None,
-         resize_size: int | None, mean: str | None, std: str | None, output_stride: int, weights: str, out: str) -> int:
-    """``dualcam expert init``: write an expert checkpoint to ``out``, initialized from ``weights``. Flags not given
+         resize_size: int | None, mean: str | None, std: str | None, output_stride: int, weights: str | None,
+         output: str) -> int:
+    """``dualcam expert init``: write an expert checkpoint to ``output``, initialized from ``weights``. Flags not given
     take TorchXRayVision's preprocessing and outputs for its archs (``xrv.preprocessing``), else the defaults;
     xrv's weights' operating point for the class is recorded (``ExpertMeta.op_threshold``)."""
-    check_output_folder(out, "--out")
+    check_output_folder(output, "--output")
+    if weights is None:
+        renamed.notice("expert init without --weights", "--weights none", "dualcam expert init")
+        weights = "none"
     preset = xrv.preprocessing(arch) if xrv.is_xrv(arch) else {}
     outputs = class_outputs(class_name, num_outputs, class_index, class_names or preset.get("class_names"),
                             activation or preset.get("activation"))
@@ -102,10 +111,10 @@ def init(*, arch: str, class_name: str, num_outputs: int | None, class_index: in
     if xrv.is_xrv(arch):
         meta = dataclasses.replace(meta, op_threshold=xrv.operating_point(getattr(model, xrv.OP_THRESHS, None),
                                                                           meta.class_index))
-    meta = save_expert(model, out, meta)
+    meta = save_expert(model, output, meta)
     point = f", operating point {meta.op_threshold:g}" if meta.op_threshold is not None else ""
     print(f"wrote expert {meta.class_name!r} (output {meta.class_index} of {meta.num_outputs}, {meta.activation}"
-          f"{point}; {meta.arch}, {meta.input_size} px, weights {weights}) version {meta.version} to {out}")
+          f"{point}; {meta.arch}, {meta.input_size} px, weights {weights}) version {meta.version} to {output}")
     return 0
 
 

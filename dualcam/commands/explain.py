@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 
 import torch
 
+from dualcam.commands import renamed
 from dualcam.commands.common import add_expert_pair, check_output_folder, decoded, input_files
 from dualcam.io.imaging import image_window, model_input
 from dualcam.io.inputs import skipped_files
@@ -22,13 +23,14 @@ from dualcam.scoring.scorers import DualScorer
 HELP = "score a few images with both experts and write ADDK overlays"
 DESCRIPTION = (
     "Score each image with both experts on this machine (no Ray) and print p1, p2 and the peak of the ADDK "
-    "heatmap in image pixels; write the heatmap over the image to OUT/<name>.addk.png (<name>: the file's stem, "
+    "heatmap in image pixels; write the heatmap over the image to OUTPUT/<name>.addk.png (<name>: the file's stem, "
     "or where stems repeat its path below the folder the files share, / as __), titled with alpha, p1 and "
     "p2, its colour scale (that map's own min to max) below it and the peak ringed in green. Folders and s3:// "
-    "prefixes are searched for image names, as dualcam score does; other files there are counted as skipped. "
-    "Exit status: 0 every image explained; 1 any image could not be read or decoded (each is named); 2 unusable "
-    "arguments, experts or --out, or nothing to explain (no image files found)."
+    "prefixes are searched for image names, as dualcam score does; other files there are counted as skipped."
 )
+RENAMED = {**renamed.EXPERT_PAIR, **renamed.OUT}
+EXITS = {0: "every image explained", 1: "an image could not be read or decoded (each is named)",
+         2: "or no image files found"}
 OVERLAY_SIDE = 640
 """Longer side of an overlay in pixels: X-rays of any size give overlays whose titles can be read."""
 
@@ -36,7 +38,7 @@ OVERLAY_SIDE = 640
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_expert_pair(parser)
     add_alpha(parser)
-    parser.add_argument("--out", default="explain", help="folder for the overlay PNGs (default ./explain)")
+    parser.add_argument("--output", default="explain", help="folder for the overlay PNGs (default ./explain)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     add_precision(parser)
     parser.add_argument("inputs", nargs="+", help="files, folders or s3:// prefixes")
@@ -57,12 +59,12 @@ def overlay_names(files: Sequence[str]) -> dict[str, str]:
 
 
 def run(
-    *, c1: str, c2: str, alpha: float, out: str, device: str | None, precision: str, inputs: Sequence[str],
+    *, expert1: str, expert2: str, alpha: float, output: str, device: str | None, precision: str, inputs: Sequence[str],
 ) -> int:
-    check_output_folder(out, "--out")
+    check_output_folder(output, "--output")
     files, skipped = input_files(inputs)
-    scorer = DualScorer(c1, c2, alpha=alpha, device=device, precision=precision)
-    folder = Path(out)
+    scorer = DualScorer(expert1, expert2, alpha=alpha, device=device, precision=precision)
+    folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
     print(f"expert 1: {scorer.c1.meta.class_name} {scorer.c1.meta.version}; expert 2: {scorer.c2.meta.class_name} "
           f"{scorer.c2.meta.version}; alpha {scorer.alpha:g}; device {scorer.device}, {scorer.precision}")

@@ -6,20 +6,23 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from dualcam.commands.common import add_arch, add_output_stride, check_output_folder, labels
+from dualcam.commands.common import RAY_FAILED, add_arch, add_output_stride, check_output_folder, labels
 from dualcam.distributed.train_loop import AUGMENTATIONS, Recipe
 from dualcam.distributed.training import results_table, train_experts
 
 HELP = "fine-tune the binary experts on Ray Train, both at once (the paper's recipe by default)"
 DESCRIPTION = (
-    "Fine-tune one binary expert per class (C1, and C2 when given) concurrently on Ray (the cluster "
+    "Fine-tune one binary expert per class (--class1, and --class2 when given) concurrently on Ray (the cluster "
     "at RAY_ADDRESS, else a local one) and write each as <output>/<class>/<version>/. Defaults are the paper's "
     "recipe: ImageNet-pretrained ResNet-152, 2 outputs, SGD lr 0.001 momentum 0.9, 30 epochs, the epoch with the "
     "best validation accuracy kept, 60/20/20 splits. Rerunning the same command resumes an interrupted run. "
     "Epochs are counted from 1 in the lines printed per epoch, best_epoch in expert.json, the final table and "
-    "exported epoch-NNN names. Exit status: 0 done; 1 an expert's training failed; 2 unusable arguments, data "
-    "or output, before Ray starts."
+    "exported epoch-NNN names."
 )
+RENAMED = {"--c1": "--class1", "--c2": "--class2", "--c1-data": "--class1-data", "--c2-data": "--class2-data",
+           "--c1-negatives": "--class1-negatives", "--c2-negatives": "--class2-negatives",
+           "--image-size": "--input-size"}
+EXITS = {0: "", 1: f"an expert's training failed, {RAY_FAILED}", 2: "or unusable data, checked before Ray starts"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,15 +30,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="labelled images for both experts: a manifest (.csv/.parquet: uri, label, "
                         "optional patient_id, split), the COVID-19 collection's metadata.csv, Kermany's chest_xray "
                         "folder, or a root/<label>/... folder; local or s3://")
-    parser.add_argument("--c1", required=True, help="class of expert 1, the class of interest (e.g. COVID-19)")
-    parser.add_argument("--c2", help="class of expert 2, the overlapping class (e.g. PNEUMONIA); omit to train one "
+    parser.add_argument("--class1", required=True, help="class of expert 1, the class of interest (e.g. COVID-19)")
+    parser.add_argument("--class2", help="class of expert 2, the overlapping class (e.g. PNEUMONIA); omit to train one "
                         "expert")
     parser.add_argument("--output", required=True, help="where experts are written: <output>/<class>/<version>/")
-    parser.add_argument("--c1-data", help="expert 1's own data (same forms as --data)")
-    parser.add_argument("--c2-data", help="expert 2's own data (same forms as --data)")
-    parser.add_argument("--c1-negatives", help="comma-separated labels that are expert 1's negatives (default: all "
+    parser.add_argument("--class1-data", help="expert 1's own data (same forms as --data)")
+    parser.add_argument("--class2-data", help="expert 2's own data (same forms as --data)")
+    parser.add_argument("--class1-negatives", help="comma-separated labels that are expert 1's negatives (default: all "
                         "others)")
-    parser.add_argument("--c2-negatives", help="comma-separated labels that are expert 2's negatives (default: all "
+    parser.add_argument("--class2-negatives", help="comma-separated labels that are expert 2's negatives (default: all "
                         "others)")
     parser.add_argument("--views", default="PA", help="views kept from the COVID-19 collection, comma-separated "
                         "(default PA)")
@@ -52,8 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"SGD momentum (default {Recipe.momentum})")
     parser.add_argument("--batch-size", type=int, default=Recipe.batch_size,
                         help=f"per worker (default {Recipe.batch_size})")
-    parser.add_argument("--image-size", type=int, default=Recipe.image_size,
-                        help=f"square input size (default {Recipe.image_size})")
+    parser.add_argument("--input-size", type=int, default=Recipe.image_size,
+                        help=f"square input size in pixels (default {Recipe.image_size})")
     parser.add_argument("--color-mode", choices=("L", "RGB"), default=Recipe.color_mode,
                         help="L: grayscale on 3 channels (default)")
     add_output_stride(parser, Recipe.output_stride)
@@ -75,24 +78,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(
-    *, c1: str, output: str, data: str | None = None, c2: str | None = None, c1_data: str | None = None,
-    c2_data: str | None = None, c1_negatives: str | Sequence[str] | None = None,
-    c2_negatives: str | Sequence[str] | None = None, views: str | Sequence[str] = "PA",
-    init_from: str | Sequence[str] = (), workers_per_expert: int = 1, gpus_per_worker: float | None = None,
+    *, class1: str, output: str, data: str | None = None, class2: str | None = None, class1_data: str | None = None,
+    class2_data: str | None = None, class1_negatives: str | Sequence[str] | None = None,
+    class2_negatives: str | Sequence[str] | None = None, views: str | Sequence[str] = "PA",
+    input_size: int = Recipe.image_size, init_from: str | Sequence[str] = (), workers_per_expert: int = 1,
+    gpus_per_worker: float | None = None,
     cpus_per_worker: float | None = None, max_failures: int = 2, storage_path: str | None = None,
     export_epochs: bool = False, **recipe: Any,
 ) -> int:
-    """Train expert ``c1`` (and ``c2``), print the table of where each checkpoint went; the exit status.
+    """Train the expert of ``class1`` (and of ``class2``), print the table of where each checkpoint went; the exit
+    status.
 
     ``recipe``: ``Recipe``'s fields (``epochs=8``, ``arch="resnet18"``...). Raises when training
     fails (a non-zero exit); labels are comma-separated strings or lists.
     """
-    classes = [c1] + ([c2] if c2 else [])
-    how = Recipe(**recipe)  # checked before anything is read
+    classes = [class1] + ([class2] if class2 else [])
+    how = Recipe(image_size=input_size, **recipe)  # checked before anything is read
     check_output_folder(output, "--output")
     experts = train_experts(
-        output, classes, data=data, negatives=[labels(c1_negatives), labels(c2_negatives)][: len(classes)],
-        per_expert_data=[c1_data, c2_data][: len(classes)], recipe=how,
+        output, classes, data=data, negatives=[labels(class1_negatives), labels(class2_negatives)][: len(classes)],
+        per_expert_data=[class1_data, class2_data][: len(classes)], recipe=how,
         init_from=[init_from] if isinstance(init_from, str) else list(init_from),
         workers_per_expert=workers_per_expert, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
         max_failures=max_failures, views=labels(views) or ["PA"], storage_path=storage_path,

@@ -100,7 +100,7 @@ def plan_experts(
     the same split for both) and select each expert's rows."""
     sources = [s for s in (d or data for d in per_expert_data) if s is not None]
     if len(sources) != len(per_expert_data):
-        raise ValueError("give --data, or --c1-data and --c2-data for every expert")
+        raise ValueError("give --data, or --class1-data and --class2-data for every expert")
     labelled = {s: read_labelled(s, views) for s in dict.fromkeys(sources)}
     union = pa.concat_tables([_with_optional(lab.table) for lab in labelled.values()], promote_options="permissive")
     _, first = np.unique(np.array(union.column("uri").to_pylist(), dtype=object), return_index=True)

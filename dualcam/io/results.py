@@ -396,7 +396,7 @@ def duplicate_rows(table: pa.Table) -> int:
 def repeat_message(repeated: int, output: str) -> str:
     """What to say of an output with ``repeated`` rows too many, and how to repair it."""
     return (f"{repeated} rows repeat an input that is already in the output (two runs wrote into it at once?); "
-            f"`dualcam repair {output}` keeps one row per input")
+            f"`dualcam repair --output {output}` keeps one row per input")
 
 
 def error_kind_of(err: BaseException) -> str:

@@ -74,7 +74,7 @@ def check_options(threshold: float, max_drift_share: float, top_k: int) -> None:
     if not 0.0 <= max_drift_share <= 1.0:
         raise ValueError(f"max_drift_share is a share of images in [0, 1], got {max_drift_share}")
     if top_k < 0:
-        raise ValueError(f"top_k must be >= 0, got {top_k}")
+        raise ValueError(f"the rows listed (--rows, top_k) must be >= 0, got {top_k}")
 
 
 def extra_mass_outside_top(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:

@@ -127,9 +127,9 @@ def _check_arguments(out: str | Path, *, n: int, alphas: Sequence[float], kernel
     if storage.is_s3(str(out)):
         raise ValueError(f"render: the report is written to a local folder, not {out}")
     if n < 1:
-        raise ValueError(f"render: n must be at least 1, got {n}")
+        raise ValueError(f"render: --rows must be at least 1, got {n}")
     if review < 0:
-        raise ValueError(f"render: review must be at least 0, got {review}")
+        raise ValueError(f"render: --review-rows must be at least 0, got {review}")
     check_alphas(alphas, "render")
 
 

@@ -60,16 +60,20 @@ IO_THREADS = 8
 """Files fetched at once per loading task: reads from object storage wait on the network, not the CPU."""
 
 
+SAME_INPUT = ("input_size", "color_mode", "mean", "std", "resize", "resized_side", "output_stride")
+"""What two experts scored together must agree on (``ExpertMeta``'s fields): one batch feeds both, and
+their CAMs share a grid."""
+SAME_EXPERT = ("arch", "class_name", "num_outputs", "class_index", "activation", *SAME_INPUT)
+"""What two checkpoints compared by drift must agree on to be versions of one expert."""
+
+
 def check_same_input(meta1: ExpertMeta, meta2: ExpertMeta, uri1: str, uri2: str) -> None:
     """Refuse two experts that take different inputs: one batch must feed both, CAMs must share a grid."""
-    spec1 = meta1.input_size, meta1.color_mode, meta1.mean, meta1.std, meta1.resize, meta1.resized_side, \
-        meta1.output_stride
-    spec2 = meta2.input_size, meta2.color_mode, meta2.mean, meta2.std, meta2.resize, meta2.resized_side, \
-        meta2.output_stride
+    spec1, spec2 = (tuple(getattr(meta, f) for f in SAME_INPUT) for meta in (meta1, meta2))
     if spec1 != spec2:
         raise ValueError(
             f"experts take different inputs: {uri1} {spec1} vs {uri2} {spec2} "
-            "(input_size, color_mode, mean, std, resize, its size and output_stride must match)"
+            f"({', '.join(SAME_INPUT)} must match)"
         )
 
 
@@ -251,9 +255,8 @@ def _with_inputs(batch: pa.Table, loaded: Sequence[_Loaded], input_size: int) ->
 
 def check_same_expert(old: ExpertMeta, new: ExpertMeta, old_uri: str, new_uri: str) -> None:
     """Refuse two checkpoints that are not versions of one expert: drift compares like with like."""
-    fields = ("arch", "class_name", "num_outputs", "class_index", "activation", "input_size", "output_stride",
-              "color_mode", "mean", "std", "resize", "resized_side")
-    differ = [f"{f} {getattr(old, f)!r} vs {getattr(new, f)!r}" for f in fields if getattr(old, f) != getattr(new, f)]
+    differ = [f"{f} {getattr(old, f)!r} vs {getattr(new, f)!r}" for f in SAME_EXPERT if getattr(old,
+                                                                                                f) != getattr(new, f)]
     if differ:
         raise ValueError(f"{old_uri} and {new_uri} are not two versions of the same expert: " + "; ".join(differ))
 

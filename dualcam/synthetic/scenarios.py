@@ -242,9 +242,9 @@ def _splits(n: int) -> Iterator[str]:
 def check_overlap_arguments(n: int, size: int, seed: int) -> None:
     """ValueError for a scenario that cannot be drawn or split, before anything is written (or Ray started)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 5:
-        raise ValueError(f"n must be at least 5 images per class (for 60/20/20 splits), got {n!r}")
+        raise ValueError(f"--per-class (images per class) must be at least 5 (for 60/20/20 splits), got {n!r}")
     if isinstance(size, bool) or not isinstance(size, int) or size < 48:
-        raise ValueError(f"size must be at least 48 pixels for the features to be drawn, got {size!r}")
+        raise ValueError(f"--image-side must be at least 48 pixels for the features to be drawn, got {size!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
 

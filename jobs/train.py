@@ -1,0 +1,12 @@
+"""Ray job: train the experts on Ray Train, as `dualcam train` does. The spec: dualcam/jobspec.py.
+
+    python jobs/train.py SPEC.yaml        # on the Ray at RAY_ADDRESS, else a local one
+    make submit JOB=SPEC.yaml RAY_ADDRESS=http://HEAD:8265
+"""
+
+import sys
+
+from dualcam.jobspec import run_job
+
+if __name__ == "__main__":
+    sys.exit(run_job("train", sys.argv[1:]))
