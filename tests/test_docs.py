@@ -152,8 +152,9 @@ def test_the_getting_started_commands_are_there():
 
 
 @pytest.mark.parametrize("page, line", dualcam_lines())
-def test_every_dualcam_line_is_accepted_as_written(page, line):
+def test_every_dualcam_line_is_accepted_as_written(page, line, capsys):
     build_parser().parse_args(shlex.split(line)[1:])  # argparse exits (a failed test) on anything it does not take
+    assert "deprecated" not in capsys.readouterr().err, f"{page} uses an old spelling: {line}"
 
 
 def make_targets() -> set[str]:
