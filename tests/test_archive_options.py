@@ -50,9 +50,9 @@ def test_commands_refuse_them_with_status_2_before_ray_is_imported(tmp_path):
     archive = ["--input", str(tmp_path), "--output", str(tmp_path / "out")]
     code = (  # Ray cannot even be imported here: the refusal must come first
         "import sys\nsys.stderr = sys.stdout\nfrom dualcam.cli import main\n"
-        f"print(main(['score', '--c1', 'a', '--c2', 'b', *{archive!r}, '--batch-size', '0']))\n"
-        f"print(main(['drift', '--old', 'a', '--new', 'b', *{archive!r}, '--alpha', '-1']))\n"
-        f"print(main(['score', '--c1', 'a', '--c2', 'b', *{archive!r}, '--max-error-fraction', '2']))\n"
+        f"print(main(['score', '--expert1', 'a', '--expert2', 'b', *{archive!r}, '--batch-size', '0']))\n"
+        f"print(main(['drift', '--old-expert', 'a', '--new-expert', 'b', *{archive!r}, '--alpha', '-1']))\n"
+        f"print(main(['score', '--expert1', 'a', '--expert2', 'b', *{archive!r}, '--max-error-fraction', '2']))\n"
     )
     printed = run_without_ray(code).splitlines()
     assert printed == ["dualcam: error: batch_size must be an integer >= 1, got 0", "2",

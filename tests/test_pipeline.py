@@ -269,7 +269,7 @@ def test_a_second_run_into_an_output_being_written_is_refused_before_any_work(ex
     out = str(tmp_path / "out")
     code = (  # Ray cannot even be imported here: the refusal must come first
         "import sys\nsys.stderr = sys.stdout\nfrom dualcam.cli import main\n"
-        f"print(main(['score', '--c1', {experts[0]!r}, '--c2', {experts[1]!r}, '--input', {str(archive)!r}, "
+        f"print(main(['score', '--expert1', {experts[0]!r}, '--expert2', {experts[1]!r}, '--input', {str(archive)!r}, "
         f"'--output', {out!r}]))\n"
     )
     with Lease(out):
@@ -301,7 +301,7 @@ def test_an_existing_output_that_cannot_be_written_is_refused_before_any_work(ra
     code = (  # no Ray here: the refusal must come before it, from the command and from the library alike
         "import sys\nsys.modules['ray'] = None\nsys.stderr = sys.stdout\nfrom dualcam.cli import main\n"
         "from dualcam.commands.common import exit_status\nfrom dualcam.distributed.pipeline import score_archive\n"
-        f"print(main(['score', '--c1', {experts[0]!r}, '--c2', {experts[1]!r}, '--input', {str(images)!r}, "
+        f"print(main(['score', '--expert1', {experts[0]!r}, '--expert2', {experts[1]!r}, '--input', {str(images)!r}, "
         f"'--output', {str(out)!r}]))\n"
         f"print(exit_status(lambda: score_archive({experts[0]!r}, {experts[1]!r}, {str(images)!r}, {str(out)!r}, "
         "progress=False)))\n"
