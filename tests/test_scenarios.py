@@ -97,7 +97,7 @@ def test_rejects_bad_arguments(tmp_path):
         overlap_image("C3", 64, np.random.default_rng(0))
     with pytest.raises(ValueError, match="at least 48 pixels"):
         overlap_image("C1", 32, np.random.default_rng(0))
-    with pytest.raises(ValueError, match="at least 5 images per class"):
+    with pytest.raises(ValueError, match=r"--per-class \(images per class\) must be at least 5"):
         write_overlap_dataset(str(tmp_path), 2)
     with pytest.raises(ValueError, match="unknown scenario 'x'; known: overlap, salient-shared"):
         write_overlap_dataset(str(tmp_path), 5, scenario="x")
