@@ -92,7 +92,7 @@ def folder_rows(out: Path) -> pa.Table:
 
 
 def score_options(experts, input, output, **extra) -> dict:
-    return {"c1": experts[0], "c2": experts[1], "input": str(input), "output": str(output), "batch_size": 2,
+    return {"expert1": experts[0], "expert2": experts[1], "input": str(input), "output": str(output), "batch_size": 2,
             "rows_per_file": 8, **extra}
 
 
