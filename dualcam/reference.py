@@ -21,14 +21,16 @@ COLUMNS = 100
 HEADER = "<!-- made by `make docs` (python -m dualcam.reference) from the code; do not edit -->\n\n"
 
 
-def helps(parser: argparse.ArgumentParser, path: tuple[str, ...] = ("dualcam",)) -> Iterator[tuple[str, str]]:
-    """(command line, its ``--help``) of ``parser`` and of each of its sub-commands, depth first, in the
-    order ``--help`` lists them."""
-    yield " ".join(path), parser.format_help()
+def parsers(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ("dualcam",),
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """(command line, its parser) of ``parser`` and of each of its sub-commands, depth first, in the order
+    ``--help`` lists them."""
+    yield " ".join(path), parser
     for action in parser._actions:  # argparse keeps sub-parsers only here
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
-                yield from helps(sub, (*path, name))
+                yield from parsers(sub, (*path, name))
 
 
 def cli_page() -> str:
@@ -38,7 +40,8 @@ def cli_page() -> str:
     previous = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = str(COLUMNS)
     try:
-        sections = [f"## {command}\n\n```text\n{text.rstrip()}\n```\n" for command, text in helps(build_parser())]
+        sections = [f"## {command}\n\n```text\n{parser.format_help().rstrip()}\n```\n"
+                    for command, parser in parsers(build_parser())]
     finally:
         if previous is None:
             del os.environ["COLUMNS"]

@@ -19,14 +19,8 @@ CHANGELOG = (ROOT / "CHANGELOG.md").read_text()
 
 def leaf_parsers() -> dict[str, argparse.ArgumentParser]:
     """Every command that does work, by its command line (``dualcam expert init``), with its parser."""
-    leaves = {}
-    for command, _ in reference.helps(build_parser()):
-        parser = build_parser()
-        for word in command.split()[1:]:
-            parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[word]
-        if not any(isinstance(a, argparse._SubParsersAction) for a in parser._actions):
-            leaves[command] = parser
-    return leaves
+    return {command: parser for command, parser in reference.parsers(build_parser())
+            if not any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)}
 
 
 @pytest.mark.parametrize("page", reference.PAGES)
